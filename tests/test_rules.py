@@ -1,0 +1,347 @@
+"""Unit tests of the pure rules: conversion, Extended JSON, matching, equality, links, retry policy."""
+from __future__ import annotations
+
+import math
+import threading
+from datetime import datetime, timezone
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+import requests
+
+import airtable_sync as sync
+from airtable_sync import ExportRecord, Invalid, LinkRef, PENDING, TABLE_SPECS
+
+UTC = timezone.utc
+
+
+# -- Extended JSON -------------------------------------------------------------
+
+def test_unwraps_every_extended_json_wrapper():
+    doc = {
+        "_id": {"$oid": "64b7f0c2a1b2c3d4e5f60718"},
+        "iso": {"$date": "2024-03-05T18:30:00.123Z"},
+        "ms": {"$date": 1709663400123},
+        "long_ms": {"$date": {"$numberLong": "1709663400123"}},
+        "long": {"$numberLong": "9007199254740993"},
+        "int": {"$numberInt": "42"},
+        "double": {"$numberDouble": "2.5"},
+        "nan": {"$numberDouble": "NaN"},
+        "decimal": {"$numberDecimal": "49.50"},
+        "nested": {"when": {"$date": "2024-01-01T00:00:00Z"}, "tags": [{"$numberInt": "1"}]},
+    }
+    out = sync.unwrap_extended_json(doc)
+    moment = datetime(2024, 3, 5, 18, 30, 0, 123000, tzinfo=UTC)
+    assert out["_id"] == "64b7f0c2a1b2c3d4e5f60718"
+    assert out["iso"] == moment and out["ms"] == moment and out["long_ms"] == moment
+    assert out["long"] == 9007199254740993 and out["int"] == 42 and out["double"] == 2.5
+    assert math.isnan(out["nan"])
+    assert out["decimal"] == Decimal("49.50")
+    assert out["nested"] == {"when": datetime(2024, 1, 1, tzinfo=UTC), "tags": [1]}
+
+
+def test_a_dict_that_only_looks_like_extended_json_is_kept():
+    assert sync.unwrap_extended_json({"$oid": 5}) == {"$oid": 5}
+    assert sync.unwrap_extended_json({"$date": "soon"}) == {"$date": "soon"}
+    assert sync.unwrap_extended_json({"$oid": "a", "x": 1}) == {"$oid": "a", "x": 1}
+
+
+def test_mongo_id_prefers_id_then_underscore_id():
+    assert sync.mongo_id_of({"id": "a", "_id": "b"}) == "a"
+    assert sync.mongo_id_of({"_id": "b"}) == "b"
+    assert sync.mongo_id_of({"id": "", "_id": 7}) == "7"
+    assert sync.mongo_id_of({"email": "x"}) is None
+
+
+# -- loading exports -------------------------------------------------------------
+
+def test_parses_a_json_array_and_json_lines_alike():
+    path = Path("x.json")
+    array = b'[{"_id": {"$oid": "a1"}}, {"id": "b2"}]'
+    lines = b'{"_id": {"$oid": "a1"}}\n\n{"id": "b2"}\n'
+    assert sync.parse_export(path, array) == sync.parse_export(path, lines)
+    assert sync.parse_export(path, b"\xef\xbb\xbf[]") == []  # a UTF-8 BOM is not an error
+
+
+@pytest.mark.parametrize("raw, message", [
+    (b"", "file is empty"),
+    (b"  \n", "file is empty"),
+    (b"[{\"a\": 1},", "not valid JSON"),
+    (b"{\"a\": 1}\n{\"a\": ", "line 2: not valid JSON"),
+    (b"\"users\"", "expected a JSON array or JSON Lines"),
+    (b"[1, {\"a\": 1}]", "record 1 is not a JSON object (int)"),
+    (b"{\"a\": 1}\n[2]", "line 2 is not a JSON object (list)"),
+    (b"[{\"name\": \"Jos\xe9\"}]", "not valid UTF-8 (byte 0xe9 at offset 14)"),
+])
+def test_unusable_exports_get_a_one_line_error_naming_the_file(raw, message):
+    with pytest.raises(sync.UsageError) as caught:
+        sync.parse_export(Path("data/users.json"), raw)
+    text = str(caught.value)
+    assert text.startswith("data/users.json: ") and message in text and "\n" not in text
+
+
+def test_load_export_applies_the_limit_and_reports_a_missing_file(tmp_path):
+    (tmp_path / "users.json").write_text('[{"id": "a"}, {"id": "b"}, {"id": "c"}]')
+    records = sync.load_export(tmp_path / "users.json", limit=2)
+    assert [r.mongo_id for r in records] == ["a", "b"]
+    assert sync.load_export(tmp_path / "missing.json", limit=None) is None
+
+
+# -- conversion --------------------------------------------------------------------
+
+MOMENT = datetime(2024, 3, 5, 18, 30, 0, 537000, tzinfo=UTC)
+
+
+@pytest.mark.parametrize("value, field_type, expected", [
+    ("plain", "singleLineText", "plain"),
+    (42, "singleLineText", "42"),
+    (True, "multilineText", "True"),
+    (MOMENT, "singleLineText", "2024-03-05T18:30:00.537Z"),
+    (["a", "b", 3], "multilineText", "a, b, 3"),
+    ({"b": 1, "a": {"when": MOMENT}, "c": "é"}, "multilineText",
+     '{"a":{"when":"2024-03-05T18:30:00.537Z"},"b":1,"c":"é"}'),
+    ([{"x": 1}, {"y": float("nan")}], "multilineText", '[{"x":1},{"y":null}]'),
+    (7, "number", 7),
+    (7.5, "currency", 7.5),
+    ("12", "number", 12),
+    (" 49.50 ", "currency", 49.5),
+    (Decimal("49.50"), "currency", 49.5),
+    (Decimal("3"), "number", 3),
+    ("", "number", None),
+    (float("nan"), "number", None),
+    (float("inf"), "percent", None),
+    (1, "checkbox", True),
+    (0, "checkbox", False),
+    ("yes", "checkbox", True),
+    (MOMENT, "date", "2024-03-05"),
+    ("1990-05-17", "date", "1990-05-17"),
+    ("2024-03-05T23:30:00-05:00", "date", "2024-03-06"),
+    (MOMENT, "dateTime", "2024-03-05T18:30:00.537Z"),
+    ("2024-03-05T18:30:00", "dateTime", "2024-03-05T18:30:00.000Z"),
+    ("2024-03-05T13:30:00-05:00", "dateTime", "2024-03-05T18:30:00.000Z"),
+    ("vip", "singleSelect", "vip"),
+    (["a", "b", "a"], "multipleSelects", ["a", "b"]),
+    ("solo", "multipleSelects", ["solo"]),
+    (None, "number", None),
+    (None, "singleLineText", None),
+])
+def test_converts_by_airtable_field_type(value, field_type, expected):
+    assert sync.convert_value(value, field_type) == expected
+
+
+@pytest.mark.parametrize("value, field_type", [
+    ("n/a", "number"), ("twelve", "currency"), ("1_000", "number"), (True, "number"), ([1], "number"),
+    ("not a date", "date"), (20240305, "dateTime"), ({"a": 1}, "singleSelect"), ([{"a": 1}], "multipleSelects"),
+])
+def test_invalid_values_raise(value, field_type):
+    with pytest.raises(Invalid):
+        sync.convert_value(value, field_type)
+
+
+def test_infers_types_from_airtable_values_then_the_mongo_value():
+    assert sync.infer_type([True], "x") == "checkbox"
+    assert sync.infer_type([3], None) == "number"
+    assert sync.infer_type(["2024-01-01"], None) == "date"
+    assert sync.infer_type(["2024-01-01T10:00:00.000Z"], None) == "dateTime"
+    assert sync.infer_type([["a", "b"]], None) == "multipleSelects"
+    assert sync.infer_type([], MOMENT) == "dateTime"
+    assert sync.infer_type([], 4.5) == "number"
+    assert sync.infer_type([], False) == "checkbox"
+    assert sync.infer_type([], "text") == "multilineText"
+
+
+# -- equality ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("new, old, field_type", [
+    (None, None, "singleLineText"), ("", None, "singleLineText"), ([], None, "multipleSelects"),
+    (None, "", "multilineText"), (False, None, "checkbox"),
+    (5.0, 5, "number"), (5, 5.0, "currency"),
+    ("2024-03-05T18:30:00.537Z", "2024-03-05T18:30:00.000Z", "dateTime"),
+    ("2024-03-05", "2024-03-05", "date"),
+    (["a", "b"], ["a", "b"], "multipleSelects"),
+    ("x", "x", "singleLineText"),
+])
+def test_equal_values(new, old, field_type):
+    assert sync.values_equal(new, old, field_type)
+
+
+@pytest.mark.parametrize("new, old, field_type", [
+    (None, "x", "singleLineText"), ("x", None, "singleLineText"), (True, None, "checkbox"),
+    (None, 0, "number"), (False, None, "singleLineText"),
+    (5.5, 5, "number"),
+    ("2024-03-05T18:30:01.000Z", "2024-03-05T18:30:00.000Z", "dateTime"),
+    (["b", "a"], ["a", "b"], "multipleSelects"),
+    (["a"], ["a", "b"], "multipleRecordLinks"),
+    ("X", "x", "singleLineText"),
+])
+def test_unequal_values(new, old, field_type):
+    assert not sync.values_equal(new, old, field_type)
+
+
+def test_changed_fields_keeps_only_differences():
+    types = {"a": "number", "b": "singleLineText", "c": "checkbox"}
+    assert sync.changed_fields({"a": 1.0, "b": None, "c": False}, {"a": 1, "b": "gone"}, types) == {"b": None}
+
+
+# -- matching ----------------------------------------------------------------------
+
+def rec(rec_id, **fields):
+    return {"id": rec_id, "createdTime": "2025-01-01T00:00:00.000Z", "fields": fields}
+
+
+def exported(*docs):
+    return [ExportRecord(i, sync.mongo_id_of(d), d) for i, d in enumerate(docs)]
+
+
+def test_pass_one_matches_by_id_and_the_first_listed_duplicate_wins():
+    airtable = [rec("rec1", id="u1"), rec("rec2", id="u1"), rec("rec3", id="u2")]
+    matches, orphans = sync.match_records(exported({"id": "u1"}, {"id": "u2"}), airtable, ("email",), "email", True)
+    assert [(m.airtable["id"], m.how) for m in matches] == [("rec1", "id"), ("rec3", "id")]
+    assert [o["id"] for o in orphans] == ["rec2"]
+
+
+def test_pass_two_matches_normalised_keys_first_come_first_served():
+    airtable = [rec("recA", email="  Maria.Lopez@Example.com "), rec("recB", email="maria.lopez@example.com"),
+                rec("recC", id="other", email="sam@x.com"), rec("recD", email="")]
+    docs = exported({"id": "u1", "email": "maria.lopez@EXAMPLE.com"}, {"id": "u2", "email": "Maria.Lopez@example.com"},
+                    {"id": "u3", "email": "maria.lopez@example.com"}, {"id": "u4", "email": "sam@x.com"},
+                    {"id": "u5", "email": ""}, {"id": "u6"})
+    matches, orphans = sync.match_records(docs, airtable, ("email",), "email", True)
+    assert [(m.record.mongo_id, m.airtable and m.airtable["id"], m.how) for m in matches] == [
+        ("u1", "recA", "key"), ("u2", "recB", "key"), ("u3", None, "new"),
+        ("u4", None, "new"),  # recC has an id: it is not a pass-two candidate
+        ("u5", None, "new"), ("u6", None, "new")]  # an empty key never matches
+    assert sorted(o["id"] for o in orphans) == ["recC", "recD"]
+
+
+def test_id_match_takes_precedence_over_an_earlier_key_claim():
+    airtable = [rec("recLegacy", email="a@x.com"), rec("recOwn", id="u2", email="a@x.com")]
+    docs = exported({"id": "u1", "email": "a@x.com"}, {"id": "u2", "email": "a@x.com"})
+    matches, orphans = sync.match_records(docs, airtable, ("email",), "email", True)
+    assert [m.airtable["id"] for m in matches] == ["recLegacy", "recOwn"] and orphans == []
+
+
+def test_without_an_id_field_only_pass_two_runs_against_all_records():
+    airtable = [rec("rec1", id="zzz", message="Hi Ana"), rec("rec2", message="hi bo")]
+    docs = exported({"id": "m1", "message": "HI ANA "}, {"id": "m2", "message_text": "Hi Bo"})
+    matches, _ = sync.match_records(docs, airtable, ("message_text", "message"), "message", False)
+    assert [m.airtable["id"] for m in matches] == ["rec1", "rec2"]
+
+
+def test_natural_key_falls_back_to_the_next_field():
+    assert sync.natural_key({"message_text": "", "message": " Hello "}, ("message_text", "message")) == "hello"
+    assert sync.natural_key({"message_text": None}, ("message_text", "message")) == ""
+
+
+# -- links and planning ------------------------------------------------------------
+
+def test_link_reference_falls_back_to_sender_and_event_ids():
+    users, events = TABLE_SPECS["messages"].links
+    assert sync.link_reference({"user_id": "u1", "senderId": "u9"}, users) == "u1"
+    assert sync.link_reference({"senderId": "u9"}, users) == "u9"
+    assert sync.link_reference({"event_id": None, "eventId": "e2"}, events) == "e2"
+    assert sync.link_reference({}, events) is None
+
+
+MESSAGE_SCHEMA = {name: sync.FieldInfo(name, t) for name, t in {
+    "id": "singleLineText", "message": "multilineText", "status": "singleSelect", "character_count": "formula",
+    "Users": "multipleRecordLinks", "Events": "multipleRecordLinks", "similarity_score": "number"}.items()}
+
+
+def test_plan_resolves_links_to_existing_pending_and_unknown_records():
+    docs = exported(
+        {"id": "m1", "message_text": "a", "user_id": "u1", "eventId": "e1"},
+        {"id": "m2", "message_text": "b", "senderId": "u-new", "event_id": "e-gone"},
+        {"id": "m3", "message_text": "c", "similarity_score": "junk", "status": None},
+    )
+    airtable = [rec("recM1", id="m1", message="a", Users=["recU1"], Events=["recE1"]),
+                rec("recM3", id="m3", message="c", status="sent")]
+    link_index = {"users": {"u1": "recU1", "u-new": PENDING}, "events": {"e1": "recE1"}}
+    plan = sync.plan_table(TABLE_SPECS["messages"], docs, airtable, MESSAGE_SCHEMA, link_index)
+    assert [(w.record.mongo_id, w.action) for w in plan.writes] == [("m1", "skip"), ("m2", "create"), ("m3", "update")]
+    assert plan.writes[1].fields == {"id": "m2", "message": "b", "Users": [LinkRef("users", "u-new")]}
+    assert plan.writes[2].fields == {"status": None}
+    assert plan.unresolved_links == 1 and plan.invalid_values == 1
+    assert plan.read_only == ["character_count"]
+    assert set(plan.missing_in_airtable) >= {"user_name", "updatedAt"}
+
+
+def test_plan_fails_records_without_id_or_key_and_duplicate_ids():
+    docs = exported({"firstName": "No key"}, {"id": "u1", "email": "a@x.com"}, {"id": "u1", "email": "b@x.com"},
+                    {"email": "keyed@x.com"}, {"id": "u2", "summary": "x" * (sync.TEXT_LIMIT + 1)})
+    schema = {n: sync.FieldInfo(n, t) for n, t in {"id": "singleLineText", "email": "email",
+                                                   "firstName": "singleLineText", "summary": "multilineText"}.items()}
+    plan = sync.plan_table(TABLE_SPECS["users"], docs, [], schema, {})
+    actions = [(w.action, w.error) for w in plan.writes]
+    assert actions[0] == ("error", "record #1 has no id and no email")
+    assert actions[1] == ("create", None)
+    assert actions[2][0] == "error" and "duplicate id" in actions[2][1]
+    assert actions[3] == ("create", None) and plan.writes[3].fields == {"email": "keyed@x.com"}
+    assert actions[4][0] == "error" and "over Airtable's 100000 limit" in actions[4][1]
+
+
+def test_build_link_index_prefers_this_runs_matches():
+    airtable = [rec("recA", id="u1"), rec("recB", id="u1"), rec("recC", email="x")]
+    plan = sync.TablePlan(TABLE_SPECS["users"], {}, True, [
+        sync.PlannedWrite(ExportRecord(0, "u2", {}), "update", record_id="recC"),
+        sync.PlannedWrite(ExportRecord(1, "u3", {}), "create"),
+        sync.PlannedWrite(ExportRecord(2, "u4", {}), "error")], 0, [], [], [])
+    assert sync.build_link_index(airtable, plan) == {"u1": "recA", "u2": "recC", "u3": PENDING}
+
+
+def test_unmapped_fields_exclude_id_sources_and_link_sources():
+    docs = exported({"_id": "m1", "message_text": "x", "senderId": "u", "eventId": "e", "message": "x", "__v": 0})
+    plan = sync.plan_table(TABLE_SPECS["messages"], docs, [], MESSAGE_SCHEMA, {})
+    assert plan.unmapped_fields == ["__v", "message"]
+
+
+def test_rejected_field_parses_airtable_messages():
+    assert sync.rejected_field("UNKNOWN_FIELD_NAME", 'Unknown field name: "participant_top_occupations"') == (
+        "participant_top_occupations", "missing")
+    assert sync.rejected_field("INVALID_VALUE_FOR_COLUMN",
+                               'Field "updatedAt" cannot accept a value because the field is computed') == (
+        "updatedAt", "read_only")
+    assert sync.rejected_field("INVALID_VALUE_FOR_COLUMN", 'Field "email" cannot accept the provided value') is None
+
+
+# -- retry policy and throttle ----------------------------------------------------
+
+def retry(status=None, error=None, method="PATCH", path="/v0/app/tbl", attempt=0, headers=None):
+    return sync.retry_delay(attempt, 5, method, path, status, headers or {}, error)
+
+
+def test_retry_policy():
+    assert retry(429) == 30.0
+    assert retry(429, headers={"Retry-After": "2"}) == 2.0
+    assert retry(429, method="POST") == 30.0  # a 429 was not processed: safe to re-send a create
+    assert retry(503) == 0.5 and retry(502, attempt=2) == 2.0
+    assert retry(503, method="POST") is None  # a plain create may have been applied
+    assert retry(503, method="POST", path="/v0/app/tbl/listRecords") == 0.5
+    assert retry(error=requests.ReadTimeout()) == 0.5
+    assert retry(error=requests.ReadTimeout(), method="POST") is None
+    assert retry(error=requests.ConnectTimeout(), method="POST") == 0.5
+    assert retry(422) is None and retry(401) is None and retry(200) is None
+    assert retry(503, attempt=5) is None
+
+
+def test_throttle_never_lets_more_than_rate_requests_into_a_rolling_second():
+    now = [0.0]
+    stop = threading.Event()
+    throttle = sync.Throttle(3, stop, clock=lambda: now[0])
+    starts = []
+
+    def fake_wait(delay):
+        now[0] += delay
+        return False
+
+    stop.wait = fake_wait  # the clock jumps instead of sleeping
+    for _ in range(10):
+        throttle.acquire()
+        starts.append(now[0])
+        now[0] += 0.05  # request latency
+        throttle.release()
+    for i, start in enumerate(starts):
+        in_window = [s for s in starts if start - 1.0 < s <= start]
+        assert len(in_window) <= 3, (i, starts)
+    assert starts[3] >= starts[0] + 0.05 + 1.0  # counted from completion, not start
