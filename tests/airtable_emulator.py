@@ -891,7 +891,12 @@ class Emulator:
                 if f["type"] in COMPUTED_TYPES:
                     continue
                 try:
-                    cells[f["id"]] = self._coerce(t, f, value, ctx)
+                    if f["type"] == "email" and isinstance(value, str):
+                        # Snapshot cells are data already in the base (typed or imported in the UI,
+                        # e.g. with stray spaces): they are kept as they are, not re-validated.
+                        cells[f["id"]] = value or None
+                    else:
+                        cells[f["id"]] = self._coerce(t, f, value, ctx)
                 except ApiError as exc:
                     raise ValueError(f"record {rec.id}: {exc.message}") from exc
             self._commit_ctx(ctx, rec.created)
