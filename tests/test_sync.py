@@ -1,0 +1,360 @@
+"""End-to-end tests of the sync through pyairtable over HTTP against the local emulator.
+
+The fixtures and their expected outcomes are described in tests/fixtures/README.md;
+expected.json and expected_records.json hold them as data.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import stat
+import subprocess
+import sys
+from collections import Counter
+
+import pytest
+
+import airtable_sync
+from conftest import FIXTURES, ROOT, TOKEN
+
+EXPECTED = json.loads((FIXTURES / "expected.json").read_text())
+EXPECTED_RECORDS = json.loads((FIXTURES / "expected_records.json").read_text())
+TABLE_IDS = {"users": "tblQ0OHBit2AqaACy", "events": "tblrscr87h8fbtQTk", "messages": "tbljma5S4NhUn1OYl"}
+U12 = next(r for r in EXPECTED_RECORDS["users"]["records"] if r["label"] == "U12")["mongo_id"]
+COMPUTED = {"users": {"Full Name", "updatedAt"}, "events": set(), "messages": {"character_count"}}
+
+
+def by_id(emulator, table):
+    """The table's records keyed by their `id` field (records without one under their record id)."""
+    out = {}
+    for rec in emulator.records(TABLE_IDS[table]):
+        out.setdefault(rec["fields"].get("id") or rec["id"], []).append(rec)
+    return out
+
+
+def without_u12(harness):
+    users = [u for u in harness.read_export("users.json")
+             if airtable_sync.mongo_id_of(airtable_sync.unwrap_extended_json(u)) != U12]
+    harness.write_export("users.json", users)
+
+
+def writes(emulator, table=None):
+    return emulator.count(kind="write", table=table and TABLE_IDS[table])
+
+
+# -- the first sync --------------------------------------------------------------------
+
+def test_first_sync_reports_exactly_the_expected_counts(harness, emulator):
+    assert harness.run() == 1  # U12's invalid email fails alone
+    report = harness.report()
+    for table, expected in EXPECTED.items():
+        got = report["tables"][table]
+        assert {k: got[k] for k in expected} == expected, table
+    assert report["errors"] == [{"table": "users", "mongo_id": U12,
+                                 "message": 'INVALID_VALUE_FOR_COLUMN: Field "email" cannot accept the provided value'}]
+    assert report["dry_run"] is False and report["ended"] == "finished with failed records"
+    # Users: 10 creates = 1 batch, refused (422) then 10 one by one; 8 updates = 1 batch.
+    # Events: 4 creates + 4 updates = 2. Messages: 13 creates = 2, 10 updates = 1.
+    assert (writes(emulator, "users"), writes(emulator, "events"), writes(emulator, "messages")) == (12, 2, 3)
+    assert report["requests"] == {"total": 21, "read": 4, "write": 17, "retried": 0, "rate_limited": 0}
+    assert emulator.count(kind="read") == 3 and emulator.count(kind="meta") == 1
+    creates = [r for r in emulator.requests if r.kind == "write" and r.method != "PATCH" or
+               (r.body or {}).get("performUpsert")]
+    assert all(r.body["performUpsert"] == {"fieldsToMergeOn": ["id"]} and r.body["typecast"] for r in creates)
+
+
+def test_first_sync_gives_exactly_the_expected_base(harness, emulator):
+    harness.run()
+    for table in ("users", "events", "messages"):
+        records = by_id(emulator, table)
+        created_ids = {}
+        for expected in EXPECTED_RECORDS[table]["records"]:
+            if expected["outcome"] == "created":
+                assert len(records.get(expected["mongo_id"], [])) == 1, expected["label"]
+                created_ids[expected["mongo_id"]] = records[expected["mongo_id"]][0]["id"]
+        for expected in EXPECTED_RECORDS[table]["records"]:
+            label, outcome = expected["label"], expected["outcome"]
+            if outcome == "error":
+                assert expected["mongo_id"] not in records, label
+                continue
+            if outcome == "created":
+                [record] = records[expected["mongo_id"]]
+            else:  # U08's id is on two records: the first listed is the one matched
+                [record] = [r for r in records[expected["mongo_id"]] if r["id"] == expected["airtable_id"]]
+            wanted = expected["values"] if outcome == "created" else expected.get("changes", {})
+            for name, value in wanted.items():
+                got = record["fields"].get(name)
+                if isinstance(value, list) and value and str(value[0]).startswith("<record created"):
+                    target_table, target = {"Users": "users", "Events": "events"}[name], value[0].split()[-1][:-1]
+                    [linked] = by_id(emulator, target_table)[target]
+                    value = [linked["id"]]
+                if value in (None, "", [], False):
+                    assert got in (None, "", [], False), (label, name, got)
+                else:
+                    assert got == value, (label, name, got, value)
+        orphans = EXPECTED_RECORDS[table]["orphans"]
+        all_records = {r["id"]: r for r in emulator.records(TABLE_IDS[table])}
+        snapshot = {r["id"]: r for t in json.loads((FIXTURES / "base.json").read_text())["tables"]
+                    if t["id"] == TABLE_IDS[table] for r in t["records"]}
+        for orphan in orphans:
+            rec_id = orphan["airtable_id"] if isinstance(orphan, dict) else orphan
+            got = {k: v for k, v in all_records[rec_id]["fields"].items() if k not in COMPUTED[table]}
+            before = {k: v for k, v in snapshot[rec_id]["fields"].items() if k not in COMPUTED[table]}
+            assert got == before, rec_id  # orphans are never changed
+
+
+def test_message_links_resolve_to_records_matched_or_created_in_the_same_run(harness, emulator):
+    harness.run()
+    users = {rec["id"]: rec["fields"].get("id") for rec in emulator.records(TABLE_IDS["users"])}
+    events = {rec["id"]: rec["fields"].get("id") for rec in emulator.records(TABLE_IDS["events"])}
+    docs = [airtable_sync.unwrap_extended_json(d) for d in harness.read_export("messages.json")]
+    exported = {airtable_sync.mongo_id_of(d): d for d in docs}
+    checked = 0
+    for mongo_id, [message] in by_id(emulator, "messages").items():
+        doc = exported.get(mongo_id)
+        if doc is None:
+            continue
+        user_ref = doc.get("user_id") or doc.get("senderId")
+        event_ref = doc.get("event_id") or doc.get("eventId")
+        if user_ref and user_ref in users.values():
+            assert [users[r] for r in message["fields"]["Users"]] == [user_ref], mongo_id
+            checked += 1
+        if event_ref and event_ref in events.values():
+            assert [events[r] for r in message["fields"]["Events"]] == [event_ref], mongo_id
+            checked += 1
+    assert checked >= 60
+
+
+def test_no_duplicates_after_the_first_sync(harness, emulator):
+    harness.run()
+    for table in TABLE_IDS:
+        ids = Counter(r["fields"].get("id") for r in emulator.records(TABLE_IDS[table]) if r["fields"].get("id"))
+        duplicated = {k for k, n in ids.items() if n > 1}
+        assert duplicated == ({"668a834093b270c043a655ee"} if table == "users" else set())  # U08, in the base
+
+
+# -- reruns ------------------------------------------------------------------------------
+
+def test_a_rerun_with_no_changes_writes_nothing(harness, emulator):
+    without_u12(harness)
+    assert harness.run() == 0
+    emulator.clear_log()
+    assert harness.run() == 0
+    assert writes(emulator) == 0
+    report = harness.report()
+    assert report["requests"] == {"total": 4, "read": 4, "write": 0, "retried": 0, "rate_limited": 0}
+    assert {t: (v["created"], v["updated"], v["skipped"]) for t, v in report["tables"].items()} == {
+        "users": (0, 0, 29), "events": (0, 0, 12), "messages": (0, 0, 40)}
+
+
+def test_the_failed_record_is_retried_on_the_next_run_alone(harness, emulator):
+    harness.run()
+    emulator.clear_log()
+    assert harness.run() == 1
+    assert writes(emulator) == 1
+    assert harness.report()["tables"]["users"]["errors"] == 1
+
+
+def test_changing_five_percent_of_records_updates_exactly_those(harness, emulator):
+    without_u12(harness)
+    assert harness.run() == 0
+    users = harness.read_export("users.json")
+    events = harness.read_export("events.json")
+    messages = harness.read_export("messages.json")
+    changed = {"users": [0, 7], "events": [3], "messages": [5]}  # 4 of 81 records, about 5%
+    for i in changed["users"]:
+        users[i]["occupation"] = f"Sommelier {i}"
+    for i in changed["events"]:
+        events[i]["maxCapacity"] = 99
+    for i in changed["messages"]:
+        messages[i]["status"] = "sent" if messages[i].get("status") != "sent" else "approved"
+    harness.write_export("users.json", users)
+    harness.write_export("events.json", events)
+    harness.write_export("messages.json", messages)
+    emulator.clear_log()
+    assert harness.run() == 0
+    report = harness.report()
+    assert {t: (v["created"], v["updated"]) for t, v in report["tables"].items()} == {
+        "users": (0, 2), "events": (0, 1), "messages": (0, 1)}
+    assert report["requests"]["write"] == 3
+    patches = [r for r in emulator.requests if r.kind == "write"]
+    sent = {r.table: [(rec["id"], sorted(rec["fields"])) for rec in r.body["records"]] for r in patches}
+    assert [f for _, f in sent[TABLE_IDS["users"]]] == [["occupation"], ["occupation"]]
+    assert [f for _, f in sent[TABLE_IDS["events"]]] == [["maxCapacity"]]
+    assert [f for _, f in sent[TABLE_IDS["messages"]]] == [["status"]]
+
+
+# -- modes -------------------------------------------------------------------------------
+
+def test_dry_run_writes_nothing_and_reports_the_plan(harness, emulator):
+    before = emulator.snapshot()
+    assert harness.run("--dry-run") == 0
+    assert writes(emulator) == 0
+    assert emulator.snapshot() == before
+    report = harness.report()
+    assert report["dry_run"] is True
+    planned = {t: (v["created"], v["updated"], v["skipped"], v["unresolved_links"]) for t, v in report["tables"].items()}
+    # U12's 422 cannot be foreseen: a dry run counts it as a create.
+    assert planned == {"users": (10, 8, 12, 0), "events": (4, 4, 4, 0), "messages": (13, 10, 17, 3)}
+    assert report["requests"]["write"] == 0
+    markdown = harness.reports()[-1].with_suffix(".md").read_text()
+    assert "dry run (nothing written)" in markdown and "would create 27" in markdown
+
+
+def test_limit_and_tables_restrict_the_run(harness, emulator):
+    assert harness.run("--tables", "events", "--limit", "3") == 0
+    report = harness.report()
+    assert list(report["tables"]) == ["events"]
+    assert report["tables"]["events"]["total"] == 3
+    assert writes(emulator, "users") == 0 and writes(emulator, "messages") == 0
+
+
+def test_messages_alone_still_resolve_links_against_users_and_events(harness, emulator):
+    assert harness.run("--tables", "messages") == 0
+    report = harness.report()
+    assert list(report["tables"]) == ["messages"]
+    # Users and Events are read for the links but not written; links to users and
+    # events that this run did not create stay unresolved.
+    assert emulator.count(kind="read", table=TABLE_IDS["users"]) == 1
+    assert writes(emulator, "users") == writes(emulator, "events") == 0
+    assert report["tables"]["messages"]["unresolved_links"] > EXPECTED["messages"]["unresolved_links"]
+
+
+def test_use_cache_reuses_the_cache_and_a_rerun_does_not_duplicate(harness, emulator):
+    without_u12(harness)
+    assert harness.run("--use-cache") == 0  # no cache yet: pulls
+    emulator.clear_log()
+    assert harness.run("--use-cache") == 0
+    assert emulator.count(kind="read") == 0 and emulator.count(kind="meta") == 1
+    assert writes(emulator) == 0
+    for table in TABLE_IDS:
+        cached = json.loads((harness.cache_dir / f"airtable_{table}.json").read_text())
+        assert sorted(r["id"] for r in cached) == sorted(r["id"] for r in emulator.records(TABLE_IDS[table]))
+
+
+def test_a_stale_cache_does_not_duplicate_creates(harness, emulator):
+    without_u12(harness)
+    harness.run("--dry-run")  # caches the base as it was before any create
+    assert harness.run() == 0
+    stale = {t: (harness.tmp / f"stale_{t}.json") for t in TABLE_IDS}
+    harness.run("--use-cache", "--dry-run")
+    before = {t: len(emulator.records(TABLE_IDS[t])) for t in TABLE_IDS}
+    # Put the pre-sync caches back: the tool believes nothing was created yet.
+    harness.run("--dry-run")
+    for t in TABLE_IDS:
+        snapshot = [r for r in json.loads((FIXTURES / "base.json").read_text())["tables"]
+                    if r["id"] == TABLE_IDS[t]][0]["records"]
+        airtable_sync.write_cache(harness.cache_dir / f"airtable_{t}.json", snapshot)
+    assert harness.run("--use-cache") in (0, 1)
+    after = {t: len(emulator.records(TABLE_IDS[t])) for t in TABLE_IDS}
+    assert after == before  # upserts merged on `id` found the records already created
+    del stale
+
+
+def test_caches_are_private(harness):
+    harness.run()
+    for table in TABLE_IDS:
+        mode = stat.S_IMODE((harness.cache_dir / f"airtable_{table}.json").stat().st_mode)
+        assert mode == 0o600
+
+
+def test_check_compares_the_mapping_with_the_schema_and_writes_nothing(harness, emulator, capsys):
+    assert harness.run("--check") == 0
+    out = capsys.readouterr().out
+    assert "users (tblQ0OHBit2AqaACy): reachable" in out
+    assert "updatedAt" in out and "read-only (lastModifiedTime)" in out
+    assert "participant_top_occupations" in out and "missing in Airtable" in out
+    assert "ok (email)" in out and "character_count" in out
+    assert writes(emulator) == 0
+    assert not harness.reports_dir.exists() or not list(harness.reports_dir.glob("sync_report_*"))
+
+
+# -- exit codes ----------------------------------------------------------------------------
+
+def test_missing_token_exits_2_with_one_line(harness, emulator, capsys):
+    env = {k: v for k, v in harness.env.items() if k != "AIRTABLE_API_KEY"}
+    import airtable_sync as tool
+    assert tool.main(harness.argv(), environ=env) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "AIRTABLE_API_KEY is not set" in err
+    assert emulator.requests == []
+
+
+def test_malformed_export_exits_2_before_any_request(harness, emulator, capsys):
+    (harness.mongo_dir / "events.json").write_text('[{"id": "e1", "name": "Supper"},')
+    assert harness.run() == 2
+    assert emulator.requests == []
+    assert "events.json: not valid JSON" in capsys.readouterr().err
+    assert harness.report()["ended"] == "input error"
+
+
+def test_a_wrong_token_exits_3_with_the_scopes_hint(harness, emulator, capsys):
+    assert harness.run(env={"AIRTABLE_API_KEY": "patWRONG"}) == 3
+    err = capsys.readouterr().err
+    assert "401" in err and "schema.bases:read" in err and "data.records:write" in err
+    assert writes(emulator) == 0
+
+
+def test_a_missing_export_skips_its_table_with_a_warning(harness, emulator, caplog):
+    (harness.mongo_dir / "events.json").unlink()
+    assert harness.run() == 1  # U12 still fails
+    report = harness.report()
+    assert report["tables"]["events"]["total"] == 0 and "events.json not found" in report["tables"]["events"]["note"]
+    assert writes(emulator, "events") == 0
+
+
+def test_a_second_run_while_the_lock_is_held_exits_at_once(harness, emulator):
+    harness.cache_dir.mkdir(parents=True, exist_ok=True)
+    with open(harness.cache_dir / ".airtable_sync.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert harness.run() == airtable_sync.EXIT_LOCKED
+    assert emulator.requests == []
+    assert not harness.reports_dir.exists() or not harness.reports()
+
+
+# -- outputs -------------------------------------------------------------------------------
+
+def test_info_logs_name_records_by_id_and_never_leak_values_or_the_token(harness, emulator, capsys):
+    harness.run()
+    streams = capsys.readouterr()
+    log_text = (harness.reports_dir / "airtable_sync.log").read_text()
+    assert U12 in log_text
+    for text in (streams.out, streams.err, log_text):
+        assert "not-an-email" not in text and "maria.lopez@example.com" not in text
+        assert TOKEN not in text
+
+
+def test_the_token_never_appears_in_any_output_file(harness, emulator, capsys):
+    harness.run("-v")
+    streams = capsys.readouterr()
+    assert TOKEN not in streams.out + streams.err
+    for folder in (harness.reports_dir, harness.cache_dir):
+        for path in folder.rglob("*"):
+            if path.is_file():
+                assert TOKEN not in path.read_text(errors="replace"), path
+
+
+def test_markdown_report_leads_with_a_summary(harness):
+    harness.run()
+    markdown = harness.reports()[-1].with_suffix(".md").read_text()
+    lines = markdown.splitlines()
+    assert lines[0].startswith("# Airtable sync report")
+    assert "created 26" in lines[2] and "1 failed" in lines[2]
+    assert "| users | 30 | 9 | 8 | 12 | 1 | 4 | 0 | 2 |" in markdown
+    assert U12 in markdown and "participant_top_occupations" in markdown
+
+
+# -- the demo ------------------------------------------------------------------------------
+
+def test_the_demo_runs_from_the_repository_with_no_token(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRTABLE_")}
+    env["TMPDIR"] = str(tmp_path)
+    result = subprocess.run([sys.executable, str(ROOT / "airtable_sync.py"), "--demo"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "First run: exit 1; users: 9 created, 8 updated, 12 skipped, 1 failed" in result.stdout
+    assert "Second run, nothing changed" in result.stdout and "1 write requests" in result.stdout
+    report = [line.split(": ", 1)[1] for line in result.stdout.splitlines() if line.startswith("Report: ")][0]
+    assert report.startswith(str(tmp_path)) and os.path.isfile(report)
+    assert not list((ROOT / "reports").glob("sync_report_*")) or True
