@@ -1232,6 +1232,13 @@ class TableResult:
 FIELD_IN_MESSAGE = re.compile(r'[Ff]ield (?:name: )?"([^"]+)"')
 
 
+def without_values(message: str) -> str:
+    """An Airtable error for the INFO log: its type and field name, never the value it quotes."""
+    kind = message.split(":", 1)[0]
+    found = FIELD_IN_MESSAGE.search(message)
+    return f"{kind} on field {found.group(1)}" if found else kind
+
+
 def rejected_field(kind: str, message: str) -> tuple[str, str] | None:
     """(field, 'missing' | 'read_only') when Airtable rejected a whole field, not a value."""
     found = FIELD_IN_MESSAGE.search(message)
@@ -1303,7 +1310,7 @@ class Applier:
             self.errors.append({"table": self.plan.spec.key, "mongo_id": write.record.mongo_id,
                                 "message": message})
             log.warning("%s %s: %s", self.plan.spec.key, write.record.mongo_id or f"#{write.record.index + 1}",
-                        message.split(":", 1)[0] if outcome == "failed" else outcome)
+                        without_values(message) if outcome == "failed" else outcome)
 
     def succeed(self, batch: Sequence[tuple[PlannedWrite, dict]], records: list[dict]) -> None:
         self.written.extend(records)
