@@ -388,14 +388,39 @@ class Throttle:
 _THROTTLES: dict[tuple[str, str], Throttle] = {}
 
 
+RECENT_REQUESTS_FILE = ".recent_requests.json"
+
+
 def shared_throttle(settings: Settings, stop: threading.Event) -> Throttle:
-    """One throttle per base in this process: Airtable counts the base's requests, not our runs'."""
+    """One throttle per base: Airtable counts the base's requests, not our runs'.
+
+    Runs in one process share it; a run right after another process's (say
+    `--check` and then the sync) starts from the completion times that run left
+    in the cache dir, so the two together still stay under the rate.
+    """
     key = (settings.endpoint_url, settings.base_id)
     throttle = _THROTTLES.get(key)
     if throttle is None or throttle.rate != settings.max_rps:
         throttle = _THROTTLES[key] = Throttle(settings.max_rps, stop)
+        try:
+            recent = json.loads((settings.cache_dir / RECENT_REQUESTS_FILE).read_text()).get(" ".join(key), [])
+        except (OSError, ValueError, AttributeError):
+            recent = []
+        wall, mono = time.time(), time.monotonic()
+        throttle.completed.extend(sorted(mono - (wall - t) for t in recent if 0 <= wall - t < 2))
     throttle.stop = stop
     return throttle
+
+
+def save_recent_requests(settings: Settings) -> None:
+    throttle = _THROTTLES.get((settings.endpoint_url, settings.base_id))
+    if throttle is None:
+        return
+    wall, mono = time.time(), time.monotonic()
+    recent = [wall - (mono - t) for t in throttle.completed if mono - t < 2]
+    with contextlib.suppress(OSError):
+        write_private(settings.cache_dir / RECENT_REQUESTS_FILE,
+                      json.dumps({f"{settings.endpoint_url} {settings.base_id}": recent}))
 
 
 def _never_sent(error: BaseException) -> bool:
@@ -1599,6 +1624,7 @@ class Sync:
     settings: Settings
     stop: threading.Event
     report: RunReport
+    plans: dict[str, TablePlan] = field(default_factory=dict)
 
     def load_exports(self) -> dict[str, list[ExportRecord]]:
         exports = {}
@@ -1661,7 +1687,7 @@ class Sync:
         needed = [k for k in TABLE_ORDER if k in exports or any(
             link.target == k for e in exports for link in TABLE_SPECS[e].links)]
         pulled = self.airtable_records(airtable, needed)
-        plans = self.plan(exports, pulled, schema)
+        plans = self.plans = self.plan(exports, pulled, schema)
         for key, plan in plans.items():
             for write in plan.writes:
                 if write.action == "error":
@@ -1693,7 +1719,8 @@ class Sync:
 
     @property
     def anything_written(self) -> bool:
-        return self.report.requests.write > 0
+        return any(w.outcome == "done" and w.action in ("create", "update")
+                   for plan in self.plans.values() for w in plan.writes)
 
 
 def merge_written(records: list[dict], written: Iterable[dict]) -> None:
@@ -1762,6 +1789,8 @@ def execute(settings: Settings, started: datetime) -> tuple[int, RunReport, Path
                 log.error("%s", exc)
             except RunInterrupted:
                 pass
+            finally:
+                save_recent_requests(settings)
             if caught.get("signal"):
                 code = EXIT_SIGTERM if caught["signal"] == signal.SIGTERM else EXIT_SIGINT
                 report.ended = "interrupted"
@@ -1839,6 +1868,7 @@ def main(argv: Sequence[str] | None = None, *, environ: Mapping[str, str] | None
             log.error("%s", exc)
             return EXIT_AIRTABLE
         finally:
+            save_recent_requests(settings)
             teardown_logging(handlers)
     handlers = setup_logging(settings.verbose, settings.reports_dir / "airtable_sync.log", settings.api_key)
     try:

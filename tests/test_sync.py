@@ -358,3 +358,18 @@ def test_the_demo_runs_from_the_repository_with_no_token(tmp_path):
     report = [line.split(": ", 1)[1] for line in result.stdout.splitlines() if line.startswith("Report: ")][0]
     assert report.startswith(str(tmp_path)) and os.path.isfile(report)
     assert not list((ROOT / "reports").glob("sync_report_*")) or True
+
+
+def test_back_to_back_processes_share_the_rate_limit(harness, emulator, tmp_path):
+    """`--check` and then the sync in two processes still stay under 5 requests a second."""
+    emulator.set_rate_limit(5, penalty_s=30)
+    env = {**os.environ, **harness.env, "AIRTABLE_MAX_RPS": "5"}
+    without_u12(harness)
+    for flags in (["--check"], []):
+        result = subprocess.run([sys.executable, str(ROOT / "airtable_sync.py"), *harness.argv(*flags)],
+                                env=env, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+    assert emulator.count(status=429) == 0
+    arrivals = [r.t_start for r in emulator.requests]
+    assert len(arrivals) == 4 + 4 + 7  # check: schema + 3 reads; sync: the same + 7 writes
+    assert max(sum(1 for t in arrivals if a - 1.0 < t <= a) for a in arrivals) <= 5
