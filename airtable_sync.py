@@ -1166,22 +1166,24 @@ def plan_table(
     """What to create, update and skip for one table: pure, no I/O."""
     types, missing, read_only = field_types(spec, schema, airtable_records, exported)
     has_id_field = "id" in types or (schema is None and any("id" in r["fields"] for r in airtable_records))
-    matches, orphans = match_records(exported, airtable_records, spec.key_fields, spec.airtable_key, has_id_field)
     unmapped = sorted({k for r in exported for k in r.doc} - spec.consumed_mongo_fields)
-    plan = TablePlan(spec, types, has_id_field, [], len(orphans), unmapped, missing, read_only)
-    seen_ids: set[str] = set()
-    for match in matches:
-        record = match.record
+    plan = TablePlan(spec, types, has_id_field, [], 0, unmapped, missing, read_only)
+    # Records that cannot be matched safely fail before matching, so they claim no Airtable record.
+    usable, seen_ids = [], set()
+    for record in exported:
         if record.mongo_id is None and not natural_key(record.doc, spec.key_fields):
             plan.writes.append(PlannedWrite(record, "error", error=f"record #{record.index + 1} has no id "
                                             f"and no {'/'.join(spec.key_fields)}"))
-            continue
-        if record.mongo_id is not None:
-            if record.mongo_id in seen_ids:
-                plan.writes.append(PlannedWrite(record, "error", error="duplicate id in the export; "
-                                                "its first record is synced"))
-                continue
+        elif record.mongo_id is not None and record.mongo_id in seen_ids:
+            plan.writes.append(PlannedWrite(record, "error", error="duplicate id in the export; "
+                                            "its first record is synced"))
+        else:
             seen_ids.add(record.mongo_id)
+            usable.append(record)
+    matches, orphans = match_records(usable, airtable_records, spec.key_fields, spec.airtable_key, has_id_field)
+    plan.orphans = len(orphans)
+    for match in matches:
+        record = match.record
         converted, invalid = convert_record(record, spec, types)
         plan.invalid_values += len(invalid)
         if invalid:
@@ -1208,6 +1210,7 @@ def plan_table(
         changes = changed_fields(converted, match.airtable["fields"], types)
         action = "update" if changes else "skip"
         plan.writes.append(PlannedWrite(record, action, record_id=match.airtable["id"], fields=changes))
+    plan.writes.sort(key=lambda w: w.record.index)
     return plan
 
 
@@ -1339,6 +1342,12 @@ class Applier:
 
     def succeed(self, batch: Sequence[tuple[PlannedWrite, dict]], records: list[dict]) -> None:
         self.written.extend(records)
+        if len(records) != len(batch):
+            raise AirtableAccessError(f"Airtable answered {len(records)} records for {len(batch)} written")
+        by_key = {r["id"]: r for r in records} | {r["fields"]["id"]: r for r in records if r["fields"].get("id")}
+        if all((w.record_id or f.get("id")) in by_key for w, f in batch):
+            # Airtable answers in request order; matching by id does not depend on it.
+            records = [by_key[w.record_id] if w.record_id in by_key else by_key[f["id"]] for w, f in batch]
         for (write, _), rec in zip(batch, records):
             write.outcome = "done"
             write.record_id = rec["id"]
@@ -1385,8 +1394,12 @@ class Applier:
 
     def apply(self) -> None:
         spec = self.plan.spec
-        for action in ("create", "update"):
-            pending = self.plan.of(action)
+        creates = self.plan.of("create")
+        # Creates that carry an id are upserted; the rest cannot be: never mix them in one request.
+        groups = (("create", [w for w in creates if "id" in w.fields]),
+                  ("create", [w for w in creates if "id" not in w.fields]),
+                  ("update", self.plan.of("update")))
+        for action, pending in groups:
             for start in range(0, len(pending), RECORDS_PER_WRITE):
                 if self.stop.is_set():
                     raise RunInterrupted()
@@ -1468,6 +1481,9 @@ class RunReport:
         }
 
 
+MARKDOWN_ERROR_ROWS = 200  # the JSON twin lists every failed record
+
+
 def render_markdown(report: RunReport) -> str:
     data = report.as_dict()
     mode = "dry run (nothing written)" if report.dry_run else "sync"
@@ -1505,9 +1521,11 @@ def render_markdown(report: RunReport) -> str:
             lines += [f"### {key}", ""] + [f"- {n}" for n in notes] + [""]
     if report.errors:
         lines += ["## Failed records", "", "| table | mongo id | message |", "|---|---|---|"]
-        for error in report.errors:
+        for error in report.errors[:MARKDOWN_ERROR_ROWS]:
             message = str(error["message"]).replace("|", "\\|").replace("\n", " ")
             lines.append(f"| {error['table']} | {error['mongo_id'] or '(none)'} | {message} |")
+        if len(report.errors) > MARKDOWN_ERROR_ROWS:
+            lines.append(f"\n... and {len(report.errors) - MARKDOWN_ERROR_ROWS} more in the JSON report.")
         lines.append("")
     lines += ["## Requests", "", "| " + " | ".join(data["requests"]) + " |",
               "|---" * len(data["requests"]) + "|",

@@ -345,3 +345,14 @@ def test_throttle_never_lets_more_than_rate_requests_into_a_rolling_second():
         in_window = [s for s in starts if start - 1.0 < s <= start]
         assert len(in_window) <= 3, (i, starts)
     assert starts[3] >= starts[0] + 0.05 + 1.0  # counted from completion, not start
+
+
+def test_duplicate_ids_fail_before_matching_and_claim_no_legacy_record():
+    docs = exported({"id": "u1", "email": "a@x.com"}, {"id": "u1", "email": "legacy@x.com"},
+                    {"id": "u2", "email": "legacy@x.com"})
+    airtable = [rec("recOwn", id="u1", email="a@x.com"), rec("recLegacy", email="Legacy@x.com")]
+    schema = {n: sync.FieldInfo(n, t) for n, t in {"id": "singleLineText", "email": "email"}.items()}
+    plan = sync.plan_table(TABLE_SPECS["users"], docs, airtable, schema, {})
+    assert [(w.record.mongo_id, w.action, w.record_id) for w in plan.writes] == [
+        ("u1", "skip", "recOwn"), ("u1", "error", None), ("u2", "update", "recLegacy")]
+    assert plan.orphans == 0

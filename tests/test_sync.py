@@ -373,3 +373,22 @@ def test_back_to_back_processes_share_the_rate_limit(harness, emulator, tmp_path
     arrivals = [r.t_start for r in emulator.requests]
     assert len(arrivals) == 4 + 4 + 7  # check: schema + 3 reads; sync: the same + 7 writes
     assert max(sum(1 for t in arrivals if a - 1.0 < t <= a) for a in arrivals) <= 5
+
+
+def test_records_without_an_id_are_created_apart_and_found_again_by_key(harness, emulator):
+    without_u12(harness)
+    users = harness.read_export("users.json")
+    users.append({"email": "no.id.one@example.com", "firstName": "Noa"})
+    users.append({"email": "No.Id.Two@example.com", "firstName": "Ida"})
+    users.append({"_id": {"$oid": "6a0000000000000000000001"}, "email": "with.id@example.com"})
+    harness.write_export("users.json", users)
+    assert harness.run("--tables", "users") == 0
+    user_writes = [r for r in emulator.requests if r.kind == "write" and r.table == TABLE_IDS["users"]]
+    upserts = [r for r in user_writes if r.method == "PATCH" and r.body.get("performUpsert")]
+    plain = [r for r in user_writes if r.method == "POST"]
+    assert [r.records for r in upserts] == [10] and [r.records for r in plain] == [2]
+    emulator.clear_log()
+    assert harness.run("--tables", "users") == 0
+    assert writes(emulator) == 0
+    emails = Counter(r["fields"].get("email") for r in emulator.records(TABLE_IDS["users"]))
+    assert emails["no.id.one@example.com"] == 1 and emails["No.Id.Two@example.com"] == 1
