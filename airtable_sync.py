@@ -1023,6 +1023,57 @@ def infer_type(airtable_values: Iterable[Any], mongo_value: Any) -> str:
     return "multilineText"
 
 
+def field_types(spec: TableSpec, schema: dict[str, FieldInfo] | None, airtable_records: Sequence[dict],
+                exported: Sequence[ExportRecord]) -> tuple[dict[str, str], list[str], list[str]]:
+    """(writable field -> type, missing in Airtable, read-only) for a table's mapping."""
+    types, missing, read_only = {}, [], []
+    for name in spec.airtable_fields:
+        if schema is None:
+            if name in {link.airtable_field for link in spec.links}:
+                types[name] = "multipleRecordLinks"
+                continue
+            mongo_name = next(m for m, a in spec.mapping if a == name)
+            sample = next((r.doc[mongo_name] for r in exported if r.doc.get(mongo_name) is not None), None)
+            values = (r["fields"][name] for r in airtable_records if name in r["fields"])
+            types[name] = infer_type(values, sample)
+        elif name not in schema:
+            missing.append(name)
+        elif schema[name].type in WRITABLE_TYPES:
+            types[name] = schema[name].type
+        else:
+            read_only.append(name)  # computed, or a type this tool does not write
+    return types, missing, read_only
+
+
+def convert_record(record: ExportRecord, spec: TableSpec, types: Mapping[str, str]) -> tuple[dict, list[str]]:
+    """The record's mapped values converted for Airtable, and the fields whose values were invalid."""
+    converted: dict[str, Any] = {}
+    invalid: list[str] = []
+    doc = record.doc
+    for mongo_name, airtable_name in spec.mapping:
+        field_type = types.get(airtable_name)
+        if field_type is None or field_type == "multipleRecordLinks":
+            continue
+        if mongo_name == "id":
+            if record.mongo_id is not None:
+                converted["id"] = record.mongo_id
+            continue
+        if mongo_name not in doc:
+            continue  # absent: Airtable keeps its value
+        try:
+            converted[airtable_name] = convert_value(doc[mongo_name], field_type)
+        except Invalid:
+            invalid.append(airtable_name)
+    return converted, invalid
+
+
+def too_long(converted: Mapping[str, Any]) -> str | None:
+    for name, value in converted.items():
+        if isinstance(value, str) and len(value) > TEXT_LIMIT:
+            return f"field {name}: text of {len(value)} characters is over Airtable's {TEXT_LIMIT} limit"
+    return None
+
+
 # ---------------------------------------------------------------------------
 # Diff
 # ---------------------------------------------------------------------------
@@ -1077,7 +1128,7 @@ class PlannedWrite:
     record_id: str | None = None  # the Airtable record updated
     fields: dict = field(default_factory=dict)  # values to send (links as LinkRef lists)
     error: str | None = None
-    outcome: str = "planned"  # planned | done | failed | not attempted | dry run
+    outcome: str = "planned"  # planned | done | failed | not attempted
 
 
 @dataclass
@@ -1097,62 +1148,11 @@ class TablePlan:
         return [w for w in self.writes if w.action == action]
 
 
-def field_types(spec: TableSpec, schema: dict[str, FieldInfo] | None, airtable_records: Sequence[dict],
-                exported: Sequence[ExportRecord]) -> tuple[dict[str, str], list[str], list[str]]:
-    """(writable field -> type, missing in Airtable, read-only) for a table's mapping."""
-    types, missing, read_only = {}, [], []
-    for name in spec.airtable_fields:
-        if schema is None:
-            if name in {link.airtable_field for link in spec.links}:
-                types[name] = "multipleRecordLinks"
-                continue
-            mongo_name = next(m for m, a in spec.mapping if a == name)
-            sample = next((r.doc[mongo_name] for r in exported if r.doc.get(mongo_name) is not None), None)
-            values = (r["fields"][name] for r in airtable_records if name in r["fields"])
-            types[name] = infer_type(values, sample)
-        elif name not in schema:
-            missing.append(name)
-        elif schema[name].type in WRITABLE_TYPES:
-            types[name] = schema[name].type
-        else:
-            read_only.append(name)  # computed, or a type this tool does not write
-    return types, missing, read_only
-
-
-def convert_record(record: ExportRecord, spec: TableSpec, types: Mapping[str, str]) -> tuple[dict, list[str]]:
-    """The record's mapped values converted for Airtable, and the fields whose values were invalid."""
-    converted: dict[str, Any] = {}
-    invalid: list[str] = []
-    doc = record.doc
-    for mongo_name, airtable_name in spec.mapping:
-        field_type = types.get(airtable_name)
-        if field_type is None or field_type == "multipleRecordLinks":
-            continue
-        if mongo_name == "id":
-            if record.mongo_id is not None:
-                converted["id"] = record.mongo_id
-            continue
-        if mongo_name not in doc:
-            continue  # absent: Airtable keeps its value
-        try:
-            converted[airtable_name] = convert_value(doc[mongo_name], field_type)
-        except Invalid:
-            invalid.append(airtable_name)
-    return converted, invalid
-
-
 def link_reference(doc: dict, link: LinkSpec) -> str | None:
     for name in link.mongo_fields:
         value = doc.get(name)
         if value not in (None, ""):
             return str(value)
-    return None
-
-
-def too_long(converted: Mapping[str, Any]) -> str | None:
-    for name, value in converted.items():
-        if isinstance(value, str) and len(value) > TEXT_LIMIT:
-            return f"field {name}: text of {len(value)} characters is over Airtable's {TEXT_LIMIT} limit"
     return None
 
 
@@ -1237,26 +1237,6 @@ def build_link_index(airtable_records: Sequence[dict], plan: TablePlan | None) -
 # ---------------------------------------------------------------------------
 
 
-@dataclass
-class TableResult:
-    """One table's figures for the report: the plan and what became of it."""
-
-    total: int = 0
-    created: int = 0
-    updated: int = 0
-    skipped: int = 0
-    errors: int = 0
-    orphans: int = 0
-    unresolved_links: int = 0
-    unmapped_fields: list[str] = field(default_factory=list)
-    missing_in_airtable: list[str] = field(default_factory=list)
-    read_only: list[str] = field(default_factory=list)
-    invalid_values: int = 0
-    not_attempted: int = 0
-    planned: dict[str, int] = field(default_factory=dict)
-    note: str = ""
-
-
 FIELD_IN_MESSAGE = re.compile(r'[Ff]ield (?:name: )?"([^"]+)"')
 
 
@@ -1282,12 +1262,11 @@ def rejected_field(kind: str, message: str) -> tuple[str, str] | None:
 class Applier:
     """Sends a table's planned writes in batches of ten and records what became of each."""
 
-    def __init__(self, airtable: Airtable, plan: TablePlan, result: TableResult, errors: list[dict],
+    def __init__(self, airtable: Airtable, plan: TablePlan, errors: list[dict],
                  created_ids: dict[str, dict[str, str]], stop: threading.Event):
         self.airtable = airtable
         self.table = airtable.table(plan.spec.key)
         self.plan = plan
-        self.result = result
         self.errors = errors
         self.created_ids = created_ids
         self.stop = stop
@@ -1303,7 +1282,7 @@ class Applier:
             if isinstance(value, list) and value and isinstance(value[0], LinkRef):
                 target = self.created_ids.get(value[0].target, {}).get(value[0].mongo_id)
                 if target is None:
-                    self.result.unresolved_links += 1  # its create failed
+                    self.plan.unresolved_links += 1  # its create failed
                     continue
                 value = [target]
             fields[name] = value
@@ -1322,10 +1301,13 @@ class Applier:
 
     # -- requests ---------------------------------------------------------------
 
+    def upserts(self, action: str, batch: Sequence[tuple[PlannedWrite, dict]]) -> bool:
+        return action == "create" and self.plan.has_id_field and all("id" in f for _, f in batch)
+
     def send(self, action: str, batch: list[tuple[PlannedWrite, dict]]) -> list[dict]:
         if action == "update":
             return self.table.batch_update([{"id": w.record_id, "fields": f} for w, f in batch], typecast=True)
-        if self.plan.has_id_field and all("id" in f for _, f in batch):
+        if self.upserts(action, batch):
             # Merged on `id`, a create re-sent after a lost answer updates the record it made.
             result = self.table.batch_upsert([{"fields": f} for _, f in batch], key_fields=["id"], typecast=True)
             return result["records"]
@@ -1358,39 +1340,48 @@ class Applier:
 
     def write_batch(self, action: str, batch: list[tuple[PlannedWrite, dict]]) -> None:
         """One request; a 422 is retried record by record so only the bad records fail."""
+        table = self.plan.spec.key
         try:
             records = self.send(action, batch)
         except requests.HTTPError as exc:
             status = exc.response.status_code
             kind, message = airtable_error(exc)
-            if status in (401, 403):
-                raise access_error(exc, self.airtable.settings, f"writing {self.plan.spec.key}") from None
-            if status not in (404, 422) and status < 500 and status != 429:
+            if status >= 500 and action == "create" and not self.upserts(action, batch):
+                self.fail(batch, f"HTTP {status} {kind}: outcome unknown, not re-sent (a plain create could "
+                          "duplicate); the next run finds the record by its natural key if it was created")
+            elif status in (401, 403, 429) or status >= 500:
+                raise access_error(exc, self.airtable.settings, f"writing {table}") from None
+            elif status not in (404, 422):
                 self.fail(batch, f"HTTP {status} {kind}: {message}")
-                return
-            if status >= 500 or status == 429:
-                raise access_error(exc, self.airtable.settings, f"writing {self.plan.spec.key}") from None
-            rejected = rejected_field(kind, message)
-            if rejected and any(rejected[0] in f for _, f in batch):
-                self.drop_field(*rejected)
-                remaining = [(w, {k: v for k, v in f.items() if k != rejected[0]}) for w, f in batch]
-                if action == "update":
-                    for write, fields in remaining:
-                        if not fields:
-                            write.action, write.outcome = "skip", "done"
-                    remaining = [(w, f) for w, f in remaining if f]
-                if remaining:
-                    self.write_batch(action, remaining)
-                return
-            if len(batch) > 1:
+            elif rejected := rejected_field(kind, message):
+                self.write_without_field(action, batch, *rejected)
+            elif len(batch) > 1:
                 for item in batch:
                     self.write_batch(action, [item])
-                return
-            self.fail(batch, f"{kind}: {message}")
+            else:
+                self.fail(batch, f"{kind}: {message}")
             return
         except (requests.ConnectionError, requests.Timeout) as exc:
-            raise access_error(exc, self.airtable.settings, f"writing {self.plan.spec.key}") from None
+            if action == "create" and not self.upserts(action, batch) and not _never_sent(exc):
+                self.fail(batch, f"{type(exc).__name__}: outcome unknown, not re-sent (a plain create could "
+                          "duplicate); the next run finds the record by its natural key if it was created")
+                return
+            raise access_error(exc, self.airtable.settings, f"writing {table}") from None
         self.succeed(batch, records)
+
+    def write_without_field(self, action: str, batch: list[tuple[PlannedWrite, dict]], name: str, reason: str) -> None:
+        if not any(name in f for _, f in batch):
+            self.fail(batch, f"Airtable rejected field {name} ({reason}), which this request did not send")
+            return
+        self.drop_field(name, reason)
+        remaining = [(w, {k: v for k, v in f.items() if k != name}) for w, f in batch]
+        if action == "update":
+            for write, fields in remaining:
+                if not fields:
+                    write.action, write.outcome = "skip", "done"
+            remaining = [(w, f) for w, f in remaining if f]
+        if remaining:
+            self.write_batch(action, remaining)
 
     def apply(self) -> None:
         spec = self.plan.spec
@@ -1422,13 +1413,32 @@ class Applier:
         now = time.monotonic()
         if now - self.progress_at >= 5 or done == total and total >= 100:
             self.progress_at = now
-            log.info("%s: %s %d/%d", self.plan.spec.key, action + "d" if action.endswith("e") else action,
-                     done, total)
+            log.info("%s: %sd %d/%d", self.plan.spec.key, action, done, total)
 
 
 # ---------------------------------------------------------------------------
 # Report
 # ---------------------------------------------------------------------------
+
+
+@dataclass
+class TableResult:
+    """One table's figures for the report: the plan and what became of it."""
+
+    total: int = 0
+    created: int = 0
+    updated: int = 0
+    skipped: int = 0
+    errors: int = 0
+    orphans: int = 0
+    unresolved_links: int = 0
+    unmapped_fields: list[str] = field(default_factory=list)
+    missing_in_airtable: list[str] = field(default_factory=list)
+    read_only: list[str] = field(default_factory=list)
+    invalid_values: int = 0
+    not_attempted: int = 0
+    planned: dict[str, int] = field(default_factory=dict)
+    note: str = ""
 
 
 def summarize(plan: TablePlan, dry_run: bool) -> TableResult:
@@ -1687,11 +1697,10 @@ class Sync:
     def apply(self, airtable: Airtable, plans: dict[str, TablePlan], pulled: dict[str, list[dict]]) -> None:
         created_ids: dict[str, dict[str, str]] = {}
         for key, plan in plans.items():
-            applier = Applier(airtable, plan, TableResult(), self.report.errors, created_ids, self.stop)
+            applier = Applier(airtable, plan, self.report.errors, created_ids, self.stop)
             try:
                 applier.apply()
             finally:
-                plan.unresolved_links += applier.result.unresolved_links
                 merge_written(pulled[key], applier.written)
 
     def run(self) -> int:
