@@ -77,6 +77,11 @@ MAX_PAGE_SIZE = 100
 MAX_TEXT_LENGTH = 100_000
 #: fieldsToMergeOn takes 1..3 fields (update-multiple-records docs).
 MAX_MERGE_FIELDS = 3
+#: list-records docs: "Airtable's API only accepts request with a URL shorter than 16,000
+#: characters" (pyairtable's Api.MAX_URL_LENGTH, which switches to POST .../listRecords at
+#: that length).  Measured as on the real host: "https://api.airtable.com" + path + query.
+MAX_URL_LENGTH = 16_000
+REAL_API_ORIGIN = "https://api.airtable.com"
 #: List iterators expire; Airtable documents that "iteration may timeout due to client
 #: inactivity or server restarts" (list-records docs) without a number.  5 minutes here.
 ITERATOR_TTL_S = 300.0
@@ -116,12 +121,11 @@ COMPUTED_TYPES = frozenset({
 })
 TEXT_TYPES = frozenset({"singleLineText", "multilineText", "richText", "email", "url", "phoneNumber"})
 NUMBER_TYPES = frozenset({"number", "currency", "percent", "duration"})
-#: Types usable in fieldsToMergeOn: "number, text, long text, single select, multiple select,
-#: date" (update-multiple-records docs).  "text" is read as the text-like types.
-MERGE_TYPES = frozenset({
-    "singleLineText", "multilineText", "email", "url", "phoneNumber", "number", "currency",
-    "percent", "singleSelect", "multipleSelects", "date",
-})
+#: Types usable in fieldsToMergeOn.  update-multiple-records docs: "These cannot be computed
+#: fields (formulas, lookups, rollups), and must be one of the following types: number, text,
+#: long text, single select, multiple select, date."  Read literally (STRICT): email, url,
+#: phone, currency, percent, rich text and date-time fields are distinct types and are refused.
+MERGE_TYPES = frozenset({"singleLineText", "multilineText", "number", "singleSelect", "multipleSelects", "date"})
 CHOICE_COLORS = [
     "blueLight2", "cyanLight2", "tealLight2", "greenLight2", "yellowLight2",
     "orangeLight2", "redLight2", "pinkLight2", "purpleLight2", "grayLight2",
@@ -219,24 +223,29 @@ def model_not_found() -> ApiError:
     return ApiError(403, "INVALID_PERMISSIONS_OR_MODEL_NOT_FOUND", MSG_MODEL_NOT_FOUND)
 
 
-DEFAULT_FAULT_ERRORS: dict[int, tuple[str, str]] = {
+#: Default bodies of injected faults.  404, 422, 429 and 503 are the examples on the errors
+#: page (https://airtable.com/developers/web/api/errors#example-error-responses: 404
+#: {"error": {"type": "NOT_FOUND"}} without a message, 429 RATE_LIMIT_REACHED, 503
+#: RETRIABLE_ERROR); the others use the status descriptions of that page (UNCONFIRMED types).
+DEFAULT_FAULT_ERRORS: dict[int, tuple[str, str | None]] = {
     400: ("INVALID_REQUEST_UNKNOWN", "The request could not be parsed"),
     401: ("AUTHENTICATION_REQUIRED", MSG_AUTH),
     403: ("INVALID_PERMISSIONS_OR_MODEL_NOT_FOUND", MSG_MODEL_NOT_FOUND),
-    404: ("NOT_FOUND", "Could not find what you are looking for"),
+    404: ("NOT_FOUND", None),
     413: ("REQUEST_ENTITY_TOO_LARGE", "The request exceeded the maximum allowed payload size"),
     422: ("INVALID_REQUEST_UNKNOWN", MSG_INVALID_REQUEST),
     429: ("RATE_LIMIT_REACHED", MSG_RATE_LIMIT),
     500: ("SERVER_ERROR", "The server encountered an unexpected condition"),
     502: ("BAD_GATEWAY", "Airtable's servers are restarting or an unexpected outage is in progress"),
-    503: ("SERVICE_UNAVAILABLE", "The server could not process your request in time"),
+    503: ("RETRIABLE_ERROR",
+          "Server encountered an error while processing your request, and it is safe to retry the request"),
     504: ("GATEWAY_TIMEOUT", "The server did not respond in time"),
 }
 
 
 def default_error_body(status: int) -> dict:
     type_, message = DEFAULT_FAULT_ERRORS.get(status, ("UNKNOWN_ERROR", f"HTTP {status}"))
-    return {"error": {"type": type_, "message": message}}
+    return ApiError(status, type_, message).body()
 
 
 @dataclass
@@ -821,6 +830,7 @@ class Emulator:
             tables = []
             for t in self._tables:
                 meta = self._table_meta(t)
+                meta["views"] = copy.deepcopy(t.views)  # as loaded (visibleFieldIds kept)
                 meta["records"] = [
                     {
                         "id": rec.id,
@@ -996,9 +1006,13 @@ class Emulator:
             meta["description"] = t.description
         meta["fields"] = copy.deepcopy(t.fields)
         views = copy.deepcopy(t.views)
-        if visible_field_ids:
-            for v in views:
+        # get-base-schema docs: include=visibleFieldIds adds "visibleFieldIds" to views "of
+        # type grid only"; the view model says it is present "when requested with include".
+        for v in views:
+            if visible_field_ids and v.get("type") == "grid":
                 v.setdefault("visibleFieldIds", [f["id"] for f in t.fields])
+            else:
+                v.pop("visibleFieldIds", None)
         meta["views"] = views
         return meta
 
@@ -1148,6 +1162,10 @@ class Emulator:
     def _dispatch(self, handler: "_Handler", route: "Emulator._Route", query: dict,
                   body: Any, body_error: str | None) -> _Response:
         try:
+            if len(REAL_API_ORIGIN) + len(handler.path) >= MAX_URL_LENGTH:
+                # STRICT (undocumented status and body): the docs give the limit, not the error.
+                raise ApiError(414, "INVALID_REQUEST_UNKNOWN",
+                               "Invalid request: the URL must be shorter than 16,000 characters")
             if not route.name:
                 raise route_not_found()
             self._check_auth(handler.headers.get("Authorization"))
@@ -1265,9 +1283,9 @@ class Emulator:
         itr_id, _, rec_id = offset.partition("/")
         itr = self._iterators.get(itr_id)
         if itr is None or itr.table_id != table.id or rec_id not in itr.ids:
-            # list-records docs: iteration may time out; the API then answers 422
-            # LIST_RECORDS_ITERATOR_NOT_AVAILABLE.  Message text UNCONFIRMED.
-            raise ApiError(422, "LIST_RECORDS_ITERATOR_NOT_AVAILABLE", "Iterator not available")
+            # list-records docs ("Iteration timeout (422)"): the documented body is exactly
+            # {"error": {"type": "LIST_RECORDS_ITERATOR_NOT_AVAILABLE"}} -- no message.
+            raise ApiError(422, "LIST_RECORDS_ITERATOR_NOT_AVAILABLE")
         itr.expires = time.monotonic() + ITERATOR_TTL_S
         return itr.ids, itr.ids.index(rec_id)
 
@@ -1934,30 +1952,54 @@ def _coerce_date(f: dict, value: Any, typecast: bool) -> str | None:
     return value
 
 
-def _parse_datetime(value: str) -> str:
+def _parse_datetime(value: str, tz: dt.tzinfo | None = None) -> str:
+    """ISO 8601 date-time -> Airtable's UTC form.  Without an offset the time is read in ``tz``
+    (the field's time zone; UTC when None)."""
     m = DATETIME_RE.fullmatch(value)
     if not m:
         raise ValueError(value)
-    date_part, time_part, _frac, tz = m.groups()
+    date_part, time_part, _frac, offset = m.groups()
     if len(time_part) == 5:
         time_part += ":00"
-    tz = "+00:00" if tz in (None, "Z", "z") else (tz if ":" in tz else tz[:3] + ":" + tz[3:])
-    parsed = dt.datetime.fromisoformat(f"{date_part}T{time_part}{tz}")
+    parsed = dt.datetime.fromisoformat(f"{date_part}T{time_part}")
+    if offset is None:
+        parsed = parsed.replace(tzinfo=tz or dt.timezone.utc)
+    else:
+        offset = "+00:00" if offset in ("Z", "z") else (offset if ":" in offset else offset[:3] + ":" + offset[3:])
+        parsed = parsed.replace(tzinfo=dt.datetime.fromisoformat(f"{date_part}T{time_part}{offset}").tzinfo)
     return format_datetime(parsed)  # fractional seconds are dropped: Airtable keeps whole seconds
 
 
+def _field_zone(f: dict) -> dt.tzinfo | None:
+    """The zone ambiguous dateTime inputs are read in: the field's ``timeZone`` unless it is
+    "utc" or "client" (field-model docs, dateTime).  An unknown zone name reads as UTC."""
+    name = (f.get("options") or {}).get("timeZone")
+    if not name or name in ("utc", "client"):
+        return None
+    try:
+        from zoneinfo import ZoneInfo
+
+        return ZoneInfo(name)
+    except Exception:  # no tz database, or a name it does not know
+        return None
+
+
 def _coerce_datetime(f: dict, value: Any, typecast: bool) -> str | None:
-    """ISO 8601 with a time part; without an offset it is read as UTC.  A bare date needs
-    typecast (STRICT (undocumented))."""
+    """ISO 8601 date-time.  Field-model docs (dateTime): "ambiguous string inputs like
+    "2020-09-05T07:00:00" and "2020-09-08" will be interpreted according to the timeZone of
+    the field instead of utc" (for a field whose zone is not utc/client), "and nonambiguous
+    string inputs with zone offset like "2020-09-05T07:00:00.000Z" and
+    "2020-09-08T00:00:00-07:00" will be interpreted correctly".  So a bare date and a time
+    without an offset are accepted without typecast."""
     if not isinstance(value, str):
         raise bad_value(f)
     text = value.strip() if typecast else value
-    if typecast and DATE_RE.fullmatch(text):
-        text += "T00:00:00Z"
     if typecast and text == "":
         return None
+    if DATE_RE.fullmatch(text):
+        text += "T00:00:00"
     try:
-        return _parse_datetime(text)
+        return _parse_datetime(text, _field_zone(f))
     except ValueError:
         raise bad_value(f) from None
 

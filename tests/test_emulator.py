@@ -247,7 +247,7 @@ def test_computed_count_field_in_other_table(api):
     ("Age", "36"), ("Age", True), ("Age", [1]), ("Score", "1.5"), ("Ratio", {}), ("Duration", "60"),
     ("Stars", 6), ("Stars", 2.5), ("Active", "yes"), ("Active", 1),
     ("Birthday", "2024-02-30"), ("Birthday", "2024-01-01T00:00:00Z"), ("Birthday", "01/02/2024"), ("Birthday", 20240101),
-    ("LastSeen", "2024-01-01"), ("LastSeen", "yesterday"), ("LastSeen", 1700000000),
+    ("LastSeen", "yesterday"), ("LastSeen", "2024-13-01T00:00:00Z"), ("LastSeen", 1700000000),
     ("Name", 5), ("Notes", ["x"]), ("Name", "x" * 100_001), ("Email", "not-an-email"), ("Email", 3),
     ("Status", 3), ("Tags", "a"), ("Tags", [1]), ("Company", "recAcme0000000001"), ("Company", [{"id": "recAcme0000000001"}]),
 ], ids=lambda v: repr(v)[:24])
@@ -267,6 +267,43 @@ def test_typecast_converts_strings(contacts):
     # A non-numeric string is not a number, even with typecast (strict choice).
     expect_error(lambda: contacts.create({"Age": "thirty"}, typecast=True), 422, "INVALID_VALUE_FOR_COLUMN",
                  'Field "Age" cannot accept the provided value')
+
+
+def test_datetime_inputs_without_offset_follow_the_field_time_zone(api, emu):
+    # field-model docs (dateTime): ambiguous inputs like "2020-09-05T07:00:00" and "2020-09-08"
+    # are read in the field's timeZone unless it is utc/client; inputs with an offset are exact.
+    # Both are accepted without typecast.
+    base = make_base()
+    base["tables"][0]["fields"].append(
+        _field("fldSeenLA00000001", "SeenLA", "dateTime", timeZone="America/Los_Angeles",
+               dateFormat={"name": "iso", "format": "YYYY-MM-DD"}, timeFormat={"name": "24hour", "format": "HH:mm"}))
+    with Emulator(base, rps=None) as e:
+        table = Api(e.token, endpoint_url=e.url, retry_strategy=None).table(BASE_ID, "Contacts")
+        rec = table.create({"Name": "tz", "LastSeen": "2020-09-08", "SeenLA": "2020-09-05T07:00:00"})
+        assert rec["fields"]["LastSeen"] == "2020-09-08T00:00:00.000Z"
+        assert rec["fields"]["SeenLA"] == "2020-09-05T14:00:00.000Z"
+        rec = table.update(rec["id"], {"LastSeen": "2020-09-05T07:00:00", "SeenLA": "2020-09-08"})
+        assert rec["fields"]["LastSeen"] == "2020-09-05T07:00:00.000Z"
+        assert rec["fields"]["SeenLA"] == "2020-09-08T07:00:00.000Z"
+        rec = table.update(rec["id"], {"SeenLA": "2020-09-08T00:00:00-07:00", "LastSeen": "2020-09-05T07:00:00.000Z"})
+        assert rec["fields"]["SeenLA"] == "2020-09-08T07:00:00.000Z"
+        assert rec["fields"]["LastSeen"] == "2020-09-05T07:00:00.000Z"
+
+
+def test_visible_field_ids_only_on_grid_views_and_only_when_asked(emu):
+    # get-base-schema docs: include "visibleFieldIds (for views of type grid only)"; the view
+    # model: "Available on grid views only ... when requested with include query parameter".
+    base = make_base()
+    base["tables"][0]["views"] = [{"id": "viwGrid0000000001", "name": "Grid", "type": "grid"},
+                                  {"id": "viwForm0000000001", "name": "Form", "type": "form"}]
+    with Emulator(base, rps=None) as e:
+        api = Api(e.token, endpoint_url=e.url, retry_strategy=None)
+        views = api.base(BASE_ID).schema().table("Contacts").views  # pyairtable sends include=visibleFieldIds
+        assert views[0].visible_field_ids and views[1].visible_field_ids is None
+        assert e.requests[-1].query == {"include": ["visibleFieldIds"]}
+        plain = api.session.get(f"{e.url}/v0/meta/bases/{BASE_ID}/tables").json()
+        assert all("visibleFieldIds" not in v for v in plain["tables"][0]["views"])
+        assert all("visibleFieldIds" not in v for t in e.schema()["tables"] for v in t["views"])
 
 
 def test_null_clears_every_writable_field(contacts):
@@ -411,6 +448,18 @@ def test_upsert_errors(api, contacts, emu):
     assert len(emu.records("Contacts")) == 4
 
 
+def test_upsert_merge_field_types_are_the_documented_ones(contacts, emu):
+    # update-multiple-records docs: fieldsToMergeOn "must be one of the following types: number,
+    # text, long text, single select, multiple select, date" (read literally).
+    for name, value in (("Email", "a@b.co"), ("Score", 1), ("Ratio", 0.5), ("LastSeen", "2024-01-01T00:00:00.000Z")):
+        expect_error(lambda: contacts.batch_upsert([{"fields": {name: value}}], key_fields=[name]), 422,
+                     "INVALID_REQUEST_UNKNOWN")
+    assert len(emu.records("Contacts")) == 4
+    for name, value in (("Notes", "n"), ("Age", 99), ("Status", "Lead"), ("Tags", ["c"]), ("Birthday", "2001-02-03")):
+        result = contacts.batch_upsert([{"fields": {"Name": "m", name: value}}], key_fields=[name], typecast=True)
+        assert len(result["createdRecords"]) == 1 and result["updatedRecords"] == []
+
+
 def test_concurrent_upserts_of_one_key_create_one_record(emu):
     barrier = threading.Barrier(8)
     errors = []
@@ -468,8 +517,10 @@ def test_listing_pages_and_request_counts(api, emu):
 
 def test_unknown_offset_is_422(api):
     big = api.table(BASE_ID, "Big")
-    expect_error(lambda: big.all(offset="itrNoSuchIterat01/recNoSuchRecord01"), 422,
-                 "LIST_RECORDS_ITERATOR_NOT_AVAILABLE")
+    body = expect_error(lambda: big.all(offset="itrNoSuchIterat01/recNoSuchRecord01"), 422,
+                        "LIST_RECORDS_ITERATOR_NOT_AVAILABLE")
+    # list-records docs, "Iteration timeout (422)": the body has a type and no message.
+    assert body == {"error": {"type": "LIST_RECORDS_ITERATOR_NOT_AVAILABLE"}}
 
 
 @pytest.mark.parametrize("formula,expected", [
@@ -521,6 +572,18 @@ def test_long_formula_falls_back_to_post_list_records(contacts, emu):
     assert [r["fields"] for r in rows] == [{"Name": "Bob"}]
     assert emu.requests[-1].method == "POST" and emu.requests[-1].path.endswith("/listRecords")
     assert emu.count(kind="read") == 1 and emu.count(kind="write") == 0
+
+
+def test_url_of_16000_characters_or_more_is_refused(api, contacts, emu):
+    # list-records docs: "Airtable's API only accepts request with a URL shorter than 16,000
+    # characters" -- counted on the real host, https://api.airtable.com.  A GET that skips
+    # pyairtable's POST fallback is refused; the same query a little shorter is served.
+    path = f"/v0/{BASE_ID}/{T_CONTACTS}?filterByFormula="
+    room = 16_000 - len("https://api.airtable.com") - len(path)
+    refused = api.session.get(emu.url + path + "1" * room)
+    assert refused.status_code == 414 and refused.json()["error"]["type"] == "INVALID_REQUEST_UNKNOWN"
+    served = api.session.get(emu.url + path + "1" * (room - 1))
+    assert served.status_code == 200 and len(served.json()["records"]) == 4
 
 
 # --------------------------------------------------------------------------------------
@@ -587,7 +650,10 @@ def test_rate_limit_counts_every_request(emu):
 def test_status_fault_with_skip_and_times(contacts, emu):
     fault = emu.add_fault(status=503, kind="write", skip=1, times=2)
     contacts.create({"Name": "w1"})
-    expect_error(lambda: contacts.create({"Name": "w2"}), 503, "SERVICE_UNAVAILABLE")
+    body = expect_error(lambda: contacts.create({"Name": "w2"}), 503, "RETRIABLE_ERROR")
+    # The 503 example of https://airtable.com/developers/web/api/errors, verbatim.
+    assert body == {"error": {"type": "RETRIABLE_ERROR", "message": "Server encountered an error while "
+                              "processing your request, and it is safe to retry the request"}}
     expect_error(lambda: contacts.create({"Name": "w3"}), 503)
     contacts.get("recAda00000000001")  # reads do not match
     contacts.create({"Name": "w4"})
