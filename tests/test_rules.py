@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import re
 import threading
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -356,3 +357,56 @@ def test_duplicate_ids_fail_before_matching_and_claim_no_legacy_record():
     assert [(w.record.mongo_id, w.action, w.record_id) for w in plan.writes] == [
         ("u1", "skip", "recOwn"), ("u1", "error", None), ("u2", "update", "recLegacy")]
     assert plan.orphans == 0
+
+
+# -- settings -----------------------------------------------------------------------
+
+def settings(env, *argv):
+    args = sync.build_arg_parser().parse_args(["--mongo-dir", ".", *argv])
+    return sync.settings_from(args, {"AIRTABLE_API_KEY": "patSECRET", **env})
+
+
+def test_settings_defaults_follow_the_contract():
+    s = settings({})
+    assert (s.base_id, s.table_ids, s.endpoint_url, s.max_rps, s.timeout_s) == (
+        "appaquqFN7vvvZGcq",
+        {"users": "tblQ0OHBit2AqaACy", "events": "tblrscr87h8fbtQTk", "messages": "tbljma5S4NhUn1OYl"},
+        "https://api.airtable.com", 5.0, 30.0)
+    assert s.cache_dir == sync.SCRIPT_DIR / "data" and s.reports_dir == sync.SCRIPT_DIR / "reports"
+    assert s.tables == ("users", "events", "messages")
+    assert "patSECRET" not in repr(s)  # the token is kept out of reprs
+
+
+@pytest.mark.parametrize("env, argv, message", [
+    ({"AIRTABLE_API_KEY": " "}, [], "AIRTABLE_API_KEY is not set"),
+    ({"AIRTABLE_BASE_ID": "app123"}, [], "is not a base id"),
+    ({"AIRTABLE_USERS_TABLE": "tblShort"}, [], "is not a table id"),
+    ({"AIRTABLE_MAX_RPS": "fast"}, [], "is not a number"),
+    ({"AIRTABLE_TIMEOUT_S": "0"}, [], "must be greater than zero"),
+    ({"AIRTABLE_ENDPOINT_URL": "api.airtable.com"}, [], "is not an http(s) URL"),
+    ({}, ["--tables", "users,orders"], "choose from users,events,messages"),
+    ({}, ["--limit", "-1"], "--limit must be zero or more"),
+])
+def test_bad_settings_are_usage_errors(env, argv, message):
+    with pytest.raises(sync.UsageError, match=re.escape(message)):
+        settings(env, *argv)
+
+
+def test_a_table_may_be_named_and_tables_keep_sync_order():
+    s = settings({"AIRTABLE_EVENTS_TABLE": "Events"}, "--tables", "messages,users")
+    assert s.table_ids["events"] == "Events" and s.tables == ("users", "messages")
+
+
+def test_the_environment_wins_over_dotenv_and_a_readable_dotenv_is_warned(tmp_path, monkeypatch, caplog):
+    dotenv = tmp_path / ".env"
+    dotenv.write_text("AIRTABLE_API_KEY=from-file\nAIRTABLE_BASE_ID=appFROMFILE0000000\n")
+    dotenv.chmod(0o644)
+    monkeypatch.setenv("AIRTABLE_BASE_ID", "appFROMENV00000000")
+    monkeypatch.delenv("AIRTABLE_API_KEY", raising=False)
+    env = sync.read_environment(dotenv)
+    assert env["AIRTABLE_API_KEY"] == "from-file" and env["AIRTABLE_BASE_ID"] == "appFROMENV00000000"
+    assert "readable by group or others" in caplog.text
+    caplog.clear()
+    dotenv.chmod(0o600)
+    sync.read_environment(dotenv)
+    assert "readable" not in caplog.text
