@@ -542,6 +542,13 @@ def connect(settings: Settings, stop: threading.Event) -> Airtable:
     api = Api(settings.api_key, timeout=(settings.timeout_s, settings.timeout_s),
               retry_strategy=None, endpoint_url=settings.endpoint_url)
     transport = AirtableTransport(settings, stats, stop)
+    # requests re-reads the proxy and CA-bundle variables and ~/.netrc on every request when
+    # trust_env is on (a quarter of its CPU per request; a .netrc entry would even replace the
+    # token's Authorization header): read the environment once, here.
+    from_env = api.session.merge_environment_settings(settings.endpoint_url, {}, None, None, None)
+    api.session.trust_env = False
+    api.session.proxies.update(from_env["proxies"])
+    api.session.verify = from_env["verify"]
     api.session.mount("https://", transport)
     api.session.mount("http://", transport)
     return Airtable(api, settings, stats)
@@ -570,8 +577,12 @@ def access_error(exc: Exception, settings: Settings, what: str) -> AirtableAcces
     if isinstance(exc, requests.HTTPError):
         kind, message = airtable_error(exc)
         status = exc.response.status_code
-        hint = SCOPE_HINT.format(base=settings.base_id)
-        return AirtableAccessError(f"{what}: HTTP {status} {kind}: {message}; {hint}")
+        hint = ""
+        if status in (401, 403, 404):  # a token, scope or id problem; a 429 or 5xx is not one
+            hint = f"; {SCOPE_HINT.format(base=settings.base_id)}"
+        elif status == 429 or status >= 500:
+            hint = f"; gave up after {settings.max_retries} retries"
+        return AirtableAccessError(f"{what}: HTTP {status} {kind}: {message}{hint}")
     return AirtableAccessError(f"{what}: Airtable unreachable at {settings.endpoint_url} "
                                f"({type(exc).__name__}) after {settings.max_retries} retries")
 
@@ -643,7 +654,9 @@ def write_private(path: Path, text: str) -> None:
 
 
 def write_cache(path: Path, records: list[dict]) -> None:
-    write_private(path, json.dumps(records, ensure_ascii=False, indent=1))
+    # One record a line: still a JSON array, and json's C encoder (indent= falls back to pure Python).
+    lines = ",\n".join(json.dumps(rec, ensure_ascii=False) for rec in records)
+    write_private(path, f"[\n{lines}\n]\n" if records else "[]\n")
 
 
 # ---------------------------------------------------------------------------
@@ -1335,8 +1348,9 @@ class Applier:
             write.record_id = rec["id"]
             if write.action == "create" and write.record.mongo_id is not None:
                 self.created_ids.setdefault(self.plan.spec.key, {})[write.record.mongo_id] = rec["id"]
-            log.debug("%s %s: %s %s %s", self.plan.spec.key, write.record.mongo_id, write.action,
-                      rec["id"], json.dumps(jsonable(write.fields), ensure_ascii=False, default=str))
+            if log.isEnabledFor(logging.DEBUG):  # the dump costs more than the write itself
+                log.debug("%s %s: %s %s %s", self.plan.spec.key, write.record.mongo_id, write.action,
+                          rec["id"], json.dumps(jsonable(write.fields), ensure_ascii=False, default=str))
 
     def write_batch(self, action: str, batch: list[tuple[PlannedWrite, dict]]) -> None:
         """One request; a 422 is retried record by record so only the bad records fail."""
