@@ -1141,7 +1141,7 @@ class PlannedWrite:
     record_id: str | None = None  # the Airtable record updated
     fields: dict = field(default_factory=dict)  # values to send (links as LinkRef lists)
     error: str | None = None
-    outcome: str = "planned"  # planned | done | failed | not attempted
+    outcome: str = "planned"  # planned | done | failed | unknown (answer lost) | not attempted
 
 
 @dataclass
@@ -1156,6 +1156,7 @@ class TablePlan:
     read_only: list[str]
     invalid_values: int = 0
     unresolved_links: int = 0
+    planned: dict[str, int] = field(default_factory=dict)  # counts per action, as planned
 
     def of(self, action: str) -> list[PlannedWrite]:
         return [w for w in self.writes if w.action == action]
@@ -1224,6 +1225,7 @@ def plan_table(
         action = "update" if changes else "skip"
         plan.writes.append(PlannedWrite(record, action, record_id=match.airtable["id"], fields=changes))
     plan.writes.sort(key=lambda w: w.record.index)
+    plan.planned = {a: sum(1 for w in plan.writes if w.action == a) for a in ("create", "update", "skip", "error")}
     return plan
 
 
@@ -1333,7 +1335,7 @@ class Applier:
             self.errors.append({"table": self.plan.spec.key, "mongo_id": write.record.mongo_id,
                                 "message": message})
             log.warning("%s %s: %s", self.plan.spec.key, write.record.mongo_id or f"#{write.record.index + 1}",
-                        without_values(message) if outcome == "failed" else outcome)
+                        without_values(message) if outcome == "failed" else f"outcome {outcome}")
 
     def succeed(self, batch: Sequence[tuple[PlannedWrite, dict]], records: list[dict]) -> None:
         self.written.extend(records)
@@ -1364,7 +1366,10 @@ class Applier:
                 self.fail(batch, f"HTTP {status} {kind}: outcome unknown, not re-sent (a plain create could "
                           "duplicate); the next run finds the record by its natural key if it was created")
             elif status in (401, 403, 429) or status >= 500:
-                raise access_error(exc, self.airtable.settings, f"writing {table}") from None
+                error = access_error(exc, self.airtable.settings, f"writing {table}")
+                if status >= 500:
+                    self.fail(batch, f"outcome unknown ({error}); the next run settles it", outcome="unknown")
+                raise error from None
             elif status not in (404, 422):
                 self.fail(batch, f"HTTP {status} {kind}: {message}")
             elif rejected := rejected_field(kind, message):
@@ -1380,7 +1385,10 @@ class Applier:
                 self.fail(batch, f"{type(exc).__name__}: outcome unknown, not re-sent (a plain create could "
                           "duplicate); the next run finds the record by its natural key if it was created")
                 return
-            raise access_error(exc, self.airtable.settings, f"writing {table}") from None
+            error = access_error(exc, self.airtable.settings, f"writing {table}")
+            if not _never_sent(exc):
+                self.fail(batch, f"outcome unknown ({error}); the next run settles it", outcome="unknown")
+            raise error from None
         self.succeed(batch, records)
 
     def write_without_field(self, action: str, batch: list[tuple[PlannedWrite, dict]], name: str, reason: str) -> None:
@@ -1405,22 +1413,19 @@ class Applier:
                   ("create", [w for w in creates if "id" not in w.fields]),
                   ("update", self.plan.of("update")))
         for action, pending in groups:
-            for start in range(0, len(pending), RECORDS_PER_WRITE):
-                if self.stop.is_set():
-                    raise RunInterrupted()
-                chunk = pending[start:start + RECORDS_PER_WRITE]
-                batch = []
-                for write in chunk:
-                    if write.action != action:
-                        continue  # a dropped field left nothing to update
-                    fields = self.materialize(write)
-                    if action == "update" and not fields:
-                        write.action, write.outcome = "skip", "done"
-                        continue
+            batch: list[tuple[PlannedWrite, dict]] = []
+            for done, write in enumerate(pending, 1):
+                fields = self.materialize(write) if write.action == action else None
+                if action == "update" and fields == {}:
+                    write.action, write.outcome = "skip", "done"  # only an unresolvable link had changed
+                elif fields is not None:
                     batch.append((write, fields))
-                if batch:
+                if batch and (len(batch) == RECORDS_PER_WRITE or done == len(pending)):
+                    if self.stop.is_set():
+                        raise RunInterrupted()
                     self.write_batch(action, batch)
-                self.report_progress(action, start + len(chunk), len(pending))
+                    batch = []
+                    self.report_progress(action, done, len(pending))
         log.info("%s: applied", spec.key)
 
     def report_progress(self, action: str, done: int, total: int) -> None:
@@ -1457,7 +1462,7 @@ class TableResult:
 
 def summarize(plan: TablePlan, dry_run: bool) -> TableResult:
     writes = plan.writes
-    count = {a: sum(1 for w in writes if w.action == a) for a in ("create", "update", "skip", "error")}
+    count = plan.planned
     result = TableResult(
         total=len(writes),
         orphans=plan.orphans,
@@ -1475,7 +1480,7 @@ def summarize(plan: TablePlan, dry_run: bool) -> TableResult:
         result.updated = sum(1 for w in writes if w.action == "update" and w.outcome == "done")
         result.not_attempted = sum(1 for w in writes if w.outcome == "not attempted")
     result.skipped = sum(1 for w in writes if w.action == "skip")
-    result.errors = sum(1 for w in writes if w.action == "error" or w.outcome in ("failed", "not attempted"))
+    result.errors = sum(1 for w in writes if w.action == "error" or w.outcome in ("failed", "unknown", "not attempted"))
     return result
 
 
@@ -1597,6 +1602,7 @@ class RedactToken(logging.Filter):
 
 
 def setup_logging(verbose: bool, log_file: Path | None, secret: str = "") -> list[logging.Handler]:
+    """Console and log-file handlers; `secret` (and any added later with RedactToken) is masked."""
     formatter = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_file is not None:
@@ -1703,8 +1709,8 @@ class Sync:
                           for link in spec.links}
             table_schema = None if schema is None else schema.get(key, {})
             plans[key] = plan_table(spec, exports[key], pulled[key], table_schema, link_index)
-            counts = {a: len(plans[key].of(a)) for a in ("create", "update", "skip", "error")}
-            log.info("%s: plan: %d to create, %d to update, %d unchanged, %d invalid, %d orphans", key,
+            counts = plans[key].planned
+            log.info("%s: plan: %d to create, %d to update, %d unchanged, %d failing, %d orphans", key,
                      counts["create"], counts["update"], counts["skip"], counts["error"], plans[key].orphans)
         return plans
 
@@ -1760,7 +1766,7 @@ class Sync:
 
     @property
     def anything_written(self) -> bool:
-        return any(w.outcome == "done" and w.action in ("create", "update")
+        return any(w.outcome in ("done", "unknown") and w.action in ("create", "update")
                    for plan in self.plans.values() for w in plan.writes)
 
 
@@ -1895,24 +1901,26 @@ def main(argv: Sequence[str] | None = None, *, environ: Mapping[str, str] | None
         return int(exc.code or 0)
     if args.demo:
         return run_demo(args.verbose)
+    # Logging first, so that a settings error or the .env warning reaches cron's log file too.
+    log_file = None if args.check else (args.reports_dir or SCRIPT_DIR / "reports") / "airtable_sync.log"
+    handlers = setup_logging(args.verbose, log_file)
     try:
-        env = dict(environ) if environ is not None else read_environment(dotenv_path)
-        settings = settings_from(args, env)
-    except UsageError as exc:
-        print(f"airtable_sync: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    if settings.check:
-        handlers = setup_logging(settings.verbose, None, settings.api_key)
         try:
-            return run_check(settings)
-        except AirtableAccessError as exc:
+            env = dict(environ) if environ is not None else read_environment(dotenv_path)
+            settings = settings_from(args, env)
+        except UsageError as exc:
             log.error("%s", exc)
-            return EXIT_AIRTABLE
-        finally:
-            save_recent_requests(settings)
-            teardown_logging(handlers)
-    handlers = setup_logging(settings.verbose, settings.reports_dir / "airtable_sync.log", settings.api_key)
-    try:
+            return EXIT_USAGE
+        for handler in handlers:
+            handler.addFilter(RedactToken(settings.api_key))
+        if settings.check:
+            try:
+                return run_check(settings)
+            except AirtableAccessError as exc:
+                log.error("%s", exc)
+                return EXIT_AIRTABLE
+            finally:
+                save_recent_requests(settings)
         log.info("airtable_sync: base %s, tables %s%s", settings.base_id, ",".join(settings.tables),
                  " (dry run)" if settings.dry_run else "")
         code, report, path = execute(settings, started)
