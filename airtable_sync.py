@@ -480,6 +480,20 @@ class AirtableTransport(HTTPAdapter):
         self.stats = stats
         self.stop = stop
 
+    def build_response(self, req, resp):  # type: ignore[override]
+        # requests' own, less the cookie jar: parsing every answer's headers for
+        # cookies that Airtable's API never sets cost more than the request itself.
+        response = requests.Response()
+        response.status_code = getattr(resp, "status", None)
+        response.headers = requests.structures.CaseInsensitiveDict(getattr(resp, "headers", {}))
+        response.encoding = requests.utils.get_encoding_from_headers(response.headers)
+        response.raw = resp
+        response.reason = resp.reason
+        response.url = req.url.decode("utf-8") if isinstance(req.url, bytes) else req.url
+        response.request = req
+        response.connection = self
+        return response
+
     def send(self, request, **kwargs):  # type: ignore[override]
         kwargs["timeout"] = self.timeout
         method, path = request.method or "GET", request.path_url
@@ -537,18 +551,52 @@ class Airtable:
         return self.api.table(self.settings.base_id, self.settings.table_ids[key])
 
 
+class LeanSession(requests.Session):
+    """requests' Session cut down to what an API client uses, for pyairtable.
+
+    On every call Session.request merges cookies, hooks, proxies and environment
+    settings (and reads ~/.netrc, whose entry would even replace the token's header),
+    and pyairtable prepares every request twice, once only to measure the URL. At
+    3,000 writes a run that was most of the tool's CPU. This keeps the session's
+    headers (the token), requests' PreparedRequest and the mounted transport; an API
+    client uses no cookies, redirects or hooks.
+    """
+
+    def __init__(self, proxies: Mapping[str, str], verify: bool | str):
+        super().__init__()
+        self.trust_env = False
+        self.proxies.update(proxies)
+        self.verify = verify
+        self._prepared: tuple[tuple, requests.PreparedRequest] | None = None
+
+    def prepare_request(self, request: requests.Request) -> requests.PreparedRequest:  # type: ignore[override]
+        prepared = requests.PreparedRequest()
+        prepared.prepare(method=request.method, url=request.url, headers=self.headers,
+                         params=request.params, json=request.json)
+        self._prepared = ((request.method.upper(), request.url, request.params, id(request.json)), prepared)
+        return prepared
+
+    def request(self, method, url, params=None, json=None, timeout=None, **kwargs):  # type: ignore[override]
+        if kwargs:
+            return super().request(method, url, params=params, json=json, timeout=timeout, **kwargs)
+        key = (method.upper(), url, params, id(json))
+        if self._prepared is not None and self._prepared[0] == key:
+            prepared = self._prepared[1]  # pyairtable's own, from its URL-length check
+        else:
+            prepared = self.prepare_request(requests.Request(method, url, params=params, json=json))
+        self._prepared = None
+        return self.get_adapter(url).send(prepared, timeout=timeout, proxies=self.proxies, verify=self.verify)
+
+
 def connect(settings: Settings, stop: threading.Event) -> Airtable:
     stats = RequestStats()
     api = Api(settings.api_key, timeout=(settings.timeout_s, settings.timeout_s),
               retry_strategy=None, endpoint_url=settings.endpoint_url)
+    # The proxy and CA-bundle variables are read once, here, not on every request.
+    from_env = requests.Session().merge_environment_settings(settings.endpoint_url, {}, None, None, None)
+    api.session = LeanSession(from_env["proxies"], from_env["verify"])
+    api.api_key = settings.api_key  # sets the Authorization header on the new session
     transport = AirtableTransport(settings, stats, stop)
-    # requests re-reads the proxy and CA-bundle variables and ~/.netrc on every request when
-    # trust_env is on (a quarter of its CPU per request; a .netrc entry would even replace the
-    # token's Authorization header): read the environment once, here.
-    from_env = api.session.merge_environment_settings(settings.endpoint_url, {}, None, None, None)
-    api.session.trust_env = False
-    api.session.proxies.update(from_env["proxies"])
-    api.session.verify = from_env["verify"]
     api.session.mount("https://", transport)
     api.session.mount("http://", transport)
     return Airtable(api, settings, stats)
@@ -642,21 +690,25 @@ def read_cache(path: Path) -> list[dict] | None:
     return records if isinstance(records, list) else None
 
 
-def write_private(path: Path, text: str) -> None:
+def write_private(path: Path, text: str | Iterable[str]) -> None:
     """Atomically write a file only its owner can read (it holds personal data)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
+        handle.writelines([text] if isinstance(text, str) else text)
     os.chmod(tmp, 0o600)
     os.replace(tmp, path)
 
 
 def write_cache(path: Path, records: list[dict]) -> None:
-    # One record a line: still a JSON array, and json's C encoder (indent= falls back to pure Python).
-    lines = ",\n".join(json.dumps(rec, ensure_ascii=False) for rec in records)
-    write_private(path, f"[\n{lines}\n]\n" if records else "[]\n")
+    # One record a line, streamed: still a JSON array, written by json's C encoder
+    # (indent= falls back to pure Python) without the whole file in memory at once.
+    def chunks() -> Iterator[str]:
+        for i, rec in enumerate(records):
+            yield ("[\n" if i == 0 else ",\n") + json.dumps(rec, ensure_ascii=False)
+        yield "\n]\n" if records else "[]\n"
+    write_private(path, chunks())
 
 
 # ---------------------------------------------------------------------------
@@ -671,40 +723,40 @@ class ExportRecord:
     doc: dict
 
 
+def unwrap_wrapper(obj: dict) -> Any:
+    """One MongoDB Extended JSON wrapper -> its plain value (as json's object_hook: inner ones come first)."""
+    if len(obj) != 1:
+        return obj
+    (tag, inner), = obj.items()
+    if tag[:1] != "$":
+        return obj
+    try:
+        if tag == "$oid" and isinstance(inner, str):
+            return inner
+        if tag == "$date":
+            return _extended_date(inner)
+        if tag in ("$numberLong", "$numberInt") and isinstance(inner, (str, int)):
+            return int(inner)
+        if tag == "$numberDouble" and isinstance(inner, (str, int, float)):
+            return float(inner)
+        if tag == "$numberDecimal" and isinstance(inner, str):
+            return Decimal(inner)
+    except (ValueError, InvalidOperation):
+        pass
+    return obj
+
+
 def unwrap_extended_json(value: Any) -> Any:
     """MongoDB Extended JSON wrappers -> plain Python values, recursively."""
     if isinstance(value, dict):
-        if len(value) == 1:
-            (tag, inner), = value.items()
-            if tag == "$oid" and isinstance(inner, str):
-                return inner
-            if tag == "$date":
-                return _extended_date(inner)
-            if tag in ("$numberLong", "$numberInt") and isinstance(inner, (str, int)):
-                try:
-                    return int(inner)
-                except ValueError:
-                    return value
-            if tag == "$numberDouble" and isinstance(inner, (str, int, float)):
-                try:
-                    return float(inner)
-                except ValueError:
-                    return value
-            if tag == "$numberDecimal" and isinstance(inner, str):
-                try:
-                    return Decimal(inner)
-                except InvalidOperation:
-                    return value
-        return {k: unwrap_extended_json(v) for k, v in value.items()}
+        return unwrap_wrapper({k: unwrap_extended_json(v) for k, v in value.items()})
     if isinstance(value, list):
         return [unwrap_extended_json(v) for v in value]
     return value
 
 
 def _extended_date(inner: Any) -> Any:
-    if isinstance(inner, dict) and set(inner) == {"$numberLong"}:
-        inner = int(inner["$numberLong"])
-    if isinstance(inner, (int, float)) and not isinstance(inner, bool):
+    if isinstance(inner, (int, float)) and not isinstance(inner, bool):  # ms, or $numberLong ms unwrapped
         return datetime.fromtimestamp(inner / 1000, tz=timezone.utc)
     if isinstance(inner, str):
         parsed = parse_datetime(inner)
@@ -715,7 +767,7 @@ def _extended_date(inner: Any) -> Any:
 
 def _decode(path: Path, raw: bytes) -> str:
     try:
-        return raw.decode("utf-8-sig")
+        return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise UsageError(f"{path}: not valid UTF-8 (byte {raw[exc.start]:#04x} at offset {exc.start})") from None
 
@@ -725,30 +777,39 @@ def _json_error(path: Path, where: str, exc: json.JSONDecodeError) -> UsageError
 
 
 def parse_export(path: Path, raw: bytes) -> list[dict]:
-    """A JSON array of documents, or JSON Lines (one document a line, as mongoexport writes)."""
-    text = _decode(path, raw)
-    stripped = text.strip()
-    if not stripped:
+    """A JSON array of documents, or JSON Lines (one document a line, as mongoexport writes),
+    with Extended JSON unwrapped as it is parsed."""
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]
+    start = raw.lstrip()[:1]
+    if not start:
         raise UsageError(f"{path}: file is empty (expected a JSON array or JSON Lines)")
-    if stripped.startswith("["):
+    if start == b"[":
         try:
-            docs = json.loads(stripped)
+            docs = json.loads(_decode(path, raw), object_hook=unwrap_wrapper)
         except json.JSONDecodeError as exc:
             raise _json_error(path, "", exc) from None
         where = "record {n}"
-    elif stripped.startswith("{"):
-        docs, where = [], "line {n}"
-        for lineno, line in enumerate(text.splitlines(), 1):
+    elif start == b"{":
+        # Line by line from the bytes: the whole file never sits in memory as text.
+        docs, where, offset = [], "line {n}", 0
+        decode = json.JSONDecoder(object_hook=unwrap_wrapper).decode
+        for lineno, line in enumerate(raw.split(b"\n"), 1):
+            line_offset, offset = offset, offset + len(line) + 1
             if not line.strip():
                 docs.append(None)  # keeps line numbers for messages; dropped below
                 continue
             try:
-                docs.append(json.loads(line))
+                docs.append(decode(line.decode("utf-8")))
+            except UnicodeDecodeError as exc:
+                raise UsageError(f"{path}: not valid UTF-8 (byte {line[exc.start]:#04x} at offset "
+                                 f"{line_offset + exc.start}, line {lineno})") from None
             except json.JSONDecodeError as exc:
                 raise UsageError(f"{path}: line {lineno}: not valid JSON: {exc.msg} "
                                  "(expected a JSON array or one document a line)") from None
     else:
-        raise UsageError(f"{path}: expected a JSON array or JSON Lines, found {stripped[:20]!r}")
+        _decode(path, raw)
+        raise UsageError(f"{path}: expected a JSON array or JSON Lines, found {raw.lstrip()[:20]!r}")
     if not isinstance(docs, list):
         raise UsageError(f"{path}: expected a JSON array of documents, got {type(docs).__name__}")
     records = []
@@ -780,11 +841,7 @@ def load_export(path: Path, limit: int | None) -> list[ExportRecord] | None:
     docs = parse_export(path, raw)
     if limit is not None:
         docs = docs[:limit]
-    records = []
-    for index, doc in enumerate(docs):
-        doc = unwrap_extended_json(doc)
-        records.append(ExportRecord(index, mongo_id_of(doc), doc))
-    return records
+    return [ExportRecord(index, mongo_id_of(doc), doc) for index, doc in enumerate(docs)]
 
 
 # ---------------------------------------------------------------------------
@@ -886,8 +943,9 @@ def parse_datetime(text: str) -> datetime | None:
 
 
 def iso_millis(moment: datetime) -> str:
-    moment = moment.astimezone(timezone.utc) if moment.tzinfo else moment
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    """`YYYY-MM-DDTHH:MM:SS.sssZ` in UTC (naive = UTC)."""
+    moment = moment.astimezone(timezone.utc).replace(tzinfo=None) if moment.tzinfo else moment
+    return moment.isoformat(timespec="milliseconds") + "Z"
 
 
 def to_instant(value: Any) -> datetime:
@@ -918,7 +976,7 @@ def jsonable(value: Any) -> Any:
 
 
 def _scalar_text(value: Any) -> str:
-    if isinstance(value, str):
+    if value.__class__ is str:
         return value
     if isinstance(value, datetime):
         return iso_millis(value)
@@ -926,7 +984,7 @@ def _scalar_text(value: Any) -> str:
 
 
 def to_text(value: Any) -> str:
-    if isinstance(value, str):
+    if value.__class__ is str:
         return value
     if isinstance(value, (list, tuple)):
         if any(isinstance(v, (dict, list, tuple)) for v in value):
@@ -1058,33 +1116,36 @@ def field_types(spec: TableSpec, schema: dict[str, FieldInfo] | None, airtable_r
     return types, missing, read_only
 
 
-def convert_record(record: ExportRecord, spec: TableSpec, types: Mapping[str, str]) -> tuple[dict, list[str]]:
-    """The record's mapped values converted for Airtable, and the fields whose values were invalid."""
-    converted: dict[str, Any] = {}
+def column_converters(spec: TableSpec, types: Mapping[str, str]) -> list[tuple[str, str, Callable[[Any], Any]]]:
+    """(Mongo field, Airtable field, converter) for each writable mapped field but `id` and links."""
+    return [(mongo, airtable, CONVERTERS[types[airtable]]) for mongo, airtable in spec.mapping
+            if mongo != "id" and types.get(airtable, "multipleRecordLinks") != "multipleRecordLinks"]
+
+
+def convert_record(record: ExportRecord, columns: Sequence[tuple[str, str, Callable[[Any], Any]]],
+                   with_id: bool) -> tuple[dict, list[str], str | None]:
+    """The record's mapped values converted for Airtable, the fields whose values were invalid,
+    and why the record cannot be sent at all, if it cannot.
+    (convert_value, unrolled: this runs for every value of every record.)"""
+    converted: dict[str, Any] = {"id": record.mongo_id} if with_id and record.mongo_id is not None else {}
     invalid: list[str] = []
+    problem = None
     doc = record.doc
-    for mongo_name, airtable_name in spec.mapping:
-        field_type = types.get(airtable_name)
-        if field_type is None or field_type == "multipleRecordLinks":
-            continue
-        if mongo_name == "id":
-            if record.mongo_id is not None:
-                converted["id"] = record.mongo_id
-            continue
+    for mongo_name, airtable_name, convert in columns:
         if mongo_name not in doc:
             continue  # absent: Airtable keeps its value
+        value = doc[mongo_name]
+        if value is None or (value.__class__ is float and not math.isfinite(value)):
+            converted[airtable_name] = None  # null clears the field; NaN/Infinity are null
+            continue
         try:
-            converted[airtable_name] = convert_value(doc[mongo_name], field_type)
+            converted[airtable_name] = result = convert(value)
         except Invalid:
             invalid.append(airtable_name)
-    return converted, invalid
-
-
-def too_long(converted: Mapping[str, Any]) -> str | None:
-    for name, value in converted.items():
-        if isinstance(value, str) and len(value) > TEXT_LIMIT:
-            return f"field {name}: text of {len(value)} characters is over Airtable's {TEXT_LIMIT} limit"
-    return None
+            continue
+        if convert is to_text and len(result) > TEXT_LIMIT:
+            problem = f"field {airtable_name}: text of {len(result)} characters is over Airtable's {TEXT_LIMIT} limit"
+    return converted, invalid, problem
 
 
 # ---------------------------------------------------------------------------
@@ -1099,6 +1160,8 @@ def is_blank(value: Any, field_type: str) -> bool:
 def values_equal(new: Any, old: Any, field_type: str) -> bool:
     """The contract's equality: blank forms are equal, numbers as numbers,
     dates as instants at whole seconds, lists in order."""
+    if new == old:
+        return True
     if is_blank(new, field_type) or is_blank(old, field_type):
         return is_blank(new, field_type) and is_blank(old, field_type)
     if field_type in ("date", "dateTime"):
@@ -1118,7 +1181,7 @@ def values_equal(new: Any, old: Any, field_type: str) -> bool:
 
 def changed_fields(converted: Mapping[str, Any], current: Mapping[str, Any], types: Mapping[str, str]) -> dict:
     return {name: value for name, value in converted.items()
-            if not values_equal(value, current.get(name), types[name])}
+            if value != current.get(name) and not values_equal(value, current.get(name), types[name])}
 
 
 # ---------------------------------------------------------------------------
@@ -1196,9 +1259,10 @@ def plan_table(
             usable.append(record)
     matches, orphans = match_records(usable, airtable_records, spec.key_fields, spec.airtable_key, has_id_field)
     plan.orphans = len(orphans)
+    columns = column_converters(spec, types)
     for match in matches:
         record = match.record
-        converted, invalid = convert_record(record, spec, types)
+        converted, invalid, problem = convert_record(record, columns, "id" in types)
         plan.invalid_values += len(invalid)
         if invalid:
             log.debug("%s %s: invalid values left out: %s", spec.key, record.mongo_id, ", ".join(invalid))
@@ -1213,12 +1277,12 @@ def plan_table(
                 plan.unresolved_links += 1
             else:
                 converted[link.airtable_field] = [target if target != PENDING else LinkRef(link.target, ref)]
-        problem = too_long(converted)
         if problem:
             plan.writes.append(PlannedWrite(record, "error", error=problem))
             continue
         if match.airtable is None:
-            fields = {k: v for k, v in converted.items() if not is_blank(v, types[k])}
+            # Blank values are not sent on a create (is_blank, inlined: it runs per value).
+            fields = {k: v for k, v in converted.items() if v is not None and v is not False and v != "" and v != []}
             plan.writes.append(PlannedWrite(record, "create", fields=fields))
             continue
         changes = changed_fields(converted, match.airtable["fields"], types)
@@ -1353,6 +1417,7 @@ class Applier:
             if log.isEnabledFor(logging.DEBUG):  # the dump costs more than the write itself
                 log.debug("%s %s: %s %s %s", self.plan.spec.key, write.record.mongo_id, write.action,
                           rec["id"], json.dumps(jsonable(write.fields), ensure_ascii=False, default=str))
+            write.fields = {}  # written: Airtable's copy, in self.written, is what the cache keeps
 
     def write_batch(self, action: str, batch: list[tuple[PlannedWrite, dict]]) -> None:
         """One request; a 422 is retried record by record so only the bad records fail."""
@@ -1709,6 +1774,8 @@ class Sync:
                           for link in spec.links}
             table_schema = None if schema is None else schema.get(key, {})
             plans[key] = plan_table(spec, exports[key], pulled[key], table_schema, link_index)
+            for record in exports[key]:
+                record.doc = {}  # planned: the document is no longer needed, and it is the bulk of memory
             counts = plans[key].planned
             log.info("%s: plan: %d to create, %d to update, %d unchanged, %d failing, %d orphans", key,
                      counts["create"], counts["update"], counts["skip"], counts["error"], plans[key].orphans)

@@ -394,6 +394,18 @@ class _Table:
     records: list[_Record] = field(default_factory=list)
     index: dict[str, _Record] = field(default_factory=dict)
     auto_seq: int = 0
+    # Upsert look-ups: merge field ids -> frozen merge key -> records, built on first use and
+    # kept in step by _apply (merge fields are never link fields, which change elsewhere).
+    merge_indexes: dict[tuple[str, ...], dict[Any, list["_Record"]]] = field(default_factory=dict)
+
+    def merge_matches(self, merge_ids: list[str], key: tuple) -> list["_Record"]:
+        ids = tuple(merge_ids)
+        index = self.merge_indexes.get(ids)
+        if index is None:
+            index = self.merge_indexes[ids] = {}
+            for rec in self.records:
+                index.setdefault(_merge_key_of(rec, ids), []).append(rec)
+        return list(index.get(key, ()))
 
     def field(self, key: str) -> dict | None:
         for f in self.fields:
@@ -426,6 +438,7 @@ class _Iterator:
     table_id: str
     ids: list[str]
     expires: float
+    position: dict[str, int] = field(default_factory=dict)  # record id -> index in ids
 
 
 @dataclass
@@ -1275,19 +1288,22 @@ class Emulator:
             end = start + len(page_ids)
             if end < len(ids):
                 # Opaque offset; Airtable's look like "itrXXXXXXXXXXXXXX/recXXXXXXXXXXXXXX".
-                self._iterators[itr_id] = _Iterator(table.id, ids, now + ITERATOR_TTL_S)
+                itr = self._iterators.get(itr_id)
+                if itr is None:
+                    itr = self._iterators[itr_id] = _Iterator(table.id, ids, 0.0, {r: i for i, r in enumerate(ids)})
+                itr.expires = now + ITERATOR_TTL_S
                 result["offset"] = f"{itr_id}/{ids[end]}"
             return _Response(200, result)
 
     def _resume(self, table: _Table, offset: str) -> tuple[list[str], int]:
         itr_id, _, rec_id = offset.partition("/")
         itr = self._iterators.get(itr_id)
-        if itr is None or itr.table_id != table.id or rec_id not in itr.ids:
+        if itr is None or itr.table_id != table.id or rec_id not in itr.position:
             # list-records docs ("Iteration timeout (422)"): the documented body is exactly
             # {"error": {"type": "LIST_RECORDS_ITERATOR_NOT_AVAILABLE"}} -- no message.
             raise ApiError(422, "LIST_RECORDS_ITERATOR_NOT_AVAILABLE")
         itr.expires = time.monotonic() + ITERATOR_TTL_S
-        return itr.ids, itr.ids.index(rec_id)
+        return itr.ids, itr.position[rec_id]
 
     def _query_ids(self, table: _Table, opts: _ListOptions) -> list[str]:
         if opts.view is not None and not any(opts.view in (v["id"], v["name"]) for v in table.views):
@@ -1543,8 +1559,7 @@ class Emulator:
                     raise ApiError(422, "INVALID_RECORDS",
                                    f"Records at index {seen_keys[key]} and {i} have the same values for fieldsToMergeOn")
                 seen_keys[key] = i
-                matches = [r for r in table.records
-                           if all(_merge_equal(r.fields.get(fid), v) for fid, v in zip(merge_ids, key))]
+                matches = table.merge_matches(merge_ids, key)
                 if len(matches) > 1:
                     # Docs: "If multiple matches are found, the request will fail."  The error
                     # type/message are UNDOCUMENTED; this one is the emulator's choice.
@@ -1691,6 +1706,11 @@ class Emulator:
                 f = table.field_by_id(fid)
                 if f["type"] == "multipleRecordLinks":
                     self._sync_inverse(table, rec, f, rec.fields.get(fid) or [], new.get(fid) or [], now)
+        for ids, index in table.merge_indexes.items():
+            old_key, new_key = _merge_key_of(rec, ids), tuple(_freeze(new.get(fid)) for fid in ids)
+            if old_key != new_key or not any(r is rec for r in index.get(new_key, ())):
+                index[old_key] = [r for r in index.get(old_key, ()) if r is not rec]
+                index.setdefault(new_key, []).append(rec)
         rec.fields = new
 
     def _sync_inverse(self, table: _Table, rec: _Record, f: dict, old: list, new: list, now: str) -> None:
@@ -1716,6 +1736,7 @@ class Emulator:
 
     def _remove(self, table: _Table, ids: list[str]) -> None:
         gone = set(ids)
+        table.merge_indexes.clear()
         table.records = [r for r in table.records if r.id not in gone]
         for rid in gone:
             table.index.pop(rid, None)
@@ -1753,6 +1774,7 @@ class Emulator:
                 rec.modified = {t.primary_field_id: now}
                 t.records.append(rec)
                 t.index[rid] = rec
+                t.merge_indexes.clear()
 
     # ---- cell validation -------------------------------------------------------------
 
@@ -2048,8 +2070,8 @@ def _freeze(value: Any) -> Any:
     return tuple(value) if isinstance(value, list) else value
 
 
-def _merge_equal(stored: Any, key: Any) -> bool:
-    return _freeze(stored) == key
+def _merge_key_of(rec: "_Record", merge_ids: tuple[str, ...]) -> tuple:
+    return tuple(_freeze(rec.fields.get(fid)) for fid in merge_ids)
 
 
 def _sort_key(value: Any) -> tuple:

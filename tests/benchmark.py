@@ -23,8 +23,6 @@ docs/BENCHMARK.md has the figures and how to read them.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import inspect
 import json
 import math
 import os
@@ -62,8 +60,6 @@ MAX_CPU_10K_S = 2.0
 MAX_RSS_MB = 300.0
 MAX_SCALE = 10.0
 
-#: sha256 of tests/airtable_emulator.py's Emulator._update_many that BenchEmulator copies.
-UPDATE_MANY_SHA256 = "a2c042ea1a21af025c811a220e80f24c10feb6b9b75e5cff7b06c6f1b887b6ba"
 
 
 # ---------------------------------------------------------------------------
@@ -71,133 +67,13 @@ UPDATE_MANY_SHA256 = "a2c042ea1a21af025c811a220e80f24c10feb6b9b75e5cff7b06c6f1b8
 # ---------------------------------------------------------------------------
 
 def serve_emulator(base: str, rps: float, token: str) -> int:
-    """Serve the emulator (quiet) until stdin says quit; "stats" prints the requests since the last stats.
-
-    The emulator finds an upsert's existing record by scanning the whole table for every
-    record of the request (O(table size)); at 10,000+ records that makes the emulator,
-    not the sync, the bottleneck.  BenchEmulator answers exactly the same, from an index
-    of the merge-field values kept up to date wherever the emulator changes a record.
-    """
+    """Serve the emulator (quiet) until stdin says quit; "stats" prints the requests since the last stats."""
     sys.path.insert(0, str(ROOT / "tests"))
     import airtable_emulator as ae
 
-    missing = object()
-
-    class BenchEmulator(ae.Emulator):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            # (table id, merge field ids) -> (merge key -> records, record id -> its key)
-            self._merge_index: dict[tuple, tuple[dict, dict]] = {}
-
-        @staticmethod
-        def _key(rec, merge_ids):
-            return tuple(ae._freeze(rec.fields.get(fid)) for fid in merge_ids)
-
-        def _upsert_matches(self, table, merge_ids, key):
-            try:
-                index = self._merge_index.get((table.id, tuple(merge_ids)))
-                if index is None:
-                    by_key, key_of = defaultdict(list), {}
-                    for rec in table.records:
-                        k = self._key(rec, merge_ids)
-                        by_key[k].append(rec)
-                        key_of[rec.id] = k
-                    index = self._merge_index[(table.id, tuple(merge_ids))] = (by_key, key_of)
-                candidates = index[0].get(key, [])
-            except TypeError:  # an unhashable cell value: the emulator's own scan
-                self._merge_index.pop((table.id, tuple(merge_ids)), None)
-                candidates = table.records
-            return [r for r in candidates
-                    if all(ae._merge_equal(r.fields.get(fid), v) for fid, v in zip(merge_ids, key))]
-
-        def _apply(self, table, rec, cells, replace, now):
-            super()._apply(table, rec, cells, replace, now)
-            for (table_id, merge_ids), (by_key, key_of) in list(self._merge_index.items()):
-                if table_id != table.id:
-                    continue
-                try:
-                    new = self._key(rec, merge_ids)
-                    hash(new)
-                except TypeError:
-                    del self._merge_index[(table_id, merge_ids)]
-                    continue
-                old = key_of.get(rec.id, missing)
-                if old is not missing:
-                    if old == new:
-                        continue
-                    by_key[old] = [r for r in by_key[old] if r is not rec]
-                by_key[new].append(rec)
-                key_of[rec.id] = new
-
-        def _commit_ctx(self, ctx, now):
-            super()._commit_ctx(ctx, now)
-            if ctx.new_links:  # records created by typecast links: rebuild lazily
-                self._merge_index.clear()
-
-        def _remove(self, table, ids):
-            super()._remove(table, ids)
-            self._merge_index.clear()
-
-        # Emulator._update_many, unchanged except for the marked line.
-        def _update_many(self, route, query, body, *, replace):
-            table = self._table_for(route)
-            ae._only_params(query, set())
-            ae._only_keys(body, {"records", "typecast", "returnFieldsByFieldId", "performUpsert"})
-            typecast, by_id = ae._write_flags(body)
-            items = body.get("records")
-            if not isinstance(items, list) or not 1 <= len(items) <= ae.MAX_RECORDS_PER_REQUEST:
-                raise ae.ApiError(422, "INVALID_RECORDS", ae.MSG_RECORDS_UPDATE)
-            upsert = "performUpsert" in body
-            with self._lock:
-                merge_ids = self._merge_fields(table, body["performUpsert"]) if upsert else []
-                ctx = ae._WriteCtx(typecast)
-                plan = []
-                seen_keys: dict[tuple, int] = {}
-                for i, item in enumerate(items):
-                    self._check_update_item(item, upsert)
-                    cells = self._validate_cells(table, item["fields"], ctx)
-                    if "id" in item:
-                        rec = table.index.get(item["id"])
-                        if rec is None:
-                            raise ae.ApiError(422, "ROW_DOES_NOT_EXIST",
-                                              f"Record ID {item['id']} does not exist in this table")
-                        plan.append((rec, cells))
-                        continue
-                    key = self._merge_key(table, item["fields"], cells, merge_ids, i)
-                    if key in seen_keys:
-                        raise ae.ApiError(422, "INVALID_RECORDS",
-                                          f"Records at index {seen_keys[key]} and {i} have the same values for fieldsToMergeOn")
-                    seen_keys[key] = i
-                    matches = self._upsert_matches(table, merge_ids, key)  # <- was a scan of table.records
-                    if len(matches) > 1:
-                        raise ae.ApiError(422, "INVALID_RECORDS",
-                                          f"Cannot upsert the record at index {i}: {len(matches)} existing records match fieldsToMergeOn")
-                    plan.append((matches[0] if matches else None, cells))
-                now = ae.iso_now()
-                self._commit_ctx(ctx, now)
-                created, updated, out_recs = [], [], []
-                for rec, cells in plan:
-                    if rec is None:
-                        rec = self._insert(table, cells, now)
-                        created.append(rec.id)
-                    else:
-                        self._apply(table, rec, cells, replace, now)
-                        if rec.id not in updated:
-                            updated.append(rec.id)
-                    out_recs.append(rec)
-                result = {"records": [self._render(table, r, by_id=by_id) for r in out_recs]}
-                if upsert:
-                    result["createdRecords"] = created
-                    result["updatedRecords"] = updated
-            return ae._Response(200, result)
-
-    # The copy above is only used while the emulator's own _update_many is the one it copies.
-    source = inspect.getsource(ae.Emulator._update_many)
-    indexed = hashlib.sha256(source.encode()).hexdigest() == UPDATE_MANY_SHA256
-    cls = BenchEmulator if indexed else ae.Emulator
-    emu = cls(base, token=token, rps=rps or None, penalty_s=30.0, verbose=False)
+    emu = ae.Emulator(base, token=token, rps=rps or None, penalty_s=30.0, verbose=False)
     emu.start(0)
-    print(json.dumps({"url": emu.url, "base_id": emu.base_id, "indexed_upsert": indexed}), flush=True)
+    print(json.dumps({"url": emu.url, "base_id": emu.base_id}), flush=True)
     try:
         for line in sys.stdin:
             command = line.strip()
@@ -234,7 +110,7 @@ class EmulatorProcess:
         if not line:
             raise RuntimeError(f"the emulator did not start; see {log_path}")
         info = json.loads(line)
-        self.url, self.base_id, self.indexed_upsert = info["url"], info["base_id"], info["indexed_upsert"]
+        self.url, self.base_id = info["url"], info["base_id"]
 
     def stats(self) -> dict:
         self.proc.stdin.write("stats\n")
@@ -630,9 +506,6 @@ def bench_size(size: str, rps: float, work: Path, out) -> dict:
     base_path = root / "BASE.json"
     empty_base(base_path)
     emulator = EmulatorProcess(base_path, rps, root / "emulator.log")
-    if not emulator.indexed_upsert:
-        say("  note: Emulator._update_many changed since this benchmark copied it: upserts scan the whole "
-            "table (slow emulator at 10,000+ records); update UPDATE_MANY_SHA256 after checking BenchEmulator")
     totals = {k: len(v) for k, v in data.items()}
     runs: list[Run] = []
     try:

@@ -430,6 +430,23 @@ def test_upsert_creates_then_updates(contacts, emu):
     assert "Age" not in replaced["records"][0]["fields"]
 
 
+def test_upsert_sees_merge_keys_changed_by_other_writes(contacts, emu):
+    """The upsert look-up follows every change of a merge field: update, create, delete."""
+    assert contacts.batch_upsert([{"fields": {"Key": "k-x"}}], key_fields=["Key"])["createdRecords"]
+    [bob] = [r for r in emu.records("Contacts") if r["fields"].get("Key") == "k-bob"]
+    contacts.batch_update([{"id": bob["id"], "fields": {"Key": "k-robert"}}])
+    moved = contacts.batch_upsert([{"fields": {"Key": "k-robert", "Age": 51}}], key_fields=["Key"])
+    assert moved["updatedRecords"] == [bob["id"]]
+    fresh = contacts.batch_upsert([{"fields": {"Key": "k-bob", "Name": "Another Bob"}}], key_fields=["Key"])
+    assert fresh["createdRecords"] and fresh["createdRecords"] != [bob["id"]]
+    contacts.create({"Key": "k-twice"})
+    contacts.create({"Key": "k-twice"})
+    expect_error(lambda: contacts.batch_upsert([{"fields": {"Key": "k-twice"}}], key_fields=["Key"]), 422)
+    contacts.batch_delete([fresh["createdRecords"][0]])
+    again = contacts.batch_upsert([{"fields": {"Key": "k-bob"}}], key_fields=["Key"])
+    assert again["createdRecords"] and again["createdRecords"] != fresh["createdRecords"]
+
+
 def test_upsert_errors(api, contacts, emu):
     expect_error(lambda: contacts.batch_upsert([{"fields": {"Key": "k-dup"}}], key_fields=["Key"]), 422)
     expect_error(lambda: contacts.batch_upsert([{"id": "recNoSuchRecord01", "fields": {"Key": "z"}}],
