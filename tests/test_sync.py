@@ -13,7 +13,6 @@ import subprocess
 import sys
 from collections import Counter
 
-import pytest
 
 import airtable_sync
 from conftest import FIXTURES, ROOT, TOKEN
