@@ -667,11 +667,15 @@ def cache_path(settings: Settings, key: str) -> Path:
 
 def pull_table(airtable: Airtable, key: str, stop: threading.Event) -> list[dict]:
     records: list[dict] = []
+    progress_at = time.monotonic()
     try:
         for page in airtable.table(key).iterate(page_size=RECORDS_PER_PAGE):
             records.extend(page)
             if stop.is_set():
                 raise RunInterrupted()
+            if time.monotonic() - progress_at >= 5:  # 100 records a page at 5 a second: say how far
+                progress_at = time.monotonic()
+                log.info("%s: pulled %d Airtable records so far", key, len(records))
     except requests.HTTPError as exc:
         raise access_error(exc, airtable.settings, f"reading table {key}") from None
     except (requests.ConnectionError, requests.Timeout) as exc:
