@@ -53,6 +53,7 @@ EXIT_RECORD_FAILED = 1
 EXIT_USAGE = 2
 EXIT_AIRTABLE = 3
 EXIT_LOCKED = 75  # EX_TEMPFAIL: another run holds the lock, try again later
+EXIT_CRASH = 70  # EX_SOFTWARE: a bug in this tool; the report says where
 EXIT_SIGINT = 130
 EXIT_SIGTERM = 143
 
@@ -217,6 +218,7 @@ exit codes:
   1    the run finished but at least one record failed
   2    configuration, usage or input error (nothing written to Airtable)
   3    Airtable unreachable, authentication or permission failure
+  70   an internal error (a bug): one line, the report marked crashed
   75   another run holds the lock (nothing done)
   130  interrupted by SIGINT, 143 by SIGTERM (report marked interrupted)
 """
@@ -354,6 +356,9 @@ class Throttle:
 
     def __init__(self, rate: float, stop: threading.Event, clock: Callable[[], float] = time.monotonic):
         self.rate = rate
+        # Whole requests in a window of at least a second: 2.5/s gives 2 a second, 0.5/s 1 per 2 s.
+        self.slots = max(1, math.floor(rate))
+        self.window = max(1.0, self.slots / rate)
         self.stop = stop
         self.clock = clock
         self.completed: deque[float] = deque()
@@ -361,10 +366,10 @@ class Throttle:
         self.lock = threading.Lock()
 
     def _wait_needed(self, now: float) -> float:
-        window_start = now - 1.0 - self.MARGIN_S
+        window_start = now - self.window - self.MARGIN_S
         while self.completed and self.completed[0] <= window_start:
             self.completed.popleft()
-        if len(self.completed) + self.in_flight < self.rate:
+        if len(self.completed) + self.in_flight < self.slots:
             return 0.0
         if not self.completed:
             return 0.01  # all slots held by requests still in flight
@@ -408,7 +413,7 @@ def shared_throttle(settings: Settings, stop: threading.Event) -> Throttle:
         except (OSError, ValueError, AttributeError):
             recent = []
         wall, mono = time.time(), time.monotonic()
-        throttle.completed.extend(sorted(mono - (wall - t) for t in recent if 0 <= wall - t < 2))
+        throttle.completed.extend(sorted(mono - (wall - t) for t in recent if 0 <= wall - t < throttle.window + 1))
     throttle.stop = stop
     return throttle
 
@@ -418,7 +423,7 @@ def save_recent_requests(settings: Settings) -> None:
     if throttle is None:
         return
     wall, mono = time.time(), time.monotonic()
-    recent = [wall - (mono - t) for t in throttle.completed if mono - t < 2]
+    recent = [wall - (mono - t) for t in throttle.completed if mono - t < throttle.window + 1]
     with contextlib.suppress(OSError):
         write_private(settings.cache_dir / RECENT_REQUESTS_FILE,
                       json.dumps({f"{settings.endpoint_url} {settings.base_id}": recent}))
@@ -746,8 +751,8 @@ def unwrap_wrapper(obj: dict) -> Any:
             return float(inner)
         if tag == "$numberDecimal" and isinstance(inner, str):
             return Decimal(inner)
-    except (ValueError, InvalidOperation):
-        pass
+    except (ValueError, InvalidOperation, OverflowError, OSError):
+        pass  # not a value this wrapper can hold (e.g. a date out of range): kept as it is
     return obj
 
 
@@ -781,6 +786,9 @@ def _json_error(path: Path, where: str, exc: json.JSONDecodeError) -> UsageError
     return UsageError(f"{path}: {where}not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})")
 
 
+BLANK_LINE = object()
+
+
 def parse_export(path: Path, raw: bytes) -> list[dict]:
     """A JSON array of documents, or JSON Lines (one document a line, as mongoexport writes),
     with Extended JSON unwrapped as it is parsed."""
@@ -802,7 +810,7 @@ def parse_export(path: Path, raw: bytes) -> list[dict]:
         for lineno, line in enumerate(raw.split(b"\n"), 1):
             line_offset, offset = offset, offset + len(line) + 1
             if not line.strip():
-                docs.append(None)  # keeps line numbers for messages; dropped below
+                docs.append(BLANK_LINE)  # keeps line numbers for messages; dropped below
                 continue
             try:
                 docs.append(decode(line.decode("utf-8")))
@@ -819,7 +827,7 @@ def parse_export(path: Path, raw: bytes) -> list[dict]:
         raise UsageError(f"{path}: expected a JSON array of documents, got {type(docs).__name__}")
     records = []
     for n, doc in enumerate(docs, 1):
-        if doc is None and where.startswith("line"):
+        if doc is BLANK_LINE:
             continue
         if not isinstance(doc, dict):
             raise UsageError(f"{path}: {where.format(n=n)} is not a JSON object ({type(doc).__name__})")
@@ -974,10 +982,17 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, datetime):
         return iso_millis(value)
     if isinstance(value, Decimal):
+        if not value.is_finite():
+            return None
         return int(value) if value == value.to_integral_value() else float(value)
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+def _is_null(value: Any) -> bool:
+    """None, and NaN/Infinity, which the contract makes null."""
+    return value is None or (value.__class__ is float and not math.isfinite(value))
 
 
 def _scalar_text(value: Any) -> str:
@@ -994,7 +1009,7 @@ def to_text(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         if any(isinstance(v, (dict, list, tuple)) for v in value):
             return json.dumps(jsonable(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-        return ", ".join(_scalar_text(v) for v in value if v is not None)
+        return ", ".join(_scalar_text(v) for v in value if not _is_null(v))
     if isinstance(value, dict):
         return json.dumps(jsonable(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return _scalar_text(value)
@@ -1004,13 +1019,17 @@ def to_number(value: Any) -> int | float | None:
     if isinstance(value, bool):
         raise Invalid(f"not a number: {value!r}")
     if isinstance(value, int):
-        return value
+        # Airtable keeps numbers as doubles: send what it will give back, or every run rewrites it.
+        return value if abs(value) <= 2**53 else float(value)
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, Decimal):
         if not value.is_finite():
             return None
-        return int(value) if value == value.to_integral_value() else float(value)
+        number = float(value)
+        if not math.isfinite(number):
+            return None
+        return int(value) if value == value.to_integral_value() and abs(number) <= 2**53 else number
     if isinstance(value, str):
         text = value.strip()
         if not text:
@@ -1030,11 +1049,17 @@ def to_number(value: Any) -> int | float | None:
 
 
 def to_date(value: Any) -> str:
-    return to_instant(value).astimezone(timezone.utc).date().isoformat()
+    try:
+        return to_instant(value).astimezone(timezone.utc).date().isoformat()
+    except OverflowError:
+        raise Invalid(f"date out of range: {value!r}") from None
 
 
 def to_datetime(value: Any) -> str:
-    return iso_millis(to_instant(value))
+    try:
+        return iso_millis(to_instant(value))
+    except OverflowError:
+        raise Invalid(f"date out of range: {value!r}") from None
 
 
 def to_single_select(value: Any) -> str:
@@ -1047,7 +1072,7 @@ def to_multiple_selects(value: Any) -> list[str]:
     items = value if isinstance(value, (list, tuple)) else [value]
     choices: list[str] = []
     for item in items:
-        if item is None or item == "":
+        if _is_null(item) or item == "":
             continue
         if isinstance(item, (dict, list, tuple)):
             raise Invalid(f"not a choice: {item!r}")
@@ -1172,11 +1197,11 @@ def values_equal(new: Any, old: Any, field_type: str) -> bool:
     if field_type in ("date", "dateTime"):
         try:
             a, b = to_instant(new), to_instant(old)
-        except Invalid:
+            if field_type == "date":
+                return a.date() == b.date()
+            return a.replace(microsecond=0) == b.replace(microsecond=0)  # whole seconds, before 1970 too
+        except (Invalid, OverflowError):
             return new == old
-        if field_type == "date":
-            return a.date() == b.date()
-        return int(a.timestamp()) == int(b.timestamp())
     if isinstance(new, (int, float)) and isinstance(old, (int, float)) and not isinstance(new, bool):
         return new == old
     if isinstance(new, list) and isinstance(old, list):
@@ -1256,6 +1281,11 @@ def plan_table(
         if record.mongo_id is None and not natural_key(record.doc, spec.key_fields):
             plan.writes.append(PlannedWrite(record, "error", error=f"record #{record.index + 1} has no id "
                                             f"and no {'/'.join(spec.key_fields)}"))
+        elif not has_id_field and not natural_key(record.doc, spec.key_fields):
+            # With no `id` field in Airtable only the key finds a record again: created, it
+            # would be created again on every run.
+            plan.writes.append(PlannedWrite(record, "error", error=f"no {'/'.join(spec.key_fields)}, and the "
+                                            "Airtable table has no id field to find it by"))
         elif record.mongo_id is not None and record.mongo_id in seen_ids:
             plan.writes.append(PlannedWrite(record, "error", error="duplicate id in the export; "
                                             "its first record is synced"))
@@ -1338,7 +1368,7 @@ def rejected_field(kind: str, message: str) -> tuple[str, str] | None:
         return None
     if kind == "UNKNOWN_FIELD_NAME":
         return found.group(1), "missing"
-    if kind == "INVALID_VALUE_FOR_COLUMN" and "computed" in message:
+    if kind == "INVALID_VALUE_FOR_COLUMN" and "because the field is computed" in message:
         return found.group(1), "read_only"
     return None
 
@@ -1632,15 +1662,20 @@ def render_markdown(report: RunReport) -> str:
     return "\n".join(lines)
 
 
-def write_report(report: RunReport, reports_dir: Path) -> Path:
+def write_report(report: RunReport, reports_dir: Path, secret: str) -> Path:
+    """The Markdown report and its JSON twin; the token is masked even where Airtable's
+    (or a proxy's) error text quoted it."""
+    def masked(text: str) -> str:
+        return text.replace(secret, "[token]") if secret else text
+
     stamp = report.started.strftime("%Y%m%d_%H%M%S")
     path = reports_dir / f"sync_report_{stamp}.md"
     n = 1
     while path.exists() or path.with_suffix(".json").exists():
         n += 1
         path = reports_dir / f"sync_report_{stamp}_{n}.md"
-    write_private(path.with_suffix(".json"), json.dumps(report.as_dict(), indent=2, ensure_ascii=False))
-    write_private(path, render_markdown(report))
+    write_private(path.with_suffix(".json"), masked(json.dumps(report.as_dict(), indent=2, ensure_ascii=False)))
+    write_private(path, masked(render_markdown(report)))
     return path
 
 
@@ -1701,8 +1736,11 @@ def teardown_logging(handlers: Sequence[logging.Handler]) -> None:
 @contextlib.contextmanager
 def run_lock(cache_dir: Path) -> Iterator[None]:
     """An exclusive OS lock: released by the kernel when the process dies, so a killed run never blocks."""
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(cache_dir / ".airtable_sync.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(cache_dir / ".airtable_sync.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise UsageError(f"cache folder {cache_dir}: {exc.strerror}") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -1912,6 +1950,11 @@ def execute(settings: Settings, started: datetime) -> tuple[int, RunReport, Path
                 log.error("%s", exc)
             except RunInterrupted:
                 pass
+            except Exception as exc:  # a bug: still one line, a report, and a code cron can tell apart
+                code, report.ended = EXIT_CRASH, "crashed"
+                report.message = f"internal error: {type(exc).__name__}: {exc}"
+                log.error("%s (traceback with -v)", report.message)
+                log.debug("traceback", exc_info=True)
             finally:
                 save_recent_requests(settings)
             if caught.get("signal"):
@@ -1922,11 +1965,14 @@ def execute(settings: Settings, started: datetime) -> tuple[int, RunReport, Path
     except LockHeld as exc:
         print(f"airtable_sync: {exc}; nothing done", file=sys.stderr)
         return EXIT_LOCKED, report, None
+    except UsageError as exc:  # the cache folder cannot hold the lock
+        code, report.ended, report.message = EXIT_USAGE, "settings error", str(exc)
+        log.error("%s", exc)
     finally:
         gc.unfreeze()  # the run's data may be collected again
     report.exit_code = code
     report.duration_s = time.monotonic() - clock
-    path = write_report(report, settings.reports_dir)
+    path = write_report(report, settings.reports_dir, settings.api_key)
     return code, report, path
 
 
@@ -1981,7 +2027,12 @@ def main(argv: Sequence[str] | None = None, *, environ: Mapping[str, str] | None
         return run_demo(args.verbose)
     # Logging first, so that a settings error or the .env warning reaches cron's log file too.
     log_file = None if args.check else (args.reports_dir or SCRIPT_DIR / "reports") / "airtable_sync.log"
-    handlers = setup_logging(args.verbose, log_file)
+    try:
+        handlers = setup_logging(args.verbose, log_file)
+    except OSError as exc:
+        print(f"airtable_sync: reports folder {log_file.parent if log_file else ''}: {exc.strerror}",
+              file=sys.stderr)
+        return EXIT_USAGE
     try:
         try:
             env = dict(environ) if environ is not None else read_environment(dotenv_path)

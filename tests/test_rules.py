@@ -410,3 +410,72 @@ def test_the_environment_wins_over_dotenv_and_a_readable_dotenv_is_warned(tmp_pa
     dotenv.chmod(0o600)
     sync.read_environment(dotenv)
     assert "readable" not in caplog.text
+
+
+# -- edge cases found in review -----------------------------------------------------
+
+def test_whole_second_equality_holds_before_1970():
+    assert sync.values_equal("1958-07-04T10:00:00.250Z", "1958-07-04T10:00:00.000Z", "dateTime")
+    assert not sync.values_equal("1958-07-04T10:00:01.250Z", "1958-07-04T10:00:00.000Z", "dateTime")
+
+
+@pytest.mark.parametrize("value, field_type", [
+    ("0001-01-01T00:00:00+01:00", "dateTime"), ("0001-01-01T00:00:00+01:00", "date"),
+])
+def test_dates_out_of_range_are_invalid_not_a_crash(value, field_type):
+    with pytest.raises(Invalid):
+        sync.convert_value(value, field_type)
+
+
+def test_extreme_extended_json_and_numbers_never_crash():
+    assert sync.unwrap_extended_json({"$date": float("inf")}) == {"$date": float("inf")}
+    assert sync.unwrap_extended_json({"$date": 1e20}) == {"$date": 1e20}
+    assert sync.convert_value({"a": Decimal("Infinity"), "b": Decimal("NaN")}, "multilineText") == '{"a":null,"b":null}'
+    assert sync.convert_value(2**60, "number") == float(2**60)  # what Airtable's doubles give back
+    assert sync.convert_value(Decimal("1E+400"), "number") is None
+    assert sync.convert_value(Decimal("12"), "number") == 12
+
+
+def test_nan_inside_lists_is_null():
+    assert sync.convert_value([1, float("nan"), "a", None], "multilineText") == "1, a"
+    assert sync.convert_value(["a", float("inf")], "multipleSelects") == ["a"]
+
+
+def test_only_a_computed_field_error_drops_a_field():
+    assert sync.rejected_field("INVALID_VALUE_FOR_COLUMN",
+                               'Field "computed_score" cannot accept the provided value') is None
+
+
+def test_a_null_line_in_json_lines_is_not_a_document():
+    with pytest.raises(sync.UsageError, match="line 2 is not a JSON object"):
+        sync.parse_export(Path("m.json"), b'{"id": "m1"}\nnull\n')
+
+
+def test_without_an_id_field_a_keyless_record_fails_instead_of_doubling_each_run():
+    schema = {n: sync.FieldInfo(n, t) for n, t in {"Name": "singleLineText", "location": "singleLineText"}.items()}
+    plan = sync.plan_table(TABLE_SPECS["events"], exported({"id": "e1", "location": "Harlem"},
+                                                           {"id": "e2", "name": "Supper"}), [], schema, {})
+    assert [(w.action, w.error) for w in plan.writes] == [
+        ("error", "no name, and the Airtable table has no id field to find it by"), ("create", None)]
+
+
+@pytest.mark.parametrize("rate, slots, window", [(2.5, 2, 1.0), (0.5, 1, 2.0), (5, 5, 1.0)])
+def test_throttle_with_a_fractional_rate_stays_under_it(rate, slots, window):
+    now = [0.0]
+    stop = threading.Event()
+    throttle = sync.Throttle(rate, stop, clock=lambda: now[0])
+
+    def fake_wait(delay):
+        now[0] += delay
+        return False
+
+    stop.wait = fake_wait
+    starts = []
+    for _ in range(12):
+        throttle.acquire()
+        starts.append(now[0])
+        now[0] += 0.01
+        throttle.release()
+    for start in starts:  # never more than `rate` requests in any window of `window` seconds
+        assert sum(1 for s in starts if start - window < s <= start) <= slots
+    assert len(starts) / (starts[-1] - starts[0] + window) <= rate

@@ -391,3 +391,42 @@ def test_records_without_an_id_are_created_apart_and_found_again_by_key(harness,
     assert writes(emulator) == 0
     emails = Counter(r["fields"].get("email") for r in emulator.records(TABLE_IDS["users"]))
     assert emails["no.id.one@example.com"] == 1 and emails["No.Id.Two@example.com"] == 1
+
+
+def test_the_token_is_masked_in_reports_even_when_an_error_quotes_it(harness, emulator, capsys):
+    emulator.add_fault(kind="meta", status=400, times=None,
+                       body={"error": {"type": "PROXY_ERROR", "message": f"rejected header: Bearer {TOKEN}"}})
+    assert harness.run(env={"AIRTABLE_MAX_RETRIES": "0"}) == 3
+    report_files = list(harness.reports_dir.glob("sync_report_*"))
+    assert len(report_files) == 2
+    for path in report_files:
+        text = path.read_text()
+        assert TOKEN not in text and "[token]" in text
+    streams = capsys.readouterr()
+    assert TOKEN not in streams.out + streams.err
+
+
+def test_unusable_folders_are_one_line_usage_errors(harness, emulator, capsys):
+    blocker = harness.tmp / "a-file"
+    blocker.write_text("")
+    assert airtable_sync.main(["--mongo-dir", str(harness.mongo_dir), "--cache-dir", str(blocker / "data"),
+                               "--reports-dir", str(harness.reports_dir)], environ=harness.env) == 2
+    assert "cache folder" in capsys.readouterr().err
+    assert airtable_sync.main(["--mongo-dir", str(harness.mongo_dir), "--cache-dir", str(harness.cache_dir),
+                               "--reports-dir", str(blocker / "reports")], environ=harness.env) == 2
+    err = capsys.readouterr().err
+    assert "reports folder" in err and "Traceback" not in err
+    assert emulator.requests == []
+
+
+def test_an_internal_error_is_one_line_a_report_and_exit_70(harness, emulator, capsys, monkeypatch):
+    def broken(*args, **kwargs):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(airtable_sync, "plan_table", broken)
+    assert harness.run() == airtable_sync.EXIT_CRASH
+    report = harness.report()
+    assert report["ended"] == "crashed" and "KeyError" in report["message"]
+    err = capsys.readouterr().err
+    assert "internal error: KeyError" in err and "Traceback" not in err
+    assert emulator.count(kind="write") == 0
