@@ -1232,6 +1232,7 @@ class PlannedWrite:
     record: ExportRecord
     action: str  # create | update | skip | error
     record_id: str | None = None  # the Airtable record updated
+    matched_by: str | None = None  # "id" or "key" (pass 1 or 2) for an update or skip
     fields: dict = field(default_factory=dict)  # values to send (links as LinkRef lists)
     error: str | None = None
     outcome: str = "planned"  # planned | done | failed | unknown (answer lost) | not attempted
@@ -1322,7 +1323,8 @@ def plan_table(
             continue
         changes = changed_fields(converted, match.airtable["fields"], types)
         action = "update" if changes else "skip"
-        plan.writes.append(PlannedWrite(record, action, record_id=match.airtable["id"], fields=changes))
+        plan.writes.append(PlannedWrite(record, action, record_id=match.airtable["id"], fields=changes,
+                                        matched_by=match.how))
     plan.writes.sort(key=lambda w: w.record.index)
     plan.planned = {a: sum(1 for w in plan.writes if w.action == a) for a in ("create", "update", "skip", "error")}
     return plan
@@ -1781,6 +1783,7 @@ class Sync:
     stop: threading.Event
     report: RunReport
     plans: dict[str, TablePlan] = field(default_factory=dict)
+    from_cache: set[str] = field(default_factory=set)  # tables read from --use-cache caches
 
     def load_exports(self) -> dict[str, list[ExportRecord]]:
         exports = {}
@@ -1802,12 +1805,13 @@ class Sync:
             if cached is not None:
                 log.info("%s: %d Airtable records from the cache", key, len(cached))
                 pulled[key] = cached
+                self.from_cache.add(key)
                 continue
             pulled[key] = pull_table(airtable, key, self.stop)
             log.info("%s: pulled %d Airtable records", key, len(pulled[key]))
         return pulled
 
-    def plan(self, exports, pulled, schema) -> dict[str, TablePlan]:
+    def plan(self, exports, pulled, schema, airtable: Airtable) -> dict[str, TablePlan]:
         plans: dict[str, TablePlan] = {}
         for key in TABLE_ORDER:
             if key not in exports:
@@ -1817,6 +1821,13 @@ class Sync:
                           for link in spec.links}
             table_schema = None if schema is None else schema.get(key, {})
             plans[key] = plan_table(spec, exports[key], pulled[key], table_schema, link_index)
+            if key in self.from_cache and any(w.matched_by == "key" for w in plans[key].writes):
+                # A natural-key match claims a record for good: a stale cache could hand it to the
+                # wrong Mongo record, so those are only ever made against a fresh pull.
+                log.info("%s: natural-key matches are not made against a cache: pulling the table", key)
+                pulled[key] = pull_table(airtable, key, self.stop)
+                self.from_cache.discard(key)
+                plans[key] = plan_table(spec, exports[key], pulled[key], table_schema, link_index)
             for record in exports[key]:
                 record.doc = {}  # planned: the document is no longer needed, and it is the bulk of memory
             counts = plans[key].planned
@@ -1847,7 +1858,7 @@ class Sync:
         needed = [k for k in TABLE_ORDER if k in exports or any(
             link.target == k for e in exports for link in TABLE_SPECS[e].links)]
         pulled = self.airtable_records(airtable, needed)
-        plans = self.plans = self.plan(exports, pulled, schema)
+        plans = self.plans = self.plan(exports, pulled, schema, airtable)
         gc.freeze()
         for key, plan in plans.items():
             for write in plan.writes:

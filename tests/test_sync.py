@@ -430,3 +430,30 @@ def test_an_internal_error_is_one_line_a_report_and_exit_70(harness, emulator, c
     err = capsys.readouterr().err
     assert "internal error: KeyError" in err and "Traceback" not in err
     assert emulator.count(kind="write") == 0
+
+
+def test_a_stale_cache_never_hands_a_legacy_record_to_another_mongo_record(harness, emulator):
+    """U06 and U07 share an email; the first sync gave the legacy record to U06. With a stale
+    cache (taken before that sync) and U07 now first in the export, a natural-key match made
+    against the cache would give U06's record to U07. Those matches are made against a fresh pull."""
+    without_u12(harness)
+    harness.run("--dry-run")  # caches the base as it was before any write
+    stale = {t: (harness.cache_dir / f"airtable_{t}.json").read_text() for t in TABLE_IDS}
+    assert harness.run() == 0
+    users = harness.read_export("users.json")
+    labels = {r["mongo_id"]: r["label"] for r in EXPECTED_RECORDS["users"]["records"]}
+    order = [labels.get(airtable_sync.mongo_id_of(airtable_sync.unwrap_extended_json(u))) for u in users]
+    u06, u07 = order.index("U06"), order.index("U07")
+    users[u06], users[u07] = users[u07], users[u06]
+    harness.write_export("users.json", users)
+    before = {t: sorted((r["id"], json.dumps(r["fields"], sort_keys=True))
+                        for r in emulator.records(TABLE_IDS[t])) for t in TABLE_IDS}
+    for t, text in stale.items():
+        (harness.cache_dir / f"airtable_{t}.json").write_text(text)
+    emulator.clear_log()
+    assert harness.run("--use-cache") == 0
+    assert writes(emulator) == 0  # nothing changed, nothing written
+    assert emulator.count(kind="read", table=TABLE_IDS["users"]) == 1  # re-pulled for the key matches
+    after = {t: sorted((r["id"], json.dumps(r["fields"], sort_keys=True))
+                       for r in emulator.records(TABLE_IDS[t])) for t in TABLE_IDS}
+    assert after == before
