@@ -459,19 +459,20 @@ def retry_delay(
     """
     if attempt >= max_retries:
         return None
+    try:
+        retry_after: float | None = max(0.0, float((headers.get("Retry-After") or "").strip()))
+    except ValueError:
+        retry_after = None  # absent, or an HTTP date: the defaults below
     backoff = min(0.5 * 2**attempt, 8.0)
-    if status == 429:
-        retry_after = (headers.get("Retry-After") or "").strip()
-        try:
-            return max(0.0, float(retry_after))
-        except ValueError:
-            return RATE_LIMIT_PENALTY_S
+    if status == 429:  # Airtable's penalty is 30 s; a Retry-After may only shorten it
+        return RATE_LIMIT_PENALTY_S if retry_after is None else min(retry_after, RATE_LIMIT_PENALTY_S)
     if error is not None:
         if _never_sent(error) or not is_plain_create(method, path):
             return backoff
         return None
     if status is not None and status >= 500 and not is_plain_create(method, path):
-        return backoff
+        # Airtable's 503 "may provide" Retry-After (errors docs): honoured, within reason.
+        return backoff if retry_after is None else min(max(backoff, retry_after), RATE_LIMIT_PENALTY_S)
     return None
 
 
@@ -481,7 +482,7 @@ class AirtableTransport(HTTPAdapter):
     def __init__(self, settings: Settings, stats: RequestStats, stop: threading.Event):
         super().__init__(max_retries=0)
         self.timeout = (settings.timeout_s, settings.timeout_s)
-        self.max_retries_ = settings.max_retries
+        self.retry_limit = settings.max_retries
         self.throttle = shared_throttle(settings, stop)
         self.stats = stats
         self.stop = stop
@@ -523,7 +524,7 @@ class AirtableTransport(HTTPAdapter):
             status = response.status_code if response is not None else None
             if status == 429:
                 self.stats.rate_limited += 1
-            delay = retry_delay(attempt, self.max_retries_, method, path, status,
+            delay = retry_delay(attempt, self.retry_limit, method, path, status,
                                 response.headers if response is not None else {}, error)
             if delay is None:
                 if error is not None:
@@ -531,7 +532,7 @@ class AirtableTransport(HTTPAdapter):
                 return response
             what = f"HTTP {status}" if status else type(error).__name__
             log.warning("%s %s: %s; retrying in %.1f s (retry %d of %d)",
-                        method, path.split("?", 1)[0], what, delay, attempt + 1, self.max_retries_)
+                        method, path.split("?", 1)[0], what, delay, attempt + 1, self.retry_limit)
             if response is not None:
                 response.close()
             attempt += 1

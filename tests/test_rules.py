@@ -315,6 +315,9 @@ def retry(status=None, error=None, method="PATCH", path="/v0/app/tbl", attempt=0
 def test_retry_policy():
     assert retry(429) == 30.0
     assert retry(429, headers={"Retry-After": "2"}) == 2.0
+    assert retry(429, headers={"Retry-After": "3600"}) == 30.0  # only ever sooner than the penalty
+    assert retry(429, headers={"Retry-After": "Wed, 21 Oct 2026 07:28:00 GMT"}) == 30.0
+    assert retry(503, headers={"Retry-After": "4"}) == 4.0 and retry(503, headers={"Retry-After": "600"}) == 30.0
     assert retry(429, method="POST") == 30.0  # a 429 was not processed: safe to re-send a create
     assert retry(503) == 0.5 and retry(502, attempt=2) == 2.0
     assert retry(503, method="POST") is None  # a plain create may have been applied
