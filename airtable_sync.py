@@ -1020,7 +1020,9 @@ def to_number(value: Any) -> int | float | None:
     if isinstance(value, bool):
         raise Invalid(f"not a number: {value!r}")
     if isinstance(value, int):
-        # Airtable keeps numbers as doubles: send what it will give back, or every run rewrites it.
+        # Airtable keeps numbers as doubles (integers past 15 digits come back rounded:
+        # github.com/Airtable/airtable.js/issues/423): send what it will give back, or every
+        # run rewrites it.
         return value if abs(value) <= 2**53 else float(value)
     if isinstance(value, float):
         return value if math.isfinite(value) else None
