@@ -486,6 +486,7 @@ class AirtableTransport(HTTPAdapter):
         self.throttle = shared_throttle(settings, stop)
         self.stats = stats
         self.stop = stop
+        self.last_retried = False  # whether the last request needed more than one attempt
 
     def build_response(self, req, resp):  # type: ignore[override]
         # requests' own, less the cookie jar: parsing every answer's headers for
@@ -506,6 +507,7 @@ class AirtableTransport(HTTPAdapter):
         method, path = request.method or "GET", request.path_url
         kind = request_kind(method, path)
         attempt = 0
+        self.last_retried = False
         while True:
             if self.stop.is_set():
                 raise RunInterrupted()
@@ -536,6 +538,7 @@ class AirtableTransport(HTTPAdapter):
             if response is not None:
                 response.close()
             attempt += 1
+            self.last_retried = True
             if self.stop.wait(delay):
                 raise RunInterrupted()
 
@@ -553,6 +556,7 @@ class Airtable:
     api: Api
     settings: Settings
     stats: RequestStats
+    transport: "AirtableTransport"
 
     def table(self, key: str):
         return self.api.table(self.settings.base_id, self.settings.table_ids[key])
@@ -606,7 +610,7 @@ def connect(settings: Settings, stop: threading.Event) -> Airtable:
     transport = AirtableTransport(settings, stats, stop)
     api.session.mount("https://", transport)
     api.session.mount("http://", transport)
-    return Airtable(api, settings, stats)
+    return Airtable(api, settings, stats, transport)
 
 
 def airtable_error(exc: requests.HTTPError) -> tuple[str, str]:
@@ -1423,14 +1427,15 @@ class Applier:
     def upserts(self, action: str, batch: Sequence[tuple[PlannedWrite, dict]]) -> bool:
         return action == "create" and self.plan.has_id_field and all("id" in f for _, f in batch)
 
-    def send(self, action: str, batch: list[tuple[PlannedWrite, dict]]) -> list[dict]:
+    def send(self, action: str, batch: list[tuple[PlannedWrite, dict]]) -> tuple[list[dict], set[str] | None]:
+        """Airtable's copy of the records written, and which were new (None: all of them were)."""
         if action == "update":
-            return self.table.batch_update([{"id": w.record_id, "fields": f} for w, f in batch], typecast=True)
+            return self.table.batch_update([{"id": w.record_id, "fields": f} for w, f in batch], typecast=True), None
         if self.upserts(action, batch):
             # Merged on `id`, a create re-sent after a lost answer updates the record it made.
             result = self.table.batch_upsert([{"fields": f} for _, f in batch], key_fields=["id"], typecast=True)
-            return result["records"]
-        return self.table.batch_create([f for _, f in batch], typecast=True)
+            return result["records"], set(result["createdRecords"])
+        return self.table.batch_create([f for _, f in batch], typecast=True), None
 
     def fail(self, batch: Sequence[tuple[PlannedWrite, dict]], message: str, outcome: str = "failed") -> None:
         for write, _ in batch:
@@ -1441,7 +1446,8 @@ class Applier:
             log.warning("%s %s: %s", self.plan.spec.key, write.record.mongo_id or f"#{write.record.index + 1}",
                         without_values(message) if outcome == "failed" else f"outcome {outcome}")
 
-    def succeed(self, batch: Sequence[tuple[PlannedWrite, dict]], records: list[dict]) -> None:
+    def succeed(self, batch: Sequence[tuple[PlannedWrite, dict]], records: list[dict],
+                created: set[str] | None = None) -> None:
         self.written.extend(records)
         if len(records) != len(batch):
             raise AirtableAccessError(f"Airtable answered {len(records)} records for {len(batch)} written")
@@ -1452,6 +1458,11 @@ class Applier:
         for (write, _), rec in zip(batch, records):
             write.outcome = "done"
             write.record_id = rec["id"]
+            if write.action == "create" and created is not None and rec["id"] not in created:
+                # The upsert found the record already there (a stale cache, or this create's
+                # earlier attempt): it was updated, and the report says so.
+                log.info("%s %s: already in Airtable, updated", self.plan.spec.key, write.record.mongo_id)
+                write.action = "update"
             if write.action == "create" and write.record.mongo_id is not None:
                 self.created_ids.setdefault(self.plan.spec.key, {})[write.record.mongo_id] = rec["id"]
             if log.isEnabledFor(logging.DEBUG):  # the dump costs more than the write itself
@@ -1463,7 +1474,9 @@ class Applier:
         """One request; a 422 is retried record by record so only the bad records fail."""
         table = self.plan.spec.key
         try:
-            records = self.send(action, batch)
+            records, created = self.send(action, batch)
+            if self.airtable.transport.last_retried:
+                created = None  # a retried upsert finds what its own lost first attempt made
         except requests.HTTPError as exc:
             status = exc.response.status_code
             kind, message = airtable_error(exc)
@@ -1494,7 +1507,7 @@ class Applier:
             if not _never_sent(exc):
                 self.fail(batch, f"outcome unknown ({error}); the next run settles it", outcome="unknown")
             raise error from None
-        self.succeed(batch, records)
+        self.succeed(batch, records, created)
 
     def write_without_field(self, action: str, batch: list[tuple[PlannedWrite, dict]], name: str, reason: str) -> None:
         if not any(name in f for _, f in batch):

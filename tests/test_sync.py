@@ -233,22 +233,23 @@ def test_use_cache_reuses_the_cache_and_a_rerun_does_not_duplicate(harness, emul
 
 
 def test_a_stale_cache_does_not_duplicate_creates(harness, emulator):
+    """Caches that predate every record (empty): each create is an upsert merged on `id`,
+    so it lands on the record that is already there, and the report calls it an update."""
     without_u12(harness)
-    harness.run("--dry-run")  # caches the base as it was before any create
     assert harness.run() == 0
-    stale = {t: (harness.tmp / f"stale_{t}.json") for t in TABLE_IDS}
-    harness.run("--use-cache", "--dry-run")
     before = {t: len(emulator.records(TABLE_IDS[t])) for t in TABLE_IDS}
-    # Put the pre-sync caches back: the tool believes nothing was created yet.
-    harness.run("--dry-run")
     for t in TABLE_IDS:
-        snapshot = [r for r in json.loads((FIXTURES / "base.json").read_text())["tables"]
-                    if r["id"] == TABLE_IDS[t]][0]["records"]
-        airtable_sync.write_cache(harness.cache_dir / f"airtable_{t}.json", snapshot)
-    assert harness.run("--use-cache") in (0, 1)
-    after = {t: len(emulator.records(TABLE_IDS[t])) for t in TABLE_IDS}
-    assert after == before  # upserts merged on `id` found the records already created
-    del stale
+        airtable_sync.write_cache(harness.cache_dir / f"airtable_{t}.json", [])
+    emulator.clear_log()
+    # U08's id is on two Airtable records: its upsert matches both, and Airtable refuses it
+    # rather than pick one; it fails alone (its batch is retried record by record).
+    assert harness.run("--use-cache", "--tables", "users") == 1
+    assert {t: len(emulator.records(TABLE_IDS[t])) for t in TABLE_IDS} == before
+    run = harness.report()
+    report = run["tables"]["users"]
+    assert (report["created"], report["updated"], report["errors"], report["planned"]["create"]) == (0, 28, 1, 29)
+    assert [e["mongo_id"] for e in run["errors"]] == ["668a834093b270c043a655ee"]
+    assert emulator.count(kind="write") == 3 + 10 and emulator.count(kind="read") == 0
 
 
 def test_caches_are_private(harness):
@@ -347,6 +348,8 @@ def test_markdown_report_leads_with_a_summary(harness):
 # -- the demo ------------------------------------------------------------------------------
 
 def test_the_demo_runs_from_the_repository_with_no_token(tmp_path):
+    repo_outputs = lambda: sorted((ROOT / "reports").iterdir()) + sorted((ROOT / "data").iterdir())  # noqa: E731
+    before = repo_outputs()
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIRTABLE_")}
     env["TMPDIR"] = str(tmp_path)
     result = subprocess.run([sys.executable, str(ROOT / "airtable_sync.py"), "--demo"], cwd=tmp_path, env=env,
@@ -356,7 +359,7 @@ def test_the_demo_runs_from_the_repository_with_no_token(tmp_path):
     assert "Second run, nothing changed" in result.stdout and "1 write requests" in result.stdout
     report = [line.split(": ", 1)[1] for line in result.stdout.splitlines() if line.startswith("Report: ")][0]
     assert report.startswith(str(tmp_path)) and os.path.isfile(report)
-    assert not list((ROOT / "reports").glob("sync_report_*")) or True
+    assert repo_outputs() == before  # nothing outside the temporary folder was touched
 
 
 def test_back_to_back_processes_share_the_rate_limit(harness, emulator, tmp_path):
