@@ -613,6 +613,10 @@ def connect(settings: Settings, stop: threading.Event) -> Airtable:
     return Airtable(api, settings, stats, transport)
 
 
+# What a request to Airtable can end in, once the transport's retries are spent.
+AIRTABLE_FAILURES = (requests.HTTPError, requests.ConnectionError, requests.Timeout)
+
+
 def airtable_error(exc: requests.HTTPError) -> tuple[str, str]:
     """(type, message) of an Airtable error response."""
     response = exc.response
@@ -657,7 +661,7 @@ def fetch_schema(airtable: Airtable) -> dict[str, dict[str, FieldInfo]] | None:
                         "field types will be inferred from the data", exc.response.status_code)
             return None
         raise access_error(exc, settings, "reading the schema") from None
-    except (requests.ConnectionError, requests.Timeout) as exc:
+    except (requests.ConnectionError, requests.Timeout) as exc:  # an HTTPError is handled above
         raise access_error(exc, settings, "reading the schema") from None
     by_key = {}
     for key, table_id in settings.table_ids.items():
@@ -687,9 +691,7 @@ def pull_table(airtable: Airtable, key: str, stop: threading.Event) -> list[dict
             if time.monotonic() - progress_at >= 5:  # 100 records a page at 5 a second: say how far
                 progress_at = time.monotonic()
                 log.info("%s: pulled %d Airtable records so far", key, len(records))
-    except requests.HTTPError as exc:
-        raise access_error(exc, airtable.settings, f"reading table {key}") from None
-    except (requests.ConnectionError, requests.Timeout) as exc:
+    except AIRTABLE_FAILURES as exc:
         raise access_error(exc, airtable.settings, f"reading table {key}") from None
     return records
 
@@ -1244,6 +1246,10 @@ class PlannedWrite:
     error: str | None = None
     outcome: str = "planned"  # planned | done | failed | unknown (answer lost) | not attempted
 
+    @property
+    def failed(self) -> bool:
+        return self.action == "error" or self.outcome in ("failed", "unknown", "not attempted")
+
 
 @dataclass
 class TablePlan:
@@ -1385,12 +1391,11 @@ def rejected_field(kind: str, message: str) -> tuple[str, str] | None:
 class Applier:
     """Sends a table's planned writes in batches of ten and records what became of each."""
 
-    def __init__(self, airtable: Airtable, plan: TablePlan, errors: list[dict],
-                 created_ids: dict[str, dict[str, str]], stop: threading.Event):
+    def __init__(self, airtable: Airtable, plan: TablePlan, created_ids: dict[str, dict[str, str]],
+                 stop: threading.Event):
         self.airtable = airtable
         self.table = airtable.table(plan.spec.key)
         self.plan = plan
-        self.errors = errors
         self.created_ids = created_ids
         self.stop = stop
         self.written: list[dict] = []  # Airtable's copy of every record written
@@ -1441,8 +1446,6 @@ class Applier:
         for write, _ in batch:
             write.outcome = outcome
             write.error = message
-            self.errors.append({"table": self.plan.spec.key, "mongo_id": write.record.mongo_id,
-                                "message": message})
             log.warning("%s %s: %s", self.plan.spec.key, write.record.mongo_id or f"#{write.record.index + 1}",
                         without_values(message) if outcome == "failed" else f"outcome {outcome}")
 
@@ -1471,43 +1474,48 @@ class Applier:
             write.fields = {}  # written: Airtable's copy, in self.written, is what the cache keeps
 
     def write_batch(self, action: str, batch: list[tuple[PlannedWrite, dict]]) -> None:
-        """One request; a 422 is retried record by record so only the bad records fail."""
-        table = self.plan.spec.key
+        """One request; a 422 is retried record by record so only the bad records fail.
+        An outage or a refused token stops the run (AirtableAccessError)."""
         try:
             records, created = self.send(action, batch)
-            if self.airtable.transport.last_retried:
-                created = None  # a retried upsert finds what its own lost first attempt made
-        except requests.HTTPError as exc:
-            status = exc.response.status_code
-            kind, message = airtable_error(exc)
-            if status >= 500 and action == "create" and not self.upserts(action, batch):
-                self.fail(batch, f"HTTP {status} {kind}: outcome unknown, not re-sent (a plain create could "
-                          "duplicate); the next run finds the record by its natural key if it was created")
-            elif status in (401, 403, 429) or status >= 500:
-                error = access_error(exc, self.airtable.settings, f"writing {table}")
-                if status >= 500:
-                    self.fail(batch, f"outcome unknown ({error}); the next run settles it", outcome="unknown")
-                raise error from None
-            elif status not in (404, 422):
+        except AIRTABLE_FAILURES as exc:
+            status = exc.response.status_code if isinstance(exc, requests.HTTPError) else None
+            if status in (404, 422):
+                self.write_refused(action, batch, *airtable_error(exc))  # type: ignore[arg-type]
+            elif status is not None and status < 500 and status not in (401, 403, 429):
+                kind, message = airtable_error(exc)  # type: ignore[arg-type]
                 self.fail(batch, f"HTTP {status} {kind}: {message}")
-            elif rejected := rejected_field(kind, message):
-                self.write_without_field(action, batch, *rejected)
-            elif len(batch) > 1:
-                for item in batch:
-                    self.write_batch(action, [item])
             else:
-                self.fail(batch, f"{kind}: {message}")
+                self.write_lost(action, batch, exc)
             return
-        except (requests.ConnectionError, requests.Timeout) as exc:
-            if action == "create" and not self.upserts(action, batch) and not _never_sent(exc):
-                self.fail(batch, f"{type(exc).__name__}: outcome unknown, not re-sent (a plain create could "
-                          "duplicate); the next run finds the record by its natural key if it was created")
-                return
-            error = access_error(exc, self.airtable.settings, f"writing {table}")
-            if not _never_sent(exc):
-                self.fail(batch, f"outcome unknown ({error}); the next run settles it", outcome="unknown")
-            raise error from None
+        if self.airtable.transport.last_retried:
+            created = None  # a retried upsert finds what its own lost first attempt made
         self.succeed(batch, records, created)
+
+    def write_refused(self, action: str, batch: list[tuple[PlannedWrite, dict]], kind: str, message: str) -> None:
+        """Airtable refused the request for its content: drop a rejected field, or find the bad records."""
+        if rejected := rejected_field(kind, message):
+            self.write_without_field(action, batch, *rejected)
+        elif len(batch) > 1:
+            for item in batch:
+                self.write_batch(action, [item])
+        else:
+            self.fail(batch, f"{kind}: {message}")
+
+    def write_lost(self, action: str, batch: list[tuple[PlannedWrite, dict]], exc: Exception) -> None:
+        """Retries are spent (or the token refused): the run stops, unless only a plain create
+        is in doubt. A 5xx or a lost connection may have been applied: its records say so."""
+        error = access_error(exc, self.airtable.settings, f"writing {self.plan.spec.key}")
+        status = exc.response.status_code if isinstance(exc, requests.HTTPError) else None
+        if status in (401, 403, 429) or (status is None and _never_sent(exc)):
+            raise error from None  # not applied: mark_not_attempted reports these records
+        cause = f"HTTP {status} {airtable_error(exc)[0]}" if status else type(exc).__name__  # type: ignore[arg-type]
+        if action == "create" and not self.upserts(action, batch):
+            self.fail(batch, f"outcome unknown ({cause}); not re-sent, since a plain create could duplicate it: "
+                      "the next run finds the record by its natural key if it was created", outcome="unknown")
+            return  # only this batch is in doubt; the run goes on
+        self.fail(batch, f"outcome unknown ({error}); the next run settles it", outcome="unknown")
+        raise error from None
 
     def write_without_field(self, action: str, batch: list[tuple[PlannedWrite, dict]], name: str, reason: str) -> None:
         if not any(name in f for _, f in batch):
@@ -1598,7 +1606,7 @@ def summarize(plan: TablePlan, dry_run: bool) -> TableResult:
         result.updated = sum(1 for w in writes if w.action == "update" and w.outcome == "done")
         result.not_attempted = sum(1 for w in writes if w.outcome == "not attempted")
     result.skipped = sum(1 for w in writes if w.action == "skip")
-    result.errors = sum(1 for w in writes if w.action == "error" or w.outcome in ("failed", "unknown", "not attempted"))
+    result.errors = sum(1 for w in writes if w.failed)
     return result
 
 
@@ -1854,7 +1862,7 @@ class Sync:
     def apply(self, airtable: Airtable, plans: dict[str, TablePlan], pulled: dict[str, list[dict]]) -> None:
         created_ids: dict[str, dict[str, str]] = {}
         for key, plan in plans.items():
-            applier = Applier(airtable, plan, self.report.errors, created_ids, self.stop)
+            applier = Applier(airtable, plan, created_ids, self.stop)
             try:
                 applier.apply()
             finally:
@@ -1876,12 +1884,6 @@ class Sync:
         pulled = self.airtable_records(airtable, needed)
         plans = self.plans = self.plan(exports, pulled, schema, airtable)
         gc.freeze()
-        for key, plan in plans.items():
-            for write in plan.writes:
-                if write.action == "error":
-                    write.outcome = "failed"
-                    self.report.errors.append({"table": key, "mongo_id": write.record.mongo_id,
-                                               "message": write.error})
         try:
             if not self.settings.dry_run:
                 self.apply(airtable, plans, pulled)
@@ -1891,6 +1893,8 @@ class Sync:
         finally:
             for key, plan in plans.items():
                 self.report.tables[key] = summarize(plan, self.settings.dry_run)
+                self.report.errors += [{"table": key, "mongo_id": w.record.mongo_id, "message": w.error}
+                                       for w in plan.writes if w.failed]
             for key, records in pulled.items():
                 write_cache(cache_path(self.settings, key), records)
         failed = any(t.errors for t in self.report.tables.values())
@@ -1898,12 +1902,10 @@ class Sync:
 
     def mark_not_attempted(self, plans: dict[str, TablePlan], exc: Exception) -> None:
         reason = "interrupted" if isinstance(exc, RunInterrupted) else str(exc)
-        for key, plan in plans.items():
+        for plan in plans.values():
             for write in plan.writes:
                 if write.action in ("create", "update") and write.outcome == "planned":
-                    write.outcome = "not attempted"
-                    self.report.errors.append({"table": key, "mongo_id": write.record.mongo_id,
-                                               "message": f"not synced: {reason}"})
+                    write.outcome, write.error = "not attempted", f"not synced: {reason}"
 
     @property
     def anything_written(self) -> bool:
@@ -1934,7 +1936,7 @@ def run_check(settings: Settings, out=None) -> int:
         spec = TABLE_SPECS[key]
         try:
             airtable.table(key).first()
-        except (requests.HTTPError, requests.ConnectionError, requests.Timeout) as exc:
+        except AIRTABLE_FAILURES as exc:
             raise access_error(exc, settings, f"reading table {key}") from None
         table_schema = None if schema is None else schema.get(key)
         print(f"\n{key} ({settings.table_ids[key]}): reachable", file=out)
