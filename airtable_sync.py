@@ -257,16 +257,18 @@ def read_environment(dotenv_path: Path | None) -> dict[str, str]:
     return values
 
 
-def _positive_number(env: Mapping[str, str], name: str, default: float, kind: type = float) -> Any:
+def _number_setting(env: Mapping[str, str], name: str, default: float, *, whole: bool = False) -> Any:
+    """A rate or a duration (> 0), or with `whole` a count (>= 0)."""
     raw = env.get(name, "").strip()
+    kind = int if whole else float
     if not raw:
         return kind(default)
     try:
         value = kind(raw)
     except ValueError:
-        raise UsageError(f"{name}={raw!r} is not a {'whole ' if kind is int else ''}number") from None
-    if value < 0 or (value == 0 and name != "AIRTABLE_MAX_RETRIES") or not math.isfinite(value):
-        raise UsageError(f"{name}={raw!r} must be greater than zero")
+        raise UsageError(f"{name}={raw!r} is not a {'whole ' if whole else ''}number") from None
+    if not math.isfinite(value) or value < 0 or (value == 0 and not whole):
+        raise UsageError(f"{name}={raw!r} must be {'zero or more' if whole else 'greater than zero'}")
     return value
 
 
@@ -300,9 +302,9 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
         base_id=base_id,
         table_ids=table_ids,
         endpoint_url=endpoint.rstrip("/"),
-        max_rps=_positive_number(env, "AIRTABLE_MAX_RPS", 5),
-        timeout_s=_positive_number(env, "AIRTABLE_TIMEOUT_S", 30),
-        max_retries=_positive_number(env, "AIRTABLE_MAX_RETRIES", 5, int),
+        max_rps=_number_setting(env, "AIRTABLE_MAX_RPS", 5),
+        timeout_s=_number_setting(env, "AIRTABLE_TIMEOUT_S", 30),
+        max_retries=_number_setting(env, "AIRTABLE_MAX_RETRIES", 5, whole=True),
         mongo_dir=Path(mongo_dir),
         cache_dir=args.cache_dir or SCRIPT_DIR / "data",
         reports_dir=args.reports_dir or SCRIPT_DIR / "reports",

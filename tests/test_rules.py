@@ -386,6 +386,8 @@ def test_settings_defaults_follow_the_contract():
     ({"AIRTABLE_USERS_TABLE": "tblShort"}, [], "is not a table id"),
     ({"AIRTABLE_MAX_RPS": "fast"}, [], "is not a number"),
     ({"AIRTABLE_TIMEOUT_S": "0"}, [], "must be greater than zero"),
+    ({"AIRTABLE_MAX_RETRIES": "-1"}, [], "must be zero or more"),
+    ({"AIRTABLE_MAX_RETRIES": "2.5"}, [], "is not a whole number"),
     ({"AIRTABLE_ENDPOINT_URL": "api.airtable.com"}, [], "is not an http(s) URL"),
     ({}, ["--tables", "users,orders"], "choose from users,events,messages"),
     ({}, ["--limit", "-1"], "--limit must be zero or more"),
@@ -393,6 +395,10 @@ def test_settings_defaults_follow_the_contract():
 def test_bad_settings_are_usage_errors(env, argv, message):
     with pytest.raises(sync.UsageError, match=re.escape(message)):
         settings(env, *argv)
+
+
+def test_zero_retries_is_a_valid_setting():
+    assert settings({"AIRTABLE_MAX_RETRIES": "0"}).max_retries == 0
 
 
 def test_a_table_may_be_named_and_tables_keep_sync_order():
