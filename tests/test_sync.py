@@ -270,31 +270,7 @@ def test_check_compares_the_mapping_with_the_schema_and_writes_nothing(harness, 
     assert not harness.reports_dir.exists() or not list(harness.reports_dir.glob("sync_report_*"))
 
 
-# -- exit codes ----------------------------------------------------------------------------
-
-def test_missing_token_exits_2_with_one_line(harness, emulator, capsys):
-    env = {k: v for k, v in harness.env.items() if k != "AIRTABLE_API_KEY"}
-    import airtable_sync as tool
-    assert tool.main(harness.argv(), environ=env) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "AIRTABLE_API_KEY is not set" in err
-    assert emulator.requests == []
-
-
-def test_malformed_export_exits_2_before_any_request(harness, emulator, capsys):
-    (harness.mongo_dir / "events.json").write_text('[{"id": "e1", "name": "Supper"},')
-    assert harness.run() == 2
-    assert emulator.requests == []
-    assert "events.json: not valid JSON" in capsys.readouterr().err
-    assert harness.report()["ended"] == "input error"
-
-
-def test_a_wrong_token_exits_3_with_the_scopes_hint(harness, emulator, capsys):
-    assert harness.run(env={"AIRTABLE_API_KEY": "patWRONG"}) == 3
-    err = capsys.readouterr().err
-    assert "401" in err and "schema.bases:read" in err and "data.records:write" in err
-    assert writes(emulator) == 0
-
+# -- exit codes (the full set, with faults, is in test_faults.py) ------------------------
 
 def test_a_missing_export_skips_its_table_with_a_warning(harness, emulator, caplog):
     (harness.mongo_dir / "events.json").unlink()
