@@ -557,8 +557,11 @@ class Airtable:
 
     api: Api
     settings: Settings
-    stats: RequestStats
     transport: "AirtableTransport"
+
+    @property
+    def stats(self) -> RequestStats:
+        return self.transport.stats
 
     def table(self, key: str):
         return self.api.table(self.settings.base_id, self.settings.table_ids[key])
@@ -602,17 +605,16 @@ class LeanSession(requests.Session):
 
 
 def connect(settings: Settings, stop: threading.Event) -> Airtable:
-    stats = RequestStats()
     api = Api(settings.api_key, timeout=(settings.timeout_s, settings.timeout_s),
               retry_strategy=None, endpoint_url=settings.endpoint_url)
     # The proxy and CA-bundle variables are read once, here, not on every request.
     from_env = requests.Session().merge_environment_settings(settings.endpoint_url, {}, None, None, None)
     api.session = LeanSession(from_env["proxies"], from_env["verify"])
     api.api_key = settings.api_key  # sets the Authorization header on the new session
-    transport = AirtableTransport(settings, stats, stop)
+    transport = AirtableTransport(settings, RequestStats(), stop)
     api.session.mount("https://", transport)
     api.session.mount("http://", transport)
-    return Airtable(api, settings, stats, transport)
+    return Airtable(api, settings, transport)
 
 
 # What a request to Airtable can end in, once the transport's retries are spent.
