@@ -197,6 +197,13 @@ class Settings:
     use_cache: bool = False
     limit: int | None = None
     verbose: bool = False
+    change_tracking: bool = True  # AIRTABLE_CHANGE_TRACKING=webhook (the default) or off
+    full_sync_days: float = 7.0
+    full: bool = False  # --full: read every record this run
+    delete_missing: bool = False
+    force_delete: bool = False
+    max_delete_fraction: float = 0.05
+    archive_days: float = 30.0
 
 
 EXIT_CODES_HELP = """\
@@ -211,11 +218,17 @@ settings (environment, or .env beside the script; the environment wins):
   AIRTABLE_MAX_RPS         requests per second per base, default 5
   AIRTABLE_TIMEOUT_S       seconds for every HTTP request, default 30
   AIRTABLE_MAX_RETRIES     retries of a 429, 5xx or network failure, default 5
+  AIRTABLE_CHANGE_TRACKING webhook (default: read Airtable's change feed) or off
+  AIRTABLE_FULL_SYNC_DAYS  a full read at least this often, default 7 (days)
+  AIRTABLE_MAX_DELETE_FRACTION  --delete-missing deletes at most this share of a
+                           table's records with an id, default 0.05
+  AIRTABLE_ARCHIVE_DAYS    days a deletion archive is kept, default 30
   MONGODB_DATA_DIR         default ../mongodb_pull/data beside the script
 
 exit codes:
   0    every record synced or skipped
-  1    the run finished but at least one record failed
+  1    the run finished but at least one record failed, or deletions were
+       held back by the safety cap
   2    configuration, usage or input error (nothing written to Airtable)
   3    Airtable unreachable, authentication or permission failure
   70   an internal error (a bug): one line, the report marked crashed
@@ -237,7 +250,12 @@ def build_arg_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tables", default=",".join(TABLE_ORDER), help="comma-separated subset of users,events,messages")
     parser.add_argument("--dry-run", action="store_true", help="plan and report, send no write request")
     parser.add_argument("--check", action="store_true", help="compare the mappings with Airtable's schema; write nothing")
-    parser.add_argument("--use-cache", action="store_true", help="reuse data/airtable_<table>.json instead of pulling")
+    parser.add_argument("--full", action="store_true", help="read every record this run, not the change feed")
+    parser.add_argument("--delete-missing", action="store_true",
+                        help="also delete Airtable records whose Mongo document left the export")
+    parser.add_argument("--force-delete", action="store_true",
+                        help="with --delete-missing: lift the safety cap for this run")
+    parser.add_argument("--use-cache", action="store_true", help="reuse data/airtable_<table>.json instead of reading Airtable")
     parser.add_argument("--limit", type=int, metavar="N", help="sync only the first N exported records of each table")
     parser.add_argument("--demo", action="store_true", help="sync the sample data into a local Airtable emulator")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging, with field values")
@@ -257,8 +275,9 @@ def read_environment(dotenv_path: Path | None) -> dict[str, str]:
     return values
 
 
-def _number_setting(env: Mapping[str, str], name: str, default: float, *, whole: bool = False) -> Any:
-    """A rate or a duration (> 0), or with `whole` a count (>= 0)."""
+def _number_setting(env: Mapping[str, str], name: str, default: float, *, whole: bool = False,
+                    zero_ok: bool = False) -> Any:
+    """A rate or a duration (> 0), or with `whole` a count (>= 0), or with `zero_ok` a share (>= 0)."""
     raw = env.get(name, "").strip()
     kind = int if whole else float
     if not raw:
@@ -267,8 +286,8 @@ def _number_setting(env: Mapping[str, str], name: str, default: float, *, whole:
         value = kind(raw)
     except ValueError:
         raise UsageError(f"{name}={raw!r} is not a {'whole ' if whole else ''}number") from None
-    if not math.isfinite(value) or value < 0 or (value == 0 and not whole):
-        raise UsageError(f"{name}={raw!r} must be {'zero or more' if whole else 'greater than zero'}")
+    if not math.isfinite(value) or value < 0 or (value == 0 and not (whole or zero_ok)):
+        raise UsageError(f"{name}={raw!r} must be {'zero or more' if whole or zero_ok else 'greater than zero'}")
     return value
 
 
@@ -294,6 +313,14 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
         raise UsageError(f"--tables {args.tables!r}: choose from {','.join(TABLE_ORDER)}")
     if args.limit is not None and args.limit < 0:
         raise UsageError("--limit must be zero or more")
+    if args.force_delete and not args.delete_missing:
+        raise UsageError("--force-delete goes with --delete-missing")
+    tracking = (env.get("AIRTABLE_CHANGE_TRACKING", "").strip() or "webhook").lower()
+    if tracking not in ("webhook", "off"):
+        raise UsageError(f"AIRTABLE_CHANGE_TRACKING={tracking!r}: choose webhook or off")
+    max_delete_fraction = _number_setting(env, "AIRTABLE_MAX_DELETE_FRACTION", 0.05, whole=False, zero_ok=True)
+    if max_delete_fraction > 1:
+        raise UsageError(f"AIRTABLE_MAX_DELETE_FRACTION={max_delete_fraction!r} must be between 0 and 1")
     mongo_dir = args.mongo_dir or Path(env.get("MONGODB_DATA_DIR", "").strip() or SCRIPT_DIR / "../mongodb_pull/data")
     if not Path(mongo_dir).is_dir() and not args.check:
         raise UsageError(f"Mongo data folder {mongo_dir} does not exist (set --mongo-dir or MONGODB_DATA_DIR)")
@@ -314,6 +341,13 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
         use_cache=args.use_cache,
         limit=args.limit,
         verbose=args.verbose,
+        change_tracking=tracking == "webhook",
+        full_sync_days=_number_setting(env, "AIRTABLE_FULL_SYNC_DAYS", 7),
+        full=args.full,
+        delete_missing=args.delete_missing,
+        force_delete=args.force_delete,
+        max_delete_fraction=max_delete_fraction,
+        archive_days=_number_setting(env, "AIRTABLE_ARCHIVE_DAYS", 30),
     )
 
 
@@ -549,6 +583,28 @@ class AirtableTransport(HTTPAdapter):
 class FieldInfo:
     name: str
     type: str
+    id: str = ""
+
+
+@dataclass
+class BaseSchema:
+    """The synced tables' fields, from the metadata API (or, between full reads, the state)."""
+
+    table_ids: dict[str, str]  # table key -> Airtable table id (settings may name a table)
+    fields: dict[str, dict[str, FieldInfo]]  # table key -> field name -> field
+
+    def get(self, key: str, default: Any = None) -> dict[str, FieldInfo] | None:
+        return self.fields.get(key, default)
+
+    def as_json(self) -> dict:
+        return {"table_ids": self.table_ids,
+                "fields": {k: [[f.id, f.name, f.type] for f in fields.values()] for k, fields in self.fields.items()}}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "BaseSchema":
+        return cls(dict(data["table_ids"]),
+                   {k: {name: FieldInfo(name, ftype, fid) for fid, name, ftype in fields}
+                    for k, fields in data["fields"].items()})
 
 
 @dataclass
@@ -654,7 +710,7 @@ def access_error(exc: Exception, settings: Settings, what: str) -> AirtableAcces
                                f"({type(exc).__name__}) after {settings.max_retries} retries")
 
 
-def fetch_schema(airtable: Airtable) -> dict[str, dict[str, FieldInfo]] | None:
+def fetch_schema(airtable: Airtable) -> BaseSchema | None:
     """Field types per table key, or None when the token may not read the schema."""
     settings = airtable.settings
     try:
@@ -667,16 +723,18 @@ def fetch_schema(airtable: Airtable) -> dict[str, dict[str, FieldInfo]] | None:
         raise access_error(exc, settings, "reading the schema") from None
     except (requests.ConnectionError, requests.Timeout) as exc:  # an HTTPError is handled above
         raise access_error(exc, settings, "reading the schema") from None
-    by_key = {}
+    result = BaseSchema({}, {})
     for key, table_id in settings.table_ids.items():
         table = next((t for t in schema.tables if table_id in (t.id, t.name)), None)
         if table is not None:
-            by_key[key] = {f.name: FieldInfo(f.name, str(getattr(f.type, "value", f.type))) for f in table.fields}
-    return by_key
+            result.table_ids[key] = table.id
+            result.fields[key] = {f.name: FieldInfo(f.name, str(getattr(f.type, "value", f.type)), f.id)
+                                  for f in table.fields}
+    return result
 
 
 # ---------------------------------------------------------------------------
-# Pull
+# Read, in full: every page of every table, and the caches
 # ---------------------------------------------------------------------------
 
 
@@ -730,6 +788,546 @@ def write_cache(path: Path, records: list[dict]) -> None:
             yield ("[\n" if i == 0 else ",\n") + json.dumps(rec, ensure_ascii=False)
         yield "\n]\n" if records else "[]\n"
     write_private(path, chunks())
+
+
+# ---------------------------------------------------------------------------
+# Read, by change feed: the snapshot and the state, Airtable's webhook payloads
+# ---------------------------------------------------------------------------
+#
+# The caches are a snapshot of the tables. Between full reads a run patches them with the
+# payloads of one webhook that the tool keeps on the base (no notification URL: the payloads
+# are read by cursor), and plans against the result exactly as against a full read.
+# Sources: airtable.com/developers/web/api/ create-a-webhook, list-webhooks,
+# list-webhook-payloads, refresh-a-webhook, model/webhooks-specification,
+# model/webhooks-payload, field-model (webhook cell formats).
+
+STATE_FILE = "airtable_state.json"
+STATE_VERSION = 1
+# Airtable keeps payloads 7 days (list-webhook-payloads): a run whose last run is older than
+# this cannot trust that the feed since then is whole.
+PAYLOAD_TRUST_DAYS = 6
+WEBHOOKS_PER_BASE = 10  # create-a-webhook: "a base can have up to 10 webhooks"
+# Record changes of every table (a specification takes one recordChangeScope and the tool
+# syncs three) and field changes, so a renamed or retyped mapped field forces a full read.
+WEBHOOK_SPEC = {"options": {"filters": {"dataTypes": ["tableData", "tableFields"]}}}
+
+
+class FeedUnavailable(Exception):
+    """The token may not manage webhooks (scope webhook:manage, Creator access), or they are refused."""
+
+
+@dataclass
+class ChangeState:
+    """What the last run left: the snapshot it wrote and where Airtable's change feed resumes."""
+
+    endpoint_url: str
+    base_id: str
+    tables: dict[str, str]  # table key -> the table setting (id or name) the snapshot holds
+    schema: BaseSchema
+    webhook_id: str | None
+    cursor: int | None  # the next payload to read
+    last_full_read: datetime
+    last_run: datetime
+    caches: dict[str, list[int]] = field(default_factory=dict)  # key -> [size, mtime_ns] as written
+    version: int = STATE_VERSION
+
+    def as_json(self) -> dict:
+        data = dataclasses.asdict(self)
+        data["schema"] = self.schema.as_json()
+        data["last_full_read"] = self.last_full_read.isoformat()
+        data["last_run"] = self.last_run.isoformat()
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict) -> "ChangeState":
+        return cls(**{**data, "schema": BaseSchema.from_json(data["schema"]),
+                      "last_full_read": datetime.fromisoformat(data["last_full_read"]),
+                      "last_run": datetime.fromisoformat(data["last_run"])})
+
+
+def state_path(settings: Settings) -> Path:
+    return settings.cache_dir / STATE_FILE
+
+
+def load_state(path: Path) -> ChangeState | None:
+    try:
+        return ChangeState.from_json(json.loads(path.read_text(encoding="utf-8")))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("change-tracking state %s unreadable (%s): reading in full", path, type(exc).__name__)
+        return None
+
+
+def cache_fingerprint(path: Path) -> list[int] | None:
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return [info.st_size, info.st_mtime_ns]
+
+
+def full_read_reason(state: ChangeState | None, settings: Settings, needed: Iterable[str],
+                     now: datetime) -> tuple[str | None, bool]:
+    """Why this run must read every record instead of the change feed (None: it need not), and
+    whether the previous snapshot and feed are still exact, so a full read can measure drift.
+    These are the checks that cost no request; the webhook's own are in webhook_problem()."""
+    if not settings.change_tracking:
+        return "change tracking is off (AIRTABLE_CHANGE_TRACKING=off)", False
+    if state is None:
+        return "no change-tracking state yet", False
+    if (state.version, state.endpoint_url, state.base_id) != (STATE_VERSION, settings.endpoint_url, settings.base_id):
+        return "the state belongs to another base or endpoint", False
+    if any(state.tables.get(key) != settings.table_ids[key] for key in needed):
+        return "the state belongs to another set of tables", False
+    if state.webhook_id is None or state.cursor is None:
+        return "no webhook yet", False
+    days = (now - state.last_run).total_seconds() / 86400
+    if days > PAYLOAD_TRUST_DAYS:
+        return f"the last run is {days:.1f} days old, and Airtable keeps payloads 7 days", False
+    if settings.full:
+        return "--full", True
+    days = (now - state.last_full_read).total_seconds() / 86400
+    if days > settings.full_sync_days:
+        return (f"the last full read is {days:.1f} days old "
+                f"(AIRTABLE_FULL_SYNC_DAYS={settings.full_sync_days:g})"), True
+    return None, True
+
+
+def webhook_problem(hook: Any, now: datetime) -> str | None:
+    """Why the state's webhook (pyairtable's Webhook, or None) cannot carry this run."""
+    if hook is None:
+        return "the webhook is gone"
+    if not hook.is_hook_enabled:
+        return "the webhook is disabled"
+    if hook.expiration_time is not None and hook.expiration_time <= now:
+        return "the webhook expired"
+    return None
+
+
+def is_tool_webhook(hook: Any) -> bool:
+    """A webhook this tool made: no notification URL and its specification."""
+    spec = hook.specification.model_dump(by_alias=True, exclude_none=True, exclude_defaults=True)
+    return hook.notification_url is None and spec == WEBHOOK_SPEC
+
+
+def record_cell(value: Any, field_type: str) -> Any:
+    """A webhook payload's cell value in the records API's format: the field model gives selects
+    as {id, name, color} and links as [{id, name}] in webhooks, names and record ids in records."""
+    if field_type == "singleSelect" and isinstance(value, dict):
+        return value.get("name")
+    if field_type == "multipleSelects" and isinstance(value, list):
+        return [v.get("name") if isinstance(v, dict) else v for v in value]
+    if field_type == "multipleRecordLinks" and isinstance(value, list):
+        return [v.get("id") if isinstance(v, dict) else v for v in value]
+    return value
+
+
+def set_cells(fields: dict, cells: Mapping[str, Any], by_id: Mapping[str, FieldInfo]) -> None:
+    """Patch a record's fields with payload cells (keyed by field id); the records API leaves
+    empty cells out, and so does the snapshot."""
+    for field_id, value in cells.items():
+        info = by_id.get(field_id)
+        if info is None:
+            continue  # a field this run's schema does not know (created since): not synced
+        value = record_cell(value, info.type)
+        if value is None or value == "" or value == [] or value is False:
+            fields.pop(info.name, None)
+        else:
+            fields[info.name] = value
+
+
+def feed_schema_change(payloads: Sequence[dict], schema: BaseSchema) -> tuple[str | None, bool]:
+    """(why the payloads force a full read, whether the schema must be read again).
+    A mapped field created, renamed, retyped or deleted forces a full read; other field changes
+    only mean reading the schema again; an options-only change (select options added by
+    typecast) is neither."""
+    keys_by_table = {table_id: key for key, table_id in schema.table_ids.items()}
+    reread = False
+    for payload in payloads:
+        if payload.get("error"):
+            return f"a payload carries an error ({payload.get('code') or 'unknown'})", False
+        for table_id in payload.get("destroyedTableIds") or []:
+            if table_id in keys_by_table:
+                return f"table {keys_by_table[table_id]} was deleted", False
+        for table_id, change in (payload.get("changedTablesById") or {}).items():
+            key = keys_by_table.get(table_id)
+            if key is None:
+                continue
+            mapped = set(TABLE_SPECS[key].airtable_fields)
+            known = {f.id: f for f in schema.fields[key].values()}
+            for field_id in change.get("destroyedFieldIds") or []:
+                if field_id in known and known[field_id].name in mapped:
+                    return f"field {known[field_id].name} of {key} was deleted", False
+                reread = True
+            for field_id, info in (change.get("createdFieldsById") or {}).items():
+                if (info or {}).get("name") in mapped:
+                    return f"field {info['name']} of {key} was created", False
+                reread = True
+            for field_id, changed in (change.get("changedFieldsById") or {}).items():
+                current, old = changed.get("current") or {}, known.get(field_id)
+                renamed = current.get("name") is not None and (old is None or current["name"] != old.name)
+                retyped = current.get("type") is not None and (old is None or current["type"] != old.type)
+                if not (renamed or retyped):
+                    continue
+                if (old is not None and old.name in mapped) or current.get("name") in mapped:
+                    what = "renamed" if renamed else "retyped"
+                    return f"field {old.name if old else current.get('name')} of {key} was {what}", False
+                reread = True
+    return None, reread
+
+
+def apply_payloads(records: dict[str, list[dict]], payloads: Sequence[dict],
+                   schema: BaseSchema) -> tuple[dict[str, dict[str, set[str]]], set[str]]:
+    """Patch the snapshot with the payloads, in order (a payload sets values, it never adds to
+    them, so replaying one is harmless). Returns, per table, the records whose mapped cells the
+    payloads left different from the snapshot (changed by someone other than this tool: its own
+    writes are in the snapshot already), and the tables touched."""
+    keys_by_table = {table_id: key for key, table_id in schema.table_ids.items() if key in records}
+    index = {key: {rec["id"]: rec for rec in recs} for key, recs in records.items()}
+    before: dict[str, dict[str, dict | None]] = defaultdict(dict)
+    for payload in payloads:
+        for table_id, change in (payload.get("changedTablesById") or {}).items():
+            key = keys_by_table.get(table_id)
+            if key is None:
+                continue
+            table, by_id = index[key], {f.id: f for f in schema.fields[key].values()}
+            seen = before[key]
+            for rec_id, created in (change.get("createdRecordsById") or {}).items():
+                if rec_id not in seen:
+                    seen[rec_id] = dict(table[rec_id]["fields"]) if rec_id in table else None
+                created_time = created.get("createdTime")
+                if isinstance(created_time, datetime):
+                    created_time = iso_millis(created_time)
+                table[rec_id] = {"id": rec_id, "createdTime": created_time, "fields": {}}
+                set_cells(table[rec_id]["fields"], created.get("cellValuesByFieldId") or {}, by_id)
+            for rec_id, changed in (change.get("changedRecordsById") or {}).items():
+                rec = table.get(rec_id)
+                if rec is None:
+                    log.debug("%s %s: a payload changes a record the snapshot lacks", key, rec_id)
+                    continue  # a full read finds it; drift counts it
+                if rec_id not in seen:
+                    seen[rec_id] = dict(rec["fields"])
+                rec["fields"] = dict(rec["fields"])  # never patch a dict another list shares
+                set_cells(rec["fields"], ((changed.get("current") or {}).get("cellValuesByFieldId") or {}), by_id)
+            for rec_id in change.get("destroyedRecordIds") or []:
+                rec = table.pop(rec_id, None)
+                if rec is not None and rec_id not in seen:
+                    seen[rec_id] = dict(rec["fields"])
+    edited: dict[str, dict[str, set[str]]] = {}
+    for key, seen in before.items():
+        records[key] = list(index[key].values())
+        types = {f.name: f.type for f in schema.fields[key].values()}
+        mapped = [name for name in TABLE_SPECS[key].airtable_fields if name in types]
+        for rec_id, old in seen.items():
+            rec = index[key].get(rec_id)
+            if old is None or rec is None:
+                continue  # created or deleted: not an edit of cells
+            names = {n for n in mapped if not values_equal(rec["fields"].get(n), old.get(n), types[n])}
+            if names:
+                edited.setdefault(key, {})[rec_id] = names
+    return edited, set(before)
+
+
+def count_drift(patched: Mapping[str, list[dict]], fresh: Mapping[str, list[dict]], schema: BaseSchema,
+                changed_since: Mapping[str, set[str]]) -> int:
+    """Records whose fresh read differs from the snapshot patched with every payload up to the
+    read, in the mapped fields, leaving out those a later payload changed. Logs record id and
+    field names, never values."""
+    drift = 0
+    for key, fresh_records in fresh.items():
+        if key not in patched:
+            continue
+        types = {f.name: f.type for f in schema.fields.get(key, {}).values()}
+        mapped = [n for n in TABLE_SPECS[key].airtable_fields if n in types]
+        old = {rec["id"]: rec for rec in patched[key]}
+        new = {rec["id"]: rec for rec in fresh_records}
+        skip = changed_since.get(key, set())
+        for rec_id in (old.keys() | new.keys()) - skip:
+            a, b = old.get(rec_id), new.get(rec_id)
+            if a is None or b is None:
+                names = ["(the whole record: " + ("missing from the snapshot" if a is None else "gone from Airtable") + ")"]
+            else:
+                names = [n for n in mapped if not values_equal(a["fields"].get(n), b["fields"].get(n), types[n])]
+            if names:
+                drift += 1
+                log.warning("drift: %s %s differs from the change feed in %s", key, rec_id, ", ".join(names))
+    return drift
+
+
+def touched_records(payloads: Sequence[dict], schema: BaseSchema) -> dict[str, set[str]]:
+    """Per table key, the records the payloads create, change or destroy."""
+    keys_by_table = {table_id: key for key, table_id in schema.table_ids.items()}
+    touched: dict[str, set[str]] = defaultdict(set)
+    for payload in payloads:
+        for table_id, change in (payload.get("changedTablesById") or {}).items():
+            if table_id in keys_by_table:
+                ids = touched[keys_by_table[table_id]]
+                ids.update(change.get("createdRecordsById") or {})
+                ids.update(change.get("changedRecordsById") or {})
+                ids.update(change.get("destroyedRecordIds") or [])
+    return touched
+
+
+@dataclass
+class BaseRead:
+    """What the read gives the plan: the tables as Airtable has them, and how they were read."""
+
+    records: dict[str, list[dict]]
+    schema: BaseSchema | None
+    mode: str  # "webhook" (the change feed) or "full"
+    reason: str
+    payloads: int = 0
+    drift: int | None = None
+    edited: dict[str, dict[str, set[str]]] | None = None  # None on a full read: who changed what is unknown
+    dirty: set[str] = field(default_factory=set)  # tables whose snapshot differs from its cache file
+    state: ChangeState | None = None  # saved with the snapshot at the end of the run
+    from_cache: set[str] = field(default_factory=set)  # tables planned against --use-cache caches
+
+    def as_report(self) -> dict:
+        return {"mode": self.mode, "reason": self.reason, "payloads": self.payloads, "drift": self.drift}
+
+
+class BaseReader:
+    """The read phase: the change feed when the state allows it, else every record."""
+
+    def __init__(self, airtable: Airtable, stop: threading.Event, now: datetime):
+        self.airtable = airtable
+        self.settings = airtable.settings
+        self.base = airtable.api.base(self.settings.base_id)
+        self.stop = stop
+        self.now = now
+        self.listed: dict[str, Any] = {}  # webhook id -> pyairtable's Webhook, as last listed
+
+    def read(self, needed: Sequence[str]) -> BaseRead:
+        settings = self.settings
+        if settings.use_cache:
+            return self.read_caches(needed)
+        state = load_state(state_path(settings))
+        reason, exact = full_read_reason(state, settings, needed, self.now)
+        snapshot = self.load_snapshot(state) if exact else None
+        if exact and snapshot is None:
+            reason, exact = "the cached snapshot does not match the state (an interrupted run, or an edited file)", False
+        hooks = None
+        if reason is None:
+            try:
+                hooks = self.list_webhooks()
+                hook = next((h for h in hooks if h.id == state.webhook_id), None)  # type: ignore[union-attr]
+                reason = webhook_problem(hook, self.now)
+            except FeedUnavailable as exc:
+                reason = str(exc)
+            exact = exact and reason is None
+            if reason is None:
+                read, reason = self.read_feed(state, hook, snapshot)  # type: ignore[arg-type]
+                if read is not None:
+                    return read
+                exact = False
+        return self.read_full(reason, state if exact else None, snapshot, hooks, needed)
+
+    # -- the change feed ----------------------------------------------------------------
+
+    def load_snapshot(self, state: ChangeState | None) -> dict[str, list[dict]] | None:
+        """The caches the state wrote, or None if any is missing or was changed since."""
+        if state is None:
+            return None
+        snapshot = {}
+        for key in state.tables:
+            path = cache_path(self.settings, key)
+            if cache_fingerprint(path) != state.caches.get(key):
+                return None
+            records = read_cache(path)
+            if records is None:
+                return None
+            snapshot[key] = records
+        return snapshot
+
+    def read_feed(self, state: ChangeState, hook: Any, snapshot: dict[str, list[dict]]
+                  ) -> tuple[BaseRead | None, str]:
+        """The snapshot patched with the payloads since the state's cursor; or None and why not."""
+        try:
+            payloads = self.payloads(hook, state.cursor)  # type: ignore[arg-type]
+        except FeedUnavailable as exc:
+            return None, str(exc)
+        why, reread = feed_schema_change(payloads, state.schema)
+        if why:
+            return None, why
+        schema = state.schema
+        if reread:  # fields were added or changed elsewhere: their names and types, once
+            schema = fetch_schema(self.airtable)
+            if schema is None:
+                return None, "the schema cannot be read any more"
+            for key in state.tables:
+                mapped = set(TABLE_SPECS[key].airtable_fields)
+                if {(f.id, f.type) for f in state.schema.fields.get(key, {}).values() if f.name in mapped} != \
+                        {(f.id, f.type) for f in schema.fields.get(key, {}).values() if f.name in mapped}:
+                    return None, f"the mapped fields of {key} changed"
+        edited, touched = apply_payloads(snapshot, payloads, schema)
+        cursor = payloads[-1]["cursor"] + 1 if payloads else state.cursor
+        log.info("change feed: %d payloads from cursor %d; %s", len(payloads), state.cursor,
+                 ", ".join(f"{k}: {len(snapshot[k])} records" for k in snapshot))
+        new_state = dataclasses.replace(state, schema=schema, cursor=cursor, last_run=self.now,
+                                        caches=dict(state.caches))
+        return BaseRead(snapshot, schema, "webhook", f"the change feed since cursor {state.cursor}",
+                        payloads=len(payloads), edited=edited, dirty=touched, state=new_state), ""
+
+    def list_webhooks(self) -> list:
+        try:
+            hooks = self.base.webhooks()
+            self.listed.update((h.id, h) for h in hooks)
+            return hooks
+        except requests.HTTPError as exc:
+            if exc.response.status_code in (403, 404):
+                raise FeedUnavailable("the token may not manage webhooks (it needs the scope webhook:manage "
+                                      "and Creator access to the base)") from None
+            raise access_error(exc, self.settings, "listing webhooks") from None
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            raise access_error(exc, self.settings, "listing webhooks") from None
+
+    def payloads(self, hook: Any, cursor: int) -> list[dict]:
+        """Every payload from `cursor` on, as Airtable's JSON (pyairtable pages them, 50 a page)."""
+        found = []
+        try:
+            for payload in hook.payloads(cursor=cursor):
+                found.append(payload.model_dump(by_alias=True, exclude_none=True))
+                if self.stop.is_set():
+                    raise RunInterrupted()
+        except requests.HTTPError as exc:
+            if exc.response.status_code in (403, 404):
+                raise FeedUnavailable("the webhook's payloads are gone") from None
+            raise access_error(exc, self.settings, "reading the change feed") from None
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            raise access_error(exc, self.settings, "reading the change feed") from None
+        return found
+
+    # -- a full read --------------------------------------------------------------------
+
+    def read_full(self, reason: str, exact_state: ChangeState | None, snapshot: dict[str, list[dict]] | None,
+                  hooks: list | None, needed: Sequence[str]) -> BaseRead:
+        """Every record. First the webhook and its next cursor, so that what changes during the
+        read is replayed next run; with an exact previous snapshot, the drift."""
+        settings = self.settings
+        log.info("reading every record: %s", reason)
+        schema = fetch_schema(self.airtable)
+        hook_id, cursor = None, None
+        if settings.change_tracking:
+            if schema is None:
+                log.warning("change tracking unavailable: it needs the schema (scope schema.bases:read); "
+                            "every run reads in full")
+            else:
+                try:
+                    hook_id, cursor = self.ensure_webhook(exact_state, hooks, refresh=exact_state is None)
+                except FeedUnavailable as exc:
+                    log.warning("change tracking unavailable: %s; every run reads in full", exc)
+                    if not reason.startswith("the token"):
+                        reason = f"{reason}; {exc}"
+        records = {key: pull_table(self.airtable, key, self.stop) for key in needed}
+        for key in needed:
+            log.info("%s: read %d Airtable records", key, len(records[key]))
+        read = BaseRead(records, schema, "full", reason, dirty=set(needed))
+        if exact_state is not None and snapshot is not None and schema is not None \
+                and hook_id is not None and hook_id == exact_state.webhook_id:
+            payloads = self.payloads(self.listed[hook_id], exact_state.cursor)  # type: ignore[arg-type]
+            upto = [p for p in payloads if p["cursor"] < cursor]  # type: ignore[operator]
+            later = [p for p in payloads if p["cursor"] >= cursor]  # type: ignore[operator]
+            apply_payloads(snapshot, upto, exact_state.schema)
+            read.payloads = len(payloads)
+            read.drift = count_drift(snapshot, records, schema, touched_records(later, schema))
+            if read.drift:
+                log.warning("drift: %d records differ from what the change feed said; see the report", read.drift)
+        if hook_id is not None and schema is not None:
+            read.state = ChangeState(settings.endpoint_url, settings.base_id,
+                                     {key: settings.table_ids[key] for key in needed}, schema,
+                                     hook_id, cursor, last_full_read=self.now, last_run=self.now)
+        return read
+
+    def ensure_webhook(self, state: ChangeState | None, hooks: list | None, refresh: bool
+                       ) -> tuple[str | None, int | None]:
+        """The state's webhook if it is usable, else a new one (the old one deleted), with its next
+        cursor. A dry run creates, refreshes and deletes nothing. A create whose answer was lost is
+        settled by listing the webhooks, never by creating another: a base holds at most 10."""
+        hooks = self.list_webhooks() if hooks is None else hooks
+        ours = next((h for h in hooks if state is not None and h.id == state.webhook_id), None)
+        if ours is not None and webhook_problem(ours, self.now) is None:
+            if refresh:
+                self.refresh(ours)
+            return ours.id, ours.cursor_for_next_payload
+        # A webhook of this tool that the state does not name: made by a run whose create answer
+        # or state was lost. Adopted, not doubled.
+        adopted = next((h for h in hooks if h is not ours and is_tool_webhook(h)
+                        and webhook_problem(h, self.now) is None), None)
+        if self.settings.dry_run:
+            return (adopted.id, adopted.cursor_for_next_payload) if adopted is not None else (None, None)
+        if ours is not None:
+            self.delete_webhook(ours)
+            hooks = [h for h in hooks if h is not ours]
+        if adopted is not None:
+            log.info("change tracking: using the existing webhook %s", adopted.id)
+            self.refresh(adopted)
+            return adopted.id, adopted.cursor_for_next_payload
+        if len(hooks) >= WEBHOOKS_PER_BASE:
+            raise FeedUnavailable(f"the base already has {WEBHOOKS_PER_BASE} webhooks, Airtable's limit")
+        try:
+            created = self.base.add_webhook(None, WEBHOOK_SPEC)  # type: ignore[arg-type]
+        except requests.HTTPError as exc:
+            if exc.response.status_code in (401, 403, 404):
+                raise FeedUnavailable("the token may not create webhooks (it needs the scope webhook:manage "
+                                      "and Creator access to the base)") from None
+            log.warning("creating the webhook: HTTP %s; looking for it", exc.response.status_code)
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            log.warning("creating the webhook: %s; looking for it", type(exc).__name__)
+        else:
+            log.info("change tracking: created webhook %s", created.id)
+            return created.id, 1  # a new webhook's first payload (list-webhooks: cursorForNextPayload)
+        before = {h.id for h in hooks}
+        made = next((h for h in self.list_webhooks() if h.id not in before and is_tool_webhook(h)), None)
+        if made is None:
+            raise FeedUnavailable("the webhook could not be created this run")
+        return made.id, made.cursor_for_next_payload
+
+    def refresh(self, hook: Any) -> None:
+        try:
+            hook.extend_expiration()
+        except AIRTABLE_FAILURES as exc:
+            log.warning("refreshing webhook %s failed (%s): it expires on its own date", hook.id, type(exc).__name__)
+
+    def delete_webhook(self, hook: Any) -> None:
+        try:
+            hook.delete()
+            log.info("change tracking: deleted the unusable webhook %s", hook.id)
+        except AIRTABLE_FAILURES as exc:
+            log.warning("deleting webhook %s failed (%s)", hook.id, type(exc).__name__)
+
+    # -- --use-cache ----------------------------------------------------------------------
+
+    def read_caches(self, needed: Sequence[str]) -> BaseRead:
+        """--use-cache: the caches where there are any, read in full where not; the state keeps
+        its cursor (the run's own writes come back in the feed and change nothing)."""
+        state = load_state(state_path(self.settings))
+        schema = fetch_schema(self.airtable)
+        records, from_cache = {}, set()
+        for key in needed:
+            cached = read_cache(cache_path(self.settings, key))
+            if cached is not None:
+                log.info("%s: %d Airtable records from the cache", key, len(cached))
+                records[key], _ = cached, from_cache.add(key)
+            else:
+                records[key] = pull_table(self.airtable, key, self.stop)
+        keep = state if state is not None and all(k in state.tables for k in needed) else None
+        return BaseRead(records, schema, "full", "--use-cache: planned against the caches", state=keep,
+                        from_cache=from_cache)
+
+
+def save_snapshot(settings: Settings, read: BaseRead) -> None:
+    """The caches that changed, then the state that names them: the state is written last, so a
+    run that dies in between leaves caches the state does not match, and the next run reads in full."""
+    for key in sorted(read.dirty):
+        if key in read.records:
+            path = cache_path(settings, key)
+            write_cache(path, read.records[key])
+            if read.state is not None:
+                read.state.caches[key] = cache_fingerprint(path)  # type: ignore[assignment]
+    if read.state is not None:
+        write_private(state_path(settings), json.dumps(read.state.as_json()))
 
 
 # ---------------------------------------------------------------------------
@@ -1249,6 +1847,7 @@ class PlannedWrite:
     fields: dict = field(default_factory=dict)  # values to send (links as LinkRef lists)
     error: str | None = None
     outcome: str = "planned"  # planned | done | failed | unknown (answer lost) | not attempted
+    sent_fields: tuple[str, ...] = ()  # the names of the fields an update changes (fields is emptied once sent)
 
     @property
     def failed(self) -> bool:
@@ -1261,7 +1860,7 @@ class TablePlan:
     types: dict[str, str]  # writable Airtable field -> type
     has_id_field: bool
     writes: list[PlannedWrite]
-    orphans: int
+    orphans: list[dict]  # Airtable records no exported record matched
     unmapped_fields: list[str]
     missing_in_airtable: list[str]
     read_only: list[str]
@@ -1311,7 +1910,7 @@ def plan_table(
             seen_ids.add(record.mongo_id)
             usable.append(record)
     matches, orphans = match_records(usable, airtable_records, spec.key_fields, spec.airtable_key, has_id_field)
-    plan.orphans = len(orphans)
+    plan.orphans = orphans
     columns = column_converters(spec, types)
     for match in matches:
         record = match.record
@@ -1341,7 +1940,7 @@ def plan_table(
         changes = changed_fields(converted, match.airtable["fields"], types)
         action = "update" if changes else "skip"
         plan.writes.append(PlannedWrite(record, action, record_id=match.airtable["id"], fields=changes,
-                                        matched_by=match.how))
+                                        matched_by=match.how, sent_fields=tuple(changes)))
     plan.writes.sort(key=lambda w: w.record.index)
     plan.planned = {a: sum(1 for w in plan.writes if w.action == a) for a in ("create", "update", "skip", "error")}
     return plan
@@ -1363,6 +1962,53 @@ def build_link_index(airtable_records: Sequence[dict], plan: TablePlan | None) -
             elif write.action == "create":
                 index[write.record.mongo_id] = PENDING
     return index
+
+
+DELETE_ORDER = ("messages", "events", "users")  # links first, so nothing points at a deleted record
+
+
+@dataclass
+class DeletionPlan:
+    """The records of one table that left Mongo, and whether the safety cap holds them back."""
+
+    key: str
+    records: list[dict]  # Airtable's records, in listing order
+    with_id: int  # the table's records with a non-empty id once this run's creates are made
+    limit: int  # how many the cap allows
+    held: bool
+    outcome: dict[str, str] = field(default_factory=dict)  # record id -> deleted | failed | unknown
+
+    @property
+    def deleted(self) -> list[dict]:
+        return [r for r in self.records if self.outcome.get(r["id"]) == "deleted"]
+
+
+def plan_deletions(plans: Mapping[str, TablePlan], exported_ids: Mapping[str, set[str]],
+                   settings: Settings) -> dict[str, DeletionPlan]:
+    """--delete-missing: per synced table, the Airtable records whose `id` holds a Mongo id its
+    export no longer has. Never a record with an empty id, never in a table whose export is
+    missing or empty or that this run does not sync, never with --limit. A table whose deletions
+    are more than AIRTABLE_MAX_DELETE_FRACTION of its records with an id deletes nothing: a
+    half-written export looks just like mass deletion."""
+    if not settings.delete_missing or settings.limit is not None:
+        return {}
+    deletions = {}
+    for key in DELETE_ORDER:
+        plan = plans.get(key)
+        if plan is None or not plan.has_id_field or not exported_ids.get(key):
+            continue
+        ids = exported_ids[key]
+        gone = [r for r in plan.orphans if r["fields"].get("id") not in (None, "") and str(r["fields"]["id"]) not in ids]
+        if not gone:
+            continue
+        # After this run's creates, and the legacy rows it gives an id: the cap's denominator.
+        with_id = sum(1 for w in plan.writes if w.record.mongo_id is not None and (
+            w.action == "create" or w.matched_by is not None)) + sum(
+            1 for r in plan.orphans if r["fields"].get("id") not in (None, ""))
+        limit = math.floor(settings.max_delete_fraction * with_id)
+        held = len(gone) > limit and not settings.force_delete
+        deletions[key] = DeletionPlan(key, gone, with_id, limit, held)
+    return deletions
 
 
 # ---------------------------------------------------------------------------
@@ -1565,6 +2211,63 @@ class Applier:
             log.info("%s: %sd %d/%d", self.plan.spec.key, action, done, total)
 
 
+class Deleter:
+    """--delete-missing: archives each batch, then deletes it, ten records a request."""
+
+    def __init__(self, airtable: Airtable, archive: Path, stop: threading.Event):
+        self.airtable = airtable
+        self.archive = archive
+        self.stop = stop
+
+    def apply(self, deletion: DeletionPlan) -> None:
+        table = self.airtable.table(deletion.key)
+        for start in range(0, len(deletion.records), RECORDS_PER_WRITE):
+            if self.stop.is_set():
+                raise RunInterrupted()
+            batch = deletion.records[start:start + RECORDS_PER_WRITE]
+            self.archive_records(deletion.key, batch)
+            self.delete_batch(table, deletion, batch)
+        done = len(deletion.deleted)
+        log.info("%s: deleted %d of %d records that left Mongo", deletion.key, done, len(deletion.records))
+
+    def archive_records(self, key: str, batch: Sequence[dict]) -> None:
+        """Appended and flushed to disk before the delete request: nothing is lost for good."""
+        self.archive.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.archive, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        with os.fdopen(fd, "a", encoding="utf-8") as handle:
+            for rec in batch:
+                handle.write(json.dumps({"table": key, "id": rec["id"], "createdTime": rec.get("createdTime"),
+                                         "fields": rec["fields"]}, ensure_ascii=False) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def delete_batch(self, table: Any, deletion: DeletionPlan, batch: Sequence[dict]) -> None:
+        ids = [rec["id"] for rec in batch]
+        try:
+            answered = table.batch_delete(ids)
+        except AIRTABLE_FAILURES as exc:
+            status = exc.response.status_code if isinstance(exc, requests.HTTPError) else None
+            if status in (404, 422) and len(ids) > 1:
+                for rec in batch:  # one of them is gone already: the others one by one
+                    self.delete_batch(table, deletion, [rec])
+                return
+            if status == 404:  # already gone (a person, or this delete's own lost answer): deleted
+                deletion.outcome[ids[0]] = "deleted"
+                return
+            error = access_error(exc, self.airtable.settings, f"deleting from {deletion.key}")
+            if status is not None and status < 500 and status not in (401, 403, 429):
+                for rec_id in ids:
+                    deletion.outcome[rec_id] = "failed"
+                log.warning("%s: delete of %s failed: %s", deletion.key, ", ".join(ids), without_values(str(error)))
+                return
+            for rec_id in ids:  # lost answer or outage: the next run's read settles it
+                deletion.outcome[rec_id] = "unknown"
+            raise error from None
+        for rec in answered:
+            if rec.get("deleted"):
+                deletion.outcome[rec["id"]] = "deleted"
+
+
 # ---------------------------------------------------------------------------
 # Report
 # ---------------------------------------------------------------------------
@@ -1580,6 +2283,9 @@ class TableResult:
     skipped: int = 0
     errors: int = 0
     orphans: int = 0
+    deleted: int = 0
+    deletions_held: int = 0
+    reverted_edits: int | None = None  # null on a full read: who changed what is unknown there
     unresolved_links: int = 0
     unmapped_fields: list[str] = field(default_factory=list)
     missing_in_airtable: list[str] = field(default_factory=list)
@@ -1588,14 +2294,45 @@ class TableResult:
     not_attempted: int = 0
     planned: dict[str, int] = field(default_factory=dict)
     note: str = ""
+    orphan_records: list[dict] = field(default_factory=list)  # [{record_id, mongo_id}]
+    deleted_records: list[dict] = field(default_factory=list)  # [{record_id, mongo_id}]
 
 
-def summarize(plan: TablePlan, dry_run: bool) -> TableResult:
+def record_ref(rec: dict) -> dict:
+    """An Airtable record as the report names it: never its values."""
+    mongo_id = rec["fields"].get("id")
+    return {"record_id": rec["id"], "mongo_id": None if mongo_id in (None, "") else str(mongo_id)}
+
+
+def set_back(plan: TablePlan, edited: Mapping[str, set[str]] | None, dry_run: bool) -> int | None:
+    """Records whose mapped cells someone else changed since the last run and this run set back
+    to Mongo's value (logged by record id and field names)."""
+    if edited is None:
+        return None
+    count = 0
+    for write in plan.writes:
+        names = edited.get(write.record_id or "", set()) & set(write.sent_fields)
+        if write.action == "update" and names and (dry_run or write.outcome == "done"):
+            count += 1
+            log.info("%s %s (record %s): set back %s, edited in Airtable", plan.spec.key, write.record.mongo_id,
+                     write.record_id, ", ".join(sorted(names)))
+    return count
+
+
+def summarize(plan: TablePlan, dry_run: bool, deletion: DeletionPlan | None = None,
+              edited: Mapping[str, set[str]] | None = None) -> TableResult:
     writes = plan.writes
     count = plan.planned
+    deleted = [] if deletion is None else (deletion.records if dry_run and not deletion.held else deletion.deleted)
+    gone = {rec["id"] for rec in deleted}
     result = TableResult(
         total=len(writes),
-        orphans=plan.orphans,
+        orphans=len(plan.orphans) - len(gone),
+        deleted=len(deleted),
+        deletions_held=len(deletion.records) if deletion is not None and deletion.held else 0,
+        reverted_edits=set_back(plan, edited, dry_run),
+        orphan_records=[record_ref(r) for r in plan.orphans if r["id"] not in gone],
+        deleted_records=[record_ref(r) for r in deleted],
         unresolved_links=plan.unresolved_links,
         unmapped_fields=plan.unmapped_fields,
         missing_in_airtable=sorted(set(plan.missing_in_airtable)),
@@ -1621,6 +2358,8 @@ class RunReport:
     tables: dict[str, TableResult] = field(default_factory=dict)
     requests: RequestStats = field(default_factory=RequestStats)
     errors: list[dict] = field(default_factory=list)
+    change_tracking: dict = field(default_factory=lambda: {"mode": "full", "reason": "not read", "payloads": 0,
+                                                           "drift": None})
     ended: str = "ok"
     exit_code: int = 0
     message: str = ""
@@ -1634,6 +2373,7 @@ class RunReport:
             "exit_code": self.exit_code,
             "message": self.message,
             "tables": {k: dataclasses.asdict(v) for k, v in self.tables.items()},
+            "change_tracking": self.change_tracking,
             "requests": self.requests.as_dict(),
             "errors": self.errors,
             "duration_s": round(self.duration_s, 3),
@@ -1641,6 +2381,7 @@ class RunReport:
 
 
 MARKDOWN_ERROR_ROWS = 200  # the JSON twin lists every failed record
+MARKDOWN_RECORD_REFS = 5  # orphans and deletions named in the Markdown; the JSON names them all
 
 
 def render_markdown(report: RunReport) -> str:
@@ -1659,11 +2400,17 @@ def render_markdown(report: RunReport) -> str:
     ]
     if report.message:
         lines += [f"> {report.message}", ""]
-    columns = ["total", "created", "updated", "skipped", "errors", "orphans", "unresolved_links", "invalid_values"]
+    tracking = report.change_tracking
+    how = "the change feed" if tracking["mode"] == "webhook" else "every record"
+    drift = "" if tracking.get("drift") is None else f"; drift {tracking['drift']}"
+    lines += [f"Read {how} ({tracking['reason']}); {tracking['payloads']} payloads{drift}.", ""]
+    columns = ["total", "created", "updated", "skipped", "errors", "orphans", "deleted", "deletions_held",
+               "reverted_edits", "unresolved_links", "invalid_values"]
     lines += ["## Tables", "", "| table | " + " | ".join(c.replace("_", " ") for c in columns) + " |",
               "|---" * (len(columns) + 1) + "|"]
     for key, result in report.tables.items():
-        lines.append(f"| {key} | " + " | ".join(str(getattr(result, c)) for c in columns) + " |")
+        lines.append(f"| {key} | " + " | ".join("-" if getattr(result, c) is None else str(getattr(result, c))
+                                                for c in columns) + " |")
     lines.append("")
     for key, result in report.tables.items():
         notes = []
@@ -1676,6 +2423,15 @@ def render_markdown(report: RunReport) -> str:
                 notes.append(f"{label}: {', '.join(names)}")
         if result.not_attempted:
             notes.append(f"{result.not_attempted} planned writes not attempted")
+        for label, refs in (("Orphans (in Airtable, in no export)", result.orphan_records),
+                            ("Deleted" + (" (would be)" if report.dry_run else ""), result.deleted_records)):
+            if refs:
+                shown = ", ".join(f"{r['record_id']} ({r['mongo_id'] or 'no id'})" for r in refs[:MARKDOWN_RECORD_REFS])
+                more = f", and {len(refs) - MARKDOWN_RECORD_REFS} more" if len(refs) > MARKDOWN_RECORD_REFS else ""
+                notes.append(f"{label}: {len(refs)}: {shown}{more} (all in the JSON report)")
+        if result.deletions_held:
+            notes.append(f"{result.deletions_held} deletions held back by the safety cap: see the log line; "
+                         "look with --dry-run, then --force-delete if they should go")
         if notes:
             lines += [f"### {key}", ""] + [f"- {n}" for n in notes] + [""]
     if report.errors:
@@ -1712,8 +2468,20 @@ def write_report(report: RunReport, reports_dir: Path, secret: str) -> Path:
 def summary_line(report: RunReport) -> str:
     parts = []
     for key, t in report.tables.items():
-        parts.append(f"{key}: {t.created} created, {t.updated} updated, {t.skipped} skipped, {t.errors} failed")
+        deleted = f", {t.deleted} deleted" if t.deleted else ""
+        held = f", {t.deletions_held} deletions held" if t.deletions_held else ""
+        parts.append(f"{key}: {t.created} created, {t.updated} updated, {t.skipped} skipped, {t.errors} failed"
+                     f"{deleted}{held}")
     return "; ".join(parts) or "no table synced"
+
+
+def requests_line(report: RunReport) -> str:
+    """How the run read Airtable and what it cost, for the console."""
+    tracking, stats = report.change_tracking, report.requests
+    how = (f"change feed, {tracking['payloads']} payloads" if tracking["mode"] == "webhook"
+           else f"full read: {tracking['reason']}")
+    plural = "" if stats.total == 1 else "s"
+    return f"{stats.total} request{plural} ({stats.read} read, {stats.write} write; {how})"
 
 
 # ---------------------------------------------------------------------------
@@ -1811,7 +2579,7 @@ class Sync:
     stop: threading.Event
     report: RunReport
     plans: dict[str, TablePlan] = field(default_factory=dict)
-    from_cache: set[str] = field(default_factory=set)  # tables read from --use-cache caches
+    deletions: dict[str, DeletionPlan] = field(default_factory=dict)
 
     def load_exports(self) -> dict[str, list[ExportRecord]]:
         exports = {}
@@ -1826,21 +2594,9 @@ class Sync:
             log.info("%s: %d records in %s", key, len(records), path.name)
         return exports
 
-    def airtable_records(self, airtable: Airtable, keys: Iterable[str]) -> dict[str, list[dict]]:
-        pulled = {}
-        for key in keys:
-            cached = read_cache(cache_path(self.settings, key)) if self.settings.use_cache else None
-            if cached is not None:
-                log.info("%s: %d Airtable records from the cache", key, len(cached))
-                pulled[key] = cached
-                self.from_cache.add(key)
-                continue
-            pulled[key] = pull_table(airtable, key, self.stop)
-            log.info("%s: pulled %d Airtable records", key, len(pulled[key]))
-        return pulled
-
-    def plan(self, exports, pulled, schema, airtable: Airtable) -> dict[str, TablePlan]:
+    def plan(self, exports: dict[str, list[ExportRecord]], read: BaseRead, airtable: Airtable) -> dict[str, TablePlan]:
         plans: dict[str, TablePlan] = {}
+        pulled, schema = read.records, read.schema
         for key in TABLE_ORDER:
             if key not in exports:
                 continue
@@ -1849,60 +2605,90 @@ class Sync:
                           for link in spec.links}
             table_schema = None if schema is None else schema.get(key, {})
             plans[key] = plan_table(spec, exports[key], pulled[key], table_schema, link_index)
-            if key in self.from_cache and any(w.matched_by == "key" for w in plans[key].writes):
+            if key in read.from_cache and any(w.matched_by == "key" for w in plans[key].writes):
                 # A natural-key match claims a record for good: a stale cache could hand it to the
-                # wrong Mongo record, so those are only ever made against a fresh pull.
-                log.info("%s: natural-key matches are not made against a cache: pulling the table", key)
+                # wrong Mongo record, so those are only ever made against a fresh read.
+                log.info("%s: natural-key matches are not made against a cache: reading the table", key)
                 pulled[key] = pull_table(airtable, key, self.stop)
-                self.from_cache.discard(key)
+                read.from_cache.discard(key)
+                read.dirty.add(key)
                 plans[key] = plan_table(spec, exports[key], pulled[key], table_schema, link_index)
             for record in exports[key]:
                 record.doc = {}  # planned: the document is no longer needed, and it is the bulk of memory
             counts = plans[key].planned
             log.info("%s: plan: %d to create, %d to update, %d unchanged, %d failing, %d orphans", key,
-                     counts["create"], counts["update"], counts["skip"], counts["error"], plans[key].orphans)
+                     counts["create"], counts["update"], counts["skip"], counts["error"], len(plans[key].orphans))
+        exported_ids = {key: {r.mongo_id for r in records if r.mongo_id is not None} for key, records in exports.items()}
+        self.deletions = plan_deletions(plans, exported_ids, self.settings)
+        for deletion in self.deletions.values():
+            log.info("%s: plan: %d to delete%s", deletion.key, len(deletion.records),
+                     " (held back by the safety cap)" if deletion.held else "")
         return plans
 
-    def apply(self, airtable: Airtable, plans: dict[str, TablePlan], pulled: dict[str, list[dict]]) -> None:
+    def apply(self, airtable: Airtable, read: BaseRead) -> None:
         created_ids: dict[str, dict[str, str]] = {}
-        for key, plan in plans.items():
+        for key, plan in self.plans.items():
             applier = Applier(airtable, plan, created_ids, self.stop)
             try:
                 applier.apply()
             finally:
-                merge_written(pulled[key], applier.written)
+                if applier.written:
+                    merge_written(read.records[key], applier.written)
+                    read.dirty.add(key)
+        archive = self.settings.reports_dir / f"deleted_{self.report.started:%Y%m%d_%H%M%S}.jsonl"
+        deleter = Deleter(airtable, archive, self.stop)
+        for deletion in self.deletions.values():
+            if deletion.held:
+                continue
+            try:
+                deleter.apply(deletion)
+            finally:
+                if deletion.deleted:
+                    gone = {rec["id"] for rec in deletion.deleted}
+                    read.records[deletion.key] = [r for r in read.records[deletion.key] if r["id"] not in gone]
+                    read.dirty.add(deletion.key)
 
     def run(self) -> int:
+        settings = self.settings
         exports = self.load_exports()
         # What is loaded and planned lives until the run ends: frozen, the cyclic garbage
         # collector stops re-walking it on every full collection (1.5 s of CPU at 30,000 records).
         gc.freeze()
         if not exports:
-            log.warning("no export found in %s: nothing to sync", self.settings.mongo_dir)
-        airtable = connect(self.settings, self.stop)
+            log.warning("no export found in %s: nothing to sync", settings.mongo_dir)
+        airtable = connect(settings, self.stop)
         self.report.requests = airtable.stats
-        schema = fetch_schema(airtable)
         # Messages link to Users and Events: those are read even when not synced.
         needed = [k for k in TABLE_ORDER if k in exports or any(
             link.target == k for e in exports for link in TABLE_SPECS[e].links)]
-        pulled = self.airtable_records(airtable, needed)
-        plans = self.plans = self.plan(exports, pulled, schema, airtable)
+        read = BaseReader(airtable, self.stop, datetime.now(timezone.utc)).read(needed)
+        self.report.change_tracking = read.as_report()
+        plans = self.plans = self.plan(exports, read, airtable)
         gc.freeze()
         try:
-            if not self.settings.dry_run:
-                self.apply(airtable, plans, pulled)
+            if not settings.dry_run:
+                prune_archives(settings.reports_dir, settings.archive_days, self.report.started)
+                self.apply(airtable, read)
         except (AirtableAccessError, RunInterrupted) as exc:
             self.mark_not_attempted(plans, exc)
             raise
         finally:
+            edited = read.edited or {}
             for key, plan in plans.items():
-                self.report.tables[key] = summarize(plan, self.settings.dry_run)
+                self.report.tables[key] = summarize(plan, settings.dry_run, self.deletions.get(key),
+                                                    None if read.edited is None else edited.get(key, {}))
                 self.report.errors += [{"table": key, "mongo_id": w.record.mongo_id, "message": w.error}
                                        for w in plan.writes if w.failed]
-            for key, records in pulled.items():
-                write_cache(cache_path(self.settings, key), records)
+            if not settings.dry_run:  # a dry run leaves the snapshot and the state as they were
+                save_snapshot(settings, read)
+        held = [d for d in self.deletions.values() if d.held]
+        for deletion in held:
+            log.error("%s: %d records left Mongo, over the safety cap of %d (AIRTABLE_MAX_DELETE_FRACTION=%g of "
+                      "%d records with an id): none deleted. Look first with --dry-run; if they should go, "
+                      "rerun with --delete-missing --force-delete", deletion.key, len(deletion.records),
+                      deletion.limit, settings.max_delete_fraction, deletion.with_id)
         failed = any(t.errors for t in self.report.tables.values())
-        return EXIT_RECORD_FAILED if failed else EXIT_OK
+        return EXIT_RECORD_FAILED if failed or held else EXIT_OK
 
     def mark_not_attempted(self, plans: dict[str, TablePlan], exc: Exception) -> None:
         reason = "interrupted" if isinstance(exc, RunInterrupted) else str(exc)
@@ -1914,7 +2700,29 @@ class Sync:
     @property
     def anything_written(self) -> bool:
         return any(w.outcome in ("done", "unknown") and w.action in ("create", "update")
-                   for plan in self.plans.values() for w in plan.writes)
+                   for plan in self.plans.values() for w in plan.writes) or any(
+            d.outcome for d in self.deletions.values())
+
+
+ARCHIVE_NAME = re.compile(r"deleted_(\d{8}_\d{6})\.jsonl")
+
+
+def prune_archives(reports_dir: Path, days: float, now: datetime) -> None:
+    """Deletion archives hold personal data of people who left: kept AIRTABLE_ARCHIVE_DAYS, by
+    the timestamp in their name, and no other file is touched."""
+    try:
+        names = os.listdir(reports_dir)
+    except OSError:
+        return
+    for name in names:
+        found = ARCHIVE_NAME.fullmatch(name)
+        if not found:
+            continue
+        stamp = datetime.strptime(found.group(1), "%Y%m%d_%H%M%S")
+        if (now - stamp).total_seconds() > days * 86400:
+            with contextlib.suppress(OSError):
+                os.remove(reports_dir / name)
+                log.info("removed the deletion archive %s (older than %g days)", name, days)
 
 
 def merge_written(records: list[dict], written: Iterable[dict]) -> None:
@@ -1958,8 +2766,27 @@ def run_check(settings: Settings, out=None) -> int:
             else:
                 status = f"not written: unsupported type ({info.type})"
             print(f"  {name:<{width}}{status}", file=out)
+    print(f"\nchange tracking: {change_tracking_status(airtable, schema)}", file=out)
     print(f"\n{airtable.stats.total} requests, nothing written", file=out)
     return EXIT_OK
+
+
+def change_tracking_status(airtable: Airtable, schema: BaseSchema | None) -> str:
+    """--check: can this token read the change feed? Listing the webhooks tells, and writes nothing."""
+    if not airtable.settings.change_tracking:
+        return "off (AIRTABLE_CHANGE_TRACKING=off): every run reads every record"
+    if schema is None:
+        return "unavailable: it needs the scope schema.bases:read; every run reads every record"
+    reader = BaseReader(airtable, threading.Event(), datetime.now(timezone.utc))
+    try:
+        hooks = reader.list_webhooks()
+    except FeedUnavailable as exc:
+        return f"unavailable: {exc}; every run reads every record"
+    state = load_state(state_path(airtable.settings))
+    ours = next((h for h in hooks if state is not None and h.id == state.webhook_id), None)
+    webhook = f"webhook {ours.id}" if ours is not None else "no webhook yet (the next run creates it)"
+    return (f"available: the token may manage webhooks (also needs Creator access to create one); "
+            f"{webhook}; {len(hooks)} of {WEBHOOKS_PER_BASE} webhooks on the base")
 
 
 def execute(settings: Settings, started: datetime) -> tuple[int, RunReport, Path | None]:
@@ -2087,8 +2914,7 @@ def main(argv: Sequence[str] | None = None, *, environ: Mapping[str, str] | None
                  " (dry run)" if settings.dry_run else "")
         code, report, path = execute(settings, started)
         if path is not None:
-            print(f"{report.ended}: {summary_line(report)}; {report.requests.total} requests "
-                  f"({report.requests.write} write); report: {path}")
+            print(f"{report.ended}: {summary_line(report)}; {requests_line(report)}; report: {path}")
         return code
     finally:
         teardown_logging(handlers)
