@@ -2860,11 +2860,10 @@ def run_demo(verbose: bool) -> int:
         try:
             print(f"Demo: syncing {fixtures} into a local Airtable emulator at {emulator.url}", flush=True)
             code, report, path = execute(settings, datetime.now())
-            print(f"\nFirst run: exit {code}; {summary_line(report)}; "
-                  f"{report.requests.write} write requests, {report.requests.read} read", flush=True)
+            print(f"\nFirst run: exit {code}; {summary_line(report)}; {requests_line(report)}", flush=True)
             code2, report2, path2 = execute(settings, datetime.now())
-            print(f"Second run, nothing changed: exit {code2}; {summary_line(report2)}; "
-                  f"{report2.requests.write} write requests", flush=True)
+            print(f"Second run, the exports unchanged: exit {code2}; {summary_line(report2)}; "
+                  f"{requests_line(report2)}", flush=True)
         finally:
             teardown_logging(handlers)
     print(f"\nReport: {path}\nSecond report: {path2}\nCaches and log: {workdir}")

@@ -1,0 +1,302 @@
+"""The change-tracking and deletion rules as pure functions (no HTTP): when a run reads in full,
+how payloads patch the snapshot, what drift and set-back edits are, what may be deleted."""
+from __future__ import annotations
+
+import argparse
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+import airtable_sync as sync
+from airtable_sync import BaseSchema, ChangeState, FieldInfo
+
+NOW = datetime(2026, 12, 1, 2, 15, tzinfo=timezone.utc)
+TABLES = {"users": "tblQ0OHBit2AqaACy", "events": "tblrscr87h8fbtQTk", "messages": "tbljma5S4NhUn1OYl"}
+
+
+def settings(**over) -> sync.Settings:
+    args = argparse.Namespace(mongo_dir=Path("."), cache_dir=None, reports_dir=None, tables="users,events,messages",
+                              dry_run=False, check=False, use_cache=False, limit=None, verbose=False, full=False,
+                              delete_missing=False, force_delete=False)
+    for key in ("full", "delete_missing", "force_delete", "limit", "tables"):
+        if key in over:
+            setattr(args, key, over.pop(key))
+    env = {"AIRTABLE_API_KEY": "k", "AIRTABLE_ENDPOINT_URL": "http://127.0.0.1:1", **over}
+    return sync.settings_from(args, env)
+
+
+def schema() -> BaseSchema:
+    fields = {
+        "users": [("fldUid", "id", "singleLineText"), ("fldUemail", "email", "email"),
+                  ("fldUseg", "user_segment", "singleSelect"), ("fldUint", "interests", "multipleSelects"),
+                  ("fldUcount", "event_count", "number"), ("fldUnotes", "Notes", "multilineText")],
+        "events": [("fldEid", "id", "singleLineText"), ("fldEname", "Name", "singleLineText")],
+        "messages": [("fldMid", "id", "singleLineText"), ("fldMmsg", "message", "multilineText"),
+                     ("fldMusers", "Users", "multipleRecordLinks"), ("fldMevents", "Events", "multipleRecordLinks")],
+    }
+    return BaseSchema(dict(TABLES), {k: {n: FieldInfo(n, t, i) for i, n, t in v} for k, v in fields.items()})
+
+
+def state(**over) -> ChangeState:
+    values = dict(endpoint_url="http://127.0.0.1:1", base_id=sync.DEFAULT_BASE_ID, tables=dict(TABLES),
+                  schema=schema(), webhook_id="achAAAAAAAAAAAAAA", cursor=5,
+                  last_full_read=NOW - timedelta(days=2), last_run=NOW - timedelta(hours=20))
+    values.update(over)
+    return ChangeState(**values)
+
+
+# -- when a run reads in full ---------------------------------------------------------------
+
+def test_a_valid_state_reads_the_change_feed():
+    assert sync.full_read_reason(state(), settings(), TABLES, NOW) == (None, True)
+
+
+@pytest.mark.parametrize("make, expected, exact", [
+    (lambda: (None, settings()), "no change-tracking state yet", False),
+    (lambda: (state(), settings(AIRTABLE_CHANGE_TRACKING="off")), "change tracking is off", False),
+    (lambda: (state(base_id="appOTHERxxxxxxxxx"), settings()), "another base or endpoint", False),
+    (lambda: (state(endpoint_url="https://api.airtable.com"), settings()), "another base or endpoint", False),
+    (lambda: (state(tables={"users": TABLES["users"]}), settings()), "another set of tables", False),
+    (lambda: (state(), settings(AIRTABLE_USERS_TABLE="Users")), "another set of tables", False),
+    (lambda: (state(webhook_id=None), settings()), "no webhook yet", False),
+    (lambda: (state(), settings(full=True)), "--full", True),
+    (lambda: (state(last_full_read=NOW - timedelta(days=7, hours=1)), settings()), "last full read is 7.0 days", True),
+    (lambda: (state(last_full_read=NOW - timedelta(days=3)), settings(AIRTABLE_FULL_SYNC_DAYS="2")),
+     "AIRTABLE_FULL_SYNC_DAYS=2", True),
+    (lambda: (state(last_run=NOW - timedelta(days=6, hours=1), last_full_read=NOW - timedelta(days=6, hours=1)),
+              settings()), "Airtable keeps payloads 7 days", False),
+])
+def test_each_reason_to_read_in_full(make, expected, exact):
+    st, conf = make()
+    reason, still_exact = sync.full_read_reason(st, conf, TABLES, NOW)
+    assert expected in reason and still_exact is exact
+
+
+def test_a_run_needing_fewer_tables_than_the_state_holds_still_reads_the_feed():
+    assert sync.full_read_reason(state(), settings(tables="users"), ["users"], NOW) == (None, True)
+
+
+def test_the_webhooks_own_problems():
+    hook = SimpleNamespace(is_hook_enabled=True, expiration_time=NOW + timedelta(days=3))
+    assert sync.webhook_problem(hook, NOW) is None
+    assert sync.webhook_problem(None, NOW) == "the webhook is gone"
+    assert sync.webhook_problem(SimpleNamespace(is_hook_enabled=False, expiration_time=None), NOW) == \
+        "the webhook is disabled"
+    assert sync.webhook_problem(SimpleNamespace(is_hook_enabled=True, expiration_time=NOW), NOW) == \
+        "the webhook expired"
+
+
+def test_the_state_survives_its_json():
+    st = state(caches={"users": [10, 20]})
+    again = ChangeState.from_json(__import__("json").loads(__import__("json").dumps(st.as_json())))
+    assert again == st
+
+
+# -- payloads -------------------------------------------------------------------------------
+
+def test_webhook_cell_formats_become_the_records_formats():
+    assert sync.record_cell({"id": "selX", "name": "VIP", "color": "blueLight2"}, "singleSelect") == "VIP"
+    assert sync.record_cell([{"id": "sel1", "name": "wine"}, {"id": "sel2", "name": "jazz"}],
+                            "multipleSelects") == ["wine", "jazz"]
+    assert sync.record_cell([{"id": "recA", "name": "Ada"}], "multipleRecordLinks") == ["recA"]
+    assert sync.record_cell(["recA"], "multipleRecordLinks") == ["recA"]
+    assert sync.record_cell("2026-01-01T00:00:00.000Z", "dateTime") == "2026-01-01T00:00:00.000Z"
+
+
+def snapshot():
+    return {
+        "users": [{"id": "recU1", "createdTime": "2026-01-01T00:00:00.000Z",
+                   "fields": {"id": "u1", "email": "a@x.io", "user_segment": "VIP", "event_count": 3}},
+                  {"id": "recU2", "createdTime": "2026-01-01T00:00:00.000Z", "fields": {"id": "u2", "email": "b@x.io"}}],
+        "events": [],
+        "messages": [{"id": "recM1", "createdTime": "2026-01-01T00:00:00.000Z",
+                      "fields": {"id": "m1", "message": "hi", "Users": ["recU1"]}}],
+    }
+
+
+def payload(cursor, tables, source="client"):
+    return {"cursor": cursor, "baseTransactionNumber": cursor, "payloadFormat": "v0",
+            "actionMetadata": {"source": source}, "changedTablesById": tables}
+
+
+def test_payloads_create_change_and_destroy_records_in_order():
+    records = snapshot()
+    payloads = [
+        payload(5, {TABLES["users"]: {
+            "createdRecordsById": {"recU3": {"createdTime": "2026-12-01T00:00:00.000Z",
+                                             "cellValuesByFieldId": {"fldUemail": "c@x.io",
+                                                                     "fldUseg": {"id": "s", "name": "New"}}}},
+            "changedRecordsById": {"recU1": {"current": {"cellValuesByFieldId": {
+                "fldUseg": {"id": "s2", "name": "Churned"}, "fldUcount": None}}}}}}),
+        payload(6, {TABLES["users"]: {"destroyedRecordIds": ["recU2"]},
+                    TABLES["messages"]: {"changedRecordsById": {"recM1": {"current": {"cellValuesByFieldId": {
+                        "fldMusers": []}}}}}}),
+        payload(7, {"tblSomeOtherTable0": {"destroyedRecordIds": ["recZ"]}}),
+    ]
+    edited, touched = sync.apply_payloads(records, payloads, schema())
+    assert [r["id"] for r in records["users"]] == ["recU1", "recU3"]
+    assert records["users"][0]["fields"] == {"id": "u1", "email": "a@x.io", "user_segment": "Churned"}
+    assert records["users"][1] == {"id": "recU3", "createdTime": "2026-12-01T00:00:00.000Z",
+                                   "fields": {"email": "c@x.io", "user_segment": "New"}}
+    assert records["messages"][0]["fields"] == {"id": "m1", "message": "hi"}  # the cleared link is gone
+    assert touched == {"users", "messages"}
+    # Cells changed on records that existed: edits by someone else (created/destroyed are not).
+    assert edited == {"users": {"recU1": {"user_segment", "event_count"}}, "messages": {"recM1": {"Users"}}}
+
+
+def test_replaying_the_tools_own_writes_changes_nothing_and_is_no_edit():
+    records = snapshot()
+    own = payload(5, {TABLES["users"]: {"changedRecordsById": {"recU1": {"current": {"cellValuesByFieldId": {
+        "fldUseg": {"id": "s", "name": "VIP"}, "fldUcount": 3}}}}}}, source="publicApi")
+    edited, _ = sync.apply_payloads(records, [own, own], schema())
+    assert edited == {} and records == snapshot()
+
+
+def test_an_edit_then_set_back_within_the_feed_is_no_edit():
+    records = snapshot()
+    person = payload(5, {TABLES["users"]: {"changedRecordsById": {"recU1": {"current": {"cellValuesByFieldId": {
+        "fldUemail": "typo@x.io"}}}}}})
+    tool = payload(6, {TABLES["users"]: {"changedRecordsById": {"recU1": {"current": {"cellValuesByFieldId": {
+        "fldUemail": "a@x.io"}}}}}}, source="publicApi")
+    edited, _ = sync.apply_payloads(records, [person, tool], schema())
+    assert edited == {}
+
+
+def test_an_unmapped_cell_edit_is_kept_but_is_no_edit():
+    records = snapshot()
+    notes = payload(5, {TABLES["users"]: {"changedRecordsById": {"recU1": {"current": {"cellValuesByFieldId": {
+        "fldUnotes": "called her"}}}}}})
+    edited, touched = sync.apply_payloads(records, [notes], schema())
+    assert records["users"][0]["fields"]["Notes"] == "called her" and edited == {} and touched == {"users"}
+
+
+def test_patching_never_changes_a_record_dict_shared_with_the_caller():
+    records = snapshot()
+    shared = records["users"][0]["fields"]
+    sync.apply_payloads(records, [payload(5, {TABLES["users"]: {"changedRecordsById": {"recU1": {
+        "current": {"cellValuesByFieldId": {"fldUemail": "new@x.io"}}}}}})], schema())
+    assert shared["email"] == "a@x.io"
+
+
+@pytest.mark.parametrize("change, reason", [
+    ({"destroyedFieldIds": ["fldUemail"]}, "field email of users was deleted"),
+    ({"createdFieldsById": {"fldNew": {"name": "phone", "type": "phoneNumber"}}}, "field phone of users was created"),
+    ({"changedFieldsById": {"fldUemail": {"current": {"name": "Email"}, "previous": {"name": "email"}}}},
+     "field email of users was renamed"),
+    ({"changedFieldsById": {"fldUcount": {"current": {"type": "singleLineText"}, "previous": {"type": "number"}}}},
+     "field event_count of users was retyped"),
+    ({"changedFieldsById": {"fldUnotes": {"current": {"name": "event_count"}}}}, "was renamed"),
+])
+def test_a_mapped_field_change_forces_a_full_read(change, reason):
+    got, _ = sync.feed_schema_change([payload(5, {TABLES["users"]: change})], schema())
+    assert got is not None and reason in got
+
+
+def test_other_field_changes_only_reread_the_schema_and_typecast_options_are_nothing():
+    unmapped = payload(5, {TABLES["users"]: {"createdFieldsById": {"fldX": {"name": "Mood", "type": "singleLineText"}},
+                                             "changedFieldsById": {"fldUnotes": {"current": {"name": "Remarks"}}}}})
+    assert sync.feed_schema_change([unmapped], schema()) == (None, True)
+    options = payload(5, {TABLES["users"]: {"changedFieldsById": {"fldUseg": {
+        "current": {"options": {"choices": [{"id": "s", "name": "Brand new"}]}}}}}})
+    assert sync.feed_schema_change([options], schema()) == (None, False)
+    other_table = payload(5, {"tblNotSyncedHere00": {"destroyedFieldIds": ["fldUemail"]}})
+    assert sync.feed_schema_change([other_table], schema()) == (None, False)
+
+
+def test_an_error_payload_or_a_deleted_table_forces_a_full_read():
+    assert "INVALID_FILTERS" in sync.feed_schema_change([{"cursor": 5, "error": True, "code": "INVALID_FILTERS"}],
+                                                        schema())[0]
+    assert "users was deleted" in sync.feed_schema_change([{"cursor": 5, "destroyedTableIds": [TABLES["users"]]}],
+                                                          schema())[0]
+
+
+def test_drift_counts_records_that_differ_in_mapped_fields_only_and_skips_later_changes(caplog):
+    patched = snapshot()
+    fresh = snapshot()
+    fresh["users"][0]["fields"]["email"] = "z@x.io"  # drift, logged by id and field name only
+    fresh["users"][1]["fields"]["Notes"] = "unmapped"  # not drift
+    fresh["messages"].append({"id": "recM2", "createdTime": "x", "fields": {"id": "m2"}})  # missing from the feed
+    assert sync.count_drift(patched, fresh, schema(), {}) == 2
+    assert "recU1" in caplog.text and "email" in caplog.text and "z@x.io" not in caplog.text
+    assert sync.count_drift(patched, fresh, schema(), {"users": {"recU1"}, "messages": {"recM2"}}) == 0
+
+
+def test_touched_records_by_table():
+    payloads = [payload(5, {TABLES["users"]: {"changedRecordsById": {"recU1": {}}, "destroyedRecordIds": ["recU2"]},
+                            "tblElsewhere000000": {"destroyedRecordIds": ["recQ"]}})]
+    assert sync.touched_records(payloads, schema()) == {"users": {"recU1", "recU2"}}
+
+
+# -- deletion -------------------------------------------------------------------------------
+
+def table_plan(key, orphans, writes=(), has_id_field=True):
+    spec = sync.TABLE_SPECS[key]
+    plan = sync.TablePlan(spec, {}, has_id_field, list(writes), orphans, [], [], [])
+    return plan
+
+
+def rec(rid, mongo_id):
+    return {"id": rid, "createdTime": "2026-01-01T00:00:00.000Z", "fields": {"id": mongo_id} if mongo_id else {}}
+
+
+def kept(n):
+    return [sync.PlannedWrite(sync.ExportRecord(i, f"u{i}", {}), "skip", record_id=f"recK{i}", matched_by="id")
+            for i in range(n)]
+
+
+def test_deletes_only_records_whose_id_left_the_export_in_child_first_order():
+    plans = {"users": table_plan("users", [rec("recGone", "gone1"), rec("recHand", None), rec("recDup", "u1")],
+                                 kept(100)),
+             "messages": table_plan("messages", [rec("recM", "m-gone")], kept(100))}
+    exported = {"users": {f"u{i}" for i in range(100)}, "messages": {f"u{i}" for i in range(100)}}
+    got = sync.plan_deletions(plans, exported, settings(delete_missing=True))
+    assert list(got) == ["messages", "users"]
+    assert [r["id"] for r in got["users"].records] == ["recGone"]  # never an empty id; u1 is still exported
+    assert got["users"].held is False and got["users"].with_id == 102 and got["users"].limit == 5
+
+
+def test_the_safety_cap_holds_a_table_back_and_force_lifts_it():
+    gone = [rec(f"recG{i}", f"g{i}") for i in range(6)]
+    plans = {"users": table_plan("users", gone, kept(100))}
+    exported = {"users": {f"u{i}" for i in range(100)}}
+    held = sync.plan_deletions(plans, exported, settings(delete_missing=True))["users"]
+    assert held.held and held.limit == 5 and held.with_id == 106
+    assert not sync.plan_deletions(plans, exported, settings(delete_missing=True, force_delete=True))["users"].held
+    loose = sync.plan_deletions(plans, exported, settings(delete_missing=True, AIRTABLE_MAX_DELETE_FRACTION="0.1"))
+    assert not loose["users"].held
+
+
+def test_creates_count_toward_the_cap():
+    creates = [sync.PlannedWrite(sync.ExportRecord(i, f"n{i}", {}), "create") for i in range(20)]
+    plans = {"users": table_plan("users", [rec(f"recG{i}", f"g{i}") for i in range(5)], kept(80) + creates)}
+    exported = {"users": {f"u{i}" for i in range(80)} | {f"n{i}" for i in range(20)}}
+    assert not sync.plan_deletions(plans, exported, settings(delete_missing=True))["users"].held  # 5 of 105
+
+
+@pytest.mark.parametrize("case", ["no flag", "limit", "empty export", "not synced", "no id field"])
+def test_never_deletes(case):
+    plans = {"users": table_plan("users", [rec("recGone", "gone")], kept(100), has_id_field=case != "no id field")}
+    exported = {"users": {f"u{i}" for i in range(100)}}
+    conf = settings(delete_missing=case != "no flag", limit=5 if case == "limit" else None)
+    if case == "empty export":
+        exported = {"users": set()}
+    if case == "not synced":
+        plans = {}
+    assert sync.plan_deletions(plans, exported, conf) == {}
+
+
+def test_force_delete_needs_delete_missing():
+    with pytest.raises(sync.UsageError, match="--force-delete goes with --delete-missing"):
+        settings(force_delete=True)
+
+
+def test_old_archives_are_pruned_and_nothing_else(tmp_path):
+    now = datetime(2026, 12, 1, 12, 0, 0)
+    names = ["deleted_20261030_120000.jsonl", "deleted_20261101_130000.jsonl", "deleted_20261120_000000.jsonl",
+             "sync_report_20250101_000000.json", "deleted_20250101_000000.jsonl.bak", "airtable_sync.log"]
+    for name in names:
+        (tmp_path / name).write_text("x")
+    sync.prune_archives(tmp_path, 30, now)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names[1:])
