@@ -48,20 +48,28 @@ third-party reports rather than Airtable's own docs.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import threading
+from typing import Iterable
 
+from .client import ClientActions
 from .common import ApiError
 from .faults import Fault, FaultsMixin, LoggedRequest, _RateLimiter
 from .formulas import FormulaMixin
 from .http import HttpMixin, _Server
 from .records import RecordsMixin, _Iterator
+from .webhooks import WebhooksMixin, _Hook
+
+#: The scopes of the emulated token (GET /v0/meta/whoami reports them; every endpoint checks
+#: the one it needs, see http.py).  Scopes: https://airtable.com/developers/web/api/scopes
+DEFAULT_SCOPES = ("data.records:read", "data.records:write", "schema.bases:read", "webhook:manage")
 
 __all__ = ["Emulator", "Fault", "LoggedRequest", "ApiError"]
 
 
-class Emulator(HttpMixin, FaultsMixin, RecordsMixin, FormulaMixin):
+class Emulator(HttpMixin, FaultsMixin, RecordsMixin, FormulaMixin, WebhooksMixin):
     """An in-process Airtable API for one base, served on 127.0.0.1 over HTTP/1.1."""
 
     def __init__(
@@ -73,7 +81,10 @@ class Emulator(HttpMixin, FaultsMixin, RecordsMixin, FormulaMixin):
         penalty_s: float = 30.0,
         retry_after: bool = False,
         verbose: bool = False,
+        scopes: Iterable[str] = DEFAULT_SCOPES,
     ):
+        """``scopes``: the token's scopes; e.g. leave out "webhook:manage" to get Airtable's
+        refusal on every webhook endpoint."""
         if not isinstance(base, dict):
             with open(base, encoding="utf-8") as fh:
                 base = json.load(fh)
@@ -90,5 +101,11 @@ class Emulator(HttpMixin, FaultsMixin, RecordsMixin, FormulaMixin):
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self.url = ""
+        self.scopes: list[str] = list(scopes)
+        self._clock_offset = dt.timedelta(0)  # see advance_clock()
+        self._hooks: dict[str, _Hook] = {}  # webhooks by id, in creation order
+        self._txn_number = 0  # baseTransactionNumber of the last transaction that changed the base
+        #: A person editing the base in Airtable's UI (one webhook payload per action).
+        self.client = ClientActions(self)
         self._load(base)
 

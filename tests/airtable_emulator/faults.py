@@ -24,7 +24,7 @@ class LoggedRequest:
     path: str
     query: dict[str, list[str]]
     status: int | None  # None until answered, and when the connection was dropped
-    kind: str  # "read" | "write" | "meta" | "other"
+    kind: str  # "read" | "write" | "meta" | "webhook" | "other"
     table: str | None  # table id (resolved from a name); None if unknown / not a table route
     records: int  # records in a write (body records, or ids of a batch DELETE); 0 otherwise
     t_start: float  # time.monotonic() at arrival, after the headers were read
@@ -162,7 +162,7 @@ class FaultsMixin:
         or with ``apply=True`` after processing and committing the request.  A faulted
         request still counts for the rate limiter; an injected status/drop replaces what
         the limiter would have answered."""
-        if kind is not None and kind not in ("read", "write", "meta", "other"):
+        if kind is not None and kind not in ("read", "write", "meta", "webhook", "other"):
             raise ValueError(f"unknown kind {kind!r}")
         table_id = None
         if table is not None:

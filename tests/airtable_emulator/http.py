@@ -23,6 +23,13 @@ if TYPE_CHECKING:
     from .records import _Table
 
 
+#: Scope each endpoint needs (https://airtable.com/developers/web/api/scopes; the
+#: "Requirements" box of each endpoint's page).  Webhook endpoints check webhook:manage and
+#: their dataTypes' scopes themselves (webhooks.py).  whoami needs none.
+_ROUTE_SCOPES = {"read": "data.records:read", "write": "data.records:write",
+                 "list_bases": "schema.bases:read", "base_schema": "schema.bases:read"}
+
+
 @dataclass
 class _Route:
     name: str  # handler key, "" when undefined
@@ -122,8 +129,17 @@ class HttpMixin:
 
     def _route(self, method: str, seg: list[str]) -> _Route:
         R = _Route
+        if len(seg) > 2 and seg[-1] == "":
+            # One trailing slash is accepted: Airtable.js 0.12 sends every create and batch
+            # update/replace/upsert to "/v0/{baseId}/{table}/" (table.ts) and its list()
+            # GETs "/v0/{baseId}/{table}/", and Airtable answers them.  UNCONFIRMED for routes
+            # Airtable.js never calls with a slash (the emulator treats them alike, as a
+            # non-strict router does).  Empty segments elsewhere ("//") stay 404.
+            seg = seg[:-1]
         if len(seg) < 2 or seg[0] != "v0" or any(s == "" for s in seg):
             return R("", "other")
+        if seg[1] == "bases" and len(seg) >= 4 and seg[3] == "webhooks":
+            return self._webhook_route(method, seg)
         if seg[1] == "meta":
             if seg[2:] == ["bases"] and method == "GET":
                 return R("list_bases", "meta")
@@ -148,6 +164,23 @@ class HttpMixin:
                 "DELETE": "delete_one"}.get(method, "")
         kind = "read" if method == "GET" else ("write" if name else "other")
         return R(name, kind, record_id=seg[3], **common)
+
+    @staticmethod
+    def _webhook_route(method: str, seg: list[str]) -> _Route:
+        """/v0/bases/{baseId}/webhooks[/{webhookId}[/refresh|/enableNotifications|/payloads]]
+        (create-a-webhook, list-webhooks, delete-a-webhook, refresh-a-webhook,
+        enable-disable-webhook-notifications, list-webhook-payloads)."""
+        base_key, rest = seg[2], seg[4:]
+        name = ""
+        if not rest:
+            name = {"GET": "list_webhooks", "POST": "create_webhook"}.get(method, "")
+        elif len(rest) == 1:
+            name = "delete_webhook" if method == "DELETE" else ""
+        elif len(rest) == 2:
+            name = {("POST", "refresh"): "refresh_webhook", ("POST", "enableNotifications"): "enable_notifications",
+                    ("GET", "payloads"): "list_payloads"}.get((method, rest[1]), "")
+        return _Route(name, "webhook" if name else "other", base_key=base_key,
+                      record_id=rest[0] if rest else None)
 
     @staticmethod
     def _count_records(route: _Route, body: Any, query: dict) -> int:
@@ -180,7 +213,22 @@ class HttpMixin:
                 raise ApiError(400, "INVALID_REQUEST_UNKNOWN", f"Invalid request: {body_error}")
             if body is not None and not isinstance(body, dict):
                 raise invalid_request("Invalid request: the request body must be a JSON object")
-            return getattr(self, "_op_" + route.name)(route, query, body or {})
+            scope = _ROUTE_SCOPES.get(route.kind) or _ROUTE_SCOPES.get(route.name)
+            if scope is not None and scope not in self.scopes:
+                # A token without the scope an endpoint needs (scopes docs) gets the 403 of the
+                # errors page; same body as for a missing model (UNCONFIRMED).
+                raise model_not_found()
+            op = getattr(self, "_op_" + route.name)
+            if route.kind != "write":
+                return op(route, query, body or {})
+            # Every API write is one transaction (a batch included): one webhook payload
+            # with actionMetadata.source "publicApi" for each hook it matches.  A refused
+            # write changes nothing (batches are atomic) and so produces no payload.
+            with self._lock:
+                before = self._txn_begin()
+                response = op(route, query, body or {})
+                self._txn_end(before, "publicApi")
+                return response
         except ApiError as exc:
             return _Response(exc.status, exc.body())
         except Exception as exc:  # an emulator bug: make it loud but keep serving

@@ -110,6 +110,16 @@ class _ListOptions:
 class RecordsMixin:
     """Emulator methods: the base's tables and records and the record/schema endpoints."""
 
+    # ---- the emulator's clock (test-controlled offset; see Emulator.advance_clock) ------
+
+    def _now(self) -> dt.datetime:
+        """"Now" for everything time-based in the base (createdTime, modified times, webhook
+        expiry and payload retention): the real UTC time plus the test-controlled offset."""
+        return dt.datetime.now(dt.timezone.utc) + self._clock_offset
+
+    def _iso_now(self) -> str:
+        return format_datetime(self._now())
+
     # ---- state inspection (deep copies) ----------------------------------------------
 
     @property
@@ -216,10 +226,9 @@ class RecordsMixin:
             rec.fields = {fid: v for fid, v in cells.items() if v is not None}
             rec.modified = {fid: rec.created for fid in rec.fields}
 
-    @staticmethod
-    def _normalise_created(value: str | None) -> str:
+    def _normalise_created(self, value: str | None) -> str:
         if not value:
-            return iso_now()
+            return self._iso_now()
         m = DATETIME_RE.fullmatch(value)
         if not m:
             raise ValueError(f"bad createdTime {value!r}")
@@ -329,8 +338,8 @@ class RecordsMixin:
 
     def _op_whoami(self, route, query, body) -> _Response:
         _only_params(query, set())
-        return _Response(200, {"id": "usrEmulatorUser01", "scopes": [
-            "data.records:read", "data.records:write", "schema.bases:read"]})
+        # whoami docs: {id, scopes?} -- the token's scopes, the ones every endpoint checks.
+        return _Response(200, {"id": "usrEmulatorUser01", "scopes": list(self.scopes)})
 
     def _op_base_schema(self, route, query, body) -> _Response:
         if route.base_key != self._base_id:
@@ -528,7 +537,7 @@ class RecordsMixin:
                 if not isinstance(item, dict) or set(item) != {"fields"} or not isinstance(item["fields"], dict):
                     raise ApiError(422, "INVALID_RECORDS", MSG_RECORDS_CREATE)
                 planned.append(self._validate_cells(table, item["fields"], ctx))
-            now = iso_now()
+            now = self._iso_now()
             self._commit_ctx(ctx, now)
             created = [self._insert(table, cells, now) for cells in planned]
             out = [self._render(table, rec, by_id=by_id) for rec in created]
@@ -578,7 +587,7 @@ class RecordsMixin:
                     raise ApiError(422, "INVALID_RECORDS",
                                    f"Cannot upsert the record at index {i}: {len(matches)} existing records match fieldsToMergeOn")
                 plan.append((matches[0] if matches else None, cells))
-            now = iso_now()
+            now = self._iso_now()
             self._commit_ctx(ctx, now)
             created, updated, out_recs = [], [], []
             for rec, cells in plan:
@@ -657,7 +666,7 @@ class RecordsMixin:
                 raise record_not_found()
             ctx = _WriteCtx(typecast)
             cells = self._validate_cells(table, body["fields"], ctx)
-            now = iso_now()
+            now = self._iso_now()
             self._commit_ctx(ctx, now)
             self._apply(table, rec, cells, replace, now)
             return _Response(200, self._render(table, rec, by_id=by_id))
@@ -752,7 +761,7 @@ class RecordsMixin:
         table.records = [r for r in table.records if r.id not in gone]
         for rid in gone:
             table.index.pop(rid, None)
-        now = iso_now()
+        now = self._iso_now()
         # Links to deleted records disappear from every link field pointing at this table.
         for t in self._tables:
             for f in t.fields:
@@ -1093,8 +1102,11 @@ def _sort_key(value: Any) -> tuple:
 
 
 _SORT_PARAM_RE = re.compile(r"sort\[(\d+)\]\[(field|direction)\]")
+#: "method" is not a documented list parameter, but Airtable.js 0.12 sends it (query.ts /
+#: table.ts: select({method: "get"}) passes it in the query string, method "post" in the
+#: listRecords body) and Airtable accepts and ignores it.
 _LIST_PARAMS = {"fields[]", "filterByFormula", "maxRecords", "pageSize", "offset", "view", "cellFormat",
-                "timeZone", "userLocale", "returnFieldsByFieldId", "recordMetadata[]"}
+                "timeZone", "userLocale", "returnFieldsByFieldId", "recordMetadata[]", "method"}
 
 
 def _list_options_from_query(query: dict) -> _ListOptions:
@@ -1105,6 +1117,7 @@ def _list_options_from_query(query: dict) -> _ListOptions:
             sorts.setdefault(int(m.group(1)), {})[m.group(2)] = _scalar(query, key) or ""
         elif key not in _LIST_PARAMS:
             raise invalid_request()
+    _scalar(query, "method")  # one value at most; ignored
     opts = _ListOptions(
         fields=query.get("fields[]"),
         formula=_scalar(query, "filterByFormula"),
@@ -1133,11 +1146,12 @@ def _list_options_from_body(body: dict, query: dict) -> _ListOptions:
     userLocale in the query string (api/params.py OPTIONS_NOT_SUPPORTED_VIA_POST)."""
     _only_params(query, {"timeZone", "userLocale"})
     _only_keys(body, {"fields", "filterByFormula", "maxRecords", "pageSize", "offset", "view", "cellFormat",
-                      "timeZone", "userLocale", "returnFieldsByFieldId", "recordMetadata", "sort"})
+                      "timeZone", "userLocale", "returnFieldsByFieldId", "recordMetadata", "sort",
+                      "method"})  # "method": sent by Airtable.js, ignored (see _LIST_PARAMS)
     fields = body.get("fields")
     if fields is not None and (not isinstance(fields, list) or not all(isinstance(x, str) for x in fields)):
         raise invalid_request()
-    for key in ("filterByFormula", "offset", "view", "cellFormat", "timeZone", "userLocale"):
+    for key in ("filterByFormula", "offset", "view", "cellFormat", "timeZone", "userLocale", "method"):
         if key in body and not isinstance(body[key], str):
             raise invalid_request()
     opts = _ListOptions(
