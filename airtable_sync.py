@@ -2838,12 +2838,13 @@ def execute(settings: Settings, started: datetime) -> tuple[int, RunReport, Path
 
 def run_demo(verbose: bool) -> int:
     """Sync the sample exports into the local emulator: no account, no token, only a temp folder."""
-    emulator_path = SCRIPT_DIR / "tests" / "airtable_emulator.py"
+    emulator_path = SCRIPT_DIR / "tests" / "airtable_emulator" / "__init__.py"  # a package
     fixtures = SCRIPT_DIR / "tests" / "fixtures"
     if not emulator_path.is_file() or not (fixtures / "base.json").is_file():
         print(f"airtable_sync: --demo needs {emulator_path} and {fixtures}/ from the repository", file=sys.stderr)
         return EXIT_USAGE
-    spec = importlib.util.spec_from_file_location("airtable_emulator", emulator_path)
+    spec = importlib.util.spec_from_file_location(
+        "airtable_emulator", emulator_path, submodule_search_locations=[str(emulator_path.parent)])
     emulator_module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
     sys.modules[spec.name] = emulator_module  # its dataclasses look their module up by name
     spec.loader.exec_module(emulator_module)  # type: ignore[union-attr]

@@ -837,7 +837,7 @@ def test_standalone_subprocess(tmp_path):
     base_path = tmp_path / "BASE.json"
     base_path.write_text(json.dumps(make_base()))
     port = _free_port()
-    script = Path(__file__).resolve().parent / "airtable_emulator.py"
+    script = Path(__file__).resolve().parent / "airtable_emulator"
     proc = subprocess.Popen(
         [sys.executable, str(script), "--port", str(port), "--base", str(base_path), "--rps", "5",
          "--penalty-s", "1", "--token", "tok"],

@@ -1,0 +1,686 @@
+"""The Webhooks API: create/list/delete/refresh webhooks, enable notifications, list
+payloads, and the payloads themselves (one per transaction that changes the base).
+
+Sources (Airtable Web API docs):
+  overview ......... https://airtable.com/developers/web/api/webhooks-overview
+  create ........... https://airtable.com/developers/web/api/create-a-webhook
+  list ............. https://airtable.com/developers/web/api/list-webhooks
+  refresh .......... https://airtable.com/developers/web/api/refresh-a-webhook
+  payloads ......... https://airtable.com/developers/web/api/list-webhook-payloads
+  specification .... https://airtable.com/developers/web/api/model/webhooks-specification
+  payload model .... https://airtable.com/developers/web/api/model/webhooks-payload
+  table changed .... https://airtable.com/developers/web/api/model/webhooks-table-changed
+  cell formats ..... https://airtable.com/developers/web/api/field-model ("Cell format V2 (webhooks)")
+  pyairtable ....... pyairtable/models/webhook.py (Webhook, WebhookPayload), api/base.py
+
+The emulator never sends notification pings (no outgoing HTTP): areNotificationsEnabled
+is kept as state, lastSuccessfulNotificationTime and lastNotificationResult stay null.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import datetime as dt
+import secrets
+import urllib.parse
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .common import ApiError, _only_keys, _only_params, _Response, _scalar, format_datetime, invalid_request, model_not_found, new_id
+
+if TYPE_CHECKING:
+    from .records import _Record, _Table
+
+#: create-a-webhook: "The number of webhooks per base is limited to 10."
+MAX_WEBHOOKS_PER_BASE = 10
+#: create-a-webhook: webhooks created with a token "will expire and be disabled after 7 days";
+#: refresh-a-webhook and list-webhook-payloads: the new expiration time is "7 days after" the call.
+WEBHOOK_TTL = dt.timedelta(days=7)
+#: create-a-webhook: "After a webhook has expired and been disabled, the webhook's metadata and
+#: past payloads can be accessed for an additional 7 days."
+EXPIRED_GRACE = dt.timedelta(days=7)
+#: list-webhook-payloads: "Payloads are deleted from Airtable's servers after 1 week whether or
+#: not the client has seen them. The cursor value for the next payload is never reset."
+PAYLOAD_TTL = dt.timedelta(days=7)
+#: list-webhook-payloads: "A maximum of 50 payloads can be returned in a single request."
+MAX_PAYLOADS_PER_PAGE = 50
+
+#: webhooks-specification: dataTypes "array of ("tableData" | "tableFields" | "tableMetadata")".
+DATA_TYPES = ("tableData", "tableFields", "tableMetadata")
+#: webhooks-specification: changeTypes "optional<array of ("add" | "remove" | "update")>".
+CHANGE_TYPES = ("add", "remove", "update")
+#: webhooks-specification: fromSources enum (as transcribed in public typings of the spec).
+SOURCES = ("client", "publicApi", "formSubmission", "formPageSubmission", "automation", "system",
+           "sync", "anonymousUser", "unknown")
+#: webhooks-payload (error variant): code "INVALID_FILTERS" | "INVALID_HOOK", and
+#: "INTERNAL_ERROR can be returned if an internal error is encountered".
+ERROR_CODES = ("INVALID_FILTERS", "INVALID_HOOK", "INTERNAL_ERROR")
+#: webhooks-overview: "The scope webhook:manage is always required for all webhooks API
+#: endpoints. Additionally, for create webhook and list webhook payloads, extra scopes are
+#: required based on the dataTypes ... data.records:read is required for tableData, and
+#: schema.bases:read is required for tableFields and tableMetadata."
+SCOPE_WEBHOOKS = "webhook:manage"
+DATA_TYPE_SCOPES = {"tableData": "data.records:read", "tableFields": "schema.bases:read",
+                    "tableMetadata": "schema.bases:read"}
+
+#: The user behind the token and behind emu.client (actionMetadata.sourceMetadata.user; the
+#: payload model's example shows id, email and permissionLevel).
+EMULATOR_USER = {"id": "usrEmulatorUser01", "email": "emulator.user@example.com",
+                 "permissionLevel": "create", "name": "Emulator User"}
+
+_FILTER_KEYS = {"dataTypes", "recordChangeScope", "changeTypes", "fromSources", "sourceOptions",
+                "watchDataInFieldIds", "watchSchemasOfFieldIds"}
+_INCLUDE_KEYS = {"includeCellValuesInFieldIds", "includePreviousCellValues", "includePreviousFieldDefinitions"}
+
+
+def format_ms(value: dt.datetime) -> str:
+    """Payload timestamps carry milliseconds ("2022-02-01T21:25:05.663Z", webhooks-payload)."""
+    value = value.astimezone(dt.timezone.utc)
+    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+
+
+def webhook_not_found() -> ApiError:
+    # UNCONFIRMED: Airtable does not document the answer for an unknown (or deleted, or gone
+    # after expiry) webhook id; the emulator answers like an unknown base or table: 403
+    # INVALID_PERMISSIONS_OR_MODEL_NOT_FOUND ("... or the requested model was not found").
+    return model_not_found()
+
+
+def bad_spec(message: str) -> ApiError:
+    # UNCONFIRMED: the error type/text for an invalid specification is not documented.
+    return invalid_request(f"Invalid request: {message}")
+
+
+@dataclass
+class _Hook:
+    id: str
+    secret_b64: str
+    notification_url: str | None
+    spec: dict
+    created: dt.datetime
+    expires: dt.datetime
+    enabled: bool = True  # False after an INVALID_FILTERS/INVALID_HOOK error or disable_webhook()
+    notifications: bool = False
+    next_payload: int = 1
+    payloads: list[tuple[int, dt.datetime, dict]] = field(default_factory=list)
+
+
+class WebhooksMixin:
+    """Emulator methods: the webhook endpoints, payload generation and test controls."""
+
+    # ==================================================================================
+    # Test-facing controls
+    # ==================================================================================
+
+    def webhooks(self) -> list[dict]:
+        """The base's webhooks exactly as GET /v0/bases/{baseId}/webhooks lists them."""
+        with self._lock:
+            self._purge_hooks()
+            return [self._hook_json(h) for h in self._hooks.values()]
+
+    def payloads(self, webhook_id: str) -> list[dict]:
+        """Every payload still stored for a webhook (oldest first), as the API returns them."""
+        with self._lock:
+            self._purge_hooks()
+            hook = self._hooks.get(webhook_id)
+            if hook is None:
+                raise KeyError(f"unknown webhook {webhook_id!r}")
+            return [copy.deepcopy(p) for _, _, p in hook.payloads]
+
+    def push_webhook_error(self, webhook_id: str, code: str = "INVALID_FILTERS", *, disable: bool | None = None) -> dict:
+        """Append an error payload ({"error": true, "code": ...}, webhooks-payload, error
+        variant).  INVALID_FILTERS and INVALID_HOOK also disable the hook (isHookEnabled false:
+        "Webhooks may be turned off automatically such as when the specification becomes
+        invalid. See error codes.", list-webhooks) unless ``disable`` says otherwise."""
+        if code not in ERROR_CODES:
+            raise ValueError(f"unknown webhook error code {code!r} (one of {ERROR_CODES})")
+        with self._lock:
+            hook = self._hooks.get(webhook_id)
+            if hook is None:
+                raise KeyError(f"unknown webhook {webhook_id!r}")
+            now = self._now()
+            # pyairtable's WebhookPayload requires timestamp, baseTransactionNumber and
+            # payloadFormat; the error variant carries them with error/code (UNCONFIRMED shape).
+            payload = {"timestamp": format_ms(now), "baseTransactionNumber": self._txn_number,
+                       "payloadFormat": "v0", "error": True, "code": code}
+            self._append_payload(hook, payload, now)
+            if disable if disable is not None else code in ("INVALID_FILTERS", "INVALID_HOOK"):
+                hook.enabled = False
+            return copy.deepcopy(payload)
+
+    def disable_webhook(self, webhook_id: str) -> None:
+        """Turn a hook off as Airtable does on its own (isHookEnabled false): it gets no more
+        payloads and cannot be refreshed; it stays listed until 7 days after its expiry."""
+        with self._lock:
+            hook = self._hooks.get(webhook_id)
+            if hook is None:
+                raise KeyError(f"unknown webhook {webhook_id!r}")
+            hook.enabled = False
+
+    def advance_clock(self, seconds: float = 0, days: float = 0) -> None:
+        """Move the emulator's "now" forward (record createdTime, payload timestamps, webhook
+        expiry and payload retention).  The rate limiter and list iterators keep the real
+        monotonic clock."""
+        if seconds < 0 or days < 0:
+            raise ValueError("the clock only moves forward")
+        with self._lock:
+            self._clock_offset += dt.timedelta(seconds=seconds, days=days)
+
+    # ==================================================================================
+    # Hook state
+    # ==================================================================================
+
+    def _hook_active(self, hook: _Hook) -> bool:
+        return hook.enabled and self._now() < hook.expires
+
+    def _purge_hooks(self) -> None:
+        """Forget hooks 7 days past their expiry and payloads older than 7 days."""
+        now = self._now()
+        for hid in [h.id for h in self._hooks.values() if now >= h.expires + EXPIRED_GRACE]:
+            del self._hooks[hid]
+        for hook in self._hooks.values():
+            if hook.payloads and hook.payloads[0][1] <= now - PAYLOAD_TTL:
+                hook.payloads = [p for p in hook.payloads if p[1] > now - PAYLOAD_TTL]
+
+    def _hook_json(self, hook: _Hook) -> dict:
+        # list-webhooks response format (every key of the documented object, in its order).
+        return {
+            "id": hook.id,
+            "areNotificationsEnabled": hook.notifications,
+            "cursorForNextPayload": hook.next_payload,
+            "isHookEnabled": self._hook_active(hook),
+            "lastSuccessfulNotificationTime": None,
+            "notificationUrl": hook.notification_url,
+            "expirationTime": format_datetime(hook.expires),
+            "lastNotificationResult": None,
+            "specification": copy.deepcopy(hook.spec),
+        }
+
+    def _append_payload(self, hook: _Hook, payload: dict, now: dt.datetime) -> None:
+        hook.payloads.append((hook.next_payload, now, payload))
+        hook.next_payload += 1
+
+    # ==================================================================================
+    # Endpoints
+    # ==================================================================================
+
+    def _webhook_base(self, route) -> None:
+        self._require_scope(SCOPE_WEBHOOKS)
+        if route.base_key != self._base_id:
+            raise model_not_found()
+
+    def _require_scope(self, scope: str) -> None:
+        if scope not in self.scopes:
+            # Errors docs, 403: "Accessing a protected resource with API credentials that don't
+            # have access to that resource."  Same body as for an unknown model (UNCONFIRMED).
+            raise model_not_found()
+
+    def _webhook_for(self, route) -> _Hook:
+        self._webhook_base(route)
+        self._purge_hooks()
+        hook = self._hooks.get(route.record_id or "")
+        if hook is None:
+            raise webhook_not_found()
+        return hook
+
+    def _op_list_webhooks(self, route, query, body) -> _Response:
+        with self._lock:
+            self._webhook_base(route)
+            _only_params(query, set())
+            self._purge_hooks()
+            return _Response(200, {"webhooks": [self._hook_json(h) for h in self._hooks.values()]})
+
+    def _op_create_webhook(self, route, query, body) -> _Response:
+        with self._lock:
+            self._webhook_base(route)
+            _only_params(query, set())
+            _only_keys(body, {"notificationUrl", "specification"})
+            url = body.get("notificationUrl")
+            if url is not None:
+                parts = urllib.parse.urlsplit(url) if isinstance(url, str) else None
+                if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
+                    # STRICT (undocumented): the URL must be an absolute http(s) URL.
+                    raise bad_spec("notificationUrl must be an http(s) URL")
+            if "specification" not in body:
+                raise bad_spec("specification is required")
+            spec = self._validate_spec(body["specification"])
+            for data_type in spec["options"]["filters"]["dataTypes"]:
+                self._require_scope(DATA_TYPE_SCOPES[data_type])
+            self._purge_hooks()
+            if len(self._hooks) >= MAX_WEBHOOKS_PER_BASE:
+                # create-a-webhook: "The number of webhooks per base is limited to 10."  The type
+                # TOO_MANY_WEBHOOKS_IN_BASE is the one public clients check for; status and
+                # message are UNCONFIRMED.  Expired hooks still count until they are gone.
+                raise ApiError(422, "TOO_MANY_WEBHOOKS_IN_BASE",
+                               f"The number of webhooks per base is limited to {MAX_WEBHOOKS_PER_BASE}")
+            now = self._now()
+            hook = _Hook(
+                id=self._fresh_hook_id(), secret_b64=base64.b64encode(secrets.token_bytes(32)).decode("ascii"),
+                notification_url=url, spec=spec, created=now, expires=now + WEBHOOK_TTL,
+                # list-webhooks example: no notificationUrl -> areNotificationsEnabled false.
+                # With a URL the emulator starts with notifications on (UNCONFIRMED).
+                notifications=url is not None,
+            )
+            self._hooks[hook.id] = hook
+            # create-a-webhook response: id, macSecretBase64, expirationTime.
+            return _Response(200, {"id": hook.id, "macSecretBase64": hook.secret_b64,
+                                   "expirationTime": format_datetime(hook.expires)})
+
+    def _fresh_hook_id(self) -> str:
+        while True:
+            hid = new_id("ach")
+            if hid not in self._hooks:
+                return hid
+
+    def _op_delete_webhook(self, route, query, body) -> _Response:
+        with self._lock:
+            hook = self._webhook_for(route)
+            _only_params(query, set())
+            del self._hooks[hook.id]
+            # delete-a-webhook: an empty object (UNCONFIRMED; pyairtable ignores the body).
+            return _Response(200, {})
+
+    def _op_refresh_webhook(self, route, query, body) -> _Response:
+        with self._lock:
+            hook = self._webhook_for(route)
+            _only_params(query, set())
+            _only_keys(body, set())
+            if not self._hook_active(hook):
+                # refresh-a-webhook: "this endpoint only applies to active webhooks with an
+                # expiration time".  Status/type of the refusal UNCONFIRMED.
+                raise ApiError(422, "CANNOT_REFRESH_DISABLED_WEBHOOK", "The webhook is not active and cannot be refreshed")
+            hook.expires = self._now() + WEBHOOK_TTL
+            return _Response(200, {"expirationTime": format_datetime(hook.expires)})
+
+    def _op_enable_notifications(self, route, query, body) -> _Response:
+        with self._lock:
+            hook = self._webhook_for(route)
+            _only_params(query, set())
+            # enable-disable-webhook-notifications: body {"enable": boolean} (pyairtable sends
+            # exactly that).
+            if set(body) != {"enable"} or not isinstance(body["enable"], bool):
+                raise invalid_request()
+            hook.notifications = body["enable"]
+            return _Response(200, {})  # UNCONFIRMED: empty object
+
+    def _op_list_payloads(self, route, query, body) -> _Response:
+        with self._lock:
+            hook = self._webhook_for(route)
+            for data_type in hook.spec["options"]["filters"]["dataTypes"]:
+                self._require_scope(DATA_TYPE_SCOPES[data_type])
+            _only_params(query, {"cursor", "limit"})
+            cursor = _positive_int(_scalar(query, "cursor"), 1)
+            limit = _positive_int(_scalar(query, "limit"), MAX_PAYLOADS_PER_PAGE)
+            if limit > MAX_PAYLOADS_PER_PAGE:
+                # list-webhook-payloads: "A maximum of 50 payloads can be returned in a single
+                # request."  STRICT (undocumented): a larger limit is refused, like pageSize > 100.
+                raise invalid_request()
+            if self._hook_active(hook):
+                # "Calling this endpoint will also extend the life of the webhook if it is
+                # active with an expiration time. The new expiration time will be 7 days after
+                # the list payloads call."
+                hook.expires = self._now() + WEBHOOK_TTL
+            kept = [(n, p) for n, _, p in hook.payloads if n >= cursor]
+            page = kept[:limit]
+            return _Response(200, {
+                "payloads": [copy.deepcopy(p) for _, p in page],
+                # "If there are no returned payloads, then the cursor in the response will be
+                # the same as the cursor specified in the request."
+                "cursor": page[-1][0] + 1 if page else cursor,
+                "mightHaveMore": len(kept) > len(page),
+            })
+
+    # ==================================================================================
+    # Specification validation (webhooks-specification)
+    # ==================================================================================
+
+    def _validate_spec(self, spec: Any) -> dict:
+        if not isinstance(spec, dict) or set(spec) != {"options"} or not isinstance(spec["options"], dict):
+            raise bad_spec("specification must be {\"options\": {...}}")
+        options = spec["options"]
+        if set(options) - {"filters", "includes"}:
+            raise bad_spec(f"unknown specification option(s) {sorted(set(options) - {'filters', 'includes'})}")
+        filters = options.get("filters")
+        if not isinstance(filters, dict):
+            raise bad_spec("options.filters is required")  # "filters: object — required"
+        if set(filters) - _FILTER_KEYS:
+            raise bad_spec(f"unknown filter(s) {sorted(set(filters) - _FILTER_KEYS)}")
+        # "Aside from dataTypes, the keys in a filters object are optional."
+        data_types = filters.get("dataTypes")
+        self._check_enum_list("dataTypes", data_types, DATA_TYPES)
+        scope_table: _Table | None = None
+        if "recordChangeScope" in filters:
+            scope = filters["recordChangeScope"]
+            # "Only generate payloads for changes in the specified TableId or ViewId."  Ids
+            # only: "tables, fields, and views in the specification must be specified by ID".
+            scope_table = self._table_of_scope(scope) if isinstance(scope, str) else None
+            if scope_table is None:
+                raise bad_spec(f"recordChangeScope {scope!r} is not a table or view id of this base")
+        if "changeTypes" in filters:
+            self._check_enum_list("changeTypes", filters["changeTypes"], CHANGE_TYPES)
+        if "fromSources" in filters:
+            self._check_enum_list("fromSources", filters["fromSources"], SOURCES)
+        for key in ("watchDataInFieldIds", "watchSchemasOfFieldIds"):
+            if key in filters:
+                self._check_field_ids(key, filters[key], scope_table)
+        if "sourceOptions" in filters:
+            self._check_source_options(filters["sourceOptions"])
+        if "includes" in options:
+            includes = options["includes"]
+            if not isinstance(includes, dict) or set(includes) - _INCLUDE_KEYS:
+                raise bad_spec("includes accepts includeCellValuesInFieldIds, includePreviousCellValues, "
+                               "includePreviousFieldDefinitions")
+            cells = includes.get("includeCellValuesInFieldIds")
+            if "includeCellValuesInFieldIds" in includes and cells != "all":
+                self._check_field_ids("includeCellValuesInFieldIds", cells, scope_table)
+            for key in ("includePreviousCellValues", "includePreviousFieldDefinitions"):
+                if key in includes and not isinstance(includes[key], bool):
+                    raise bad_spec(f"includes.{key} must be a boolean")
+        return copy.deepcopy(spec)
+
+    @staticmethod
+    def _check_enum_list(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+        # STRICT (undocumented): an empty list, a duplicate or an unknown value is refused.
+        if (not isinstance(value, list) or not value or len(set(map(str, value))) != len(value)
+                or any(v not in allowed for v in value)):
+            raise bad_spec(f"filters.{name} must be a non-empty array of {', '.join(allowed)}")
+
+    def _table_of_scope(self, scope: str) -> _Table | None:
+        for t in self._tables:
+            if t.id == scope or any(v.get("id") == scope for v in t.views):
+                return t
+        return None
+
+    def _check_field_ids(self, name: str, value: Any, scope_table: _Table | None) -> None:
+        tables = [scope_table] if scope_table is not None else self._tables
+        known = {f["id"] for t in tables for f in t.fields}
+        if not isinstance(value, list) or not value or any(v not in known for v in value):
+            # STRICT (undocumented): field ids only (no names), of the scoped table if any.
+            raise bad_spec(f"{name} must be a non-empty array of field ids"
+                           + (" of the recordChangeScope table" if scope_table is not None else " of this base"))
+
+    def _check_source_options(self, value: Any) -> None:
+        # pyairtable's model: sourceOptions {formSubmission: {viewId}, formPageSubmission: {pageId}}.
+        if not isinstance(value, dict) or not value or set(value) - {"formSubmission", "formPageSubmission"}:
+            raise bad_spec("sourceOptions accepts formSubmission and formPageSubmission")
+        form = value.get("formSubmission")
+        if form is not None and (not isinstance(form, dict) or set(form) != {"viewId"}
+                                 or self._table_of_scope(form["viewId"]) is None
+                                 or str(form["viewId"]).startswith("tbl")):
+            raise bad_spec("sourceOptions.formSubmission.viewId must be a view id of this base")
+        page = value.get("formPageSubmission")
+        if page is not None and (not isinstance(page, dict) or set(page) != {"pageId"} or not isinstance(page["pageId"], str)):
+            raise bad_spec("sourceOptions.formPageSubmission.pageId must be a page id")
+
+    # ==================================================================================
+    # Transactions -> payloads
+    # ==================================================================================
+
+    def _txn_begin(self) -> dict | None:
+        """Called with the lock held before a change to the base: the state to diff against,
+        or None when no hook could receive a payload (then nothing is computed)."""
+        self._purge_hooks()
+        if not any(self._hook_active(h) for h in self._hooks.values()):
+            return None
+        return self._base_state()
+
+    def _txn_end(self, before: dict | None, source: str) -> None:
+        """One transaction: the changes since ``before`` become one payload for every active
+        hook whose specification they match.  A transaction that changed nothing (for example
+        an update writing the values already there) makes no payload: payloads describe
+        changes (webhooks-payload); UNCONFIRMED for no-op writes."""
+        if before is None:
+            return
+        after = self._base_state()
+        changes = _diff_states(before, after)
+        if not changes:
+            return
+        self._txn_number += 1
+        now = self._now()
+        for hook in self._hooks.values():
+            if not self._hook_active(hook):
+                continue
+            payload = self._payload_for(hook, changes, before, after, source, now)
+            if payload is not None:
+                self._append_payload(hook, payload, now)
+
+    def _base_state(self) -> dict:
+        state: dict[str, Any] = {}
+        for t in self._tables:
+            prim = t.field_by_id(t.primary_field_id)
+            records = {}
+            for rec in t.records:
+                cells = {}
+                for f in t.fields:
+                    value = self._state_cell(t, rec, f)
+                    if value is not None and value != "" and value != [] and value is not False:
+                        cells[f["id"]] = value
+                records[rec.id] = (rec.created, cells)
+            state[t.id] = {
+                "name": t.name, "description": t.description,
+                "fields": {f["id"]: copy.deepcopy(f) for f in t.fields},
+                "records": records,
+                "names": {rec.id: _primary_text(self._cell(t, rec, prim)) for rec in t.records},
+            }
+        return state
+
+    def _state_cell(self, t: _Table, rec: _Record, f: dict) -> Any:
+        """The cell as the diff compares it: the records-API value, except lookups, whose
+        webhook format keeps the values per linked record (field-model, Lookup, "Cell format
+        V2 (webhooks)": {valuesByLinkedRecordId, linkedRecordIds})."""
+        if f["type"] in ("multipleLookupValues", "lookup"):
+            opts = f.get("options") or {}
+            link = t.field(opts.get("recordLinkFieldId", "")) if opts.get("recordLinkFieldId") else None
+            if link is None:
+                return None
+            linked = self._require_table(link["options"]["linkedTableId"])
+            target = linked.field(opts.get("fieldIdInLinkedTable", ""))
+            ids = list(rec.fields.get(link["id"]) or [])
+            if target is None or not ids:
+                return None
+            values = {}
+            for rid in ids:
+                other = linked.index.get(rid)
+                value = self._cell(linked, other, target) if other else None
+                values[rid] = copy.deepcopy(value if isinstance(value, list) else ([] if value in (None, "", False) else [value]))
+            return {"valuesByLinkedRecordId": values, "linkedRecordIds": ids}
+        return copy.deepcopy(self._cell(t, rec, f))
+
+    def _payload_for(self, hook: _Hook, changes: dict, before: dict, after: dict, source: str,
+                     now: dt.datetime) -> dict | None:
+        options = hook.spec["options"]
+        filters, includes = options["filters"], options.get("includes") or {}
+        if "fromSources" in filters and source not in filters["fromSources"]:
+            return None
+        data_types = set(filters["dataTypes"])
+        change_types = set(filters.get("changeTypes") or CHANGE_TYPES)
+        scope = filters.get("recordChangeScope")
+        scope_table = self._table_of_scope(scope) if scope else None
+        watch_data = set(filters["watchDataInFieldIds"]) if "watchDataInFieldIds" in filters else None
+        watch_schema = set(filters["watchSchemasOfFieldIds"]) if "watchSchemasOfFieldIds" in filters else None
+        tables_out: dict[str, Any] = {}
+        for tid, ch in changes.items():
+            if scope_table is not None and tid != scope_table.id:
+                continue
+            out: dict[str, Any] = {}
+            if "tableMetadata" in data_types and "update" in change_types and ch["metadata"]:
+                # webhooks-table-changed: changedMetadata {current: {name, description},
+                # previous: {...}} (previous as in the documented example).
+                out["changedMetadata"] = copy.deepcopy(ch["metadata"])
+            if "tableFields" in data_types:
+                self._field_changes(out, ch, change_types, watch_schema, includes)
+            records_out: dict[str, Any] = {}
+            if "tableData" in data_types:
+                records_out = self._record_changes(ch, change_types, watch_data, includes, before, after, tid)
+                out.update(records_out)
+            if records_out and scope is not None and scope_table is not None and scope != scope_table.id:
+                # webhooks-table-changed: changedViewsById "is only included when
+                # recordChangeScope is a view id".  Views do not filter records in the emulator,
+                # so the view sees the table's record changes (UNCONFIRMED: whether the
+                # table-level keys are also present then; the documented example has both).
+                out["changedViewsById"] = {scope: copy.deepcopy(records_out)}
+            if out:
+                tables_out[tid] = out
+        if not tables_out:
+            return None
+        # webhooks-payload: timestamp, baseTransactionNumber, actionMetadata, payloadFormat "v0",
+        # changedTablesById.  webhooks-action-metadata: source ("client" | "publicApi" | ...),
+        # sourceMetadata.user {id, email, permissionLevel, name?} for user-made changes.
+        return {
+            "timestamp": format_ms(now),
+            "baseTransactionNumber": self._txn_number,
+            "actionMetadata": {"source": source, "sourceMetadata": {"user": dict(EMULATOR_USER)}},
+            "payloadFormat": "v0",
+            "changedTablesById": tables_out,
+        }
+
+    @staticmethod
+    def _field_changes(out: dict, ch: dict, change_types: set, watch: set | None, includes: dict) -> None:
+        def watched(fid: str) -> bool:
+            return watch is None or fid in watch
+
+        if "add" in change_types:
+            created = {fid: info for fid, info in ch["fields_created"].items() if watched(fid)}
+            if created:
+                out["createdFieldsById"] = created  # {fid: {name, type}}
+        if "update" in change_types:
+            changed = {}
+            for fid, (cur, prev) in ch["fields_changed"].items():
+                if not watched(fid):
+                    continue
+                item: dict[str, Any] = {"current": cur}
+                if includes.get("includePreviousFieldDefinitions"):
+                    item["previous"] = prev
+                changed[fid] = item
+            if changed:
+                out["changedFieldsById"] = changed
+        if "remove" in change_types:
+            destroyed = [fid for fid in ch["fields_destroyed"] if watched(fid)]
+            if destroyed:
+                out["destroyedFieldIds"] = destroyed
+
+    def _record_changes(self, ch: dict, change_types: set, watch: set | None, includes: dict,
+                        before: dict, after: dict, tid: str) -> dict:
+        out: dict[str, Any] = {}
+        fields_now = after[tid]["fields"] if tid in after else before[tid]["fields"]
+        names_by_table = {t: {**before.get(t, {}).get("names", {}), **after.get(t, {}).get("names", {})}
+                          for t in set(before) | set(after)}
+        v2 = lambda fid, value: _v2_cell(fields_now.get(fid), value, names_by_table)  # noqa: E731
+        if "add" in change_types and ch["created"]:
+            created = {}
+            for rid, (created_time, cells) in ch["created"].items():
+                if watch is not None and not watch.intersection(cells):
+                    continue  # UNCONFIRMED: a new record counts when it fills a watched field
+                created[rid] = {"cellValuesByFieldId": {fid: v2(fid, v) for fid, v in cells.items()},
+                                "createdTime": created_time}
+            if created:
+                out["createdRecordsById"] = created
+        if "update" in change_types and ch["changed"]:
+            changed = {}
+            wanted = includes.get("includeCellValuesInFieldIds")
+            for rid, (diffs, cells) in ch["changed"].items():
+                fids = [fid for fid in diffs if watch is None or fid in watch]
+                if not fids:
+                    continue
+                # A cleared cell is reported as null in "current" (UNCONFIRMED).
+                item: dict[str, Any] = {"current": {"cellValuesByFieldId": {fid: v2(fid, diffs[fid][1]) for fid in fids}}}
+                if includes.get("includePreviousCellValues"):
+                    item["previous"] = {"cellValuesByFieldId": {fid: v2(fid, diffs[fid][0]) for fid in fids}}
+                if wanted:
+                    keep = cells.keys() if wanted == "all" else wanted
+                    unchanged = {fid: v2(fid, cells[fid]) for fid in keep if fid in cells and fid not in diffs}
+                    item["unchanged"] = {"cellValuesByFieldId": unchanged}
+                changed[rid] = item
+            if changed:
+                out["changedRecordsById"] = changed
+        if "remove" in change_types and ch["destroyed"]:
+            out["destroyedRecordIds"] = list(ch["destroyed"])
+        return out
+
+
+def _primary_text(value: Any) -> str:
+    from .formulas import _display, _to_str
+
+    if isinstance(value, list):
+        return ", ".join(_display(v) for v in value)
+    return _display(value) if isinstance(value, dict) else _to_str(value)
+
+
+def _v2_cell(f: dict | None, value: Any, names: dict[str, dict[str, str]]) -> Any:
+    """A stored cell in the webhooks cell format (field-model, "Cell format V2 (webhooks)"):
+    single select {id, name, color?}; multiple select [{id, name, color?}]; link to another
+    record [{id, name}] (name = the linked record's primary value); lookup as kept by
+    _state_cell; every other type as in the records API."""
+    if value is None or f is None:
+        return copy.deepcopy(value)
+    type_ = f["type"]
+    if type_ in ("singleSelect", "multipleSelects"):
+        choices = {c["name"]: c for c in (f.get("options") or {}).get("choices", [])}
+
+        def choice(name: str) -> dict:
+            c = choices.get(name, {"id": None, "name": name})
+            out = {"id": c.get("id"), "name": name}
+            if c.get("color"):
+                out["color"] = c["color"]
+            return out
+
+        return [choice(n) for n in value] if type_ == "multipleSelects" else choice(value)
+    if type_ == "multipleRecordLinks":
+        linked = names.get(f["options"]["linkedTableId"], {})
+        return [{"id": rid, "name": linked.get(rid, "")} for rid in value]
+    return copy.deepcopy(value)
+
+
+def _diff_states(before: dict, after: dict) -> dict:
+    """Per table: created/changed/destroyed records and fields, and metadata changes."""
+    changes: dict[str, Any] = {}
+    for tid in list(before) + [t for t in after if t not in before]:
+        b, a = before.get(tid), after.get(tid)
+        if b is None or a is None:
+            continue  # tables are never created or destroyed by the emulator
+        ch: dict[str, Any] = {"created": {}, "changed": {}, "destroyed": [], "fields_created": {},
+                              "fields_changed": {}, "fields_destroyed": [], "metadata": None}
+        # Fields: created / destroyed, and name or type changes (webhooks-table-changed:
+        # createdFieldsById {name, type}; changedFieldsById current/previous with the changed
+        # attributes only, as in the documented example).  Choice lists added by typecast do
+        # not change name or type and so make no field change (UNCONFIRMED).
+        for fid, f in a["fields"].items():
+            if fid not in b["fields"]:
+                ch["fields_created"][fid] = {"name": f["name"], "type": f["type"]}
+            else:
+                old = b["fields"][fid]
+                cur = {k: f[k] for k in ("name", "type") if f[k] != old[k]}
+                if cur:
+                    ch["fields_changed"][fid] = (cur, {k: old[k] for k in cur})
+        ch["fields_destroyed"] = [fid for fid in b["fields"] if fid not in a["fields"]]
+        gone_fields = set(ch["fields_destroyed"])
+        for rid, (created, cells) in a["records"].items():
+            if rid not in b["records"]:
+                ch["created"][rid] = (created, cells)
+                continue
+            old_cells = b["records"][rid][1]
+            diffs = {}
+            for fid in list(cells) + [x for x in old_cells if x not in cells]:
+                if fid in gone_fields:
+                    continue  # a destroyed field is reported as destroyedFieldIds only
+                if cells.get(fid) != old_cells.get(fid):
+                    diffs[fid] = (old_cells.get(fid), cells.get(fid))
+            if diffs:
+                ch["changed"][rid] = (diffs, cells)
+        ch["destroyed"] = [rid for rid in b["records"] if rid not in a["records"]]
+        if (a["name"], a["description"]) != (b["name"], b["description"]):
+            ch["metadata"] = {"current": {"name": a["name"], "description": a["description"]},
+                              "previous": {"name": b["name"], "description": b["description"]}}
+        if any(ch[k] for k in ch):
+            changes[tid] = ch
+    return changes
+
+
+def _positive_int(value: str | None, default: int) -> int:
+    if value is None:
+        return default
+    if not value.isdigit() or int(value) < 1:
+        # STRICT (undocumented): cursor and limit are positive integers.
+        raise invalid_request()
+    return int(value)

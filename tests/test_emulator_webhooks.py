@@ -1,0 +1,472 @@
+"""Strictness tests of the emulator's Webhooks API (through pyairtable and raw HTTP), its
+test controls (clock, UI client) and the requests Airtable.js sends."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+
+import pytest
+import requests
+from pyairtable import Api
+
+from airtable_emulator import Emulator
+from test_emulator import BASE_ID, T_COMPANIES, T_CONTACTS, expect_error, make_base
+
+DATA = {"options": {"filters": {"dataTypes": ["tableData"]}}}
+FIELDS = {"options": {"filters": {"dataTypes": ["tableFields"]}}}
+ADA, BOB, ACME = "recAda00000000001", "recBob00000000001", "recAcme0000000001"
+F_NAME, F_STATUS, F_TAGS, F_COMPANY, F_ACTIVE = (
+    "fldName0000000001", "fldStatus00000001", "fldTags0000000001", "fldCompany0000001", "fldActive00000001")
+F_AGE, F_PEOPLE, F_LOOKUP, F_MODIFIED = "fldAge00000000001", "fldPeople00000001", "fldLookup00000001", "fldModified000001"
+
+
+@pytest.fixture
+def emu():
+    with Emulator(make_base(), rps=None) as e:
+        yield e
+
+
+@pytest.fixture
+def api(emu):
+    return Api(emu.token, endpoint_url=emu.url, retry_strategy=None)
+
+
+@pytest.fixture
+def base(api):
+    return api.base(BASE_ID)
+
+
+@pytest.fixture
+def contacts(api):
+    return api.table(BASE_ID, "Contacts")
+
+
+def raw(emu, method: str, path: str, **kwargs) -> requests.Response:
+    headers = {"Authorization": f"Bearer {emu.token}", **kwargs.pop("headers", {})}
+    return requests.request(method, emu.url + path, headers=headers, timeout=10, **kwargs)
+
+
+def hook_url(hook_id: str = "", suffix: str = "") -> str:
+    return f"/v0/bases/{BASE_ID}/webhooks" + (f"/{hook_id}" if hook_id else "") + suffix
+
+
+def parse_time(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def emu_now(emu) -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc) + emu._clock_offset
+
+
+def payload_tables(payload: dict) -> dict:
+    return payload["changedTablesById"]
+
+
+# --------------------------------------------------------------------------------------
+# Create / list / delete / refresh / notifications
+# --------------------------------------------------------------------------------------
+
+
+def test_create_answers_id_secret_and_expiry_and_list_shows_the_documented_object(emu, base):
+    created = base.add_webhook(None, DATA)
+    assert created.id.startswith("ach") and len(created.id) == 17
+    assert len(base64.b64decode(created.mac_secret_base64)) >= 16
+    assert abs((created.expiration_time - emu_now(emu)) - dt.timedelta(days=7)) < dt.timedelta(seconds=5)
+    body = raw(emu, "GET", hook_url()).json()
+    assert body == {"webhooks": [{
+        "id": created.id, "areNotificationsEnabled": False, "cursorForNextPayload": 1, "isHookEnabled": True,
+        "lastSuccessfulNotificationTime": None, "notificationUrl": None,
+        "expirationTime": body["webhooks"][0]["expirationTime"], "lastNotificationResult": None,
+        "specification": DATA,
+    }]}
+    assert parse_time(body["webhooks"][0]["expirationTime"]) == created.expiration_time
+    [hook] = base.webhooks()  # pyairtable parses the list into its Webhook model
+    assert hook.id == created.id and hook.is_hook_enabled and hook.specification.options.filters.data_types == ["tableData"]
+    assert emu.webhooks() == body["webhooks"]
+
+
+def test_notification_url_and_enable_notifications(emu, base):
+    created = base.add_webhook("https://example.com/ping", DATA)
+    hook = base.webhook(created.id)
+    assert hook.notification_url == "https://example.com/ping" and hook.are_notifications_enabled
+    hook.disable_notifications()
+    assert emu.webhooks()[0]["areNotificationsEnabled"] is False
+    hook.enable_notifications()
+    assert emu.webhooks()[0]["areNotificationsEnabled"] is True
+    r = raw(emu, "POST", hook_url(created.id, "/enableNotifications"), json={"enable": "yes"})
+    assert r.status_code == 422
+    r = raw(emu, "POST", hook_url(), json={"notificationUrl": "not a url", "specification": DATA})
+    assert r.status_code == 422
+
+
+@pytest.mark.parametrize("spec", [
+    {},
+    {"options": {}},
+    {"options": {"filters": {}}},
+    {"options": {"filters": {"dataTypes": []}}},
+    {"options": {"filters": {"dataTypes": ["records"]}}},
+    {"options": {"filters": {"dataTypes": ["tableData"], "recordChangeScope": "Contacts"}}},
+    {"options": {"filters": {"dataTypes": ["tableData"], "recordChangeScope": "tblNoSuchTable001"}}},
+    {"options": {"filters": {"dataTypes": ["tableData"], "tables": [T_CONTACTS]}}},
+    {"options": {"filters": {"dataTypes": ["tableData"], "changeTypes": ["create"]}}},
+    {"options": {"filters": {"dataTypes": ["tableData"], "fromSources": ["ui"]}}},
+    {"options": {"filters": {"dataTypes": ["tableData"], "watchDataInFieldIds": ["Name"]}}},
+    {"options": {"filters": {"dataTypes": ["tableData"], "recordChangeScope": T_COMPANIES,
+                             "watchDataInFieldIds": [F_NAME]}}},
+    {"options": {"filters": {"dataTypes": ["tableData"]}, "includes": {"includeEverything": True}}},
+    {"options": {"filters": {"dataTypes": ["tableData"]}, "includes": {"includePreviousCellValues": "yes"}}},
+    {"options": {"filters": {"dataTypes": ["tableData"]}, "includes": {"includeCellValuesInFieldIds": "some"}}},
+    {"options": {"filters": {"dataTypes": ["tableData"]}}, "extra": 1},
+])
+def test_invalid_specifications_are_refused(emu, spec):
+    r = raw(emu, "POST", hook_url(), json={"notificationUrl": None, "specification": spec})
+    assert r.status_code == 422, r.text
+    assert emu.webhooks() == []
+
+
+def test_valid_specifications_with_every_option(emu, base):
+    view_id = emu.schema()["tables"][0]["views"][0]["id"]
+    for spec in (
+        {"options": {"filters": {"dataTypes": ["tableData", "tableFields", "tableMetadata"], "recordChangeScope": view_id,
+                                 "changeTypes": ["add", "remove", "update"], "fromSources": ["client", "publicApi"],
+                                 "watchDataInFieldIds": [F_NAME], "watchSchemasOfFieldIds": [F_NAME]},
+                     "includes": {"includeCellValuesInFieldIds": "all", "includePreviousCellValues": True,
+                                  "includePreviousFieldDefinitions": True}}},
+        {"options": {"filters": {"dataTypes": ["tableData"], "sourceOptions": {"formSubmission": {"viewId": view_id}}},
+                     "includes": {"includeCellValuesInFieldIds": [F_NAME, F_AGE]}}},
+    ):
+        created = base.add_webhook(None, spec)
+        assert base.webhook(created.id).specification.model_dump(by_alias=True, exclude_unset=True) == spec
+
+
+def test_at_most_10_webhooks_per_base(emu, base):
+    ids = [base.add_webhook(None, DATA).id for _ in range(10)]
+    expect_error(lambda: base.add_webhook(None, DATA), 422, "TOO_MANY_WEBHOOKS_IN_BASE")
+    base.webhook(ids[0]).delete()
+    base.add_webhook(None, DATA)
+    assert len(base.webhooks()) == 10
+
+
+def test_delete_removes_the_webhook_and_its_payloads(emu, base, contacts):
+    hook = base.webhook(base.add_webhook(None, DATA).id)
+    contacts.update(ADA, {"Age": 37})
+    hook.delete()
+    assert base.webhooks() == []
+    for method, suffix in (("DELETE", ""), ("POST", "/refresh"), ("GET", "/payloads")):
+        assert raw(emu, method, hook_url(hook.id, suffix)).status_code == 403
+    assert raw(emu, "GET", f"/v0/bases/appNoSuchBase0001/webhooks").status_code == 403
+    assert raw(emu, "PUT", hook_url()).status_code == 404
+
+
+def test_token_without_webhook_manage_is_refused_everywhere():
+    scopes = ["data.records:read", "data.records:write", "schema.bases:read"]
+    with Emulator(make_base(), rps=None, scopes=scopes) as emu:
+        api = Api(emu.token, endpoint_url=emu.url, retry_strategy=None)
+        assert api.whoami()["scopes"] == scopes
+        expect_error(lambda: api.base(BASE_ID).add_webhook(None, DATA), 403, "INVALID_PERMISSIONS_OR_MODEL_NOT_FOUND")
+        for method, suffix in (("GET", ""), ("DELETE", "/achNoSuchHook0001"), ("POST", "/achNoSuchHook0001/refresh"),
+                               ("GET", "/achNoSuchHook0001/payloads"),
+                               ("POST", "/achNoSuchHook0001/enableNotifications")):
+            r = raw(emu, method, hook_url() + suffix, json={"enable": True} if "enable" in suffix else None)
+            assert r.status_code == 403, (method, suffix)
+        assert len(api.table(BASE_ID, "Contacts").all()) == 4  # records scopes still work
+
+
+def test_data_types_need_their_scopes_and_whoami_reports_the_default_scopes():
+    with Emulator(make_base(), rps=None, scopes=["webhook:manage", "schema.bases:read"]) as emu:
+        api = Api(emu.token, endpoint_url=emu.url, retry_strategy=None)
+        expect_error(lambda: api.base(BASE_ID).add_webhook(None, DATA), 403)
+        api.base(BASE_ID).add_webhook(None, FIELDS)
+        expect_error(lambda: api.table(BASE_ID, "Contacts").all(), 403)  # no data.records:read
+    with Emulator(make_base(), rps=None) as emu:
+        api = Api(emu.token, endpoint_url=emu.url, retry_strategy=None)
+        assert "webhook:manage" in api.whoami()["scopes"]
+
+
+# --------------------------------------------------------------------------------------
+# Expiry, refresh, retention (the emulator's clock)
+# --------------------------------------------------------------------------------------
+
+
+def test_webhook_expires_after_7_days_then_is_gone_7_days_later(emu, base, contacts):
+    created = base.add_webhook(None, DATA)
+    emu.advance_clock(days=6, seconds=86000)
+    assert base.webhook(created.id).is_hook_enabled
+    emu.advance_clock(seconds=401)
+    [listed] = emu.webhooks()
+    assert listed["isHookEnabled"] is False  # expired and disabled, still listed
+    contacts.update(ADA, {"Age": 50})
+    assert emu.payloads(created.id) == []  # an expired hook gets no payloads
+    expect_error(lambda: base.webhook(created.id).extend_expiration(), 422)
+    assert raw(emu, "GET", hook_url(created.id, "/payloads")).status_code == 200  # still readable
+    emu.advance_clock(days=7)
+    assert base.webhooks() == []
+    assert raw(emu, "GET", hook_url(created.id, "/payloads")).status_code == 403
+
+
+def test_refresh_extends_the_life_by_7_days_from_now(emu, base):
+    hook = base.webhook(base.add_webhook(None, DATA).id)
+    emu.advance_clock(days=6)
+    r = raw(emu, "POST", hook_url(hook.id, "/refresh"))
+    assert r.status_code == 200 and set(r.json()) == {"expirationTime"}
+    expected = emu_now(emu) + dt.timedelta(days=7)
+    assert abs(parse_time(r.json()["expirationTime"]) - expected) < dt.timedelta(seconds=5)
+    emu.advance_clock(days=6)
+    hook.extend_expiration()  # pyairtable's refresh
+    emu.advance_clock(days=6)
+    assert base.webhook(hook.id).is_hook_enabled
+
+
+def test_listing_payloads_extends_the_life(emu, base):
+    hook = base.webhook(base.add_webhook(None, DATA).id)
+    for _ in range(3):
+        emu.advance_clock(days=6)
+        assert list(hook.payloads()) == []
+    assert base.webhook(hook.id).is_hook_enabled
+    assert parse_time(emu.webhooks()[0]["expirationTime"]) > emu_now(emu) + dt.timedelta(days=6)
+
+
+def test_payloads_are_dropped_after_7_days_and_the_cursor_is_never_reset(emu, base, contacts):
+    hook_id = base.add_webhook(None, DATA).id
+    contacts.update(ADA, {"Age": 1})
+    emu.advance_clock(days=4)
+    contacts.update(ADA, {"Age": 2})
+    assert raw(emu, "GET", hook_url(hook_id, "/payloads")).status_code == 200  # keeps the hook alive
+    emu.advance_clock(days=3, seconds=10)
+    r = raw(emu, "GET", hook_url(hook_id, "/payloads"), params={"cursor": 1}).json()
+    assert [p["baseTransactionNumber"] for p in r["payloads"]] == [2]
+    assert r["cursor"] == 3 and r["mightHaveMore"] is False
+    assert emu.webhooks()[0]["cursorForNextPayload"] == 3
+    emu.advance_clock(days=4)
+    r = raw(emu, "GET", hook_url(hook_id, "/payloads"), params={"cursor": 1}).json()
+    assert r == {"payloads": [], "cursor": 1, "mightHaveMore": False}
+    contacts.update(ADA, {"Age": 3})
+    assert [p.cursor for p in base.webhook(hook_id).payloads(3)] == [3]
+
+
+def test_advance_clock_moves_created_time(emu, contacts):
+    emu.advance_clock(days=30)
+    rec = contacts.create({"Name": "Later"})
+    assert abs(parse_time(rec["createdTime"]) - emu_now(emu)) < dt.timedelta(seconds=5)
+    assert parse_time(rec["createdTime"]) > dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=29)
+
+
+# --------------------------------------------------------------------------------------
+# Payloads: one per transaction, cell formats, links, filters, includes
+# --------------------------------------------------------------------------------------
+
+
+def test_one_payload_per_api_write_a_batch_being_one(emu, base, contacts):
+    hook = base.webhook(base.add_webhook(None, DATA).id)
+    created = contacts.batch_create([{"Name": "C1"}, {"Name": "C2"}, {"Name": "C3"}])
+    contacts.batch_update([{"id": created[0]["id"], "fields": {"Age": 1}}, {"id": created[1]["id"], "fields": {"Age": 2}}])
+    contacts.batch_upsert([{"fields": {"Key": "k-new", "Name": "N"}}, {"fields": {"Key": "k-bob", "Age": 42}}],
+                          key_fields=["Key"])
+    contacts.update(BOB, {"Age": 42})  # the same value: nothing changes, no payload
+    expect_error(lambda: contacts.batch_update([{"id": BOB, "fields": {"Age": "x"}}]), 422)  # refused: none
+    contacts.update(created[2]["id"], {"Name": "C3b"}, replace=True)
+    contacts.batch_delete([c["id"] for c in created])
+    payloads = list(hook.payloads())
+    assert [p.cursor for p in payloads] == [1, 2, 3, 4, 5]
+    assert [p.base_transaction_number for p in payloads] == [1, 2, 3, 4, 5]
+    assert {p.action_metadata.source for p in payloads} == {"publicApi"}
+    tables = [p.changed_tables_by_id[T_CONTACTS] for p in payloads]
+    assert set(tables[0].created_records_by_id) == {c["id"] for c in created}
+    assert set(tables[1].changed_records_by_id) == {created[0]["id"], created[1]["id"]}
+    assert len(tables[2].created_records_by_id) == 1 and set(tables[2].changed_records_by_id) == {BOB}
+    assert tables[4].destroyed_record_ids == [c["id"] for c in created]
+    raw_payload = emu.payloads(hook.id)[0]
+    assert raw_payload["payloadFormat"] == "v0" and raw_payload["timestamp"].endswith("Z")
+    assert raw_payload["actionMetadata"]["sourceMetadata"]["user"]["id"].startswith("usr")
+
+
+def test_cells_use_the_webhook_cell_formats(emu, base, contacts):
+    hook_id = base.add_webhook(None, DATA).id
+    rec = contacts.create({"Name": "Cy", "Status": "Active", "Tags": ["a", "c"], "Company": [ACME], "Active": True,
+                           "Age": 7})
+    [payload] = emu.payloads(hook_id)
+    cells = payload_tables(payload)[T_CONTACTS]["createdRecordsById"][rec["id"]]["cellValuesByFieldId"]
+    assert cells[F_STATUS] == {"id": "selActive0000001", "name": "Active", "color": "greenLight2"}
+    assert [c["name"] for c in cells[F_TAGS]] == ["a", "c"] and all(set(c) == {"id", "name", "color"} for c in cells[F_TAGS])
+    assert cells[F_COMPANY] == [{"id": ACME, "name": "Acme"}]
+    assert cells[F_ACTIVE] is True and cells[F_AGE] == 7 and cells[F_NAME] == "Cy"
+    assert cells[F_LOOKUP] == {"valuesByLinkedRecordId": {ACME: ["Acme"]}, "linkedRecordIds": [ACME]}
+    created_time = payload_tables(payload)[T_CONTACTS]["createdRecordsById"][rec["id"]]["createdTime"]
+    assert created_time == rec["createdTime"]
+    # The inverse link field of the company changed in the same transaction.
+    people = payload_tables(payload)[T_COMPANIES]["changedRecordsById"][ACME]["current"]["cellValuesByFieldId"]
+    assert people[F_PEOPLE] == [{"id": ADA, "name": "Ada"}, {"id": rec["id"], "name": "Cy"}]
+
+
+def test_deleting_a_record_reports_the_link_cells_it_clears_in_the_same_payload(emu, base, api):
+    hook_id = base.add_webhook(None, {"options": {"filters": {"dataTypes": ["tableData"]},
+                                                  "includes": {"includePreviousCellValues": True}}}).id
+    api.table(BASE_ID, "Companies").delete(ACME)
+    [payload] = emu.payloads(hook_id)
+    assert payload_tables(payload)[T_COMPANIES]["destroyedRecordIds"] == [ACME]
+    ada = payload_tables(payload)[T_CONTACTS]["changedRecordsById"][ADA]
+    assert ada["current"]["cellValuesByFieldId"][F_COMPANY] is None
+    assert ada["previous"]["cellValuesByFieldId"][F_COMPANY] == [{"id": ACME, "name": "Acme"}]
+
+
+def test_ui_delete_clears_links_in_the_same_client_payload(emu, base):
+    hook_id = base.add_webhook(None, DATA).id
+    emu.client.delete("Contacts", [ADA])
+    [payload] = emu.payloads(hook_id)
+    assert payload["actionMetadata"]["source"] == "client"
+    assert payload_tables(payload)[T_CONTACTS]["destroyedRecordIds"] == [ADA]
+    # The link cell is cleared (null) and the count field computed from it changes with it.
+    assert payload_tables(payload)[T_COMPANIES]["changedRecordsById"][ACME]["current"]["cellValuesByFieldId"] == {
+        F_PEOPLE: None, "fldCount000000001": 0}
+
+
+def test_filters_scope_sources_change_types_and_watched_fields(emu, base, contacts, api):
+    only_companies = base.add_webhook(None, {"options": {"filters": {"dataTypes": ["tableData"],
+                                                                     "recordChangeScope": T_COMPANIES}}}).id
+    only_client = base.add_webhook(None, {"options": {"filters": {"dataTypes": ["tableData"],
+                                                                  "fromSources": ["client"]}}}).id
+    only_adds = base.add_webhook(None, {"options": {"filters": {"dataTypes": ["tableData"], "changeTypes": ["add"]}}}).id
+    watch_age = base.add_webhook(None, {"options": {"filters": {"dataTypes": ["tableData"],
+                                                                "watchDataInFieldIds": [F_AGE]}}}).id
+    contacts.update(BOB, {"Notes": "hello"})  # Contacts only, publicApi, update, not Age
+    assert [emu.payloads(h) for h in (only_companies, only_client, only_adds, watch_age)] == [[], [], [], []]
+    emu.client.update("Contacts", BOB, {"Age": 50})
+    assert [len(emu.payloads(h)) for h in (only_companies, only_client, only_adds, watch_age)] == [0, 1, 0, 1]
+    [watched] = emu.payloads(watch_age)
+    assert payload_tables(watched)[T_CONTACTS]["changedRecordsById"][BOB]["current"]["cellValuesByFieldId"] == {F_AGE: 50}
+    api.table(BASE_ID, "Companies").create({"Name": "Initech"})
+    assert [len(emu.payloads(h)) for h in (only_companies, only_client, only_adds, watch_age)] == [1, 1, 1, 1]
+
+
+def test_includes_previous_and_unchanged_cell_values(emu, base, contacts):
+    plain = base.add_webhook(None, DATA).id
+    rich = base.add_webhook(None, {"options": {"filters": {"dataTypes": ["tableData"]}, "includes": {
+        "includePreviousCellValues": True, "includeCellValuesInFieldIds": [F_NAME, F_AGE]}}}).id
+    contacts.update(ADA, {"Age": 40})
+    [p_plain], [p_rich] = emu.payloads(plain), emu.payloads(rich)
+    change = payload_tables(p_plain)[T_CONTACTS]["changedRecordsById"][ADA]
+    assert set(change) == {"current"}
+    assert change["current"]["cellValuesByFieldId"][F_AGE] == 40
+    assert F_MODIFIED in change["current"]["cellValuesByFieldId"]  # the lastModifiedTime cell changed too
+    change = payload_tables(p_rich)[T_CONTACTS]["changedRecordsById"][ADA]
+    assert change["previous"]["cellValuesByFieldId"][F_AGE] == 36
+    assert change["unchanged"] == {"cellValuesByFieldId": {F_NAME: "Ada"}}
+
+
+def test_ui_field_created_renamed_deleted_are_field_changes(emu, base):
+    fields = base.add_webhook(None, FIELDS).id
+    fields_prev = base.add_webhook(None, {"options": {"filters": {"dataTypes": ["tableFields"]},
+                                                      "includes": {"includePreviousFieldDefinitions": True}}}).id
+    data_only = base.add_webhook(None, DATA).id
+    fid = emu.client.create_field("Contacts", "Nickname", "singleLineText")
+    emu.client.rename_field(T_CONTACTS, "Nickname", "Alias")
+    emu.client.delete_field("Contacts", fid)
+    created, renamed, deleted = emu.payloads(fields)
+    assert payload_tables(created)[T_CONTACTS] == {"createdFieldsById": {fid: {"name": "Nickname", "type": "singleLineText"}}}
+    assert payload_tables(renamed)[T_CONTACTS] == {"changedFieldsById": {fid: {"current": {"name": "Alias"}}}}
+    assert payload_tables(deleted)[T_CONTACTS] == {"destroyedFieldIds": [fid]}
+    assert {p["actionMetadata"]["source"] for p in (created, renamed, deleted)} == {"client"}
+    assert payload_tables(emu.payloads(fields_prev)[1])[T_CONTACTS]["changedFieldsById"][fid] == {
+        "current": {"name": "Alias"}, "previous": {"name": "Nickname"}}
+    assert emu.payloads(data_only) == []
+    assert all(f["id"] != fid for f in emu.schema()["tables"][0]["fields"])
+
+
+def test_ui_record_actions_bypass_the_request_log_and_the_rate_limit(emu, base):
+    emu.set_rate_limit(1)
+    hook_id = base.add_webhook(None, DATA).id
+    emu.clear_log()
+    rid = emu.client.create("Contacts", {"Name": "Dee", "Status": "Lead"})
+    for age in range(5):
+        emu.client.update(T_CONTACTS, rid, {"Age": age})
+    assert emu.requests == []
+    assert len(emu.payloads(hook_id)) == 6
+    with pytest.raises(Exception):
+        emu.client.update("Contacts", rid, {"Status": "No such choice"})
+    assert len(emu.payloads(hook_id)) == 6
+    assert next(r for r in emu.records("Contacts") if r["id"] == rid)["fields"]["Age"] == 4
+
+
+def test_change_field_type_converts_cells_in_one_payload(emu, base):
+    hook_id = base.add_webhook(None, {"options": {"filters": {"dataTypes": ["tableData", "tableFields"]}}}).id
+    emu.client.change_field_type("Contacts", "Key", "number")
+    [payload] = emu.payloads(hook_id)
+    table = payload_tables(payload)[T_CONTACTS]
+    assert table["changedFieldsById"]["fldKey00000000001"] == {"current": {"type": "number"}}
+    assert table["changedRecordsById"][ADA]["current"]["cellValuesByFieldId"]["fldKey00000000001"] is None
+
+
+def test_payload_pages_hold_50_and_say_might_have_more(emu, base):
+    hook = base.webhook(base.add_webhook(None, DATA).id)
+    for age in range(60):
+        emu.client.update("Contacts", BOB, {"Age": age})
+    first = raw(emu, "GET", hook_url(hook.id, "/payloads")).json()
+    assert len(first["payloads"]) == 50 and first["cursor"] == 51 and first["mightHaveMore"] is True
+    second = raw(emu, "GET", hook_url(hook.id, "/payloads"), params={"cursor": 51}).json()
+    assert len(second["payloads"]) == 10 and second["cursor"] == 61 and second["mightHaveMore"] is False
+    small = raw(emu, "GET", hook_url(hook.id, "/payloads"), params={"cursor": 59, "limit": 5}).json()
+    assert len(small["payloads"]) == 2 and small["cursor"] == 61
+    for params in ({"limit": 51}, {"limit": 0}, {"cursor": 0}, {"cursor": "x"}, {"offset": 1}):
+        assert raw(emu, "GET", hook_url(hook.id, "/payloads"), params=params).status_code == 422, params
+    assert [p.cursor for p in hook.payloads()] == list(range(1, 61))
+    assert base.webhook(hook.id).cursor_for_next_payload == 61
+
+
+def test_error_payload_and_disabled_hook(emu, base, contacts):
+    hook = base.webhook(base.add_webhook(None, DATA).id)
+    contacts.update(ADA, {"Age": 1})
+    emu.push_webhook_error(hook.id, "INVALID_FILTERS")
+    contacts.update(ADA, {"Age": 2})  # a disabled hook gets nothing more
+    payloads = list(hook.payloads())
+    assert [p.error for p in payloads] == [None, True] and payloads[1].error_code == "INVALID_FILTERS"
+    assert emu.payloads(hook.id)[1]["error"] is True and emu.payloads(hook.id)[1]["code"] == "INVALID_FILTERS"
+    assert base.webhook(hook.id).is_hook_enabled is False
+    expect_error(lambda: hook.extend_expiration(), 422)
+    other = base.webhook(base.add_webhook(None, DATA).id)
+    emu.disable_webhook(other.id)
+    assert base.webhook(other.id).is_hook_enabled is False
+
+
+def test_webhook_requests_are_logged_with_their_own_kind(emu, base):
+    emu.clear_log()
+    base.add_webhook(None, DATA)
+    base.webhooks()
+    assert emu.count(kind="webhook") == 2
+    emu.add_fault(status=503, kind="webhook", times=1)
+    expect_error(lambda: base.webhooks(), 503)
+
+
+# --------------------------------------------------------------------------------------
+# Requests shaped like Airtable.js 0.12's
+# --------------------------------------------------------------------------------------
+
+
+def test_airtable_js_trailing_slash_on_table_routes(emu):
+    # table.ts: create and batch update/replace go to "/v0/{baseId}/{table}/?" (empty query).
+    r = raw(emu, "POST", f"/v0/{BASE_ID}/Contacts/?", json={"records": [{"fields": {"Name": "Js"}}]})
+    assert r.status_code == 200, r.text
+    rid = r.json()["records"][0]["id"]
+    r = raw(emu, "PATCH", f"/v0/{BASE_ID}/Contacts/?", json={"records": [{"id": rid, "fields": {"Age": 3}}]})
+    assert r.status_code == 200 and r.json()["records"][0]["fields"]["Age"] == 3
+    r = raw(emu, "PUT", f"/v0/{BASE_ID}/Contacts/?", json={"records": [{"id": rid, "fields": {"Name": "Js2"}}]})
+    assert r.status_code == 200 and r.json()["records"][0]["fields"] == {
+        k: v for k, v in r.json()["records"][0]["fields"].items() if k not in ("Age",)}
+    r = raw(emu, "GET", f"/v0/{BASE_ID}/Contacts/?pageSize=2")  # table.ts list(): GET ".../{table}/"
+    assert r.status_code == 200 and len(r.json()["records"]) == 2
+    for path in (f"/v0/{BASE_ID}//Contacts", f"/v0/{BASE_ID}/Contacts//", f"/v0//{BASE_ID}/Contacts/"):
+        assert raw(emu, "GET", path).status_code == 404, path
+
+
+def test_airtable_js_method_key_in_list_requests(emu):
+    # query.ts: select({method: "post"}) POSTs ".../listRecords" with the params, method included.
+    r = raw(emu, "POST", f"/v0/{BASE_ID}/Contacts/listRecords?",
+            json={"method": "post", "pageSize": 2, "fields": ["Name"]})
+    assert r.status_code == 200, r.text
+    assert len(r.json()["records"]) == 2 and all(set(x["fields"]) <= {"Name"} for x in r.json()["records"])
+    # select({method: "get"}) leaves "method=get" in the query string of the GET.
+    r = raw(emu, "GET", f"/v0/{BASE_ID}/Contacts?method=get&pageSize=3")
+    assert r.status_code == 200 and len(r.json()["records"]) == 3
+    assert raw(emu, "POST", f"/v0/{BASE_ID}/Contacts/listRecords", json={"method": 1}).status_code == 422
+    assert raw(emu, "GET", f"/v0/{BASE_ID}/Contacts?method=get&method=post").status_code == 422
+    assert raw(emu, "GET", f"/v0/{BASE_ID}/Contacts?mode=get").status_code == 422  # other unknowns still refused
