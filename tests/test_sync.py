@@ -56,8 +56,12 @@ def test_first_sync_reports_exactly_the_expected_counts(harness, emulator):
     # Users: 10 creates = 1 batch, refused (422) then 10 one by one; 8 updates = 1 batch.
     # Events: 4 creates + 4 updates = 2. Messages: 13 creates = 2, 10 updates = 1.
     assert (writes(emulator, "users"), writes(emulator, "events"), writes(emulator, "messages")) == (12, 2, 3)
-    assert report["requests"] == {"total": 21, "read": 4, "write": 17, "retried": 0, "rate_limited": 0}
+    # Plus change tracking's first run: list the webhooks, create the tool's one.
+    assert report["requests"] == {"total": 23, "read": 5, "write": 18, "retried": 0, "rate_limited": 0}
     assert emulator.count(kind="read") == 3 and emulator.count(kind="meta") == 1
+    assert [(r.method, r.status) for r in emulator.requests if r.kind == "webhook"] == [("GET", 200), ("POST", 200)]
+    assert report["change_tracking"] == {"mode": "full", "reason": "no change-tracking state yet", "payloads": 0,
+                                         "drift": None}
     creates = [r for r in emulator.requests if r.kind == "write" and r.method != "PATCH" or
                (r.body or {}).get("performUpsert")]
     assert all(r.body["performUpsert"] == {"fieldsToMergeOn": ["id"]} and r.body["typecast"] for r in creates)
