@@ -845,9 +845,10 @@ def _line_of(text: str, pos: int) -> int:
     return text.count("\n", 0, pos) + 1
 
 
-def _json_error(path: Path, text: str, start: int, exc: json.JSONDecodeError) -> UsageError:
-    """One line: the file, the line and column of the error, and where its document began if elsewhere."""
-    began = _line_of(text, start)
+def _json_error(path: Path, exc: json.JSONDecodeError, text: str = "", start: int | None = None) -> UsageError:
+    """One line: the file, the line and column of the error, and the line its document began on (from `start`,
+    when there is one) if that is another line."""
+    began = exc.lineno if start is None else _line_of(text, start)
     where = "" if began == exc.lineno else f", in the document from line {began}"
     return UsageError(f"{path}: line {exc.lineno}: not valid JSON: {exc.msg} (column {exc.colno}{where})")
 
@@ -871,7 +872,7 @@ def parse_export_text(path: Path, text: str) -> list[dict]:
         try:
             docs = decoder.decode(text)
         except json.JSONDecodeError as exc:
-            raise _json_error(path, text, start, exc) from None
+            raise _json_error(path, exc) from None
         for n, doc in enumerate(docs, 1):
             if doc.__class__ is not dict:
                 raise UsageError(f"{path}: record {n} is not a JSON object ({type(doc).__name__})")
@@ -891,7 +892,7 @@ def _documents(path: Path, text: str, pos: int, raw_decode: Callable[[str, int],
         try:
             doc, after = raw_decode(text, pos)
         except json.JSONDecodeError as exc:
-            raise _json_error(path, text, pos, exc) from None
+            raise _json_error(path, exc, text, pos) from None
         if doc.__class__ is not dict:
             raise UsageError(f"{path}: line {_line_of(text, pos)} is not a JSON object ({type(doc).__name__})")
         docs.append(doc)
