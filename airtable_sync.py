@@ -1334,6 +1334,10 @@ def save_snapshot(settings: Settings, read: BaseRead) -> None:
 # Load exports
 # ---------------------------------------------------------------------------
 
+# Imported here rather than at the top so that this section stays self-contained.
+import base64  # noqa: E402
+from datetime import timedelta  # noqa: E402
+
 
 @dataclass
 class ExportRecord:
@@ -1342,9 +1346,21 @@ class ExportRecord:
     doc: dict
 
 
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+# Binary subtype 4 (UUID), as the Extended JSON spec allows it: a one- or two-digit hex string.
+UUID_SUBTYPES = ("04", "4")
+UUID_TEXT = re.compile(r"(?:urn:uuid:)?([0-9a-fA-F]{8})(-?)([0-9a-fA-F]{4})\2([0-9a-fA-F]{4})\2([0-9a-fA-F]{4})\2([0-9a-fA-F]{12})")
+
+
 def unwrap_wrapper(obj: dict) -> Any:
-    """One MongoDB Extended JSON wrapper -> its plain value (as json's object_hook: inner ones come first)."""
-    if len(obj) != 1:
+    """One MongoDB Extended JSON wrapper -> its plain value (as json's object_hook: inner ones come first).
+    A UUID becomes its lowercase hyphenated text; wrappers this tool has no plain value for are kept."""
+    size = len(obj)
+    if size == 2:  # only the legacy Binary {"$binary": base64, "$type": hex} is unwrapped among two-key objects
+        if "$binary" in obj and "$type" in obj:
+            return _binary_uuid(obj["$binary"], obj["$type"]) or obj
+        return obj
+    if size != 1:
         return obj
     (tag, inner), = obj.items()
     if tag[:1] != "$":
@@ -1360,9 +1376,35 @@ def unwrap_wrapper(obj: dict) -> Any:
             return float(inner)
         if tag == "$numberDecimal" and isinstance(inner, str):
             return Decimal(inner)
+        if tag == "$uuid":
+            return _uuid_text(inner) or obj
+        if tag == "$binary" and isinstance(inner, dict) and len(inner) == 2:
+            return _binary_uuid(inner.get("base64"), inner.get("subType")) or obj
     except (ValueError, InvalidOperation, OverflowError, OSError):
         pass  # not a value this wrapper can hold (e.g. a date out of range): kept as it is
     return obj
+
+
+def _uuid_text(text: Any) -> str | None:
+    """`$uuid`'s text (hyphens optional, any case: pymongo's legacy writer leaves them out) -> lowercase hyphenated."""
+    match = UUID_TEXT.fullmatch(text) if isinstance(text, str) else None
+    return "-".join(match.group(1, 3, 4, 5, 6)).lower() if match else None
+
+
+def _binary_uuid(data: Any, subtype: Any) -> str | None:
+    """A Binary of subtype 4 holding 16 bytes -> its UUID text; None for anything else, which is kept as written
+    (subtype 3, the old drivers' UUIDs, has a byte order that depends on the driver that wrote it)."""
+    if subtype not in UUID_SUBTYPES or not isinstance(data, str):
+        return None
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except ValueError:
+        return None
+    return _hyphenated(raw.hex()) if len(raw) == 16 else None
+
+
+def _hyphenated(hex32: str) -> str:
+    return f"{hex32[:8]}-{hex32[8:12]}-{hex32[12:16]}-{hex32[16:20]}-{hex32[20:]}"
 
 
 def unwrap_extended_json(value: Any) -> Any:
@@ -1375,80 +1417,98 @@ def unwrap_extended_json(value: Any) -> Any:
 
 
 def _extended_date(inner: Any) -> Any:
-    if isinstance(inner, (int, float)) and not isinstance(inner, bool):  # ms, or $numberLong ms unwrapped
-        return datetime.fromtimestamp(inner / 1000, tz=timezone.utc)
-    if isinstance(inner, str):
+    if inner.__class__ is str:  # relaxed: ISO 8601
         parsed = parse_datetime(inner)
         if parsed is not None:
             return parsed
+    elif isinstance(inner, int) and not isinstance(inner, bool):  # ms, or $numberLong ms unwrapped: exact
+        return EPOCH + timedelta(milliseconds=inner)
+    elif isinstance(inner, float):
+        return datetime.fromtimestamp(inner / 1000, tz=timezone.utc)
     return {"$date": inner}
 
 
 def _decode(path: Path, raw: bytes) -> str:
+    """UTF-8 text, without a byte order mark."""
     try:
-        return raw.decode("utf-8")
+        return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise UsageError(f"{path}: not valid UTF-8 (byte {raw[exc.start]:#04x} at offset {exc.start})") from None
+        offset = exc.start + len(raw) - len(exc.object)  # exc.object is what followed a BOM
+        line = raw.count(b"\n", 0, offset) + 1
+        raise UsageError(f"{path}: line {line}: not valid UTF-8 "
+                         f"(byte {raw[offset]:#04x} at offset {offset})") from None
 
 
-def _json_error(path: Path, where: str, exc: json.JSONDecodeError) -> UsageError:
-    return UsageError(f"{path}: {where}not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})")
+def _line_of(text: str, pos: int) -> int:
+    return text.count("\n", 0, pos) + 1
 
 
-BLANK_LINE = object()
+def _json_error(path: Path, exc: json.JSONDecodeError, text: str = "", start: int | None = None) -> UsageError:
+    """One line: the file, the line and column of the error, and the line its document began on (from `start`,
+    when there is one) if that is another line."""
+    began = exc.lineno if start is None else _line_of(text, start)
+    where = "" if began == exc.lineno else f", in the document from line {began}"
+    return UsageError(f"{path}: line {exc.lineno}: not valid JSON: {exc.msg} (column {exc.colno}{where})")
+
+
+JSON_SPACE = re.compile(r"[ \t\n\r]*")
+LAYOUTS = "a JSON array, JSON Lines or documents one after another"
 
 
 def parse_export(path: Path, raw: bytes) -> list[dict]:
-    """A JSON array of documents, or JSON Lines (one document a line, as mongoexport writes),
-    with Extended JSON unwrapped as it is parsed."""
-    if raw.startswith(b"\xef\xbb\xbf"):
-        raw = raw[3:]
-    start = raw.lstrip()[:1]
-    if not start:
-        raise UsageError(f"{path}: file is empty (expected a JSON array or JSON Lines)")
-    if start == b"[":
+    """A JSON array of documents, or documents one after another separated by whitespace (JSON Lines,
+    or mongoexport --pretty), with Extended JSON unwrapped as it is parsed."""
+    return parse_export_text(path, _decode(path, raw))
+
+
+def parse_export_text(path: Path, text: str) -> list[dict]:
+    start = JSON_SPACE.match(text).end()
+    if start == len(text):
+        raise UsageError(f"{path}: file is empty (expected {LAYOUTS})")
+    decoder = json.JSONDecoder(object_hook=unwrap_wrapper)
+    if text[start] == "[":
         try:
-            docs = json.loads(_decode(path, raw), object_hook=unwrap_wrapper)
+            docs = decoder.decode(text)
         except json.JSONDecodeError as exc:
-            raise _json_error(path, "", exc) from None
-        where = "record {n}"
-    elif start == b"{":
-        # Line by line from the bytes: the whole file never sits in memory as text.
-        docs, where, offset = [], "line {n}", 0
-        decode = json.JSONDecoder(object_hook=unwrap_wrapper).decode
-        for lineno, line in enumerate(raw.split(b"\n"), 1):
-            line_offset, offset = offset, offset + len(line) + 1
-            if not line.strip():
-                docs.append(BLANK_LINE)  # keeps line numbers for messages; dropped below
-                continue
-            try:
-                docs.append(decode(line.decode("utf-8")))
-            except UnicodeDecodeError as exc:
-                raise UsageError(f"{path}: not valid UTF-8 (byte {line[exc.start]:#04x} at offset "
-                                 f"{line_offset + exc.start}, line {lineno})") from None
-            except json.JSONDecodeError as exc:
-                raise UsageError(f"{path}: line {lineno}: not valid JSON: {exc.msg} "
-                                 "(expected a JSON array or one document a line)") from None
-    else:
-        _decode(path, raw)
-        raise UsageError(f"{path}: expected a JSON array or JSON Lines, found {raw.lstrip()[:20]!r}")
-    if not isinstance(docs, list):
-        raise UsageError(f"{path}: expected a JSON array of documents, got {type(docs).__name__}")
-    records = []
-    for n, doc in enumerate(docs, 1):
-        if doc is BLANK_LINE:
-            continue
-        if not isinstance(doc, dict):
-            raise UsageError(f"{path}: {where.format(n=n)} is not a JSON object ({type(doc).__name__})")
-        records.append(doc)
-    return records
+            raise _json_error(path, exc) from None
+        for n, doc in enumerate(docs, 1):
+            if doc.__class__ is not dict:
+                raise UsageError(f"{path}: record {n} is not a JSON object ({type(doc).__name__})")
+        return docs
+    if text[start] == "{":
+        return _documents(path, text, start, decoder.raw_decode)
+    raise UsageError(f"{path}: expected a JSON array or JSON Lines (or documents one after another), "
+                     f"found {text[start:start + 20]!r}")
+
+
+def _documents(path: Path, text: str, pos: int, raw_decode: Callable[[str, int], tuple[Any, int]]) -> list[dict]:
+    """Documents one after another, each parsed in place from the one text (no copy of a line or a document)."""
+    docs = []
+    end = len(text)
+    skip_space = JSON_SPACE.match
+    while pos < end:
+        try:
+            doc, after = raw_decode(text, pos)
+        except json.JSONDecodeError as exc:
+            raise _json_error(path, exc, text, pos) from None
+        if doc.__class__ is not dict:
+            raise UsageError(f"{path}: line {_line_of(text, pos)} is not a JSON object ({type(doc).__name__})")
+        docs.append(doc)
+        pos = skip_space(text, after).end()
+        if pos == after < end:
+            line = _line_of(text, pos)
+            column = pos - text.rfind("\n", 0, pos)
+            raise UsageError(f"{path}: line {line}: not valid JSON: a document follows the previous one "
+                             f"without whitespace between them (column {column})")
+    return docs
 
 
 def mongo_id_of(doc: dict) -> str | None:
+    """`id`, else `_id`, as text (as a text field would hold it: an unwrapped ObjectId or UUID is its string)."""
     for key in ("id", "_id"):
         value = doc.get(key)
         if value not in (None, ""):
-            return str(value)
+            return value if value.__class__ is str else to_text(value)
     return None
 
 
@@ -1460,7 +1520,10 @@ def load_export(path: Path, limit: int | None) -> list[ExportRecord] | None:
         return None
     except OSError as exc:
         raise UsageError(f"{path}: cannot read ({exc.strerror})") from None
-    docs = parse_export(path, raw)
+    text = _decode(path, raw)
+    del raw  # parse with the text alone in memory, not the bytes too
+    docs = parse_export_text(path, text)
+    del text
     if limit is not None:
         docs = docs[:limit]
     return [ExportRecord(index, mongo_id_of(doc), doc) for index, doc in enumerate(docs)]
