@@ -158,9 +158,9 @@ def test_throttle_keeps_a_full_run_under_the_rate_limit(harness, emulator, clean
     for t in arrivals:
         in_window = [a for a in arrivals if t - 1.0 < a <= t]
         assert len(in_window) <= 5, f"{len(in_window)} arrivals in the second ending at {t}"
-    assert elapsed < 10  # 21 requests at 5 per second: throttled, not stalled
+    assert elapsed < 10  # 23 requests at 5 per second: throttled, not stalled
     report = harness.report()
-    assert report["requests"] == {"total": 21, "read": 4, "write": 17, "retried": 0, "rate_limited": 0}
+    assert report["requests"] == {"total": 23, "read": 5, "write": 18, "retried": 0, "rate_limited": 0}
     assert_like_a_clean_run(emulator, clean)
 
 
@@ -203,7 +203,7 @@ def test_5xx_are_retried_with_exponential_backoff(harness, emulator, clean):
     assert 0.5 <= gaps[0] < 1.0 and 0.5 <= gaps[1] < 1.0  # first retry after 0.5 s
     assert 0.5 <= gaps[2] < 1.0 and 1.0 <= gaps[3] < 1.5  # then 1 s
     report = harness.report()
-    assert report["requests"] == {"total": 25, "read": 6, "write": 19, "retried": 4, "rate_limited": 0}
+    assert report["requests"] == {"total": 27, "read": 7, "write": 20, "retried": 4, "rate_limited": 0}
     assert table_figures(report) == EXPECTED
     assert_like_a_clean_run(emulator, clean)
 
@@ -222,7 +222,7 @@ def test_timeouts_and_dropped_connections_are_retried(harness, emulator, clean):
     assert [r.status for r in user_reads] == [None, 200]  # dropped, then re-sent
     assert user_reads[1].t_start - user_reads[0].t_end >= 0.5
     report = harness.report()
-    assert report["requests"] == {"total": 23, "read": 6, "write": 17, "retried": 2, "rate_limited": 0}
+    assert report["requests"] == {"total": 25, "read": 7, "write": 18, "retried": 2, "rate_limited": 0}
     assert table_figures(report) == EXPECTED
     settle(emulator)
     assert_like_a_clean_run(emulator, clean)
@@ -363,7 +363,7 @@ def test_a_signal_lets_the_request_in_flight_finish_and_marks_the_report(harness
     report = harness.report()
     assert report["ended"] == "interrupted" and report["exit_code"] == code
     assert name in report["message"]
-    assert report["requests"]["write"] == 13
+    assert report["requests"]["write"] == 13 + 1  # and the webhook's create
     figures = table_figures(report, ["created", "updated", "skipped", "errors", "not_attempted"])
     assert figures == {
         "users": {"created": 9, "updated": 8, "skipped": 12, "errors": 1, "not_attempted": 0},
@@ -507,7 +507,9 @@ def test_a_wrong_token_exits_3_with_the_scopes_hint(harness, emulator, capsys):
 def test_403_on_reading_a_table_exits_3_with_the_scopes_hint(harness, emulator, capsys):
     emulator.add_fault(kind="read", status=403, times=None)
     assert harness.run() == 3
-    assert [(r.kind, r.status) for r in emulator.requests] == [("meta", 200), ("read", 403)]
+    # The schema, then change tracking's webhook (listed, created) before the full read.
+    assert [(r.kind, r.status) for r in emulator.requests] == [("meta", 200), ("webhook", 200), ("webhook", 200),
+                                                               ("read", 403)]
     assert_auth_failure(harness, emulator, capsys.readouterr().err, 403)
 
 
@@ -623,7 +625,7 @@ def test_the_report_is_written_when_airtable_fails_midway(harness, emulator):
     assert "writing events" in report["message"] and "HTTP 503" in report["message"]
     assert "gave up after 2 retries" in report["message"]
     assert "scopes" not in report["message"]  # a 503 is not a token problem: no misleading hint
-    assert report["requests"] == {"total": 19, "read": 4, "write": 15, "retried": 2, "rate_limited": 0}
+    assert report["requests"] == {"total": 21, "read": 5, "write": 16, "retried": 2, "rate_limited": 0}
     figures = table_figures(report, ["created", "updated", "skipped", "errors", "not_attempted"])
     assert figures == {
         "users": {"created": 9, "updated": 8, "skipped": 12, "errors": 1, "not_attempted": 0},
