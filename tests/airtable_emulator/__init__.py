@@ -19,15 +19,34 @@ Standalone (serves until Ctrl-C, one log line per request on stderr)::
 What it serves (every request pyairtable 3.x sends for records and schema):
 list records (GET and POST .../listRecords), get/create/update/replace/upsert/delete
 records (single and batch), GET /v0/meta/bases, GET /v0/meta/bases/{baseId}/tables and
-GET /v0/meta/whoami.  It is strict where Airtable is strict (auth, 10-record batches,
-pageSize, unknown fields, computed fields, cell value types, select choices, record
-links, missing records, atomic batches, the per-base rate limit with its penalty
-window) and it adds fault injection (status codes, dropped connections, delays,
-"apply then fail") and a request log for the tests.
+GET /v0/meta/whoami, and the Webhooks API (create/list/delete/refresh webhooks, enable
+notifications, list payloads; one payload per transaction that changes the base).  It is
+strict where Airtable is strict (auth, token scopes, 10-record batches, pageSize, unknown
+fields, computed fields, cell value types, select choices, record links, missing records,
+atomic batches, the per-base rate limit with its penalty window, webhook specifications,
+limits and expiry) and it adds fault injection (status codes, dropped connections, delays,
+"apply then fail") and a request log for the tests.  It also accepts what Airtable.js 0.12
+sends (a trailing slash on table routes, a "method" list parameter).
+
+Test controls beyond the request log and faults (see each method):
+    emu.advance_clock(seconds=0, days=0)        # "now" for createdTime, payloads, expiry
+    emu.client.create(table, {name: value}) -> record id     # a person in Airtable's UI:
+    emu.client.update(table, record_id, {name: value})       # one "client" payload each
+    emu.client.delete(table, [record ids])
+    emu.client.create_field(table, name, type, options=None) -> field id
+    emu.client.rename_field(table, field, new_name)
+    emu.client.delete_field(table, field)
+    emu.client.change_field_type(table, field, type, options=None)
+    emu.webhooks() -> [dict]                    # as GET .../webhooks lists them
+    emu.payloads(webhook_id) -> [dict]          # every stored payload
+    emu.push_webhook_error(webhook_id, code="INVALID_FILTERS", disable=None)
+    emu.disable_webhook(webhook_id)
+    Emulator(..., scopes=[...])                 # the token's scopes (whoami reports them)
 
 Modules: common (limits, ids, error bodies, parameter helpers), http (server, handler,
 routing and dispatch), records (tables, records, cell validation/coercion, writes),
 formulas (formula parser/evaluator), faults (rate limiter, fault injection, request log),
+webhooks (the Webhooks API and payload generation), client (the UI person),
 __main__ (the standalone server).
 
 Sources (Airtable Web API docs unless noted; each behaviour cites its own below):
@@ -41,6 +60,10 @@ Sources (Airtable Web API docs unless noted; each behaviour cites its own below)
   field model ...... https://airtable.com/developers/web/api/field-model
   base schema ...... https://airtable.com/developers/web/api/get-base-schema
   IDs .............. https://support.airtable.com/docs/finding-airtable-ids
+  scopes ........... https://airtable.com/developers/web/api/scopes
+  webhooks ......... https://airtable.com/developers/web/api/webhooks-overview (and the pages
+                     listed in webhooks.py)
+  Airtable.js ...... https://github.com/Airtable/airtable.js (src/table.ts, src/query.ts)
 Where the docs are silent the emulator picks the strict option and says so with
 "STRICT (undocumented)" in a comment; "UNCONFIRMED" marks error texts taken from
 third-party reports rather than Airtable's own docs.
@@ -55,7 +78,7 @@ import threading
 from typing import Iterable
 
 from .client import ClientActions
-from .common import ApiError
+from .common import ApiError  # noqa: F401  (public API)
 from .faults import Fault, FaultsMixin, LoggedRequest, _RateLimiter
 from .formulas import FormulaMixin
 from .http import HttpMixin, _Server
