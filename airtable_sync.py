@@ -2932,8 +2932,9 @@ def run_demo(verbose: bool) -> int:
             teardown_logging(handlers)
     print(f"\nReport: {path}\nSecond report: {path2}\nCaches and log: {workdir}")
     if code == EXIT_RECORD_FAILED:
-        print("(The sample data holds one user with an invalid email on purpose: it fails alone, "
-              "the first run exits 1, and the report names its Mongo id.)")
+        print("(The sample data holds one user with an invalid email on purpose: it fails alone, each "
+              "run exits 1, and the report names its Mongo id. The second run reads only Airtable's "
+              "change feed, and its one write is that user's retry.)")
     # The demo worked if the sync ran to its end; a failed sample record is part of the show.
     return EXIT_OK if code in (EXIT_OK, EXIT_RECORD_FAILED) and code2 == code else code
 

@@ -359,7 +359,7 @@ def test_duplicate_ids_fail_before_matching_and_claim_no_legacy_record():
     plan = sync.plan_table(TABLE_SPECS["users"], docs, airtable, schema, {})
     assert [(w.record.mongo_id, w.action, w.record_id) for w in plan.writes] == [
         ("u1", "skip", "recOwn"), ("u1", "error", None), ("u2", "update", "recLegacy")]
-    assert plan.orphans == 0
+    assert plan.orphans == []
 
 
 # -- settings -----------------------------------------------------------------------

@@ -146,9 +146,13 @@ def test_a_rerun_with_no_changes_writes_nothing(harness, emulator):
     assert harness.run() == 0
     assert writes(emulator) == 0
     report = harness.report()
-    assert report["requests"] == {"total": 4, "read": 4, "write": 0, "retried": 0, "rate_limited": 0}
-    assert {t: (v["created"], v["updated"], v["skipped"]) for t, v in report["tables"].items()} == {
-        "users": (0, 0, 29), "events": (0, 0, 12), "messages": (0, 0, 40)}
+    # The change feed: one request to check the webhook, one page of payloads (the first run's
+    # own 7 write requests, which change nothing when replayed).
+    assert report["requests"] == {"total": 2, "read": 2, "write": 0, "retried": 0, "rate_limited": 0}
+    assert report["change_tracking"]["mode"] == "webhook" and report["change_tracking"]["payloads"] == 7
+    assert {t: (v["created"], v["updated"], v["skipped"], v["reverted_edits"])
+            for t, v in report["tables"].items()} == {
+        "users": (0, 0, 29, 0), "events": (0, 0, 12, 0), "messages": (0, 0, 40, 0)}
 
 
 def test_the_failed_record_is_retried_on_the_next_run_alone(harness, emulator):
@@ -321,7 +325,11 @@ def test_markdown_report_leads_with_a_summary(harness):
     lines = markdown.splitlines()
     assert lines[0].startswith("# Airtable sync report")
     assert "created 26" in lines[2] and "1 failed" in lines[2]
-    assert "| users | 30 | 9 | 8 | 12 | 1 | 4 | 0 | 2 |" in markdown
+    assert "| table | total | created | updated | skipped | errors | orphans | deleted | deletions held | " \
+           "reverted edits | unresolved links | invalid values |" in markdown
+    assert "| users | 30 | 9 | 8 | 12 | 1 | 4 | 0 | 0 | - | 0 | 2 |" in markdown  # no reverted edits on a full read
+    assert "Read every record (no change-tracking state yet); 0 payloads." in markdown
+    assert "Orphans (in Airtable, in no export): 4: rec" in markdown
     assert U12 in markdown and "participant_top_occupations" in markdown
 
 
@@ -336,7 +344,9 @@ def test_the_demo_runs_from_the_repository_with_no_token(tmp_path):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "First run: exit 1; users: 9 created, 8 updated, 12 skipped, 1 failed" in result.stdout
-    assert "Second run, nothing changed" in result.stdout and "1 write requests" in result.stdout
+    # The second run reads the change feed: 2 reads, and the one write that retries the bad user.
+    assert "Second run, the exports unchanged: exit 1;" in result.stdout
+    assert "3 requests (2 read, 1 write; change feed, " in result.stdout
     report = [line.split(": ", 1)[1] for line in result.stdout.splitlines() if line.startswith("Report: ")][0]
     assert report.startswith(str(tmp_path)) and os.path.isfile(report)
     assert repo_outputs() == before  # nothing outside the temporary folder was touched
@@ -353,7 +363,8 @@ def test_back_to_back_processes_share_the_rate_limit(harness, emulator, tmp_path
         assert result.returncode == 0, result.stderr
     assert emulator.count(status=429) == 0
     arrivals = [r.t_start for r in emulator.requests]
-    assert len(arrivals) == 4 + 4 + 7  # check: schema + 3 reads; sync: the same + 7 writes
+    # check: schema, 3 reads, the webhook list; sync: the same, the webhook's create, 7 writes
+    assert len(arrivals) == 5 + 6 + 7
     assert max(sum(1 for t in arrivals if a - 1.0 < t <= a) for a in arrivals) <= 5
 
 
@@ -420,8 +431,7 @@ def test_a_stale_cache_never_hands_a_legacy_record_to_another_mongo_record(harne
     cache (taken before that sync) and U07 now first in the export, a natural-key match made
     against the cache would give U06's record to U07. Those matches are made against a fresh pull."""
     without_u12(harness)
-    harness.run("--dry-run")  # caches the base as it was before any write
-    stale = {t: (harness.cache_dir / f"airtable_{t}.json").read_text() for t in TABLE_IDS}
+    stale = {t: json.dumps(emulator.records(TABLE_IDS[t])) for t in TABLE_IDS}  # the base before any write
     assert harness.run() == 0
     users = harness.read_export("users.json")
     labels = {r["mongo_id"]: r["label"] for r in EXPECTED_RECORDS["users"]["records"]}
