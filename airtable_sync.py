@@ -977,6 +977,12 @@ def feed_schema_change(payloads: Sequence[dict], schema: BaseSchema) -> tuple[st
     return None, reread
 
 
+def synced_fields(key: str, types: Mapping[str, str]) -> list[str]:
+    """The fields the sync writes in a table: mapped, present, not computed. Only these can be
+    set back or drift; a computed cell (a formula, a last-modified time) is Airtable's own."""
+    return [name for name in TABLE_SPECS[key].airtable_fields if types.get(name) in WRITABLE_TYPES]
+
+
 def apply_payloads(records: dict[str, list[dict]], payloads: Sequence[dict],
                    schema: BaseSchema) -> tuple[dict[str, dict[str, set[str]]], set[str]]:
     """Patch the snapshot with the payloads, in order (a payload sets values, it never adds to
@@ -1018,7 +1024,7 @@ def apply_payloads(records: dict[str, list[dict]], payloads: Sequence[dict],
     for key, seen in before.items():
         records[key] = list(index[key].values())
         types = {f.name: f.type for f in schema.fields[key].values()}
-        mapped = [name for name in TABLE_SPECS[key].airtable_fields if name in types]
+        mapped = synced_fields(key, types)
         for rec_id, old in seen.items():
             rec = index[key].get(rec_id)
             if old is None or rec is None:
@@ -1039,7 +1045,7 @@ def count_drift(patched: Mapping[str, list[dict]], fresh: Mapping[str, list[dict
         if key not in patched:
             continue
         types = {f.name: f.type for f in schema.fields.get(key, {}).values()}
-        mapped = [n for n in TABLE_SPECS[key].airtable_fields if n in types]
+        mapped = synced_fields(key, types)
         old = {rec["id"]: rec for rec in patched[key]}
         new = {rec["id"]: rec for rec in fresh_records}
         skip = changed_since.get(key, set())
@@ -1122,7 +1128,7 @@ class BaseReader:
                 if read is not None:
                     return read
                 exact = False
-        return self.read_full(reason, state if exact else None, snapshot, hooks, needed)
+        return self.read_full(reason, state, snapshot if exact else None, hooks, needed)
 
     # -- the change feed ----------------------------------------------------------------
 
@@ -1201,10 +1207,10 @@ class BaseReader:
 
     # -- a full read --------------------------------------------------------------------
 
-    def read_full(self, reason: str, exact_state: ChangeState | None, snapshot: dict[str, list[dict]] | None,
+    def read_full(self, reason: str, state: ChangeState | None, snapshot: dict[str, list[dict]] | None,
                   hooks: list | None, needed: Sequence[str]) -> BaseRead:
         """Every record. First the webhook and its next cursor, so that what changes during the
-        read is replayed next run; with an exact previous snapshot, the drift."""
+        read is replayed next run; with a previous snapshot that is still exact, the drift."""
         settings = self.settings
         log.info("reading every record: %s", reason)
         schema = fetch_schema(self.airtable)
@@ -1215,7 +1221,8 @@ class BaseReader:
                             "every run reads in full")
             else:
                 try:
-                    hook_id, cursor = self.ensure_webhook(exact_state, hooks, refresh=exact_state is None)
+                    # Reading the payloads for drift extends the webhook's life; otherwise a refresh does.
+                    hook_id, cursor = self.ensure_webhook(state, hooks, refresh=snapshot is None)
                 except FeedUnavailable as exc:
                     log.warning("change tracking unavailable: %s; every run reads in full", exc)
                     if not reason.startswith("the token"):
@@ -1224,12 +1231,12 @@ class BaseReader:
         for key in needed:
             log.info("%s: read %d Airtable records", key, len(records[key]))
         read = BaseRead(records, schema, "full", reason, dirty=set(needed))
-        if exact_state is not None and snapshot is not None and schema is not None \
-                and hook_id is not None and hook_id == exact_state.webhook_id:
-            payloads = self.payloads(self.listed[hook_id], exact_state.cursor)  # type: ignore[arg-type]
+        if state is not None and snapshot is not None and schema is not None \
+                and hook_id is not None and hook_id == state.webhook_id:
+            payloads = self.payloads(self.listed[hook_id], state.cursor)  # type: ignore[arg-type]
             upto = [p for p in payloads if p["cursor"] < cursor]  # type: ignore[operator]
             later = [p for p in payloads if p["cursor"] >= cursor]  # type: ignore[operator]
-            apply_payloads(snapshot, upto, exact_state.schema)
+            apply_payloads(snapshot, upto, state.schema)
             read.payloads = len(payloads)
             read.drift = count_drift(snapshot, records, schema, touched_records(later, schema))
             if read.drift:
