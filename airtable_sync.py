@@ -1104,6 +1104,7 @@ class BaseReader:
         self.stop = stop
         self.now = now
         self.listed: dict[str, Any] = {}  # webhook id -> pyairtable's Webhook, as last listed
+        self.unavailable: FeedUnavailable | None = None  # the token may not manage webhooks
 
     def read(self, needed: Sequence[str]) -> BaseRead:
         settings = self.settings
@@ -1122,6 +1123,7 @@ class BaseReader:
                 reason = webhook_problem(hook, self.now)
             except FeedUnavailable as exc:
                 reason = str(exc)
+                self.unavailable = exc
             exact = exact and reason is None
             if reason is None:
                 read, reason = self.read_feed(state, hook, snapshot)  # type: ignore[arg-type]
@@ -1215,7 +1217,9 @@ class BaseReader:
         log.info("reading every record: %s", reason)
         schema = fetch_schema(self.airtable)
         hook_id, cursor = None, None
-        if settings.change_tracking:
+        if settings.change_tracking and self.unavailable is not None:
+            log.warning("change tracking unavailable: %s; every run reads in full", self.unavailable)
+        elif settings.change_tracking:
             if schema is None:
                 log.warning("change tracking unavailable: it needs the schema (scope schema.bases:read); "
                             "every run reads in full")
@@ -1321,7 +1325,7 @@ class BaseReader:
                 records[key] = pull_table(self.airtable, key, self.stop)
         keep = state if state is not None and all(k in state.tables for k in needed) else None
         return BaseRead(records, schema, "full", "--use-cache: planned against the caches", state=keep,
-                        from_cache=from_cache)
+                        from_cache=from_cache, dirty=set(needed) - from_cache)
 
 
 def save_snapshot(settings: Settings, read: BaseRead) -> None:
