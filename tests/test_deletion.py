@@ -443,3 +443,24 @@ def test_the_readme_restore_snippet_brings_the_records_back(harness, emulator):
             assert {k: v for k, v in cells.items() if v != []} in now
         if key == "messages":
             assert any(set(r["fields"].get("Events", [])) - alive for r in rows)  # the case is exercised
+
+
+# ---------------------------------------------------------------------------
+# the archive's retention
+# ---------------------------------------------------------------------------
+
+
+def test_every_run_but_a_dry_run_prunes_old_archives_and_nothing_else(harness, emulator):
+    from datetime import datetime, timedelta
+    harness.reports_dir.mkdir()
+    recent = f"deleted_{datetime.now() - timedelta(days=29):%Y%m%d_%H%M%S}.jsonl"
+    old = f"deleted_{datetime.now() - timedelta(days=31):%Y%m%d_%H%M%S}.jsonl"
+    others = [recent, "deleted_20200101_000000.jsonl.bak", "old_deleted_20200101_000000.jsonl",
+              "deleted_2020.jsonl", "sync_report_20200101_000000.json"]
+    for name in [old, *others]:
+        (harness.reports_dir / name).write_text("{}\n")
+    assert harness.run("--dry-run") == 0  # a dry run cannot see U12 fail
+    assert (harness.reports_dir / old).exists()
+    assert harness.run() == 1  # without --delete-missing too
+    assert not (harness.reports_dir / old).exists()
+    assert all((harness.reports_dir / name).exists() for name in others)
