@@ -396,6 +396,9 @@ def test_deletions_keep_the_change_tracking_snapshot_exact(harness, emulator):
     line, = [x for x in archived(harness) if x["id"] == m12_record]
     assert line == {"table": "messages", **as_airtable_has_it}
     assert incremental["tables"]["users"]["deleted"] == 0
+    # Links Airtable cleared because the first run deleted their target are nobody's edit.
+    assert {k: t["reverted_edits"] for k, t in incremental["tables"].items()} == dict.fromkeys(TABLE_OF, 0)
+    assert incremental["requests"]["write"] == 2  # no update: U12's create (failing again) and the DELETE
     assert harness.run("--delete-missing", env=LOOSE) == 1
     assert harness.report()["change_tracking"]["mode"] == "webhook"
     assert harness.run("--full", "--delete-missing", env=LOOSE) == 1
