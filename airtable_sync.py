@@ -2753,6 +2753,13 @@ class Sync:
                                                     None if read.edited is None else edited.get(key, {}))
                 self.report.errors += [{"table": key, "mongo_id": w.record.mongo_id, "message": w.error}
                                        for w in plan.writes if w.failed]
+            for deletion in self.deletions.values():
+                for rec in deletion.records:
+                    outcome = deletion.outcome.get(rec["id"])
+                    if outcome in ("failed", "unknown"):
+                        settles = "; the next run settles it" if outcome == "unknown" else ""
+                        self.report.errors.append({"table": deletion.key, "mongo_id": record_ref(rec)["mongo_id"],
+                                                   "message": f"delete {outcome}{settles}"})
             if not settings.dry_run:  # a dry run leaves the snapshot and the state as they were
                 save_snapshot(settings, read)
         held = [d for d in self.deletions.values() if d.held]

@@ -370,6 +370,9 @@ def test_a_delete_whose_answer_was_lost_is_settled_by_the_next_run(harness, emul
         assert second["tables"]["messages"]["deleted"] == 0
     else:
         assert first["ended"] == "Airtable error"
+        unknown = [e for e in first["errors"] if e["message"] == "delete unknown; the next run settles it"]
+        assert [e["table"] for e in unknown] == ["messages"] * 10  # the lost batch, named by Mongo id
+        assert {e["mongo_id"] for e in unknown} <= set(TO_DELETE["messages"])
         assert second["exit_code"] == 1 and second["ended"] == "finished with failed records"  # U12 only
         assert second["tables"]["users"]["deleted"] == 3  # not reached by the first run
 
