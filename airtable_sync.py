@@ -44,6 +44,7 @@ import requests
 from dotenv import dotenv_values
 from pyairtable import Api
 from requests.adapters import HTTPAdapter
+from tqdm import tqdm
 
 SCRIPT_DIR = Path(__file__).resolve().parent
 log = logging.getLogger("airtable_sync")
@@ -675,6 +676,84 @@ def fetch_schema(airtable: Airtable) -> dict[str, dict[str, FieldInfo]] | None:
     return by_key
 
 
+class Progress:
+    """How far a long phase (a pull, a table's writes, deletes) has got: counts only, never values.
+
+        with Progress("users: create", total=len(pending)) as progress:
+            progress.update(10)
+
+    On a terminal (the stream, stderr by default, is a TTY) it is tqdm's live line with
+    done/total, rate and ETA, and log lines are printed above it. Otherwise (cron) it logs
+    a line every `log_every_s` seconds, and a last one if it logged any. A total of None
+    means unknown: the line counts up with its rate.
+    """
+
+    def __init__(self, description: str, total: int | None = None, *, unit: str = "records",
+                 stream=None, log_every_s: float = 5.0):
+        self.description, self.total, self.unit = description, total, unit
+        self.stream = sys.stderr if stream is None else stream
+        self.log_every_s = log_every_s
+        self.done = 0
+        self.bar: tqdm | None = None
+        self.started = self.logged_at = time.monotonic()
+        self.logged = False
+        self.redirected: list[tuple[logging.StreamHandler, Any]] = []
+
+    def __enter__(self) -> Progress:
+        try:
+            live = self.stream.isatty()
+        except (AttributeError, ValueError):  # no isatty, or closed
+            live = False
+        if live:
+            self.bar = tqdm(total=self.total, desc=self.description, unit=f" {self.unit}", file=self.stream,
+                            mininterval=0.5, dynamic_ncols=True)
+            # Log lines to the same terminal go above the live line instead of through it.
+            for handler in logging.getLogger().handlers:
+                if type(handler) is logging.StreamHandler and handler.stream is self.stream:
+                    self.redirected.append((handler, handler.setStream(_AboveTheBar(self.stream))))
+        return self
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        if self.bar is not None:
+            self.bar.update(n)
+            return
+        now = time.monotonic()
+        if now - self.logged_at >= self.log_every_s:
+            self.logged_at = now
+            self._log()
+
+    def _log(self, final: bool = False) -> None:
+        self.logged = True
+        rate = self.done / max(time.monotonic() - self.started, 1e-9)
+        if self.total is None:
+            log.info("%s: %d %s%s (%.1f/s)", self.description, self.done, self.unit, "" if final else " so far", rate)
+            return
+        left = f", about {(self.total - self.done) / rate:.0f} s left" if rate and self.done < self.total else ""
+        log.info("%s: %d/%d %s (%.1f/s%s)", self.description, self.done, self.total, self.unit, rate, left)
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            for handler, stream in self.redirected:
+                handler.setStream(stream)
+        elif self.logged and exc_type is None:
+            self._log(final=True)
+
+
+class _AboveTheBar:
+    """A log handler's stream while a live line is shown: tqdm.write keeps the line below."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text: str) -> None:
+        tqdm.write(text, file=self.stream, end="")
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
 # ---------------------------------------------------------------------------
 # Pull
 # ---------------------------------------------------------------------------
@@ -686,15 +765,13 @@ def cache_path(settings: Settings, key: str) -> Path:
 
 def pull_table(airtable: Airtable, key: str, stop: threading.Event) -> list[dict]:
     records: list[dict] = []
-    progress_at = time.monotonic()
     try:
-        for page in airtable.table(key).iterate(page_size=RECORDS_PER_PAGE):
-            records.extend(page)
-            if stop.is_set():
-                raise RunInterrupted()
-            if time.monotonic() - progress_at >= 5:  # 100 records a page at 5 a second: say how far
-                progress_at = time.monotonic()
-                log.info("%s: pulled %d Airtable records so far", key, len(records))
+        with Progress(f"{key}: pull") as progress:  # 100 records a page at 5 a second: say how far
+            for page in airtable.table(key).iterate(page_size=RECORDS_PER_PAGE):
+                records.extend(page)
+                progress.update(len(page))
+                if stop.is_set():
+                    raise RunInterrupted()
     except AIRTABLE_FAILURES as exc:
         raise access_error(exc, airtable.settings, f"reading table {key}") from None
     return records
@@ -1403,7 +1480,6 @@ class Applier:
         self.created_ids = created_ids
         self.stop = stop
         self.written: list[dict] = []  # Airtable's copy of every record written
-        self.progress_at = time.monotonic()
 
     # -- fields -----------------------------------------------------------------
 
@@ -1543,26 +1619,24 @@ class Applier:
                   ("create", [w for w in creates if "id" not in w.fields]),
                   ("update", self.plan.of("update")))
         for action, pending in groups:
+            if not pending:
+                continue
             batch: list[tuple[PlannedWrite, dict]] = []
-            for done, write in enumerate(pending, 1):
-                fields = self.materialize(write) if write.action == action else None
-                if action == "update" and fields == {}:
-                    write.action, write.outcome = "skip", "done"  # only an unresolvable link had changed
-                elif fields is not None:
-                    batch.append((write, fields))
-                if batch and (len(batch) == RECORDS_PER_WRITE or done == len(pending)):
-                    if self.stop.is_set():
-                        raise RunInterrupted()
-                    self.write_batch(action, batch)
-                    batch = []
-                    self.report_progress(action, done, len(pending))
+            with Progress(f"{spec.key}: {action}", len(pending)) as progress:
+                for done, write in enumerate(pending, 1):
+                    fields = self.materialize(write) if write.action == action else None
+                    if action == "update" and fields == {}:
+                        write.action, write.outcome = "skip", "done"  # only an unresolvable link had changed
+                    elif fields is not None:
+                        batch.append((write, fields))
+                    if batch and (len(batch) == RECORDS_PER_WRITE or done == len(pending)):
+                        if self.stop.is_set():
+                            raise RunInterrupted()
+                        self.write_batch(action, batch)
+                        batch = []
+                    if not batch:
+                        progress.update(done - progress.done)
         log.info("%s: applied", spec.key)
-
-    def report_progress(self, action: str, done: int, total: int) -> None:
-        now = time.monotonic()
-        if now - self.progress_at >= 5 or done == total and total >= 100:
-            self.progress_at = now
-            log.info("%s: %sd %d/%d", self.plan.spec.key, action, done, total)
 
 
 # ---------------------------------------------------------------------------
