@@ -491,20 +491,6 @@ class AirtableTransport(HTTPAdapter):
         self.stop = stop
         self.last_retried = False  # whether the last request needed more than one attempt
 
-    def build_response(self, req, resp):  # type: ignore[override]
-        # requests' own, less the cookie jar: parsing every answer's headers for
-        # cookies that Airtable's API never sets cost more than the request itself.
-        response = requests.Response()
-        response.status_code = getattr(resp, "status", None)
-        response.headers = requests.structures.CaseInsensitiveDict(getattr(resp, "headers", {}))
-        response.encoding = requests.utils.get_encoding_from_headers(response.headers)
-        response.raw = resp
-        response.reason = resp.reason
-        response.url = req.url.decode("utf-8") if isinstance(req.url, bytes) else req.url
-        response.request = req
-        response.connection = self
-        return response
-
     def send(self, request, **kwargs):  # type: ignore[override]
         kwargs["timeout"] = self.timeout
         method, path = request.method or "GET", request.path_url
@@ -568,50 +554,9 @@ class Airtable:
         return self.api.table(self.settings.base_id, self.settings.table_ids[key])
 
 
-class LeanSession(requests.Session):
-    """requests' Session cut down to what an API client uses, for pyairtable.
-
-    On every call Session.request merges cookies, hooks, proxies and environment
-    settings (and reads ~/.netrc, whose entry would even replace the token's header),
-    and pyairtable prepares every request twice, once only to measure the URL. At
-    3,000 writes a run that was most of the tool's CPU. This keeps the session's
-    headers (the token), requests' PreparedRequest and the mounted transport; an API
-    client uses no cookies, redirects or hooks.
-    """
-
-    def __init__(self, proxies: Mapping[str, str], verify: bool | str):
-        super().__init__()
-        self.trust_env = False
-        self.proxies.update(proxies)
-        self.verify = verify
-        self._prepared: tuple[tuple, requests.PreparedRequest] | None = None
-
-    def prepare_request(self, request: requests.Request) -> requests.PreparedRequest:  # type: ignore[override]
-        prepared = requests.PreparedRequest()
-        prepared.prepare(method=request.method, url=request.url, headers=self.headers,
-                         params=request.params, json=request.json)
-        self._prepared = ((request.method.upper(), request.url, request.params, id(request.json)), prepared)
-        return prepared
-
-    def request(self, method, url, params=None, json=None, timeout=None, **kwargs):  # type: ignore[override]
-        if kwargs:
-            return super().request(method, url, params=params, json=json, timeout=timeout, **kwargs)
-        key = (method.upper(), url, params, id(json))
-        if self._prepared is not None and self._prepared[0] == key:
-            prepared = self._prepared[1]  # pyairtable's own, from its URL-length check
-        else:
-            prepared = self.prepare_request(requests.Request(method, url, params=params, json=json))
-        self._prepared = None
-        return self.get_adapter(url).send(prepared, timeout=timeout, proxies=self.proxies, verify=self.verify)
-
-
 def connect(settings: Settings, stop: threading.Event) -> Airtable:
     api = Api(settings.api_key, timeout=(settings.timeout_s, settings.timeout_s),
               retry_strategy=None, endpoint_url=settings.endpoint_url)
-    # The proxy and CA-bundle variables are read once, here, not on every request.
-    from_env = requests.Session().merge_environment_settings(settings.endpoint_url, {}, None, None, None)
-    api.session = LeanSession(from_env["proxies"], from_env["verify"])
-    api.api_key = settings.api_key  # sets the Authorization header on the new session
     transport = AirtableTransport(settings, RequestStats(), stop)
     api.session.mount("https://", transport)
     api.session.mount("http://", transport)
