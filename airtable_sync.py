@@ -1181,35 +1181,29 @@ def field_types(spec: TableSpec, schema: dict[str, FieldInfo] | None, airtable_r
     return types, missing, read_only
 
 
-def column_converters(spec: TableSpec, types: Mapping[str, str]) -> list[tuple[str, str, Callable[[Any], Any]]]:
-    """(Mongo field, Airtable field, converter) for each writable mapped field but `id` and links."""
-    return [(mongo, airtable, CONVERTERS[types[airtable]]) for mongo, airtable in spec.mapping
+def column_converters(spec: TableSpec, types: Mapping[str, str]) -> list[tuple[str, str, str]]:
+    """(Mongo field, Airtable field, field type) for each writable mapped field but `id` and links."""
+    return [(mongo, airtable, types[airtable]) for mongo, airtable in spec.mapping
             if mongo != "id" and types.get(airtable, "multipleRecordLinks") != "multipleRecordLinks"]
 
 
-def convert_record(record: ExportRecord, columns: Sequence[tuple[str, str, Callable[[Any], Any]]],
+def convert_record(record: ExportRecord, columns: Sequence[tuple[str, str, str]],
                    with_id: bool) -> tuple[dict, list[str], str | None]:
     """The record's mapped values converted for Airtable, the fields whose values were invalid,
-    and why the record cannot be sent at all, if it cannot.
-    (convert_value, unrolled: this runs for every value of every record.)"""
+    and why the record cannot be sent at all, if it cannot."""
     converted: dict[str, Any] = {"id": record.mongo_id} if with_id and record.mongo_id is not None else {}
     invalid: list[str] = []
     problem = None
-    doc = record.doc
-    for mongo_name, airtable_name, convert in columns:
-        if mongo_name not in doc:
+    for mongo_name, airtable_name, field_type in columns:
+        if mongo_name not in record.doc:
             continue  # absent: Airtable keeps its value
-        value = doc[mongo_name]
-        if value is None or (value.__class__ is float and not math.isfinite(value)):
-            converted[airtable_name] = None  # null clears the field; NaN/Infinity are null
-            continue
         try:
-            converted[airtable_name] = result = convert(value)
+            converted[airtable_name] = value = convert_value(record.doc[mongo_name], field_type)
         except Invalid:
             invalid.append(airtable_name)
             continue
-        if convert is to_text and len(result) > TEXT_LIMIT:
-            problem = f"field {airtable_name}: text of {len(result)} characters is over Airtable's {TEXT_LIMIT} limit"
+        if field_type in TEXT_TYPES and value is not None and len(value) > TEXT_LIMIT:
+            problem = f"field {airtable_name}: text of {len(value)} characters is over Airtable's {TEXT_LIMIT} limit"
     return converted, invalid, problem
 
 
