@@ -19,7 +19,6 @@ import contextlib
 import dataclasses
 import errno
 import fcntl
-import gc
 import importlib.util
 import json
 import logging
@@ -44,6 +43,7 @@ import requests
 from dotenv import dotenv_values
 from pyairtable import Api
 from requests.adapters import HTTPAdapter
+from tqdm import tqdm
 
 SCRIPT_DIR = Path(__file__).resolve().parent
 log = logging.getLogger("airtable_sync")
@@ -524,20 +524,6 @@ class AirtableTransport(HTTPAdapter):
         self.stop = stop
         self.last_retried = False  # whether the last request needed more than one attempt
 
-    def build_response(self, req, resp):  # type: ignore[override]
-        # requests' own, less the cookie jar: parsing every answer's headers for
-        # cookies that Airtable's API never sets cost more than the request itself.
-        response = requests.Response()
-        response.status_code = getattr(resp, "status", None)
-        response.headers = requests.structures.CaseInsensitiveDict(getattr(resp, "headers", {}))
-        response.encoding = requests.utils.get_encoding_from_headers(response.headers)
-        response.raw = resp
-        response.reason = resp.reason
-        response.url = req.url.decode("utf-8") if isinstance(req.url, bytes) else req.url
-        response.request = req
-        response.connection = self
-        return response
-
     def send(self, request, **kwargs):  # type: ignore[override]
         kwargs["timeout"] = self.timeout
         method, path = request.method or "GET", request.path_url
@@ -623,50 +609,9 @@ class Airtable:
         return self.api.table(self.settings.base_id, self.settings.table_ids[key])
 
 
-class LeanSession(requests.Session):
-    """requests' Session cut down to what an API client uses, for pyairtable.
-
-    On every call Session.request merges cookies, hooks, proxies and environment
-    settings (and reads ~/.netrc, whose entry would even replace the token's header),
-    and pyairtable prepares every request twice, once only to measure the URL. At
-    3,000 writes a run that was most of the tool's CPU. This keeps the session's
-    headers (the token), requests' PreparedRequest and the mounted transport; an API
-    client uses no cookies, redirects or hooks.
-    """
-
-    def __init__(self, proxies: Mapping[str, str], verify: bool | str):
-        super().__init__()
-        self.trust_env = False
-        self.proxies.update(proxies)
-        self.verify = verify
-        self._prepared: tuple[tuple, requests.PreparedRequest] | None = None
-
-    def prepare_request(self, request: requests.Request) -> requests.PreparedRequest:  # type: ignore[override]
-        prepared = requests.PreparedRequest()
-        prepared.prepare(method=request.method, url=request.url, headers=self.headers,
-                         params=request.params, json=request.json)
-        self._prepared = ((request.method.upper(), request.url, request.params, id(request.json)), prepared)
-        return prepared
-
-    def request(self, method, url, params=None, json=None, timeout=None, **kwargs):  # type: ignore[override]
-        if kwargs:
-            return super().request(method, url, params=params, json=json, timeout=timeout, **kwargs)
-        key = (method.upper(), url, params, id(json))
-        if self._prepared is not None and self._prepared[0] == key:
-            prepared = self._prepared[1]  # pyairtable's own, from its URL-length check
-        else:
-            prepared = self.prepare_request(requests.Request(method, url, params=params, json=json))
-        self._prepared = None
-        return self.get_adapter(url).send(prepared, timeout=timeout, proxies=self.proxies, verify=self.verify)
-
-
 def connect(settings: Settings, stop: threading.Event) -> Airtable:
     api = Api(settings.api_key, timeout=(settings.timeout_s, settings.timeout_s),
               retry_strategy=None, endpoint_url=settings.endpoint_url)
-    # The proxy and CA-bundle variables are read once, here, not on every request.
-    from_env = requests.Session().merge_environment_settings(settings.endpoint_url, {}, None, None, None)
-    api.session = LeanSession(from_env["proxies"], from_env["verify"])
-    api.api_key = settings.api_key  # sets the Authorization header on the new session
     transport = AirtableTransport(settings, RequestStats(), stop)
     api.session.mount("https://", transport)
     api.session.mount("http://", transport)
@@ -733,6 +678,84 @@ def fetch_schema(airtable: Airtable) -> BaseSchema | None:
     return result
 
 
+class Progress:
+    """How far a long phase (a pull, a table's writes, deletes) has got: counts only, never values.
+
+        with Progress("users: create", total=len(pending)) as progress:
+            progress.update(10)
+
+    On a terminal (the stream, stderr by default, is a TTY) it is tqdm's live line with
+    done/total, rate and ETA, and log lines are printed above it. Otherwise (cron) it logs
+    a line every `log_every_s` seconds, and a last one if it logged any. A total of None
+    means unknown: the line counts up with its rate.
+    """
+
+    def __init__(self, description: str, total: int | None = None, *, unit: str = "records",
+                 stream=None, log_every_s: float = 5.0):
+        self.description, self.total, self.unit = description, total, unit
+        self.stream = sys.stderr if stream is None else stream
+        self.log_every_s = log_every_s
+        self.done = 0
+        self.bar: tqdm | None = None
+        self.started = self.logged_at = time.monotonic()
+        self.logged = False
+        self.redirected: list[tuple[logging.StreamHandler, Any]] = []
+
+    def __enter__(self) -> Progress:
+        try:
+            live = self.stream.isatty()
+        except (AttributeError, ValueError):  # no isatty, or closed
+            live = False
+        if live:
+            self.bar = tqdm(total=self.total, desc=self.description, unit=f" {self.unit}", file=self.stream,
+                            mininterval=0.5, dynamic_ncols=True)
+            # Log lines to the same terminal go above the live line instead of through it.
+            for handler in logging.getLogger().handlers:
+                if type(handler) is logging.StreamHandler and handler.stream is self.stream:
+                    self.redirected.append((handler, handler.setStream(_AboveTheBar(self.stream))))
+        return self
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        if self.bar is not None:
+            self.bar.update(n)
+            return
+        now = time.monotonic()
+        if now - self.logged_at >= self.log_every_s:
+            self.logged_at = now
+            self._log()
+
+    def _log(self, final: bool = False) -> None:
+        self.logged = True
+        rate = self.done / max(time.monotonic() - self.started, 1e-9)
+        if self.total is None:
+            log.info("%s: %d %s%s (%.1f/s)", self.description, self.done, self.unit, "" if final else " so far", rate)
+            return
+        left = f", about {(self.total - self.done) / rate:.0f} s left" if rate and self.done < self.total else ""
+        log.info("%s: %d/%d %s (%.1f/s%s)", self.description, self.done, self.total, self.unit, rate, left)
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            for handler, stream in self.redirected:
+                handler.setStream(stream)
+        elif self.logged and exc_type is None:
+            self._log(final=True)
+
+
+class _AboveTheBar:
+    """A log handler's stream while a live line is shown: tqdm.write keeps the line below."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text: str) -> None:
+        tqdm.write(text, file=self.stream, end="")
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
 # ---------------------------------------------------------------------------
 # Read, in full: every page of every table, and the caches
 # ---------------------------------------------------------------------------
@@ -744,15 +767,13 @@ def cache_path(settings: Settings, key: str) -> Path:
 
 def pull_table(airtable: Airtable, key: str, stop: threading.Event) -> list[dict]:
     records: list[dict] = []
-    progress_at = time.monotonic()
     try:
-        for page in airtable.table(key).iterate(page_size=RECORDS_PER_PAGE):
-            records.extend(page)
-            if stop.is_set():
-                raise RunInterrupted()
-            if time.monotonic() - progress_at >= 5:  # 100 records a page at 5 a second: say how far
-                progress_at = time.monotonic()
-                log.info("%s: pulled %d Airtable records so far", key, len(records))
+        with Progress(f"{key}: pull") as progress:  # 100 records a page at 5 a second: say how far
+            for page in airtable.table(key).iterate(page_size=RECORDS_PER_PAGE):
+                records.extend(page)
+                progress.update(len(page))
+                if stop.is_set():
+                    raise RunInterrupted()
     except AIRTABLE_FAILURES as exc:
         raise access_error(exc, airtable.settings, f"reading table {key}") from None
     return records
@@ -1831,35 +1852,29 @@ def field_types(spec: TableSpec, schema: dict[str, FieldInfo] | None, airtable_r
     return types, missing, read_only
 
 
-def column_converters(spec: TableSpec, types: Mapping[str, str]) -> list[tuple[str, str, Callable[[Any], Any]]]:
-    """(Mongo field, Airtable field, converter) for each writable mapped field but `id` and links."""
-    return [(mongo, airtable, CONVERTERS[types[airtable]]) for mongo, airtable in spec.mapping
+def column_converters(spec: TableSpec, types: Mapping[str, str]) -> list[tuple[str, str, str]]:
+    """(Mongo field, Airtable field, field type) for each writable mapped field but `id` and links."""
+    return [(mongo, airtable, types[airtable]) for mongo, airtable in spec.mapping
             if mongo != "id" and types.get(airtable, "multipleRecordLinks") != "multipleRecordLinks"]
 
 
-def convert_record(record: ExportRecord, columns: Sequence[tuple[str, str, Callable[[Any], Any]]],
+def convert_record(record: ExportRecord, columns: Sequence[tuple[str, str, str]],
                    with_id: bool) -> tuple[dict, list[str], str | None]:
     """The record's mapped values converted for Airtable, the fields whose values were invalid,
-    and why the record cannot be sent at all, if it cannot.
-    (convert_value, unrolled: this runs for every value of every record.)"""
+    and why the record cannot be sent at all, if it cannot."""
     converted: dict[str, Any] = {"id": record.mongo_id} if with_id and record.mongo_id is not None else {}
     invalid: list[str] = []
     problem = None
-    doc = record.doc
-    for mongo_name, airtable_name, convert in columns:
-        if mongo_name not in doc:
+    for mongo_name, airtable_name, field_type in columns:
+        if mongo_name not in record.doc:
             continue  # absent: Airtable keeps its value
-        value = doc[mongo_name]
-        if value is None or (value.__class__ is float and not math.isfinite(value)):
-            converted[airtable_name] = None  # null clears the field; NaN/Infinity are null
-            continue
         try:
-            converted[airtable_name] = result = convert(value)
+            converted[airtable_name] = value = convert_value(record.doc[mongo_name], field_type)
         except Invalid:
             invalid.append(airtable_name)
             continue
-        if convert is to_text and len(result) > TEXT_LIMIT:
-            problem = f"field {airtable_name}: text of {len(result)} characters is over Airtable's {TEXT_LIMIT} limit"
+        if field_type in TEXT_TYPES and value is not None and len(value) > TEXT_LIMIT:
+            problem = f"field {airtable_name}: text of {len(value)} characters is over Airtable's {TEXT_LIMIT} limit"
     return converted, invalid, problem
 
 
@@ -2123,7 +2138,6 @@ class Applier:
         self.created_ids = created_ids
         self.stop = stop
         self.written: list[dict] = []  # Airtable's copy of every record written
-        self.progress_at = time.monotonic()
 
     # -- fields -----------------------------------------------------------------
 
@@ -2263,26 +2277,24 @@ class Applier:
                   ("create", [w for w in creates if "id" not in w.fields]),
                   ("update", self.plan.of("update")))
         for action, pending in groups:
+            if not pending:
+                continue
             batch: list[tuple[PlannedWrite, dict]] = []
-            for done, write in enumerate(pending, 1):
-                fields = self.materialize(write) if write.action == action else None
-                if action == "update" and fields == {}:
-                    write.action, write.outcome = "skip", "done"  # only an unresolvable link had changed
-                elif fields is not None:
-                    batch.append((write, fields))
-                if batch and (len(batch) == RECORDS_PER_WRITE or done == len(pending)):
-                    if self.stop.is_set():
-                        raise RunInterrupted()
-                    self.write_batch(action, batch)
-                    batch = []
-                    self.report_progress(action, done, len(pending))
+            with Progress(f"{spec.key}: {action}", len(pending)) as progress:
+                for done, write in enumerate(pending, 1):
+                    fields = self.materialize(write) if write.action == action else None
+                    if action == "update" and fields == {}:
+                        write.action, write.outcome = "skip", "done"  # only an unresolvable link had changed
+                    elif fields is not None:
+                        batch.append((write, fields))
+                    if batch and (len(batch) == RECORDS_PER_WRITE or done == len(pending)):
+                        if self.stop.is_set():
+                            raise RunInterrupted()
+                        self.write_batch(action, batch)
+                        batch = []
+                    if not batch:
+                        progress.update(done - progress.done)
         log.info("%s: applied", spec.key)
-
-    def report_progress(self, action: str, done: int, total: int) -> None:
-        now = time.monotonic()
-        if now - self.progress_at >= 5 or done == total and total >= 100:
-            self.progress_at = now
-            log.info("%s: %sd %d/%d", self.plan.spec.key, action, done, total)
 
 
 class Deleter:
@@ -2295,12 +2307,14 @@ class Deleter:
 
     def apply(self, deletion: DeletionPlan) -> None:
         table = self.airtable.table(deletion.key)
-        for start in range(0, len(deletion.records), RECORDS_PER_WRITE):
-            if self.stop.is_set():
-                raise RunInterrupted()
-            batch = deletion.records[start:start + RECORDS_PER_WRITE]
-            self.archive_records(deletion.key, batch)
-            self.delete_batch(table, deletion, batch)
+        with Progress(f"{deletion.key}: delete", len(deletion.records)) as progress:
+            for start in range(0, len(deletion.records), RECORDS_PER_WRITE):
+                if self.stop.is_set():
+                    raise RunInterrupted()
+                batch = deletion.records[start:start + RECORDS_PER_WRITE]
+                self.archive_records(deletion.key, batch)
+                self.delete_batch(table, deletion, batch)
+                progress.update(len(batch))
         done = len(deletion.deleted)
         log.info("%s: deleted %d of %d records that left Mongo", deletion.key, done, len(deletion.records))
 
@@ -2725,9 +2739,6 @@ class Sync:
     def run(self) -> int:
         settings = self.settings
         exports = self.load_exports()
-        # What is loaded and planned lives until the run ends: frozen, the cyclic garbage
-        # collector stops re-walking it on every full collection (1.5 s of CPU at 30,000 records).
-        gc.freeze()
         if not exports:
             log.warning("no export found in %s: nothing to sync", settings.mongo_dir)
         airtable = connect(settings, self.stop)
@@ -2738,7 +2749,6 @@ class Sync:
         read = BaseReader(airtable, self.stop, datetime.now(timezone.utc)).read(needed)
         self.report.change_tracking = read.as_report()
         plans = self.plans = self.plan(exports, read, airtable)
-        gc.freeze()
         try:
             if not settings.dry_run:
                 prune_archives(settings.reports_dir, settings.archive_days, self.report.started)
@@ -2909,8 +2919,6 @@ def execute(settings: Settings, started: datetime) -> tuple[int, RunReport, Path
     except UsageError as exc:  # the cache folder cannot hold the lock
         code, report.ended, report.message = EXIT_USAGE, "settings error", str(exc)
         log.error("%s", exc)
-    finally:
-        gc.unfreeze()  # the run's data may be collected again
     report.exit_code = code
     report.duration_s = time.monotonic() - clock
     path = write_report(report, settings.reports_dir, settings.api_key)

@@ -216,7 +216,9 @@ def test_timeouts_and_dropped_connections_are_retried(harness, emulator, clean):
     schema_calls = [r for r in log if r.kind == "meta"]
     assert len(schema_calls) == 2 and hung.fired == 1
     first, retry = schema_calls
-    assert 1.0 + 0.5 <= retry.t_start - first.t_start < 2.5  # the timeout, then the backoff
+    # The timeout, then the backoff. t_start is taken after the server has parsed the headers, which
+    # takes longer the first time (cold code, the GIL shared with the client): 10 ms of slack.
+    assert 1.0 + 0.5 - 0.01 <= retry.t_start - first.t_start < 2.5
     assert first.t_end is None or retry.t_end < first.t_end  # gave up on the hung one: the retry was answered first
     user_reads = [r for r in log if r.kind == "read" and r.table == USERS]
     assert [r.status for r in user_reads] == [None, 200]  # dropped, then re-sent
