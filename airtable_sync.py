@@ -609,9 +609,22 @@ class Airtable:
         return self.api.table(self.settings.base_id, self.settings.table_ids[key])
 
 
+class BearerToken(requests.auth.AuthBase):
+    """The token as requests' auth, not only a session header: requests documents that a
+    ~/.netrc entry for the host replaces an Authorization header when no auth is given."""
+
+    def __init__(self, token: str):
+        self.token = token
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        request.headers["Authorization"] = f"Bearer {self.token}"
+        return request
+
+
 def connect(settings: Settings, stop: threading.Event) -> Airtable:
     api = Api(settings.api_key, timeout=(settings.timeout_s, settings.timeout_s),
               retry_strategy=None, endpoint_url=settings.endpoint_url)
+    api.session.auth = BearerToken(settings.api_key)
     transport = AirtableTransport(settings, RequestStats(), stop)
     api.session.mount("https://", transport)
     api.session.mount("http://", transport)

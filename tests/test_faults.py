@@ -679,3 +679,12 @@ def test_without_the_schema_types_are_inferred_and_rejected_fields_dropped(harne
     # The plan is reported as made: every matched user differs in the computed updatedAt.
     assert report["tables"]["users"]["planned"] == {"create": 10, "update": 20, "skip": 0, "error": 0}
     assert_like_a_clean_run(emulator, clean)
+
+
+def test_a_netrc_entry_for_the_host_never_replaces_the_token(harness, emulator, tmp_path, monkeypatch):
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login someone password not-the-token\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    assert harness.run() == 1  # U12 alone: every request carried the token
+    assert emulator.count(status=401) == 0
