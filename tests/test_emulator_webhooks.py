@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import json
 
 import pytest
 import requests
@@ -470,3 +471,210 @@ def test_airtable_js_method_key_in_list_requests(emu):
     assert raw(emu, "POST", f"/v0/{BASE_ID}/Contacts/listRecords", json={"method": 1}).status_code == 422
     assert raw(emu, "GET", f"/v0/{BASE_ID}/Contacts?method=get&method=post").status_code == 422
     assert raw(emu, "GET", f"/v0/{BASE_ID}/Contacts?mode=get").status_code == 422  # other unknowns still refused
+
+
+# --------------------------------------------------------------------------------------
+# Cost: a write diffs only the records it can change (and still gives the same payloads)
+# --------------------------------------------------------------------------------------
+
+
+def test_a_record_write_snapshots_only_the_records_it_can_change(monkeypatch):
+    base_json = make_base()
+    big = next(t for t in base_json["tables"] if t["name"] == "Big")
+    big["records"] = [{"fields": {"N": i}} for i in range(5000)]
+    visited: list[str] = []
+    state_cell = Emulator._state_cell
+
+    def counting(self, t, rec, f):
+        visited.append(rec.id)
+        return state_cell(self, t, rec, f)
+
+    monkeypatch.setattr(Emulator, "_state_cell", counting)
+    with Emulator(base_json, rps=None) as emu:
+        api = Api(emu.token, endpoint_url=emu.url, retry_strategy=None)
+        hook_id = api.base(BASE_ID).add_webhook(None, DATA).id
+        contacts = api.table(BASE_ID, "Contacts")
+        n_fields = len(emu.schema()["tables"][0]["fields"])
+        contacts.update(BOB, {"Age": 50})
+        assert set(visited) == {BOB} and len(visited) == 2 * n_fields  # before and after
+        visited.clear()
+        contacts.update(ADA, {"Company": []})  # the company's inverse link changes with it
+        assert set(visited) == {ADA, ACME}
+        visited.clear()
+        rid = emu.records("Big")[1234]["id"]
+        api.table(BASE_ID, "Big").update(rid, {"N": -1})
+        assert visited == [rid, rid]
+        visited.clear()
+        api.table(BASE_ID, "Big").create({"N": 5000})
+        api.table(BASE_ID, "Big").delete(rid)
+        assert len(visited) == 2 and rid in visited
+        assert len(emu.payloads(hook_id)) == 5
+
+
+def _linked_base() -> dict:
+    """make_base plus cross-table reads: lookups of lookups, formulas showing links (one of
+    them a primary field), a lookup of a formula over such a formula, one-way links (one
+    that nothing reads through)."""
+    from test_emulator import _field
+
+    base_json = make_base()
+    contacts = next(t for t in base_json["tables"] if t["id"] == T_CONTACTS)
+    contacts["fields"] += [
+        _field("fldPinned00000001", "Pinned", "multipleRecordLinks", linkedTableId="tblNotesTest00001"),
+        _field("fldPinText0000001", "PinnedText", "formula", formula="LOWER({Pinned})"),
+    ]
+    companies = next(t for t in base_json["tables"] if t["id"] == T_COMPANIES)
+    companies["fields"] += [
+        _field("fldPNames00000001", "PeopleNames", "multipleLookupValues",
+               recordLinkFieldId="fldPeople00000001", fieldIdInLinkedTable="fldName0000000001"),
+        _field("fldPComp000000001", "PeopleCompanies", "multipleLookupValues",
+               recordLinkFieldId="fldPeople00000001", fieldIdInLinkedTable="fldLookup00000001"),
+        _field("fldPText000000001", "PeopleText", "formula", formula="{People}"),
+        _field("fldCNotes00000001", "Notes", "multipleRecordLinks", linkedTableId="tblNotesTest00001"),
+        _field("fldCShout00000001", "NoteShouts", "multipleLookupValues",
+               recordLinkFieldId="fldCNotes00000001", fieldIdInLinkedTable="fldNShout00000001"),
+        _field("fldCTagged0000001", "Tagged", "multipleRecordLinks", linkedTableId=T_CONTACTS),
+    ]
+    companies["records"] += [{"id": "recInitech0000001", "fields": {"Name": "Initech"}},
+                             {"id": "recGlobex00000001", "fields": {"Name": "Globex"}}]
+    base_json["tables"].append({
+        "id": "tblNotesTest00001", "name": "Notes", "primaryFieldId": "fldNLabel00000001",
+        "fields": [
+            _field("fldNLabel00000001", "Label", "formula", formula="{Title} & ': ' & {Who}"),
+            _field("fldNTitle00000001", "Title", "singleLineText"),
+            _field("fldNWho0000000001", "Who", "multipleRecordLinks", linkedTableId=T_CONTACTS),
+            _field("fldNFull000000001", "WhoFull", "multipleLookupValues",
+                   recordLinkFieldId="fldNWho0000000001", fieldIdInLinkedTable="fldFull0000000001"),
+            _field("fldNComp000000001", "WhoCompany", "multipleLookupValues",
+                   recordLinkFieldId="fldNWho0000000001", fieldIdInLinkedTable="fldLookup00000001"),
+            _field("fldNCount00000001", "WhoCount", "count", recordLinkFieldId="fldNWho0000000001"),
+            _field("fldNShout00000001", "Shout", "formula", formula="UPPER({Label})"),
+        ],
+        "records": [{"id": f"recNote{i:010d}", "fields": {"Title": f"n{i}", "Who": [ADA, BOB][: i % 3]}}
+                    for i in range(6)],
+    })
+    return base_json
+
+
+def _random_session(emu, seed: int, clock: list[int]) -> list[list[dict]]:
+    """A seeded mix of API writes and UI actions, one second apart on ``clock``; returns
+    every hook's payloads."""
+    import random
+
+    rng = random.Random(seed)
+    api = Api(emu.token, endpoint_url=emu.url, retry_strategy=None)
+    base_api = api.base(BASE_ID)
+    hooks = [base_api.add_webhook(None, spec).id for spec in (
+        DATA,
+        {"options": {"filters": {"dataTypes": ["tableData", "tableFields"]}, "includes": {
+            "includePreviousCellValues": True, "includeCellValuesInFieldIds": "all"}}},
+        {"options": {"filters": {"dataTypes": ["tableData"], "recordChangeScope": T_COMPANIES},
+                     "includes": {"includePreviousCellValues": True}}},
+    )]
+    contacts, companies, notes = (api.table(BASE_ID, n) for n in ("Contacts", "Companies", "Notes"))
+
+    def ids(table: str) -> list[str]:
+        return [r["id"] for r in emu.records(table)]
+
+    def some(table: str, k: int) -> list[str]:
+        pool = ids(table)
+        return rng.sample(pool, min(k, len(pool)))
+
+    for step in range(160):
+        clock[0] = step + 1
+        op = rng.randrange(13)
+        if op == 0:
+            contacts.batch_create([{"Name": f"c{step}-{i}", "Age": rng.randrange(90), "Company": some("Companies", 2)}
+                                   for i in range(rng.randint(1, 3))])
+        elif op in (1, 2):
+            updates = []
+            for rid in some("Contacts", rng.randint(1, 3)):
+                fields = rng.choice([{"Name": f"r{step}"}, {"Age": rng.randrange(3)}, {"Company": some("Companies", 2)},
+                                     {"Company": []}, {"Email": f"e{step}@x.org", "Status": "Lead"},
+                                     {"Pinned": some("Notes", 2)}])
+                updates.append({"id": rid, "fields": fields})
+            contacts.batch_update(updates)
+        elif op == 3:
+            [rid] = some("Contacts", 1)
+            contacts.update(rid, {"Name": f"p{step}", "Company": some("Companies", 1)}, replace=True)
+        elif op == 4:
+            contacts.batch_upsert([{"fields": {"Key": rng.choice(["k-ada", "k-bob", f"k{step}"]), "Age": step,
+                                               "Company": [rng.choice(["Acme", "Globex", f"New {step}"])]}}],
+                                  key_fields=["Key"], typecast=True)
+        elif op == 5 and len(ids("Contacts")) > 3:
+            contacts.batch_delete(some("Contacts", rng.randint(1, 2)))
+        elif op == 6:
+            [rid] = some("Companies", 1)
+            companies.update(rid, rng.choice([{"Name": rng.choice(["Acme", f"co{step}"]), "Notes": some("Notes", 2)},
+                                              {"Tagged": some("Contacts", 3)}]))
+        elif op == 7 and len(ids("Companies")) > 2:
+            companies.delete(some("Companies", 1)[0])
+        elif op == 8:
+            notes.create({"Title": f"t{step}", "Who": some("Contacts", 2)})
+        elif op == 9:
+            [rid] = some("Notes", 1)
+            notes.update(rid, rng.choice([{"Title": f"u{step}"}, {"Who": some("Contacts", 3)}]))
+        elif op == 10 and len(ids("Notes")) > 2:
+            notes.delete(some("Notes", 1)[0])
+        elif op == 11:
+            action = rng.randrange(4)
+            if action == 0:
+                emu.client.create("Contacts", {"Name": f"ui{step}", "Company": some("Companies", 1)})
+            elif action == 1:
+                emu.client.update("Contacts", some("Contacts", 1)[0], {"Name": f"ui{step}"})
+            elif action == 2 and len(ids("Contacts")) > 3:
+                emu.client.delete("Contacts", some("Contacts", 1))
+            else:
+                emu.client.update("Companies", some("Companies", 1)[0], {"Name": f"uic{step}"})
+        elif op == 12:
+            action = rng.randrange(3)
+            if action == 0:
+                emu.client.create_field("Notes", f"F{step}", "formula", {"formula": "{Who} & '!'"})
+            elif action == 1:
+                emu.client.rename_field("Contacts", "Notes", f"Notes{step}")
+                emu.client.rename_field("Contacts", f"Notes{step}", "Notes")
+            else:
+                emu.client.change_field_type("Notes", "Title", rng.choice(["singleLineText", "multilineText"]))
+        else:
+            [rec] = rng.sample(emu.records("Contacts"), 1)
+            contacts.update(rec["id"], {"Name": rec["fields"].get("Name")})  # a no-op: no payload
+    return [emu.payloads(h) for h in hooks]
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_touched_records_give_the_payloads_of_a_whole_base_comparison(monkeypatch, seed):
+    import itertools
+
+    import airtable_emulator.client
+    import airtable_emulator.records
+    import airtable_emulator.webhooks
+
+    clock = [0]  # the same ids and times in both runs
+    start = dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc)
+    monkeypatch.setattr(Emulator, "_now", lambda self: start + dt.timedelta(seconds=clock[0]))
+    results = []
+    for whole_base in (True, False):
+        counter = itertools.count()
+        fake_id = lambda prefix: f"{prefix}{next(counter):014d}"  # noqa: E731
+        for module in (airtable_emulator.records, airtable_emulator.client, airtable_emulator.webhooks):
+            monkeypatch.setattr(module, "new_id", fake_id)
+        clock[0] = 0
+        with Emulator(_linked_base(), rps=None) as emu:
+            emu._txn_whole_base = whole_base
+            results.append(_random_session(emu, seed, clock))
+    reference, touched = results
+    assert [len(p) for p in touched] == [len(p) for p in reference]
+    for hook, (got, want) in enumerate(zip(touched, reference)):
+        for n, (a, b) in enumerate(zip(got, want)):
+            if json.dumps(a) != json.dumps(b):  # byte for byte: key order included
+                pytest.fail(f"hook {hook}, payload {n}:\n{json.dumps(a)}\n!=\n{json.dumps(b)}")
+    # The session did exercise the reads through links: a contact's change reported in the
+    # notes that look it up, and a company's lookup of a lookup changing with it.
+    tables = [p["changedTablesById"] for p in reference[0] if "changedTablesById" in p]
+    assert len(tables) > 100
+    assert any("fldNComp000000001" in c["current"]["cellValuesByFieldId"]
+               for t in tables for c in t.get("tblNotesTest00001", {}).get("changedRecordsById", {}).values())
+    assert any("fldPComp000000001" in c["current"]["cellValuesByFieldId"]
+               for t in tables for c in t.get(T_COMPANIES, {}).get("changedRecordsById", {}).values())
+    assert any("fldPinText0000001" in c["current"]["cellValuesByFieldId"] and "fldPinned00000001" not in c["current"]["cellValuesByFieldId"]
+               for t in tables for c in t.get(T_CONTACTS, {}).get("changedRecordsById", {}).values())

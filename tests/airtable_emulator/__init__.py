@@ -83,7 +83,7 @@ from .faults import Fault, FaultsMixin, LoggedRequest, _RateLimiter
 from .formulas import FormulaMixin
 from .http import HttpMixin, _Server
 from .records import RecordsMixin, _Iterator
-from .webhooks import WebhooksMixin, _Hook
+from .webhooks import WebhooksMixin, _Hook, _Txn
 
 #: The scopes of the emulated token (GET /v0/meta/whoami reports them; every endpoint checks
 #: the one it needs, see http.py).  Scopes: https://airtable.com/developers/web/api/scopes
@@ -127,6 +127,7 @@ class Emulator(HttpMixin, FaultsMixin, RecordsMixin, FormulaMixin, WebhooksMixin
         self.scopes: list[str] = list(scopes)
         self._clock_offset = dt.timedelta(0)  # see advance_clock()
         self._hooks: dict[str, _Hook] = {}  # webhooks by id, in creation order
+        self._txn: _Txn | None = None  # the webhook transaction under way, if any
         self._txn_number = 0  # baseTransactionNumber of the last transaction that changed the base
         #: A person editing the base in Airtable's UI (one webhook payload per action).
         self.client = ClientActions(self)

@@ -95,7 +95,7 @@ class ClientActions:
             f_opts = emu._default_options(f)
             if f_opts is not None:
                 f["options"] = f_opts
-            before = emu._txn_begin()
+            before = emu._txn_begin(whole_base=True)
             t.fields.append(f)
             if type == "multipleRecordLinks":
                 linked = emu._require_table(f["options"]["linkedTableId"])
@@ -119,7 +119,7 @@ class ClientActions:
             f = self._field(t, field)
             if new_name != f["name"]:
                 self._check_new_name(t, new_name)
-            before = emu._txn_begin()
+            before = emu._txn_begin(whole_base=True)
             f["name"] = new_name
             emu._txn_end(before, "client")
 
@@ -131,12 +131,13 @@ class ClientActions:
             f = self._field(t, field)
             if f["id"] == t.primary_field_id:
                 raise ValueError("the primary field cannot be deleted")
-            before = emu._txn_begin()
+            before = emu._txn_begin(whole_base=True)
             t.fields = [x for x in t.fields if x["id"] != f["id"]]
             for rec in t.records:
                 rec.fields.pop(f["id"], None)
                 rec.modified.pop(f["id"], None)
             t.merge_indexes.clear()
+            t.link_indexes.clear()
             if f["type"] == "multipleRecordLinks":
                 # The inverse field stays, no longer paired (UNCONFIRMED: Airtable's UI offers
                 # to delete or convert it).
@@ -163,7 +164,7 @@ class ClientActions:
             new_opts = emu._default_options(new)
             if new_opts is not None:
                 new["options"] = new_opts
-            before = emu._txn_begin()
+            before = emu._txn_begin(whole_base=True)
             ctx = _WriteCtx(typecast=True)
             converted = {}
             for rec in t.records:
@@ -187,6 +188,7 @@ class ClientActions:
                         rec.fields[f["id"]] = converted[rec.id]
                     rec.modified[f["id"]] = now
             t.merge_indexes.clear()
+            t.link_indexes.clear()
             emu._txn_end(before, "client")
 
     # ---- helpers ---------------------------------------------------------------------

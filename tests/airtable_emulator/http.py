@@ -226,7 +226,11 @@ class HttpMixin:
             # write changes nothing (batches are atomic) and so produces no payload.
             with self._lock:
                 before = self._txn_begin()
-                response = op(route, query, body or {})
+                try:
+                    response = op(route, query, body or {})
+                except BaseException:
+                    self._txn = None  # refused before any change: nothing to report
+                    raise
                 self._txn_end(before, "publicApi")
                 return response
         except ApiError as exc:

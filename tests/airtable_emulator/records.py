@@ -46,6 +46,11 @@ class _Table:
     # Upsert look-ups: merge field ids -> frozen merge key -> records, built on first use and
     # kept in step by _apply (merge fields are never link fields, which change elsewhere).
     merge_indexes: dict[tuple[str, ...], dict[Any, list["_Record"]]] = field(default_factory=dict)
+    # Reverse links, for webhook payloads (which records read a changed record through a link):
+    # link field id -> linked record id -> ids of this table's records linking it.  Built on
+    # first use, kept in step by _apply, _sync_inverse and _commit_ctx, dropped by _remove and
+    # the UI field actions (which rebuild it on next use).
+    link_indexes: dict[str, dict[str, set[str]]] = field(default_factory=dict)
 
     def merge_matches(self, merge_ids: list[str], key: tuple) -> list["_Record"]:
         ids = tuple(merge_ids)
@@ -55,6 +60,30 @@ class _Table:
             for rec in self.records:
                 index.setdefault(_merge_key_of(rec, ids), []).append(rec)
         return list(index.get(key, ()))
+
+    def linkers(self, link_id: str, rec_id: str) -> set[str]:
+        """Ids of this table's records whose link field ``link_id`` contains ``rec_id``."""
+        index = self.link_indexes.get(link_id)
+        if index is None:
+            index = self.link_indexes[link_id] = {}
+            for rec in self.records:
+                for rid in rec.fields.get(link_id) or ():
+                    index.setdefault(rid, set()).add(rec.id)
+        return set(index.get(rec_id, ()))
+
+    def relink(self, rec_id: str, link_id: str, old: list, new: list) -> None:
+        """Keep link_indexes in step with one link cell changing from ``old`` to ``new``."""
+        index = self.link_indexes.get(link_id)
+        if index is None:
+            return
+        for rid in set(old) - set(new):
+            holders = index.get(rid)
+            if holders is not None:
+                holders.discard(rec_id)
+                if not holders:
+                    del index[rid]
+        for rid in set(new) - set(old):
+            index.setdefault(rid, set()).add(rec_id)
 
     def field(self, key: str) -> dict | None:
         for f in self.fields:
@@ -704,6 +733,7 @@ class RecordsMixin:
         rec.auto = table.auto_seq
         table.records.append(rec)
         table.index[rec.id] = rec
+        self._txn_created(table, rec)  # webhooks: a new record, no "before" state
         self._apply(table, rec, cells, False, now)
         return rec
 
@@ -715,6 +745,7 @@ class RecordsMixin:
 
     def _apply(self, table: _Table, rec: _Record, cells: dict, replace: bool, now: str) -> None:
         """PATCH merges the given cells; PUT (replace) clears every cell not given."""
+        self._txn_touch(table, rec)  # webhooks: its state before this transaction changes it
         new = {} if replace else dict(rec.fields)
         for fid, value in cells.items():
             if value is None:
@@ -727,6 +758,7 @@ class RecordsMixin:
                 f = table.field_by_id(fid)
                 if f["type"] == "multipleRecordLinks":
                     self._sync_inverse(table, rec, f, rec.fields.get(fid) or [], new.get(fid) or [], now)
+                    table.relink(rec.id, fid, rec.fields.get(fid) or [], new.get(fid) or [])
         for ids, index in table.merge_indexes.items():
             old_key, new_key = _merge_key_of(rec, ids), tuple(_freeze(new.get(fid)) for fid in ids)
             if old_key != new_key or not any(r is rec for r in index.get(new_key, ())):
@@ -744,7 +776,9 @@ class RecordsMixin:
             other = linked.index.get(rid)
             if other is None:
                 continue
-            links = list(other.fields.get(inverse_id) or [])
+            self._txn_touch(linked, other)
+            old_links = other.fields.get(inverse_id) or []
+            links = list(old_links)
             if rid in new and rec.id not in links:
                 links.append(rec.id)
             elif rid not in new and rec.id in links:
@@ -754,9 +788,12 @@ class RecordsMixin:
             else:
                 other.fields.pop(inverse_id, None)
             other.modified[inverse_id] = now
+            linked.relink(other.id, inverse_id, old_links, links)
 
     def _remove(self, table: _Table, ids: list[str]) -> None:
         gone = set(ids)
+        for rid in ids:
+            self._txn_touch(table, table.index[rid], removing=True)
         table.merge_indexes.clear()
         table.records = [r for r in table.records if r.id not in gone]
         for rid in gone:
@@ -770,12 +807,15 @@ class RecordsMixin:
                 for r in t.records:
                     links = r.fields.get(f["id"])
                     if links and gone.intersection(links):
+                        self._txn_touch(t, r)
                         kept = [x for x in links if x not in gone]
                         if kept:
                             r.fields[f["id"]] = kept
                         else:
                             del r.fields[f["id"]]
                         r.modified[f["id"]] = now
+        for t in self._tables:
+            t.link_indexes.clear()  # rebuilt on next use (this method scans the links anyway)
 
     def _commit_ctx(self, ctx: _WriteCtx, now: str) -> None:
         """Create the select choices and linked records that typecast asked for."""
@@ -796,6 +836,8 @@ class RecordsMixin:
                 t.records.append(rec)
                 t.index[rid] = rec
                 t.merge_indexes.clear()
+                t.relink(rid, t.primary_field_id, [], value if isinstance(value, list) else [])
+                self._txn_created(t, rec)
 
     # ---- cell validation -------------------------------------------------------------
 

@@ -417,22 +417,54 @@ class WebhooksMixin:
     # Transactions -> payloads
     # ==================================================================================
 
-    def _txn_begin(self) -> dict | None:
-        """Called with the lock held before a change to the base: the state to diff against,
-        or None when no hook could receive a payload (then nothing is computed)."""
+    # A transaction's payload is the difference between the base before and after it.  Field
+    # and table actions (UI only, rare) compare the whole base.  Record writes compare only
+    # the records they can change, captured before their first change ("touch"):
+    #   * the records written, created or deleted, and those whose cells the write changes as
+    #     a side effect (inverse links kept in step, links to deleted records cleared) --
+    #     records.py calls _txn_touch/_txn_created from _apply, _sync_inverse, _remove,
+    #     _insert and _commit_ctx, the only places that change records;
+    #   * the records whose computed cells read a captured record through a link field (a
+    #     lookup of one of its fields, a formula showing the link, i.e. its primary field),
+    #     and so on through lookups of lookups: computed cells are otherwise local to their
+    #     record.
+    # Every other record is unchanged by the transaction, so the payloads are exactly those
+    # of a whole-base comparison (test_emulator_webhooks.py checks both ways agree).
+
+    #: Compare the whole base for every transaction (the reference the tests check against).
+    _txn_whole_base = False
+
+    def _txn_begin(self, whole_base: bool = False) -> _Txn | None:
+        """Called with the lock held before a change to the base: starts tracking what the
+        change touches, or returns None when no hook could receive a payload (then nothing
+        is computed)."""
         self._purge_hooks()
+        self._txn = None
         if not any(self._hook_active(h) for h in self._hooks.values()):
             return None
-        return self._base_state()
+        if whole_base or self._txn_whole_base:
+            txn = _Txn(whole_state=self._base_state())
+        else:
+            txn = _Txn(tables={t.id: (t.name, t.description, _field_heads(t)) for t in self._tables})
+        self._txn = txn
+        return txn
 
-    def _txn_end(self, before: dict | None, source: str) -> None:
-        """One transaction: the changes since ``before`` become one payload for every active
-        hook whose specification they match.  A transaction that changed nothing (for example
-        an update writing the values already there) makes no payload: payloads describe
-        changes (webhooks-payload); UNCONFIRMED for no-op writes."""
-        if before is None:
+    def _txn_end(self, txn: _Txn | None, source: str) -> None:
+        """One transaction: the changes since ``_txn_begin`` become one payload for every
+        active hook whose specification they match.  A transaction that changed nothing (for
+        example an update writing the values already there) makes no payload: payloads
+        describe changes (webhooks-payload); UNCONFIRMED for no-op writes."""
+        self._txn = None
+        if txn is None:
             return
-        after = self._base_state()
+        if txn.whole_state is not None:
+            before, after = txn.whole_state, self._base_state()
+            names = {t: {**before.get(t, {}).get("names", {}), **after.get(t, {}).get("names", {})}
+                     for t in set(before) | set(after)}
+            name_of = lambda tid, rid: names.get(tid, {}).get(rid, "")  # noqa: E731
+        else:
+            before, after = self._touched_states(txn)
+            name_of = self._names_now(txn)
         changes = _diff_states(before, after)
         if not changes:
             return
@@ -441,29 +473,164 @@ class WebhooksMixin:
         for hook in self._hooks.values():
             if not self._hook_active(hook):
                 continue
-            payload = self._payload_for(hook, changes, before, after, source, now)
+            payload = self._payload_for(hook, changes, after, name_of, source, now)
             if payload is not None:
                 self._append_payload(hook, payload, now)
+
+    # ---- record tracking (called by records.py) --------------------------------------
+
+    def _txn_created(self, t: _Table, rec: _Record) -> None:
+        """``rec`` is new in this transaction: it has no "before" state."""
+        txn = self._txn
+        if txn is None or txn.whole_state is not None:
+            return
+        key = (t.id, rec.id)
+        txn.seen.add(key)
+        txn.direct.add(key)  # nothing links a record that did not exist yet
+        txn.created.setdefault(t.id, []).append(rec.id)
+
+    def _txn_touch(self, t: _Table, rec: _Record, *, removing: bool = False) -> None:
+        """``rec`` is about to change (or, ``removing``, to be deleted): capture it, and every
+        record whose computed cells read it through links, unless already captured."""
+        txn = self._txn
+        if txn is None or txn.whole_state is not None:
+            return
+        key = (t.id, rec.id)
+        if key not in txn.seen:
+            self._txn_capture(txn, t, rec)
+        if removing and rec.id not in txn.names.setdefault(t.id, {}):
+            # A deleted record's name (for link cells naming it in "previous" values).
+            txn.names[t.id][rec.id] = _primary_text(self._cell(t, rec, t.field_by_id(t.primary_field_id)))
+        if key in txn.direct:
+            return
+        txn.direct.add(key)
+        if txn.readers is None:
+            txn.readers, txn.nonlocal_ = self._link_readers()
+        work = [(t, rec, True)]
+        while work:
+            t, rec, direct = work.pop()
+            for s, link_id, reads in txn.readers.get(t.id, ()):
+                # A written record may change in any field; a record captured only because it
+                # reads another one changes in its non-local computed fields only.
+                if not direct and not reads & txn.nonlocal_[t.id]:
+                    continue
+                for xid in s.linkers(link_id, rec.id):
+                    x = s.index.get(xid)
+                    if x is None or (s.id, xid) in txn.seen:
+                        continue
+                    self._txn_capture(txn, s, x)
+                    work.append((s, x, False))
+
+    def _txn_capture(self, txn: _Txn, t: _Table, rec: _Record) -> None:
+        txn.seen.add((t.id, rec.id))
+        txn.records.setdefault(t.id, {})[rec.id] = (rec.auto, *self._record_state(t, rec))
+
+    def _link_readers(self) -> tuple[dict[str, list[tuple[_Table, str, set[str]]]], dict[str, set[str]]]:
+        """The schema's cross-record reads: for each table T, the (table S, link field of S to
+        T, fields of T read through it) of S's lookups and formulas; and for each table its
+        non-local fields (lookups, and formulas using a link or a non-local field)."""
+        from .formulas import FormulaError, _FormulaParser
+
+        readers: dict[str, list[tuple[_Table, str, set[str]]]] = {}
+        nonlocal_: dict[str, set[str]] = {}
+        for s in self._tables:
+            reads: dict[str, set[str]] = {}  # link field id -> field ids read in the linked table
+            links: dict[str, _Table] = {}
+            for f in s.fields:
+                linked_id = (f.get("options") or {}).get("linkedTableId") if f["type"] == "multipleRecordLinks" else None
+                linked = self._table(linked_id) if linked_id else None
+                if linked is not None:
+                    links[f["id"]] = linked
+            nonlocal_s: set[str] = set()
+            formula_refs: dict[str, set[str]] = {}
+            for f in s.fields:
+                opts = f.get("options") or {}
+                if f["type"] in ("multipleLookupValues", "lookup") and opts.get("recordLinkFieldId"):
+                    link = s.field(opts["recordLinkFieldId"])
+                    linked = links.get(link["id"]) if link is not None else None
+                    target = linked.field(opts.get("fieldIdInLinkedTable", "")) if linked is not None else None
+                    if target is not None:
+                        reads.setdefault(link["id"], set()).add(target["id"])
+                        nonlocal_s.add(f["id"])
+                elif f["type"] == "formula":
+                    try:
+                        refs = _field_refs(_FormulaParser(opts.get("formula", ""), s).parse())
+                    except FormulaError:
+                        continue  # an invalid formula is always empty
+                    formula_refs[f["id"]] = refs
+                    for ref in refs & links.keys():
+                        # A link cell in a formula shows the linked records' primary values.
+                        reads.setdefault(ref, set()).add(links[ref].primary_field_id)
+            grown = True
+            while grown:
+                grown = False
+                for fid, refs in formula_refs.items():
+                    if fid not in nonlocal_s and refs & (nonlocal_s | links.keys()):
+                        nonlocal_s.add(fid)
+                        grown = True
+            nonlocal_[s.id] = nonlocal_s
+            for link_id, read in reads.items():
+                readers.setdefault(links[link_id].id, []).append((s, link_id, read))
+        return readers, nonlocal_
+
+    # ---- states ----------------------------------------------------------------------
+
+    def _touched_states(self, txn: _Txn) -> tuple[dict, dict]:
+        """The before and after states of the captured and created records, in the shape of
+        _base_state and in table order (records are only ever appended, so ``auto`` orders
+        them as the table does)."""
+        before: dict[str, Any] = {}
+        after: dict[str, Any] = {}
+        by_auto = lambda item: item[1][0]  # noqa: E731
+        for t in self._tables:
+            name, description, heads = txn.tables[t.id]
+            captured = txn.records.get(t.id, {})
+            before[t.id] = {"name": name, "description": description, "fields": heads, "records": {
+                rid: (created, cells) for rid, (_, created, cells) in sorted(captured.items(), key=by_auto)}}
+            ids = list(captured) + txn.created.get(t.id, [])
+            live = sorted((t.index[rid] for rid in ids if rid in t.index), key=lambda r: r.auto)
+            after[t.id] = {"name": t.name, "description": t.description, "fields": {f["id"]: f for f in t.fields},
+                           "records": {rec.id: self._record_state(t, rec) for rec in live}}
+        return before, after
+
+    def _names_now(self, txn: _Txn):
+        """The primary-field text of a linked record, computed when a payload needs it: the
+        record's current one, or for a record deleted by the transaction its last one."""
+        cache: dict[tuple[str, str], str] = {}
+
+        def name_of(tid: str, rid: str) -> str:
+            key = (tid, rid)
+            if key not in cache:
+                t = self._table(tid)
+                rec = t.index.get(rid) if t is not None else None
+                if rec is not None:
+                    cache[key] = _primary_text(self._cell(t, rec, t.field_by_id(t.primary_field_id)))
+                else:
+                    cache[key] = txn.names.get(tid, {}).get(rid, "")
+            return cache[key]
+
+        return name_of
 
     def _base_state(self) -> dict:
         state: dict[str, Any] = {}
         for t in self._tables:
             prim = t.field_by_id(t.primary_field_id)
-            records = {}
-            for rec in t.records:
-                cells = {}
-                for f in t.fields:
-                    value = self._state_cell(t, rec, f)
-                    if value is not None and value != "" and value != [] and value is not False:
-                        cells[f["id"]] = value
-                records[rec.id] = (rec.created, cells)
             state[t.id] = {
                 "name": t.name, "description": t.description,
                 "fields": {f["id"]: copy.deepcopy(f) for f in t.fields},
-                "records": records,
+                "records": {rec.id: self._record_state(t, rec) for rec in t.records},
                 "names": {rec.id: _primary_text(self._cell(t, rec, prim)) for rec in t.records},
             }
         return state
+
+    def _record_state(self, t: _Table, rec: _Record) -> tuple[str, dict]:
+        """(createdTime, non-empty cells by field id) as the diff compares them."""
+        cells = {}
+        for f in t.fields:
+            value = self._state_cell(t, rec, f)
+            if value is not None and value != "" and value != [] and value is not False:
+                cells[f["id"]] = value
+        return rec.created, cells
 
     def _state_cell(self, t: _Table, rec: _Record, f: dict) -> Any:
         """The cell as the diff compares it: the records-API value, except lookups, whose
@@ -487,7 +654,7 @@ class WebhooksMixin:
             return {"valuesByLinkedRecordId": values, "linkedRecordIds": ids}
         return copy.deepcopy(self._cell(t, rec, f))
 
-    def _payload_for(self, hook: _Hook, changes: dict, before: dict, after: dict, source: str,
+    def _payload_for(self, hook: _Hook, changes: dict, after: dict, name_of, source: str,
                      now: dt.datetime) -> dict | None:
         options = hook.spec["options"]
         filters, includes = options["filters"], options.get("includes") or {}
@@ -512,7 +679,7 @@ class WebhooksMixin:
                 self._field_changes(out, ch, change_types, watch_schema, includes)
             records_out: dict[str, Any] = {}
             if "tableData" in data_types:
-                records_out = self._record_changes(ch, change_types, watch_data, includes, before, after, tid)
+                records_out = self._record_changes(ch, change_types, watch_data, includes, after[tid]["fields"], name_of)
                 out.update(records_out)
             if records_out and scope is not None and scope_table is not None and scope != scope_table.id:
                 # webhooks-table-changed: changedViewsById "is only included when
@@ -561,12 +728,11 @@ class WebhooksMixin:
                 out["destroyedFieldIds"] = destroyed
 
     def _record_changes(self, ch: dict, change_types: set, watch: set | None, includes: dict,
-                        before: dict, after: dict, tid: str) -> dict:
+                        fields_now: dict, name_of) -> dict:
+        """``fields_now``: the table's fields after the transaction, by id; ``name_of(table
+        id, record id)``: a linked record's primary-field text (see _txn_end)."""
         out: dict[str, Any] = {}
-        fields_now = after[tid]["fields"] if tid in after else before[tid]["fields"]
-        names_by_table = {t: {**before.get(t, {}).get("names", {}), **after.get(t, {}).get("names", {})}
-                          for t in set(before) | set(after)}
-        v2 = lambda fid, value: _v2_cell(fields_now.get(fid), value, names_by_table)  # noqa: E731
+        v2 = lambda fid, value: _v2_cell(fields_now.get(fid), value, name_of)  # noqa: E731
         if "add" in change_types and ch["created"]:
             created = {}
             for rid, (created_time, cells) in ch["created"].items():
@@ -599,6 +765,41 @@ class WebhooksMixin:
         return out
 
 
+@dataclass
+class _Txn:
+    """One transaction under way (see WebhooksMixin._txn_begin)."""
+
+    whole_state: dict | None = None  # whole-base comparison: the base before (_base_state)
+    # Otherwise: the tables before, (name, description, {field id: {name, type}}) by id ...
+    tables: dict[str, tuple] = field(default_factory=dict)
+    # ... and the captured records: table id -> record id -> (auto, createdTime, cells).
+    records: dict[str, dict[str, tuple]] = field(default_factory=dict)
+    created: dict[str, list[str]] = field(default_factory=dict)  # table id -> new record ids
+    names: dict[str, dict[str, str]] = field(default_factory=dict)  # deleted records' names
+    seen: set[tuple[str, str]] = field(default_factory=set)  # (table id, record id) captured or new
+    direct: set[tuple[str, str]] = field(default_factory=set)  # ... whose readers are captured
+    readers: dict | None = None  # WebhooksMixin._link_readers(), on first use
+    nonlocal_: dict | None = None
+
+
+def _field_heads(t: _Table) -> dict[str, dict]:
+    """What the field diff compares: {field id: {name, type}}."""
+    return {f["id"]: {"name": f["name"], "type": f["type"]} for f in t.fields}
+
+
+def _field_refs(node: Any) -> set[str]:
+    """The field ids a parsed formula (formulas._FormulaParser) refers to."""
+    if isinstance(node, list):
+        return set().union(*map(_field_refs, node)) if node else set()
+    if not isinstance(node, tuple) or not node:
+        return set()
+    if node[0] == "field":
+        return {node[1]}
+    if node[0] == "lit":
+        return set()
+    return set().union(*(_field_refs(part) for part in node[1:]))
+
+
 def _primary_text(value: Any) -> str:
     from .formulas import _display, _to_str
 
@@ -607,7 +808,7 @@ def _primary_text(value: Any) -> str:
     return _display(value) if isinstance(value, dict) else _to_str(value)
 
 
-def _v2_cell(f: dict | None, value: Any, names: dict[str, dict[str, str]]) -> Any:
+def _v2_cell(f: dict | None, value: Any, name_of) -> Any:
     """A stored cell in the webhooks cell format (field-model, "Cell format V2 (webhooks)"):
     single select {id, name, color?}; multiple select [{id, name, color?}]; link to another
     record [{id, name}] (name = the linked record's primary value); lookup as kept by
@@ -627,8 +828,8 @@ def _v2_cell(f: dict | None, value: Any, names: dict[str, dict[str, str]]) -> An
 
         return [choice(n) for n in value] if type_ == "multipleSelects" else choice(value)
     if type_ == "multipleRecordLinks":
-        linked = names.get(f["options"]["linkedTableId"], {})
-        return [{"id": rid, "name": linked.get(rid, "")} for rid in value]
+        linked = f["options"]["linkedTableId"]
+        return [{"id": rid, "name": name_of(linked, rid)} for rid in value]
     return copy.deepcopy(value)
 
 
