@@ -36,6 +36,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from decimal import Decimal, InvalidOperation
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -1139,6 +1140,7 @@ class BaseReader:
         self.now = now
         self.listed: dict[str, Any] = {}  # webhook id -> pyairtable's Webhook, as last listed
         self.unavailable: FeedUnavailable | None = None  # the token may not manage webhooks
+        self.payloads_read = 0  # this run's, also those of a feed that then fell back to a full read
 
     def read(self, needed: Sequence[str]) -> BaseRead:
         settings = self.settings
@@ -1231,6 +1233,7 @@ class BaseReader:
         try:
             for payload in hook.payloads(cursor=cursor):
                 found.append(payload.model_dump(by_alias=True, exclude_none=True))
+                self.payloads_read += 1
                 if self.stop.is_set():
                     raise RunInterrupted()
         except requests.HTTPError as exc:
@@ -1249,6 +1252,7 @@ class BaseReader:
         read is replayed next run; with a previous snapshot that is still exact, the drift."""
         settings = self.settings
         log.info("reading every record: %s", reason)
+        payloads_read = self.payloads_read
         schema = fetch_schema(self.airtable)
         hook_id, cursor = None, None
         if settings.change_tracking and self.unavailable is not None:
@@ -1268,20 +1272,31 @@ class BaseReader:
         records = {key: pull_table(self.airtable, key, self.stop) for key in needed}
         for key in needed:
             log.info("%s: read %d Airtable records", key, len(records[key]))
-        read = BaseRead(records, schema, "full", reason, dirty=set(needed))
+        read = BaseRead(records, schema, "full", reason, payloads=payloads_read, dirty=set(needed))
+        tables = {key: settings.table_ids[key] for key in needed}
         if state is not None and snapshot is not None and schema is not None \
                 and hook_id is not None and hook_id == state.webhook_id:
-            payloads = self.payloads(self.listed[hook_id], state.cursor)  # type: ignore[arg-type]
-            upto = [p for p in payloads if p["cursor"] < cursor]  # type: ignore[operator]
-            later = [p for p in payloads if p["cursor"] >= cursor]  # type: ignore[operator]
-            apply_payloads(snapshot, upto, state.schema)
-            read.payloads = len(payloads)
-            read.drift = count_drift(snapshot, records, schema, touched_records(later, schema))
-            if read.drift:
-                log.warning("drift: %d records differ from what the change feed said; see the report", read.drift)
+            try:
+                payloads = self.payloads(self.listed[hook_id], state.cursor)  # type: ignore[arg-type]
+            except FeedUnavailable as exc:
+                log.warning("drift not measured: %s", exc)
+                hook_id = None  # it went away since it was listed: the next run makes another
+            else:
+                upto = [p for p in payloads if p["cursor"] < cursor]  # type: ignore[operator]
+                later = [p for p in payloads if p["cursor"] >= cursor]  # type: ignore[operator]
+                apply_payloads(snapshot, upto, state.schema)
+                read.payloads += len(payloads)
+                read.drift = count_drift(snapshot, records, schema, touched_records(later, schema))
+                if read.drift:
+                    log.warning("drift: %d records differ from what the change feed said; see the report",
+                                read.drift)
+                # Tables this run did not read (--tables) stay in the snapshot, patched up to the
+                # same cursor as the fresh ones: the next full run need not read them again.
+                for key in state.tables.keys() - set(needed):
+                    records[key], tables[key] = snapshot[key], state.tables[key]
+                    read.dirty.add(key)
         if hook_id is not None and schema is not None:
-            read.state = ChangeState(settings.endpoint_url, settings.base_id,
-                                     {key: settings.table_ids[key] for key in needed}, schema,
+            read.state = ChangeState(settings.endpoint_url, settings.base_id, tables, schema,
                                      hook_id, cursor, last_full_read=self.now, last_run=self.now)
         return read
 
@@ -1293,7 +1308,7 @@ class BaseReader:
         hooks = self.list_webhooks() if hooks is None else hooks
         ours = next((h for h in hooks if state is not None and h.id == state.webhook_id), None)
         if ours is not None and webhook_problem(ours, self.now) is None:
-            if refresh:
+            if refresh and not self.settings.dry_run:
                 self.refresh(ours)
             return ours.id, ours.cursor_for_next_payload
         # A webhook of this tool that the state does not name: made by a run whose create answer
@@ -1357,7 +1372,12 @@ class BaseReader:
                 records[key], _ = cached, from_cache.add(key)
             else:
                 records[key] = pull_table(self.airtable, key, self.stop)
-        keep = state if state is not None and all(k in state.tables for k in needed) else None
+        # The state takes the rewritten caches only if the ones read were its own: a foreign or
+        # hand-edited cache must not become the snapshot the change feed patches.
+        own = state is not None and all(
+            k in state.tables and cache_fingerprint(cache_path(self.settings, k)) == state.caches.get(k)
+            for k in needed)
+        keep = state if own else None
         return BaseRead(records, schema, "full", "--use-cache: planned against the caches", state=keep,
                         from_cache=from_cache, dirty=set(needed) - from_cache)
 
@@ -2078,11 +2098,21 @@ class DeletionPlan:
     with_id: int  # the table's records with a non-empty id once this run's creates are made
     limit: int  # how many the cap allows
     held: bool
-    outcome: dict[str, str] = field(default_factory=dict)  # record id -> deleted | failed | unknown
+    exported_ids: set[str] = field(default_factory=set, repr=False)  # the Mongo ids the export has
+    outcome: dict[str, str] = field(default_factory=dict)  # record id -> deleted | failed | unknown | kept
 
     @property
     def deleted(self) -> list[dict]:
         return [r for r in self.records if self.outcome.get(r["id"]) == "deleted"]
+
+    @property
+    def errors(self) -> int:
+        return sum(1 for outcome in self.outcome.values() if outcome in ("failed", "unknown"))
+
+    def still_gone(self, rec: dict) -> bool:
+        """Whether a record, as Airtable has it now, still holds a Mongo id the export lacks."""
+        mongo_id = rec["fields"].get("id")
+        return mongo_id not in (None, "") and str(mongo_id) not in self.exported_ids
 
 
 def plan_deletions(plans: Mapping[str, TablePlan], exported_ids: Mapping[str, set[str]],
@@ -2099,17 +2129,18 @@ def plan_deletions(plans: Mapping[str, TablePlan], exported_ids: Mapping[str, se
         plan = plans.get(key)
         if plan is None or not plan.has_id_field or not exported_ids.get(key):
             continue
-        ids = exported_ids[key]
-        gone = [r for r in plan.orphans if r["fields"].get("id") not in (None, "") and str(r["fields"]["id"]) not in ids]
+        probe = DeletionPlan(key, [], 0, 0, False, exported_ids[key])
+        gone = [r for r in plan.orphans if probe.still_gone(r)]
         if not gone:
             continue
         # After this run's creates, and the legacy rows it gives an id: the cap's denominator.
         with_id = sum(1 for w in plan.writes if w.record.mongo_id is not None and (
             w.action == "create" or w.matched_by is not None)) + sum(
             1 for r in plan.orphans if r["fields"].get("id") not in (None, ""))
-        limit = math.floor(settings.max_delete_fraction * with_id)
+        # Exact: 29 of 100 at 0.29 is at the cap, not over it (in floats 0.29 * 100 < 29).
+        limit = math.floor(Fraction(str(settings.max_delete_fraction)) * with_id)
         held = len(gone) > limit and not settings.force_delete
-        deletions[key] = DeletionPlan(key, gone, with_id, limit, held)
+        deletions[key] = DeletionPlan(key, gone, with_id, limit, held, exported_ids[key])
     return deletions
 
 
@@ -2321,15 +2352,37 @@ class Deleter:
     def apply(self, deletion: DeletionPlan) -> None:
         table = self.airtable.table(deletion.key)
         with Progress(f"{deletion.key}: delete", len(deletion.records)) as progress:
-            for start in range(0, len(deletion.records), RECORDS_PER_WRITE):
-                if self.stop.is_set():
-                    raise RunInterrupted()
-                batch = deletion.records[start:start + RECORDS_PER_WRITE]
-                self.archive_records(deletion.key, batch)
-                self.delete_batch(table, deletion, batch)
-                progress.update(len(batch))
+            for start in range(0, len(deletion.records), RECORDS_PER_PAGE):
+                batch = self.as_airtable_has_them(table, deletion, deletion.records[start:start + RECORDS_PER_PAGE])
+                for first in range(0, len(batch), RECORDS_PER_WRITE):
+                    if self.stop.is_set():
+                        raise RunInterrupted()
+                    self.archive_records(deletion.key, batch[first:first + RECORDS_PER_WRITE])
+                    self.delete_batch(table, deletion, batch[first:first + RECORDS_PER_WRITE])
+                progress.update(min(RECORDS_PER_PAGE, len(deletion.records) - start))
         done = len(deletion.deleted)
         log.info("%s: deleted %d of %d records that left Mongo", deletion.key, done, len(deletion.records))
+
+    def as_airtable_has_them(self, table: Any, deletion: DeletionPlan, records: Sequence[dict]) -> list[dict]:
+        """The candidates read again (one request a hundred) just before they are deleted: since
+        the run's read a person may have cleared a row's id to keep it, typed into it, or deleted
+        it. What still left Mongo is archived as Airtable has it now; what was kept is kept."""
+        formula = "OR(" + ",".join(f"RECORD_ID()='{rec['id']}'" for rec in records) + ")"
+        try:
+            fresh = {rec["id"]: rec for rec in table.all(formula=formula)}
+        except AIRTABLE_FAILURES as exc:
+            raise access_error(exc, self.airtable.settings, f"reading {deletion.key} before deleting") from None
+        batch = []
+        for rec in records:
+            now = fresh.get(rec["id"])
+            if now is None:
+                deletion.outcome[rec["id"]] = "deleted"  # already gone: counts as deleted
+            elif not deletion.still_gone(now):
+                deletion.outcome[rec["id"]] = "kept"
+                log.info("%s %s: changed in Airtable since the read; not deleted", deletion.key, rec["id"])
+            else:
+                batch.append(now)
+        return batch
 
     def archive_records(self, key: str, batch: Sequence[dict]) -> None:
         """Appended and flushed to disk before the delete request: nothing is lost for good."""
@@ -2448,7 +2501,7 @@ def summarize(plan: TablePlan, dry_run: bool, deletion: DeletionPlan | None = No
         result.updated = sum(1 for w in writes if w.action == "update" and w.outcome == "done")
         result.not_attempted = sum(1 for w in writes if w.outcome == "not attempted")
     result.skipped = sum(1 for w in writes if w.action == "skip")
-    result.errors = sum(1 for w in writes if w.failed)
+    result.errors = sum(1 for w in writes if w.failed) + (deletion.errors if deletion is not None else 0)
     return result
 
 
@@ -2783,7 +2836,11 @@ class Sync:
                         settles = "; the next run settles it" if outcome == "unknown" else ""
                         self.report.errors.append({"table": deletion.key, "mongo_id": record_ref(rec)["mongo_id"],
                                                    "message": f"delete {outcome}{settles}"})
-            if not settings.dry_run:  # a dry run leaves the snapshot and the state as they were
+            # A dry run leaves the snapshot and the state as they were, and so does a bug. An
+            # interrupted or refused run saves them: its cursor precedes all its writes, and what
+            # it wrote (or may have) comes back in the feed, so the next run settles it.
+            failure = sys.exc_info()[0]
+            if not settings.dry_run and (failure is None or issubclass(failure, (AirtableAccessError, RunInterrupted))):
                 save_snapshot(settings, read)
         held = [d for d in self.deletions.values() if d.held]
         for deletion in held:
@@ -2822,7 +2879,10 @@ def prune_archives(reports_dir: Path, days: float, now: datetime) -> None:
         found = ARCHIVE_NAME.fullmatch(name)
         if not found:
             continue
-        stamp = datetime.strptime(found.group(1), "%Y%m%d_%H%M%S")
+        try:
+            stamp = datetime.strptime(found.group(1), "%Y%m%d_%H%M%S")
+        except ValueError:
+            continue  # not a date: not one of ours, so not ours to remove
         if (now - stamp).total_seconds() > days * 86400:
             with contextlib.suppress(OSError):
                 os.remove(reports_dir / name)
@@ -2888,7 +2948,12 @@ def change_tracking_status(airtable: Airtable, schema: BaseSchema | None) -> str
         return f"unavailable: {exc}; every run reads every record"
     state = load_state(state_path(airtable.settings))
     ours = next((h for h in hooks if state is not None and h.id == state.webhook_id), None)
-    webhook = f"webhook {ours.id}" if ours is not None else "no webhook yet (the next run creates it)"
+    if ours is None:
+        webhook = "no webhook yet (the next run creates it)"
+    else:
+        problem = webhook_problem(ours, reader.now)
+        webhook = f"webhook {ours.id}" + (f" ({problem}: the next run reads in full and replaces it)"
+                                          if problem else "")
     return (f"available: the token may manage webhooks (also needs Creator access to create one); "
             f"{webhook}; {len(hooks)} of {WEBHOOKS_PER_BASE} webhooks on the base")
 

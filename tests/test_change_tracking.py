@@ -406,3 +406,80 @@ def test_kill_9_during_an_incremental_runs_writes_then_a_rerun_leaves_a_clean_ba
     assert tracking(harness)["mode"] == "webhook"  # the dead run's writes come back as payloads
     assert base_state(emulator) == reference_state(tmp_path_factory, exports_of(harness))
     assert harness.run("--full") == 0 and tracking(harness)["drift"] == 0
+
+
+# -- review follow-ups ---------------------------------------------------------------------------
+
+def test_a_dry_run_never_refreshes_the_webhook(harness, emulator):
+    clean_start(harness)
+    data = state_of(harness)
+    data["last_run"] = (datetime.fromisoformat(data["last_run"]) - timedelta(days=6, hours=12)).isoformat()
+    (harness.cache_dir / "airtable_state.json").write_text(json.dumps(data))
+    emulator.clear_log()
+    assert harness.run("--dry-run") == 0
+    assert tracking(harness)["mode"] == "full" and {r.method for r in emulator.requests} == {"GET"}
+
+
+def test_full_with_the_feed_gone_after_the_listing_measures_no_drift_and_does_not_crash(harness, emulator):
+    clean_start(harness)
+    emulator.add_fault(kind="webhook", method="GET", skip=1, status=404, times=None)  # payloads, not the list
+    assert harness.run("--full") == 0
+    assert tracking(harness)["drift"] is None and harness.report()["ended"] == "ok"
+    emulator.clear_faults()
+    assert harness.run() == 0  # that webhook was not trusted: a full read, a working feed after
+    assert harness.run() == 0 and tracking(harness)["mode"] == "webhook"
+
+
+def test_a_full_read_of_one_table_keeps_the_others_in_the_snapshot(harness, emulator):
+    clean_start(harness)
+    assert harness.run("--tables", "users", "--full") == 0
+    assert tracking(harness)["drift"] == 0
+    assert set(state_of(harness)["tables"]) == {"users", "events", "messages"}
+    emulator.clear_log()
+    assert harness.run() == 0
+    assert tracking(harness)["mode"] == "webhook" and emulator.count(kind="read") == 0
+    assert harness.run("--full") == 0 and tracking(harness)["drift"] == 0
+
+
+def test_payloads_read_before_falling_back_to_a_full_read_are_counted(harness, emulator):
+    clean_start(harness)
+    emulator.client.rename_field(USERS, "occupation", "Job")
+    harness.run()
+    assert tracking(harness)["mode"] == "full" and tracking(harness)["payloads"] >= 1
+
+
+def test_an_internal_error_leaves_the_previous_state(harness, emulator, monkeypatch):
+    clean_start(harness)
+    before = {p.name: p.read_bytes() for p in harness.cache_dir.glob("airtable_*.json")}
+    users = harness.read_export("users.json")
+    users[0]["firstName"] = "Crash"
+    harness.write_export("users.json", users)
+
+    def broken(self):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(sync.Applier, "apply", broken)
+    assert harness.run() == sync.EXIT_CRASH
+    assert {p.name: p.read_bytes() for p in harness.cache_dir.glob("airtable_*.json")} == before
+
+
+def test_a_foreign_cache_used_with_use_cache_never_becomes_the_trusted_snapshot(harness, emulator):
+    clean_start(harness)
+    path = harness.cache_dir / "airtable_events.json"
+    records = json.loads(path.read_text())
+    records[0]["fields"]["location"] = "Edited by hand"
+    path.write_text(json.dumps(records))
+    events = harness.read_export("events.json")
+    events[1]["description"] = "Changed in Mongo"
+    harness.write_export("events.json", events)
+    harness.run("--use-cache")
+    assert harness.run() == 0
+    assert "does not match the state" in tracking(harness)["reason"]
+
+
+def test_check_names_a_broken_webhook(harness, emulator, capsys):
+    clean_start(harness)
+    emulator.disable_webhook(state_of(harness)["webhook_id"])
+    capsys.readouterr()
+    assert harness.run("--check") == 0
+    assert "(the webhook is disabled: the next run reads in full and replaces it)" in capsys.readouterr().out

@@ -318,19 +318,64 @@ def test_never_deletes(harness, emulator, case):
 
 def test_a_record_a_person_deleted_meanwhile_counts_as_deleted(harness, emulator):
     remove_from_exports(harness)
-    person_deletes = GONE_MESSAGES["67b7101c0ff2cb65dc8d05a0"]  # M03, in the first delete batch
-    # The person deletes it while the run is writing, after the run read the table.
+    person_deletes = GONE_MESSAGES["67b7101c0ff2cb65dc8d05a0"]  # M03
+    # The person deletes it while the run is writing, after the run read the table: the re-read
+    # just before the deletes finds it gone, and no request names it.
     emulator.add_fault(kind="write", table=MESSAGES, delay_s=0.2, times=1)
     watcher = on_request(emulator, lambda r: r.kind == "write" and r.table == MESSAGES,
                          lambda: emulator.client.delete(MESSAGES, [person_deletes]))
     assert harness.run("--delete-missing", env=LOOSE) == 1
     watcher.join(5)
     statuses = [(r.status, r.records) for r in deletes(emulator) if r.table == MESSAGES]
-    assert statuses[0] == (404, 10)  # the batch with the gone record, then the others
+    assert statuses == [(200, 10), (200, 1)]
     figures = harness.report()["tables"]["messages"]
     assert by_record(figures["deleted_records"]) == by_record(refs(TO_DELETE["messages"]))
-    assert figures["deleted"] == 12
+    assert figures["deleted"] == 12 and figures["errors"] == 0
     assert not record_ids(emulator, MESSAGES) & set(TO_DELETE["messages"].values())
+    assert person_deletes not in {line["id"] for line in archived(harness)}
+
+
+def test_a_record_gone_after_the_reread_fails_its_batch_and_the_others_go_one_by_one(harness, emulator):
+    remove_from_exports(harness)
+    person_deletes = GONE_MESSAGES["67b7101c0ff2cb65dc8d05a0"]  # M03, in the first delete batch
+    # Deleted by the person while the first delete request waits to be processed.
+    emulator.add_fault(method="DELETE", table=MESSAGES, delay_s=0.2, times=1)
+    watcher = on_request(emulator, lambda r: r.method == "DELETE" and r.table == MESSAGES,
+                         lambda: emulator.client.delete(MESSAGES, [person_deletes]))
+    assert harness.run("--delete-missing", env=LOOSE) == 1
+    watcher.join(5)
+    statuses = [(r.status, r.records) for r in deletes(emulator) if r.table == MESSAGES]
+    assert statuses[0] == (404, 10)  # the batch with the gone record, then its records one by one
+    assert sorted(statuses[1:11]) == [(200, 1)] * 9 + [(404, 1)] and statuses[11:] == [(200, 2)]
+    figures = harness.report()["tables"]["messages"]
+    assert figures["deleted"] == 12 and figures["errors"] == 0
+    assert not record_ids(emulator, MESSAGES) & set(TO_DELETE["messages"].values())
+
+
+def test_a_row_a_person_keeps_by_clearing_its_id_is_not_deleted(harness, emulator):
+    remove_from_exports(harness)
+    kept = GONE_MESSAGES["67b7101c0ff2cb65dc8d05a0"]  # M03
+    emulator.add_fault(kind="write", table=MESSAGES, delay_s=0.2, times=1)
+    watcher = on_request(emulator, lambda r: r.kind == "write" and r.table == MESSAGES,
+                         lambda: emulator.client.update(MESSAGES, kept, {"id": None, "status": "approved"}))
+    assert harness.run("--delete-missing", env=LOOSE) == 1
+    watcher.join(5)
+    assert kept in record_ids(emulator, MESSAGES)
+    figures = harness.report()["tables"]["messages"]
+    assert figures["deleted"] == 11 and kept not in {r["record_id"] for r in figures["deleted_records"]}
+    assert kept not in {line["id"] for line in archived(harness)}
+
+
+def test_the_archive_holds_what_a_person_typed_after_the_read(harness, emulator):
+    remove_from_exports(harness)
+    edited = GONE_MESSAGES["67b7101c0ff2cb65dc8d05a0"]  # M03
+    emulator.add_fault(kind="write", table=MESSAGES, delay_s=0.2, times=1)
+    watcher = on_request(emulator, lambda r: r.kind == "write" and r.table == MESSAGES,
+                         lambda: emulator.client.update(MESSAGES, edited, {"personalization_notes": "typed late"}))
+    assert harness.run("--delete-missing", env=LOOSE) == 1
+    watcher.join(5)
+    line = next(line for line in archived(harness) if line["id"] == edited)
+    assert line["fields"]["personalization_notes"] == "typed late"
 
 
 def expected_base(emulator_records: dict) -> dict:
@@ -470,3 +515,15 @@ def test_every_run_but_a_dry_run_prunes_old_archives_and_nothing_else(harness, e
     assert harness.run() == 1  # without --delete-missing too
     assert not (harness.reports_dir / old).exists()
     assert all((harness.reports_dir / name).exists() for name in others)
+
+
+def test_failed_deletes_fail_the_run(harness, emulator):
+    remove_from_exports(harness)
+    users = [u for u in harness.read_export("users.json") if "67bee6204876d36d86afa056" not in json.dumps(u)]
+    harness.write_export("users.json", users)  # without U12, only the deletes can fail
+    emulator.add_fault(method="DELETE", status=422, times=None,
+                       body={"error": {"type": "INVALID_REQUEST_UNKNOWN", "message": "refused"}})
+    assert harness.run("--delete-missing", env=LOOSE) == 1
+    report = harness.report()
+    assert report["ended"] == "finished with failed records"
+    assert report["tables"]["messages"]["errors"] == 12 and report["tables"]["messages"]["deleted"] == 0

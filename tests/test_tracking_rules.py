@@ -300,3 +300,17 @@ def test_old_archives_are_pruned_and_nothing_else(tmp_path):
         (tmp_path / name).write_text("x")
     sync.prune_archives(tmp_path, 30, now)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names[1:])
+
+
+def test_the_cap_is_exact_at_its_edge():
+    gone = [rec(f"recG{i}", f"g{i}") for i in range(29)]
+    plans = {"users": table_plan("users", gone, kept(71))}
+    exported = {"users": {f"u{i}" for i in range(71)}}
+    at_cap = sync.plan_deletions(plans, exported, settings(delete_missing=True, AIRTABLE_MAX_DELETE_FRACTION="0.29"))
+    assert at_cap["users"].limit == 29 and not at_cap["users"].held  # 29 of 100 is not more than 29%
+
+
+def test_an_archive_name_that_is_no_date_is_left_alone(tmp_path):
+    (tmp_path / "deleted_20241399_000000.jsonl").write_text("x")
+    sync.prune_archives(tmp_path, 30, datetime(2026, 12, 1))
+    assert (tmp_path / "deleted_20241399_000000.jsonl").exists()
