@@ -355,6 +355,15 @@ def test_includes_previous_and_unchanged_cell_values(emu, base, contacts):
     assert change["unchanged"] == {"cellValuesByFieldId": {F_NAME: "Ada"}}
 
 
+def test_unchanged_is_left_out_when_every_listed_field_changed(emu, base, contacts):
+    hook_id = base.add_webhook(None, {"options": {"filters": {"dataTypes": ["tableData"]}, "includes": {
+        "includeCellValuesInFieldIds": [F_AGE]}}}).id
+    contacts.update(ADA, {"Age": 41})
+    [payload] = emu.payloads(hook_id)
+    change = payload_tables(payload)[T_CONTACTS]["changedRecordsById"][ADA]
+    assert "unchanged" not in change and change["current"]["cellValuesByFieldId"][F_AGE] == 41
+
+
 def test_ui_field_created_renamed_deleted_are_field_changes(emu, base):
     fields = base.add_webhook(None, FIELDS).id
     fields_prev = base.add_webhook(None, {"options": {"filters": {"dataTypes": ["tableFields"]},
@@ -408,7 +417,11 @@ def test_payload_pages_hold_50_and_say_might_have_more(emu, base):
     assert len(second["payloads"]) == 10 and second["cursor"] == 61 and second["mightHaveMore"] is False
     small = raw(emu, "GET", hook_url(hook.id, "/payloads"), params={"cursor": 59, "limit": 5}).json()
     assert len(small["payloads"]) == 2 and small["cursor"] == 61
-    for params in ({"limit": 51}, {"limit": 0}, {"cursor": 0}, {"cursor": "x"}, {"offset": 1}):
+    # "A maximum of 50 payloads can be returned in a single request": a cap, not an error.
+    capped = raw(emu, "GET", hook_url(hook.id, "/payloads"), params={"limit": 51})
+    assert capped.status_code == 200
+    assert len(capped.json()["payloads"]) == 50 and capped.json()["cursor"] == 51 and capped.json()["mightHaveMore"]
+    for params in ({"limit": 0}, {"cursor": 0}, {"cursor": "x"}, {"offset": 1}):
         assert raw(emu, "GET", hook_url(hook.id, "/payloads"), params=params).status_code == 422, params
     assert [p.cursor for p in hook.payloads()] == list(range(1, 61))
     assert base.webhook(hook.id).cursor_for_next_payload == 61

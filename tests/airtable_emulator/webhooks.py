@@ -311,11 +311,11 @@ class WebhooksMixin:
                 self._require_scope(DATA_TYPE_SCOPES[data_type])
             _only_params(query, {"cursor", "limit"})
             cursor = _positive_int(_scalar(query, "cursor"), 1)
-            limit = _positive_int(_scalar(query, "limit"), MAX_PAYLOADS_PER_PAGE)
-            if limit > MAX_PAYLOADS_PER_PAGE:
-                # list-webhook-payloads: "A maximum of 50 payloads can be returned in a single
-                # request."  STRICT (undocumented): a larger limit is refused, like pageSize > 100.
-                raise invalid_request()
+            # list-webhook-payloads: "A maximum of 50 payloads can be returned in a single
+            # request."  The docs state a cap, not an error, so a larger limit is capped (a page
+            # holds at most 50 and mightHaveMore says what is left); UNCONFIRMED that Airtable
+            # does not refuse it.  0, negative or non-numeric: STRICT (undocumented), refused.
+            limit = min(_positive_int(_scalar(query, "limit"), MAX_PAYLOADS_PER_PAGE), MAX_PAYLOADS_PER_PAGE)
             if self._hook_active(hook):
                 # "Calling this endpoint will also extend the life of the webhook if it is
                 # active with an expiration time. The new expiration time will be 7 days after
@@ -756,7 +756,10 @@ class WebhooksMixin:
                 if wanted:
                     keep = cells.keys() if wanted == "all" else wanted
                     unchanged = {fid: v2(fid, cells[fid]) for fid in keep if fid in cells and fid not in diffs}
-                    item["unchanged"] = {"cellValuesByFieldId": unchanged}
+                    if unchanged:
+                        # UNCONFIRMED: with nothing unchanged to show (every listed field changed,
+                        # or is empty) the key is left out rather than sent as an empty object.
+                        item["unchanged"] = {"cellValuesByFieldId": unchanged}
                 changed[rid] = item
             if changed:
                 out["changedRecordsById"] = changed
