@@ -355,6 +355,116 @@ def test_includes_previous_and_unchanged_cell_values(emu, base, contacts):
     assert change["unchanged"] == {"cellValuesByFieldId": {F_NAME: "Ada"}}
 
 
+def test_unchanged_is_left_out_when_every_listed_field_changed(emu, base, contacts):
+    hook_id = base.add_webhook(None, {"options": {"filters": {"dataTypes": ["tableData"]}, "includes": {
+        "includeCellValuesInFieldIds": [F_AGE]}}}).id
+    contacts.update(ADA, {"Age": 41})
+    [payload] = emu.payloads(hook_id)
+    change = payload_tables(payload)[T_CONTACTS]["changedRecordsById"][ADA]
+    assert "unchanged" not in change and change["current"]["cellValuesByFieldId"][F_AGE] == 41
+
+
+def test_a_large_transaction_is_split_into_payloads_of_the_same_transaction(emu, base, contacts):
+    hook = base.webhook(base.add_webhook(None, {"options": {"filters": {"dataTypes": ["tableData"]}}}).id)
+    view_id = emu.schema()["tables"][0]["views"][0]["id"]
+    in_view = base.add_webhook(None, {"options": {"filters": {"dataTypes": ["tableData"], "recordChangeScope": view_id}}}).id
+    emu.split_payloads_over = 3
+    created = contacts.batch_create([{"Name": f"S{i}"} for i in range(8)])  # one request, 8 records
+    contacts.update(ADA, {"Age": 1})  # one record: not split
+    payloads = emu.payloads(hook.id)
+    assert len(payloads) == 4  # 8 created contacts (3 + 3 + 2), then Ada's change
+    split, last = payloads[:3], payloads[3]
+    assert [len(payload_tables(p)[T_CONTACTS]["createdRecordsById"]) for p in split] == [3, 3, 2]
+    ids = [rid for p in split for rid in payload_tables(p)[T_CONTACTS]["createdRecordsById"]]
+    assert ids == [c["id"] for c in created]
+    for key in ("timestamp", "baseTransactionNumber", "actionMetadata", "payloadFormat"):
+        assert len({json.dumps(p[key]) for p in split}) == 1, key
+    assert last["baseTransactionNumber"] == split[0]["baseTransactionNumber"] + 1
+    assert [p.cursor for p in hook.payloads()] == [1, 2, 3, 4]  # each piece is a payload of its own
+    # A view-scoped hook: each piece's changedViewsById holds that piece's records.
+    for p in emu.payloads(in_view)[:3]:
+        table = payload_tables(p)[T_CONTACTS]
+        assert table["changedViewsById"] == {view_id: {"createdRecordsById": table["createdRecordsById"]}}
+
+
+def _delete_with_split(split: int | None) -> list[dict]:
+    with Emulator(make_base(), rps=None) as emu:
+        base = Api(emu.token, endpoint_url=emu.url, retry_strategy=None).base(BASE_ID)
+        hook_id = base.add_webhook(None, DATA).id
+        emu.split_payloads_over = split
+        base.table("Contacts").batch_delete([ADA, BOB, "recDup10000000001", "recDup20000000001"])
+        return emu.payloads(hook_id)
+
+
+def test_split_counts_created_changed_and_destroyed_records_over_every_table():
+    # Deleting Ada clears Acme's link: 4 destroyed contacts and 1 changed company.
+    [unsplit] = _delete_with_split(None)
+    pieces = _delete_with_split(2)
+    counts = [[(tid, key, len(value)) for tid, table in payload_tables(p).items() for key, value in table.items()]
+              for p in pieces]
+    assert counts == [[(T_CONTACTS, "destroyedRecordIds", 2)], [(T_CONTACTS, "destroyedRecordIds", 2)],
+                      [(T_COMPANIES, "changedRecordsById", 1)]]
+    merged: dict = {}
+    for p in pieces:
+        for tid, table in payload_tables(p).items():
+            for key, value in table.items():
+                if isinstance(value, list):
+                    merged.setdefault(tid, {}).setdefault(key, []).extend(value)
+                else:
+                    merged.setdefault(tid, {}).setdefault(key, {}).update(value)
+    assert json.dumps(merged) == json.dumps(payload_tables(unsplit))  # key order included
+
+
+def test_split_keeps_field_changes_in_the_first_piece(emu, base):
+    hook_id = base.add_webhook(None, {"options": {"filters": {"dataTypes": ["tableData", "tableFields"]}}}).id
+    emu.split_payloads_over = 1
+    emu.client.change_field_type("Contacts", "Key", "number")  # a field change and every record's cell
+    payloads = emu.payloads(hook_id)
+    assert len(payloads) == len(emu.records("Contacts")) > 1
+    assert "changedFieldsById" in payload_tables(payloads[0])[T_CONTACTS]
+    assert all("changedFieldsById" not in payload_tables(p)[T_CONTACTS] for p in payloads[1:])
+    assert all(len(payload_tables(p)[T_CONTACTS]["changedRecordsById"]) == 1 for p in payloads)
+
+
+def test_client_actions_as_other_sources_carry_their_action_metadata(emu, base):
+    every = base.add_webhook(None, DATA).id
+    automations = base.add_webhook(None, {"options": {"filters": {"dataTypes": ["tableData"],
+                                                                  "fromSources": ["automation"]}}}).id
+    forms = base.add_webhook(None, {"options": {"filters": {"dataTypes": ["tableData"],
+                                                            "fromSources": ["formSubmission", "sync"]}}}).id
+    people = base.add_webhook(None, {"options": {"filters": {"dataTypes": ["tableData"], "fromSources": ["client"]}}}).id
+    view_id = emu.schema()["tables"][0]["views"][0]["id"]
+    emu.client.update("Contacts", BOB, {"Age": 60}, source="automation")
+    rid = emu.client.create("Contacts", {"Name": "Form"}, source="formSubmission")
+    emu.client.update("Contacts", rid, {"Age": 3}, source="automation", source_metadata={"automationId": "wflOther000000001"})
+    emu.client.delete("Contacts", [rid], source="sync")
+    emu.client.update("Contacts", BOB, {"Age": 61}, source="system")
+    emu.client.update("Contacts", BOB, {"Age": 62}, source="anonymousUser")
+    emu.client.update("Contacts", BOB, {"Age": 63}, source="unknown")
+    emu.client.create("Contacts", {"Name": "Page"}, source="formPageSubmission")
+    assert [p["actionMetadata"] for p in emu.payloads(every)] == [
+        {"source": "automation", "sourceMetadata": {"automationId": "wflEmulatorAuto01"}},
+        {"source": "formSubmission", "sourceMetadata": {"viewId": view_id}},
+        {"source": "automation", "sourceMetadata": {"automationId": "wflOther000000001"}},
+        {"source": "sync"}, {"source": "system"}, {"source": "anonymousUser"}, {"source": "unknown"},
+        {"source": "formPageSubmission", "sourceMetadata": {"pageId": "pagEmulatorPage01"}},
+    ]
+    # fromSources: only the named sources' changes.
+    assert [p["baseTransactionNumber"] for p in emu.payloads(automations)] == [1, 3]
+    assert [p["baseTransactionNumber"] for p in emu.payloads(forms)] == [2, 4]
+    assert emu.payloads(people) == []
+    # pyairtable reads every variant (sourceMetadata is optional in its model).
+    assert [p.action_metadata.source for p in base.webhook(every).payloads()][:2] == ["automation", "formSubmission"]
+    # Refused before any change: a form that edits, metadata of the wrong shape, an unknown source.
+    for bad in (lambda: emu.client.update("Contacts", BOB, {"Age": 1}, source="formSubmission"),
+                lambda: emu.client.update("Contacts", BOB, {"Age": 1}, source="system", source_metadata={"user": {}}),
+                lambda: emu.client.update("Contacts", BOB, {"Age": 1}, source="automation", source_metadata={"viewId": "v"}),
+                lambda: emu.client.delete("Contacts", [BOB], source="ui")):
+        with pytest.raises(ValueError):
+            bad()
+    assert len(emu.payloads(every)) == 8 and next(r for r in emu.records("Contacts") if r["id"] == BOB)["fields"]["Age"] == 63
+
+
 def test_ui_field_created_renamed_deleted_are_field_changes(emu, base):
     fields = base.add_webhook(None, FIELDS).id
     fields_prev = base.add_webhook(None, {"options": {"filters": {"dataTypes": ["tableFields"]},
@@ -408,7 +518,11 @@ def test_payload_pages_hold_50_and_say_might_have_more(emu, base):
     assert len(second["payloads"]) == 10 and second["cursor"] == 61 and second["mightHaveMore"] is False
     small = raw(emu, "GET", hook_url(hook.id, "/payloads"), params={"cursor": 59, "limit": 5}).json()
     assert len(small["payloads"]) == 2 and small["cursor"] == 61
-    for params in ({"limit": 51}, {"limit": 0}, {"cursor": 0}, {"cursor": "x"}, {"offset": 1}):
+    # "A maximum of 50 payloads can be returned in a single request": a cap, not an error.
+    capped = raw(emu, "GET", hook_url(hook.id, "/payloads"), params={"limit": 51})
+    assert capped.status_code == 200
+    assert len(capped.json()["payloads"]) == 50 and capped.json()["cursor"] == 51 and capped.json()["mightHaveMore"]
+    for params in ({"limit": 0}, {"cursor": 0}, {"cursor": "x"}, {"offset": 1}):
         assert raw(emu, "GET", hook_url(hook.id, "/payloads"), params=params).status_code == 422, params
     assert [p.cursor for p in hook.payloads()] == list(range(1, 61))
     assert base.webhook(hook.id).cursor_for_next_payload == 61

@@ -33,6 +33,8 @@ Test controls beyond the request log and faults (see each method):
     emu.client.create(table, {name: value}) -> record id     # a person in Airtable's UI:
     emu.client.update(table, record_id, {name: value})       # one "client" payload each
     emu.client.delete(table, [record ids])
+        # create/update/delete also take source="automation" | "formSubmission" (create only)
+        # | "system" | ... and source_metadata={...}: another webhooks-action-metadata source
     emu.client.create_field(table, name, type, options=None) -> field id
     emu.client.rename_field(table, field, new_name)
     emu.client.delete_field(table, field)
@@ -41,6 +43,8 @@ Test controls beyond the request log and faults (see each method):
     emu.payloads(webhook_id) -> [dict]          # every stored payload
     emu.push_webhook_error(webhook_id, code="INVALID_FILTERS", disable=None)
     emu.disable_webhook(webhook_id)
+    emu.split_payloads_over = N                 # a transaction naming more than N records
+                                                # comes as payloads of at most N records each
     Emulator(..., scopes=[...])                 # the token's scopes (whoami reports them)
 
 Modules: common (limits, ids, error bodies, parameter helpers), http (server, handler,

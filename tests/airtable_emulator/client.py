@@ -2,6 +2,13 @@
 transaction, and so one webhook payload with actionMetadata.source "client"
 (webhooks-action-metadata).  Calls bypass HTTP, the rate limit, faults and the request log.
 
+The record actions can also stand for another of Airtable's sources (``source=``, the
+webhooks-action-metadata variants, see webhooks.action_metadata): "automation" (sourceMetadata
+{automationId}), "formSubmission" ({viewId}: the table's first form view, else its first view)
+and "formPageSubmission" ({pageId}), which only create records, as forms do, and "system",
+"sync", "anonymousUser", "unknown" (no sourceMetadata); ``source_metadata=`` overrides the
+default ids.
+
 Values are given in records-API format and validated like an API write without typecast
 (a UI user picks existing select options; STRICT choice).  ``table`` is a table id or name,
 ``field`` a field id or name.
@@ -14,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from .common import COMPUTED_TYPES, ApiError, new_id
 from .formulas import _display
 from .records import _WriteCtx
+from .webhooks import EMULATOR_AUTOMATION_ID, EMULATOR_PAGE_ID, SOURCES, action_metadata
 
 if TYPE_CHECKING:
     from . import Emulator
@@ -36,25 +44,29 @@ class ClientActions:
 
     # ---- records ---------------------------------------------------------------------
 
-    def create(self, table: str, fields: dict[str, Any]) -> str:
+    def create(self, table: str, fields: dict[str, Any], *, source: str = "client",
+               source_metadata: dict | None = None) -> str:
         """Create a record; returns its id."""
         emu = self._emu
         with emu._lock:
             t = emu._require_table(table)
+            source_metadata = self._action(t, source, source_metadata, creating=True)
             ctx = _WriteCtx(typecast=False)
             cells = emu._validate_cells(t, fields, ctx)
             before = emu._txn_begin()
             now = emu._iso_now()
             emu._commit_ctx(ctx, now)
             rec = emu._insert(t, cells, now)
-            emu._txn_end(before, "client")
+            emu._txn_end(before, source, source_metadata)
             return rec.id
 
-    def update(self, table: str, record_id: str, fields: dict[str, Any]) -> None:
+    def update(self, table: str, record_id: str, fields: dict[str, Any], *, source: str = "client",
+               source_metadata: dict | None = None) -> None:
         """Change cells of one record (the others are kept)."""
         emu = self._emu
         with emu._lock:
             t = emu._require_table(table)
+            source_metadata = self._action(t, source, source_metadata)
             rec = t.index.get(record_id)
             if rec is None:
                 raise KeyError(f"no record {record_id!r} in table {t.name!r}")
@@ -64,19 +76,21 @@ class ClientActions:
             now = emu._iso_now()
             emu._commit_ctx(ctx, now)
             emu._apply(t, rec, cells, False, now)
-            emu._txn_end(before, "client")
+            emu._txn_end(before, source, source_metadata)
 
-    def delete(self, table: str, record_ids: list[str]) -> None:
+    def delete(self, table: str, record_ids: list[str], *, source: str = "client",
+               source_metadata: dict | None = None) -> None:
         """Delete records; links to them are cleared in other records, in the same action."""
         emu = self._emu
         with emu._lock:
             t = emu._require_table(table)
+            source_metadata = self._action(t, source, source_metadata)
             missing = [rid for rid in record_ids if rid not in t.index]
             if missing:
                 raise KeyError(f"no record(s) {missing} in table {t.name!r}")
             before = emu._txn_begin()
             emu._remove(t, list(dict.fromkeys(record_ids)))
-            emu._txn_end(before, "client")
+            emu._txn_end(before, source, source_metadata)
 
     # ---- fields ----------------------------------------------------------------------
 
@@ -192,6 +206,24 @@ class ClientActions:
             emu._txn_end(before, "client")
 
     # ---- helpers ---------------------------------------------------------------------
+
+    @staticmethod
+    def _action(t: "_Table", source: str, source_metadata: dict | None, creating: bool = False) -> dict | None:
+        """The sourceMetadata of a record action by ``source`` (checked before any change)."""
+        if source not in SOURCES:
+            raise ValueError(f"unknown source {source!r} (one of {SOURCES})")
+        if source in ("formSubmission", "formPageSubmission") and not creating:
+            raise ValueError(f"a {source} only creates records")
+        if source_metadata is None:
+            if source == "formSubmission":
+                views = [v for v in t.views if v.get("type") == "form"] or t.views
+                source_metadata = {"viewId": views[0]["id"]}
+            elif source == "formPageSubmission":
+                source_metadata = {"pageId": EMULATOR_PAGE_ID}
+            elif source == "automation":
+                source_metadata = {"automationId": EMULATOR_AUTOMATION_ID}
+        action_metadata(source, source_metadata)  # raises on metadata of the wrong shape
+        return source_metadata
 
     @staticmethod
     def _field(t: "_Table", key: str) -> dict:

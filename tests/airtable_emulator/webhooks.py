@@ -9,6 +9,10 @@ Sources (Airtable Web API docs):
   payloads ......... https://airtable.com/developers/web/api/list-webhook-payloads
   specification .... https://airtable.com/developers/web/api/model/webhooks-specification
   payload model .... https://airtable.com/developers/web/api/model/webhooks-payload
+  action metadata .. https://airtable.com/developers/web/api/model/webhooks-action-metadata
+                     (its variants as transcribed by generated and hand-written clients:
+                     github.com/ezghub1/airtable_php lib/Model/WebhooksActionAnyOf*.php, an
+                     OpenAPI-generated client; trigger.dev's @trigger.dev/airtable zod schemas)
   table changed .... https://airtable.com/developers/web/api/model/webhooks-table-changed
   cell formats ..... https://airtable.com/developers/web/api/field-model ("Cell format V2 (webhooks)")
   pyairtable ....... pyairtable/models/webhook.py (Webhook, WebhookPayload), api/base.py
@@ -68,6 +72,45 @@ DATA_TYPE_SCOPES = {"tableData": "data.records:read", "tableFields": "schema.bas
 #: payload model's example shows id, email and permissionLevel).
 EMULATOR_USER = {"id": "usrEmulatorUser01", "email": "emulator.user@example.com",
                  "permissionLevel": "create", "name": "Emulator User"}
+#: The automation and interface page behind emu.client's "automation" and "formPageSubmission"
+#: actions unless the test names its own (sourceMetadata.automationId / pageId).  UNCONFIRMED
+#: id prefixes: automations show as "wfl..." in Airtable's URLs, interface pages as "pag...".
+EMULATOR_AUTOMATION_ID = "wflEmulatorAuto01"
+EMULATOR_PAGE_ID = "pagEmulatorPage01"
+
+#: webhooks-action-metadata, per source, the keys of sourceMetadata (None: the variant has no
+#: sourceMetadata at all).  "client" and "publicApi" carry {user: {id, email, permissionLevel,
+#: name?, profilePicUrl?}}; "formSubmission" {viewId}; "formPageSubmission" {pageId};
+#: "automation" {automationId}; "system", "sync", "anonymousUser" and "unknown" only the source.
+#: ("unknown" is in trigger.dev's action union and in the fromSources enum, not in the generated
+#: PHP client's; the docs add: "We may add additional sources or source metadata in the future".)
+SOURCE_METADATA_KEYS: dict[str, tuple[str, ...] | None] = {
+    "client": ("user",), "publicApi": ("user",), "formSubmission": ("viewId",),
+    "formPageSubmission": ("pageId",), "automation": ("automationId",), "system": None, "sync": None,
+    "anonymousUser": None, "unknown": None,
+}
+assert set(SOURCE_METADATA_KEYS) == set(SOURCES)
+
+#: The keys of a table's changes that hold records (webhooks-table-changed), in payload order.
+RECORD_KEYS = ("createdRecordsById", "changedRecordsById", "destroyedRecordIds")
+
+
+def action_metadata(source: str, source_metadata: dict | None = None) -> dict:
+    """actionMetadata for a change made by ``source`` (webhooks-action-metadata); for a user
+    source the user defaults to EMULATOR_USER.  The caller supplies the other sources' ids."""
+    if source not in SOURCE_METADATA_KEYS:
+        raise ValueError(f"unknown source {source!r} (one of {SOURCES})")
+    keys = SOURCE_METADATA_KEYS[source]
+    if keys is None:
+        if source_metadata:
+            raise ValueError(f"a {source!r} action has no sourceMetadata")
+        return {"source": source}
+    meta = dict(source_metadata or {})
+    if keys == ("user",):
+        meta.setdefault("user", dict(EMULATOR_USER))
+    if set(meta) != set(keys) or not all(meta.values()):
+        raise ValueError(f"a {source!r} action's sourceMetadata is {{{', '.join(keys)}}}")
+    return {"source": source, "sourceMetadata": copy.deepcopy(meta)}
 
 _FILTER_KEYS = {"dataTypes", "recordChangeScope", "changeTypes", "fromSources", "sourceOptions",
                 "watchDataInFieldIds", "watchSchemasOfFieldIds"}
@@ -311,11 +354,11 @@ class WebhooksMixin:
                 self._require_scope(DATA_TYPE_SCOPES[data_type])
             _only_params(query, {"cursor", "limit"})
             cursor = _positive_int(_scalar(query, "cursor"), 1)
-            limit = _positive_int(_scalar(query, "limit"), MAX_PAYLOADS_PER_PAGE)
-            if limit > MAX_PAYLOADS_PER_PAGE:
-                # list-webhook-payloads: "A maximum of 50 payloads can be returned in a single
-                # request."  STRICT (undocumented): a larger limit is refused, like pageSize > 100.
-                raise invalid_request()
+            # list-webhook-payloads: "A maximum of 50 payloads can be returned in a single
+            # request."  The docs state a cap, not an error, so a larger limit is capped (a page
+            # holds at most 50 and mightHaveMore says what is left); UNCONFIRMED that Airtable
+            # does not refuse it.  0, negative or non-numeric: STRICT (undocumented), refused.
+            limit = min(_positive_int(_scalar(query, "limit"), MAX_PAYLOADS_PER_PAGE), MAX_PAYLOADS_PER_PAGE)
             if self._hook_active(hook):
                 # "Calling this endpoint will also extend the life of the webhook if it is
                 # active with an expiration time. The new expiration time will be 7 days after
@@ -434,6 +477,12 @@ class WebhooksMixin:
     #: Compare the whole base for every transaction (the reference the tests check against).
     _txn_whole_base = False
 
+    #: Test control: a transaction whose payload for a hook names more than this many records
+    #: is delivered as several payloads of at most this many records each, with the same
+    #: timestamp, baseTransactionNumber and actionMetadata (webhooks-payload: "this action may
+    #: be split across multiple payloads").  None (the default): never split.
+    split_payloads_over: int | None = None
+
     def _txn_begin(self, whole_base: bool = False) -> _Txn | None:
         """Called with the lock held before a change to the base: starts tracking what the
         change touches, or returns None when no hook could receive a payload (then nothing
@@ -449,14 +498,16 @@ class WebhooksMixin:
         self._txn = txn
         return txn
 
-    def _txn_end(self, txn: _Txn | None, source: str) -> None:
+    def _txn_end(self, txn: _Txn | None, source: str, source_metadata: dict | None = None) -> None:
         """One transaction: the changes since ``_txn_begin`` become one payload for every
-        active hook whose specification they match.  A transaction that changed nothing (for
-        example an update writing the values already there) makes no payload: payloads
-        describe changes (webhooks-payload); UNCONFIRMED for no-op writes."""
+        active hook whose specification they match (several when ``split_payloads_over``
+        splits it).  A transaction that changed nothing (for example an update writing the
+        values already there) makes no payload: payloads describe changes (webhooks-payload);
+        UNCONFIRMED for no-op writes.  ``source``/``source_metadata``: see action_metadata()."""
         self._txn = None
         if txn is None:
             return
+        action = action_metadata(source, source_metadata)
         if txn.whole_state is not None:
             before, after = txn.whole_state, self._base_state()
             names = {t: {**before.get(t, {}).get("names", {}), **after.get(t, {}).get("names", {})}
@@ -473,8 +524,7 @@ class WebhooksMixin:
         for hook in self._hooks.values():
             if not self._hook_active(hook):
                 continue
-            payload = self._payload_for(hook, changes, after, name_of, source, now)
-            if payload is not None:
+            for payload in self._payloads_for(hook, changes, after, name_of, action, now):
                 self._append_payload(hook, payload, now)
 
     # ---- record tracking (called by records.py) --------------------------------------
@@ -654,12 +704,17 @@ class WebhooksMixin:
             return {"valuesByLinkedRecordId": values, "linkedRecordIds": ids}
         return copy.deepcopy(self._cell(t, rec, f))
 
-    def _payload_for(self, hook: _Hook, changes: dict, after: dict, name_of, source: str,
-                     now: dt.datetime) -> dict | None:
+    def _payloads_for(self, hook: _Hook, changes: dict, after: dict, name_of, action: dict,
+                      now: dt.datetime) -> list[dict]:
+        """The payloads of one transaction for one hook: none, one, or (split_payloads_over)
+        several."""
         options = hook.spec["options"]
         filters, includes = options["filters"], options.get("includes") or {}
-        if "fromSources" in filters and source not in filters["fromSources"]:
-            return None
+        # webhooks-specification, fromSources: "Only generate payloads for changes from these
+        # sources."  (sourceOptions, which narrows form submissions to a view or page, is
+        # validated but does not filter: UNCONFIRMED semantics.)
+        if "fromSources" in filters and action["source"] not in filters["fromSources"]:
+            return []
         data_types = set(filters["dataTypes"])
         change_types = set(filters.get("changeTypes") or CHANGE_TYPES)
         scope = filters.get("recordChangeScope")
@@ -690,17 +745,18 @@ class WebhooksMixin:
             if out:
                 tables_out[tid] = out
         if not tables_out:
-            return None
+            return []
         # webhooks-payload: timestamp, baseTransactionNumber, actionMetadata, payloadFormat "v0",
-        # changedTablesById.  webhooks-action-metadata: source ("client" | "publicApi" | ...),
-        # sourceMetadata.user {id, email, permissionLevel, name?} for user-made changes.
-        return {
+        # changedTablesById.  webhooks-action-metadata: see action_metadata().  A split
+        # transaction's payloads share the first four ("The split payloads will have the same
+        # timestamp, baseTransactionNumber, and actionMetadata").
+        return [{
             "timestamp": format_ms(now),
             "baseTransactionNumber": self._txn_number,
-            "actionMetadata": {"source": source, "sourceMetadata": {"user": dict(EMULATOR_USER)}},
+            "actionMetadata": copy.deepcopy(action),
             "payloadFormat": "v0",
-            "changedTablesById": tables_out,
-        }
+            "changedTablesById": part,
+        } for part in _split_tables(tables_out, self.split_payloads_over)]
 
     @staticmethod
     def _field_changes(out: dict, ch: dict, change_types: set, watch: set | None, includes: dict) -> None:
@@ -756,7 +812,10 @@ class WebhooksMixin:
                 if wanted:
                     keep = cells.keys() if wanted == "all" else wanted
                     unchanged = {fid: v2(fid, cells[fid]) for fid in keep if fid in cells and fid not in diffs}
-                    item["unchanged"] = {"cellValuesByFieldId": unchanged}
+                    if unchanged:
+                        # UNCONFIRMED: with nothing unchanged to show (every listed field changed,
+                        # or is empty) the key is left out rather than sent as an empty object.
+                        item["unchanged"] = {"cellValuesByFieldId": unchanged}
                 changed[rid] = item
             if changed:
                 out["changedRecordsById"] = changed
@@ -780,6 +839,49 @@ class _Txn:
     direct: set[tuple[str, str]] = field(default_factory=set)  # ... whose readers are captured
     readers: dict | None = None  # WebhooksMixin._link_readers(), on first use
     nonlocal_: dict | None = None
+
+
+def _split_tables(tables_out: dict, most: int | None) -> list[dict]:
+    """A payload's changedTablesById as one part, or, when it names more than ``most`` records
+    (created, changed and destroyed, over every table), as parts of at most ``most`` records
+    each, in order.  webhooks-payload: "Since many records may be affected, this action may be
+    split across multiple payloads."  How Airtable cuts them is not documented (UNCONFIRMED):
+    here the first part also carries the tables' field and metadata changes, and a part's
+    changedViewsById holds that part's records of the view's table."""
+    items: list[tuple[str, str, str, Any]] = []
+    for tid, out in tables_out.items():
+        for key in RECORD_KEYS:
+            value = out.get(key)
+            if key == "destroyedRecordIds":
+                items.extend((tid, key, rid, None) for rid in value or [])
+            else:
+                items.extend((tid, key, rid, item) for rid, item in (value or {}).items())
+    if not most or len(items) <= most:
+        return [tables_out]
+    parts = []
+    for start in range(0, len(items), most):
+        records: dict[str, dict[str, Any]] = {}
+        for tid, key, rid, item in items[start:start + most]:
+            if key == "destroyedRecordIds":
+                records.setdefault(tid, {}).setdefault(key, []).append(rid)
+            else:
+                records.setdefault(tid, {}).setdefault(key, {})[rid] = item
+        part: dict[str, Any] = {}
+        for tid, out in tables_out.items():
+            table: dict[str, Any] = {}
+            for key, value in out.items():
+                if key in RECORD_KEYS:
+                    if key in records.get(tid, {}):
+                        table[key] = records[tid][key]
+                elif key == "changedViewsById":
+                    if tid in records:
+                        table[key] = {view: copy.deepcopy(records[tid]) for view in value}
+                elif start == 0:
+                    table[key] = value
+            if table:
+                part[tid] = table
+        parts.append(part)
+    return parts
 
 
 def _field_heads(t: _Table) -> dict[str, dict]:
