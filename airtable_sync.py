@@ -2,19 +2,22 @@
 """One-way sync of Cuculi's MongoDB exports into Airtable.
 
 Reads users.json, events.json and messages.json (written by mongodb_pull.py),
-pulls the Users, Events and Messages tables of the Airtable base, matches every
-exported record to its Airtable record and writes only what changed: Users,
-then Events, then Messages (which link to both). Writes a log and a Markdown +
-JSON report. The interface and its rules are in CONTRACT.md; README.md tells how
-to run it.
+reads the Users, Events and Messages tables of the Airtable base (in full, or what
+changed since the last run from Airtable's change feed, a webhook's payloads),
+matches every exported record to its Airtable record and writes only what changed:
+Users, then Events, then Messages (which link to both); with --delete-missing it
+then deletes, capped and archived, the records that left Mongo. Writes a log and a
+Markdown + JSON report. The interface and its rules are in CONTRACT.md; README.md
+tells how to run it.
 
 The pipeline, one section each, in this order:
-settings -> connect -> pull -> load exports -> match -> convert -> diff -> plan
--> apply -> report.
+settings -> connect -> read (in full, or by change feed) -> load exports -> match
+-> convert -> diff -> plan -> apply -> report.
 """
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import dataclasses
 import errno
@@ -34,7 +37,7 @@ import time
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 from pathlib import Path
@@ -1398,10 +1401,6 @@ def save_snapshot(settings: Settings, read: BaseRead) -> None:
 # ---------------------------------------------------------------------------
 # Load exports
 # ---------------------------------------------------------------------------
-
-# Imported here rather than at the top so that this section stays self-contained.
-import base64  # noqa: E402
-from datetime import timedelta  # noqa: E402
 
 
 @dataclass
