@@ -845,8 +845,10 @@ def verdicts(result: dict, check_absolute: bool) -> list[Verdict]:
     out.append(Verdict(f"[{size}] the final base equals the full-read run's (writable fields, links by `id`)",
                        equal, detail))
     if check_absolute:
-        peak = max(r.child.rss_mb for r in runs)
-        out.append(Verdict(f"[{size}] peak RSS <= {MAX_RSS_MB:g} MB", peak <= MAX_RSS_MB, f"{peak:.0f} MB"))
+        for arm in ARMS:
+            peak = max(r.child.rss_mb for r in arms[arm])
+            out.append(Verdict(f"[{size}] peak RSS <= {MAX_RSS_MB:g} MB [{arm}]", peak <= MAX_RSS_MB,
+                               ", ".join(f"{r.name} {r.child.rss_mb:.0f} MB" for r in arms[arm])))
     return out
 
 
