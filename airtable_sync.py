@@ -797,12 +797,25 @@ def pull_table(airtable: Airtable, key: str, stop: threading.Event) -> list[dict
 
 
 def read_cache(path: Path) -> list[dict] | None:
+    """A cache as write_cache writes it, one record a line, parsed line by line: the whole file
+    as one string would double the run's peak memory (text is 2-4 bytes a character in memory).
+    Any other JSON array (a hand-made file) is read whole."""
     try:
-        records = json.loads(path.read_text(encoding="utf-8"))
+        with open(path, encoding="utf-8") as handle:
+            if handle.readline().strip() != "[":
+                handle.seek(0)
+                records = json.load(handle)
+            else:
+                records = []
+                for line in handle:
+                    line = line.rstrip("\n")
+                    if line == "]":
+                        break
+                    records.append(json.loads(line[:-1] if line.endswith(",") else line))
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as exc:
-        log.warning("cache %s unreadable (%s): pulling instead", path, exc)
+        log.warning("cache %s unreadable (%s): reading Airtable instead", path, exc)
         return None
     return records if isinstance(records, list) else None
 
@@ -1021,22 +1034,25 @@ def synced_fields(key: str, types: Mapping[str, str]) -> list[str]:
     return [name for name in TABLE_SPECS[key].airtable_fields if types.get(name) in WRITABLE_TYPES]
 
 
-def apply_payloads(records: dict[str, list[dict]], payloads: Sequence[dict],
-                   schema: BaseSchema) -> tuple[dict[str, dict[str, set[str]]], set[str]]:
-    """Patch the snapshot with the payloads, in order (a payload sets values, it never adds to
-    them, so replaying one is harmless). Returns, per table, the records whose mapped cells the
-    payloads left different from the snapshot (changed by someone other than this tool: its own
-    writes are in the snapshot already), and the tables touched."""
-    keys_by_table = {table_id: key for key, table_id in schema.table_ids.items() if key in records}
-    index = {key: {rec["id"]: rec for rec in recs} for key, recs in records.items()}
-    before: dict[str, dict[str, dict | None]] = defaultdict(dict)
-    for payload in payloads:
+class SnapshotPatch:
+    """Patches the snapshot with payloads one at a time, in order, as they arrive: a night after
+    a first sync reads thousands, and holding them all would cost more memory than the snapshot.
+    A payload sets values, it never adds to them, so replaying one is harmless."""
+
+    def __init__(self, records: dict[str, list[dict]], schema: BaseSchema):
+        self.records = records
+        self.schema = schema  # replaced when a payload says fields changed and the schema is read again
+        self.index = {key: {rec["id"]: rec for rec in recs} for key, recs in records.items()}
+        self.before: dict[str, dict[str, dict | None]] = defaultdict(dict)  # first-touch copies
+
+    def apply(self, payload: dict) -> None:
+        keys_by_table = {table_id: key for key, table_id in self.schema.table_ids.items() if key in self.index}
         for table_id, change in (payload.get("changedTablesById") or {}).items():
             key = keys_by_table.get(table_id)
             if key is None:
                 continue
-            table, by_id = index[key], {f.id: f for f in schema.fields[key].values()}
-            seen = before[key]
+            table, by_id = self.index[key], {f.id: f for f in self.schema.fields[key].values()}
+            seen = self.before[key]
             for rec_id, created in (change.get("createdRecordsById") or {}).items():
                 if rec_id not in seen:
                     seen[rec_id] = dict(table[rec_id]["fields"]) if rec_id in table else None
@@ -1058,19 +1074,47 @@ def apply_payloads(records: dict[str, list[dict]], payloads: Sequence[dict],
                 rec = table.pop(rec_id, None)
                 if rec is not None and rec_id not in seen:
                     seen[rec_id] = dict(rec["fields"])
-    edited: dict[str, dict[str, set[str]]] = {}
-    for key, seen in before.items():
-        records[key] = list(index[key].values())
-        types = {f.name: f.type for f in schema.fields[key].values()}
-        mapped = synced_fields(key, types)
-        for rec_id, old in seen.items():
-            rec = index[key].get(rec_id)
-            if old is None or rec is None:
-                continue  # created or deleted: not an edit of cells
-            names = {n for n in mapped if not values_equal(rec["fields"].get(n), old.get(n), types[n])}
-            if names:
-                edited.setdefault(key, {})[rec_id] = names
-    return edited, set(before)
+
+    def finish(self) -> tuple[dict[str, dict[str, set[str]]], set[str]]:
+        """Per table, the records whose mapped cells the payloads left different from the
+        snapshot (changed by someone other than this tool: its own writes are in the snapshot
+        already); and the tables whose records really changed (their caches are rewritten)."""
+        edited: dict[str, dict[str, set[str]]] = {}
+        changed: set[str] = set()
+        for key, seen in self.before.items():
+            table = self.index[key]
+            if any(old != (table[rec_id]["fields"] if rec_id in table else None) for rec_id, old in seen.items()):
+                changed.add(key)
+                self.records[key] = list(table.values())
+            types = {f.name: f.type for f in self.schema.fields[key].values()}
+            mapped = synced_fields(key, types)
+            for rec_id, old in seen.items():
+                rec = table.get(rec_id)
+                if old is None or rec is None:
+                    continue  # created or deleted: not an edit of cells
+                names = {n for n in mapped if not values_equal(rec["fields"].get(n), old.get(n), types[n])}
+                if names:
+                    edited.setdefault(key, {})[rec_id] = names
+        return edited, changed
+
+
+def mapped_fields_changed(old: BaseSchema, new: BaseSchema, keys: Iterable[str]) -> str | None:
+    """The first table whose mapped fields differ (by id or type) between two reads of the schema."""
+    for key in keys:
+        mapped = set(TABLE_SPECS[key].airtable_fields)
+        if {(f.id, f.type) for f in old.fields.get(key, {}).values() if f.name in mapped} != \
+                {(f.id, f.type) for f in new.fields.get(key, {}).values() if f.name in mapped}:
+            return key
+    return None
+
+
+def apply_payloads(records: dict[str, list[dict]], payloads: Iterable[dict],
+                   schema: BaseSchema) -> tuple[dict[str, dict[str, set[str]]], set[str]]:
+    """Patch the snapshot with the payloads, in order: SnapshotPatch, all at once."""
+    patch = SnapshotPatch(records, schema)
+    for payload in payloads:
+        patch.apply(payload)
+    return patch.finish()
 
 
 def count_drift(patched: Mapping[str, list[dict]], fresh: Mapping[str, list[dict]], schema: BaseSchema,
@@ -1191,31 +1235,29 @@ class BaseReader:
     def read_feed(self, state: ChangeState, hook: Any, snapshot: dict[str, list[dict]]
                   ) -> tuple[BaseRead | None, str]:
         """The snapshot patched with the payloads since the state's cursor; or None and why not."""
+        patch, cursor, count = SnapshotPatch(snapshot, state.schema), state.cursor, 0
         try:
-            payloads = self.payloads(hook, state.cursor)  # type: ignore[arg-type]
+            for payload in self.payloads(hook, state.cursor):  # type: ignore[arg-type]
+                why, reread = feed_schema_change([payload], patch.schema)
+                if why:
+                    return None, why
+                if reread and patch.schema is state.schema:  # fields added or changed elsewhere: once
+                    patch.schema = fetch_schema(self.airtable)  # type: ignore[assignment]
+                    if patch.schema is None:
+                        return None, "the schema cannot be read any more"
+                    if changed := mapped_fields_changed(state.schema, patch.schema, state.tables):
+                        return None, f"the mapped fields of {changed} changed"
+                patch.apply(payload)
+                cursor, count = payload["cursor"] + 1, count + 1
         except FeedUnavailable as exc:
             return None, str(exc)
-        why, reread = feed_schema_change(payloads, state.schema)
-        if why:
-            return None, why
-        schema = state.schema
-        if reread:  # fields were added or changed elsewhere: their names and types, once
-            schema = fetch_schema(self.airtable)
-            if schema is None:
-                return None, "the schema cannot be read any more"
-            for key in state.tables:
-                mapped = set(TABLE_SPECS[key].airtable_fields)
-                if {(f.id, f.type) for f in state.schema.fields.get(key, {}).values() if f.name in mapped} != \
-                        {(f.id, f.type) for f in schema.fields.get(key, {}).values() if f.name in mapped}:
-                    return None, f"the mapped fields of {key} changed"
-        edited, touched = apply_payloads(snapshot, payloads, schema)
-        cursor = payloads[-1]["cursor"] + 1 if payloads else state.cursor
-        log.info("change feed: %d payloads from cursor %d; %s", len(payloads), state.cursor,
+        edited, changed = patch.finish()
+        log.info("change feed: %d payloads from cursor %d; %s", count, state.cursor,
                  ", ".join(f"{k}: {len(snapshot[k])} records" for k in snapshot))
-        new_state = dataclasses.replace(state, schema=schema, cursor=cursor, last_run=self.now,
+        new_state = dataclasses.replace(state, schema=patch.schema, cursor=cursor, last_run=self.now,
                                         caches=dict(state.caches))
-        return BaseRead(snapshot, schema, "webhook", f"the change feed since cursor {state.cursor}",
-                        payloads=len(payloads), edited=edited, dirty=touched, state=new_state), ""
+        return BaseRead(snapshot, patch.schema, "webhook", f"the change feed since cursor {state.cursor}",
+                        payloads=count, edited=edited, dirty=changed, state=new_state), ""
 
     def list_webhooks(self) -> list:
         try:
@@ -1230,13 +1272,13 @@ class BaseReader:
         except (requests.ConnectionError, requests.Timeout) as exc:
             raise access_error(exc, self.settings, "listing webhooks") from None
 
-    def payloads(self, hook: Any, cursor: int) -> list[dict]:
-        """Every payload from `cursor` on, as Airtable's JSON (pyairtable pages them, 50 a page)."""
-        found = []
+    def payloads(self, hook: Any, cursor: int) -> Iterator[dict]:
+        """Every payload from `cursor` on, as Airtable's JSON, one at a time as pyairtable pages
+        them in (50 a page)."""
         try:
             for payload in hook.payloads(cursor=cursor):
-                found.append(payload.model_dump(by_alias=True, exclude_none=True))
                 self.payloads_read += 1
+                yield payload.model_dump(by_alias=True, exclude_none=True)
                 if self.stop.is_set():
                     raise RunInterrupted()
         except requests.HTTPError as exc:
@@ -1245,7 +1287,6 @@ class BaseReader:
             raise access_error(exc, self.settings, "reading the change feed") from None
         except (requests.ConnectionError, requests.Timeout) as exc:
             raise access_error(exc, self.settings, "reading the change feed") from None
-        return found
 
     # -- a full read --------------------------------------------------------------------
 
@@ -1255,7 +1296,6 @@ class BaseReader:
         read is replayed next run; with a previous snapshot that is still exact, the drift."""
         settings = self.settings
         log.info("reading every record: %s", reason)
-        payloads_read = self.payloads_read
         schema = fetch_schema(self.airtable)
         hook_id, cursor = None, None
         if settings.change_tracking and self.unavailable is not None:
@@ -1275,21 +1315,25 @@ class BaseReader:
         records = {key: pull_table(self.airtable, key, self.stop) for key in needed}
         for key in needed:
             log.info("%s: read %d Airtable records", key, len(records[key]))
-        read = BaseRead(records, schema, "full", reason, payloads=payloads_read, dirty=set(needed))
+        read = BaseRead(records, schema, "full", reason, payloads=self.payloads_read, dirty=set(needed))
         tables = {key: settings.table_ids[key] for key in needed}
         if state is not None and snapshot is not None and schema is not None \
                 and hook_id is not None and hook_id == state.webhook_id:
+            patch, later = SnapshotPatch(snapshot, state.schema), defaultdict(set)
             try:
-                payloads = self.payloads(self.listed[hook_id], state.cursor)  # type: ignore[arg-type]
+                for payload in self.payloads(self.listed[hook_id], state.cursor):  # type: ignore[arg-type]
+                    if payload["cursor"] < cursor:  # type: ignore[operator]
+                        patch.apply(payload)  # up to the read: what the snapshot should now say
+                    else:  # during or after the read: those records are left out
+                        for key, ids in touched_records([payload], schema).items():
+                            later[key] |= ids
             except FeedUnavailable as exc:
                 log.warning("drift not measured: %s", exc)
                 hook_id = None  # it went away since it was listed: the next run makes another
             else:
-                upto = [p for p in payloads if p["cursor"] < cursor]  # type: ignore[operator]
-                later = [p for p in payloads if p["cursor"] >= cursor]  # type: ignore[operator]
-                apply_payloads(snapshot, upto, state.schema)
-                read.payloads += len(payloads)
-                read.drift = count_drift(snapshot, records, schema, touched_records(later, schema))
+                patch.finish()
+                read.payloads = self.payloads_read
+                read.drift = count_drift(snapshot, records, schema, later)
                 if read.drift:
                     log.warning("drift: %d records differ from what the change feed said; see the report",
                                 read.drift)

@@ -483,3 +483,10 @@ def test_check_names_a_broken_webhook(harness, emulator, capsys):
     capsys.readouterr()
     assert harness.run("--check") == 0
     assert "(the webhook is disabled: the next run reads in full and replaces it)" in capsys.readouterr().out
+
+
+def test_the_night_after_a_run_replays_its_writes_and_rewrites_no_cache(harness):
+    clean_start(harness)
+    before = {p.name: p.stat().st_mtime_ns for p in harness.cache_dir.glob("airtable_[ume]*.json")}
+    assert harness.run() == 0 and tracking(harness)["payloads"] > 0
+    assert {p.name: p.stat().st_mtime_ns for p in harness.cache_dir.glob("airtable_[ume]*.json")} == before

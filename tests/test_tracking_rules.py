@@ -314,3 +314,29 @@ def test_an_archive_name_that_is_no_date_is_left_alone(tmp_path):
     (tmp_path / "deleted_20241399_000000.jsonl").write_text("x")
     sync.prune_archives(tmp_path, 30, datetime(2026, 12, 1))
     assert (tmp_path / "deleted_20241399_000000.jsonl").exists()
+
+
+@pytest.mark.parametrize("records", [
+    [],
+    [{"id": "rec1", "fields": {"message": "ends with a bracket ]\n,", "x": "日本語, ],\n"}}],
+    [{"id": f"rec{i}", "fields": {"n": i, "s": "a,\\n]" * i}} for i in range(5)],
+])
+def test_a_cache_reads_back_as_written(tmp_path, records):
+    path = tmp_path / "airtable_users.json"
+    sync.write_cache(path, records)
+    assert sync.read_cache(path) == records
+
+
+def test_a_hand_made_cache_array_is_read_whole(tmp_path):
+    path = tmp_path / "airtable_users.json"
+    path.write_text('[{"id": "rec1", "fields": {}},\n  {"id": "rec2", "fields": {"a": 1}}]')
+    assert [r["id"] for r in sync.read_cache(path)] == ["rec1", "rec2"]
+    path.write_text('[{"id": "rec1"')
+    assert sync.read_cache(path) is None
+
+
+def test_replayed_writes_leave_no_table_changed():
+    records = snapshot()
+    own = payload(5, {TABLES["users"]: {"changedRecordsById": {"recU1": {"current": {"cellValuesByFieldId": {
+        "fldUcount": 3}}}}}}, source="publicApi")
+    assert sync.apply_payloads(records, [own], schema()) == ({}, set())
