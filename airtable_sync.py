@@ -806,12 +806,20 @@ def read_cache(path: Path) -> list[dict] | None:
                 handle.seek(0)
                 records = json.load(handle)
             else:
-                records = []
+                # A thousand lines at a time: json shares the keys of the records it parses in
+                # one call, and 30,000 records each with its own copy of 25 keys cost 40 MB.
+                records, chunk = [], []
                 for line in handle:
                     line = line.rstrip("\n")
+                    if line != "]":
+                        chunk.append(line[:-1] if line.endswith(",") else line)
+                    if len(chunk) == 1000 or (line == "]" and chunk):
+                        records.extend(json.loads("[" + ",".join(chunk) + "]"))
+                        chunk = []
                     if line == "]":
                         break
-                    records.append(json.loads(line[:-1] if line.endswith(",") else line))
+                else:
+                    raise ValueError("the file ends before its closing bracket")
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as exc:
@@ -1043,7 +1051,7 @@ class SnapshotPatch:
         self.records = records
         self.schema = schema  # replaced when a payload says fields changed and the schema is read again
         self.index = {key: {rec["id"]: rec for rec in recs} for key, recs in records.items()}
-        self.before: dict[str, dict[str, dict | None]] = defaultdict(dict)  # first-touch copies
+        self.before: dict[str, dict[str, dict | None]] = defaultdict(dict)  # key -> record id -> cells
 
     def apply(self, payload: dict) -> None:
         keys_by_table = {table_id: key for key, table_id in self.schema.table_ids.items() if key in self.index}
@@ -1052,28 +1060,34 @@ class SnapshotPatch:
             if key is None:
                 continue
             table, by_id = self.index[key], {f.id: f for f in self.schema.fields[key].values()}
-            seen = self.before[key]
+            before = self.before[key]
+            # A record's cells before the payloads first changed them. Only a real change is
+            # remembered: the tool's own writes, replayed, change nothing and cost nothing.
             for rec_id, created in (change.get("createdRecordsById") or {}).items():
-                if rec_id not in seen:
-                    seen[rec_id] = dict(table[rec_id]["fields"]) if rec_id in table else None
+                fields: dict = {}
+                set_cells(fields, created.get("cellValuesByFieldId") or {}, by_id)
+                old = table.get(rec_id)
+                if old is not None and old["fields"] == fields:
+                    continue
+                before.setdefault(rec_id, None if old is None else old["fields"])
                 created_time = created.get("createdTime")
                 if isinstance(created_time, datetime):
                     created_time = iso_millis(created_time)
-                table[rec_id] = {"id": rec_id, "createdTime": created_time, "fields": {}}
-                set_cells(table[rec_id]["fields"], created.get("cellValuesByFieldId") or {}, by_id)
+                table[rec_id] = {"id": rec_id, "createdTime": created_time, "fields": fields}
             for rec_id, changed in (change.get("changedRecordsById") or {}).items():
                 rec = table.get(rec_id)
                 if rec is None:
                     log.debug("%s %s: a payload changes a record the snapshot lacks", key, rec_id)
                     continue  # a full read finds it; drift counts it
-                if rec_id not in seen:
-                    seen[rec_id] = dict(rec["fields"])
-                rec["fields"] = dict(rec["fields"])  # never patch a dict another list shares
-                set_cells(rec["fields"], ((changed.get("current") or {}).get("cellValuesByFieldId") or {}), by_id)
+                fields = dict(rec["fields"])  # a new dict: never patch one another list shares
+                set_cells(fields, ((changed.get("current") or {}).get("cellValuesByFieldId") or {}), by_id)
+                if fields != rec["fields"]:
+                    before.setdefault(rec_id, rec["fields"])
+                    rec["fields"] = fields
             for rec_id in change.get("destroyedRecordIds") or []:
                 rec = table.pop(rec_id, None)
-                if rec is not None and rec_id not in seen:
-                    seen[rec_id] = dict(rec["fields"])
+                if rec is not None:
+                    before.setdefault(rec_id, rec["fields"])
 
     def finish(self) -> tuple[dict[str, dict[str, set[str]]], set[str]]:
         """Per table, the records whose mapped cells the payloads left different from the

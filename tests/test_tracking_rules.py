@@ -340,3 +340,10 @@ def test_replayed_writes_leave_no_table_changed():
     own = payload(5, {TABLES["users"]: {"changedRecordsById": {"recU1": {"current": {"cellValuesByFieldId": {
         "fldUcount": 3}}}}}}, source="publicApi")
     assert sync.apply_payloads(records, [own], schema()) == ({}, set())
+
+
+def test_a_cache_cut_short_is_unreadable(tmp_path):
+    path = tmp_path / "airtable_users.json"
+    sync.write_cache(path, [{"id": f"rec{i}", "fields": {}} for i in range(3)])
+    path.write_text(path.read_text().rsplit("\n", 3)[0] + "\n")  # lost its last record and the bracket
+    assert sync.read_cache(path) is None
