@@ -801,7 +801,7 @@ def read_cache(path: Path) -> list[dict] | None:
     as one string would double the run's peak memory (text is 2-4 bytes a character in memory).
     Any other JSON array (a hand-made file) is read whole."""
     try:
-        with open(path, encoding="utf-8") as handle:
+        with open(path, encoding="utf-8", errors="surrogatepass") as handle:
             if handle.readline().strip() != "[":
                 handle.seek(0)
                 records = json.load(handle)
@@ -820,9 +820,15 @@ def read_cache(path: Path) -> list[dict] | None:
                         break
                 else:
                     raise ValueError("the file ends before its closing bracket")
+    except ValueError as exc:
+        try:  # not write_cache's layout after all (an indented array made by hand): read it whole
+            records = json.loads(path.read_text(encoding="utf-8", errors="surrogatepass"))
+        except (OSError, ValueError):
+            log.warning("cache %s unreadable (%s): reading Airtable instead", path, exc)
+            return None
     except FileNotFoundError:
         return None
-    except (OSError, ValueError) as exc:
+    except OSError as exc:
         log.warning("cache %s unreadable (%s): reading Airtable instead", path, exc)
         return None
     return records if isinstance(records, list) else None
@@ -833,10 +839,17 @@ def write_private(path: Path, text: str | Iterable[str]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.writelines([text] if isinstance(text, str) else text)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
+    try:
+        # surrogatepass: a cell may hold half an emoji (a lone surrogate, valid in JSON text),
+        # which strict UTF-8 refuses; read_cache reads it back the same way.
+        with os.fdopen(fd, "w", encoding="utf-8", errors="surrogatepass") as handle:
+            handle.writelines([text] if isinstance(text, str) else text)
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
 
 
 def write_cache(path: Path, records: list[dict]) -> None:
@@ -1357,8 +1370,10 @@ class BaseReader:
                     records[key], tables[key] = snapshot[key], state.tables[key]
                     read.dirty.add(key)
         if hook_id is not None and schema is not None:
+            # A table carried over was not read: its full read stays as due as it was.
+            last_full_read = state.last_full_read if state is not None and set(tables) - set(needed) else self.now
             read.state = ChangeState(settings.endpoint_url, settings.base_id, tables, schema,
-                                     hook_id, cursor, last_full_read=self.now, last_run=self.now)
+                                     hook_id, cursor, last_full_read=last_full_read, last_run=self.now)
         return read
 
     def ensure_webhook(self, state: ChangeState | None, hooks: list | None, refresh: bool
@@ -2410,6 +2425,8 @@ class Deleter:
         table = self.airtable.table(deletion.key)
         with Progress(f"{deletion.key}: delete", len(deletion.records)) as progress:
             for start in range(0, len(deletion.records), RECORDS_PER_PAGE):
+                if self.stop.is_set():
+                    raise RunInterrupted()
                 batch = self.as_airtable_has_them(table, deletion, deletion.records[start:start + RECORDS_PER_PAGE])
                 for first in range(0, len(batch), RECORDS_PER_WRITE):
                     if self.stop.is_set():
@@ -2422,8 +2439,9 @@ class Deleter:
 
     def as_airtable_has_them(self, table: Any, deletion: DeletionPlan, records: Sequence[dict]) -> list[dict]:
         """The candidates read again (one request a hundred) just before they are deleted: since
-        the run's read a person may have cleared a row's id to keep it, typed into it, or deleted
-        it. What still left Mongo is archived as Airtable has it now; what was kept is kept."""
+        the run's read a person may have cleared a row's id to keep it, or deleted it, or typed
+        into it. A row whose id still names a record that left Mongo is archived as Airtable
+        has it now, then deleted; a row without one is kept."""
         formula = "OR(" + ",".join(f"RECORD_ID()='{rec['id']}'" for rec in records) + ")"
         try:
             fresh = {rec["id"]: rec for rec in table.all(formula=formula)}
@@ -2872,12 +2890,16 @@ class Sync:
         read = BaseReader(airtable, self.stop, datetime.now(timezone.utc)).read(needed)
         self.report.change_tracking = read.as_report()
         plans = self.plans = self.plan(exports, read, airtable)
+        crashed = False
         try:
             if not settings.dry_run:
                 prune_archives(settings.reports_dir, settings.archive_days, self.report.started)
                 self.apply(airtable, read)
         except (AirtableAccessError, RunInterrupted) as exc:
             self.mark_not_attempted(plans, exc)
+            raise
+        except BaseException:
+            crashed = True
             raise
         finally:
             edited = read.edited or {}
@@ -2896,8 +2918,7 @@ class Sync:
             # A dry run leaves the snapshot and the state as they were, and so does a bug. An
             # interrupted or refused run saves them: its cursor precedes all its writes, and what
             # it wrote (or may have) comes back in the feed, so the next run settles it.
-            failure = sys.exc_info()[0]
-            if not settings.dry_run and (failure is None or issubclass(failure, (AirtableAccessError, RunInterrupted))):
+            if not settings.dry_run and not crashed:
                 save_snapshot(settings, read)
         held = [d for d in self.deletions.values() if d.held]
         for deletion in held:
@@ -2919,7 +2940,7 @@ class Sync:
     def anything_written(self) -> bool:
         return any(w.outcome in ("done", "unknown") and w.action in ("create", "update")
                    for plan in self.plans.values() for w in plan.writes) or any(
-            d.outcome for d in self.deletions.values())
+            outcome in ("deleted", "unknown") for d in self.deletions.values() for outcome in d.outcome.values())
 
 
 ARCHIVE_NAME = re.compile(r"deleted_(\d{8}_\d{6})\.jsonl")

@@ -490,3 +490,14 @@ def test_the_night_after_a_run_replays_its_writes_and_rewrites_no_cache(harness)
     before = {p.name: p.stat().st_mtime_ns for p in harness.cache_dir.glob("airtable_[ume]*.json")}
     assert harness.run() == 0 and tracking(harness)["payloads"] > 0
     assert {p.name: p.stat().st_mtime_ns for p in harness.cache_dir.glob("airtable_[ume]*.json")} == before
+
+
+def test_a_one_table_full_read_does_not_count_as_the_others_full_read(harness, emulator):
+    clean_start(harness)
+    data = state_of(harness)
+    data["last_full_read"] = (datetime.fromisoformat(data["last_full_read"]) - timedelta(days=8)).isoformat()
+    (harness.cache_dir / "airtable_state.json").write_text(json.dumps(data))
+    assert harness.run("--tables", "users") == 0 and tracking(harness)["mode"] == "full"
+    assert harness.run() == 0  # events and messages were carried over, not read: still due
+    assert tracking(harness)["mode"] == "full" and "last full read" in tracking(harness)["reason"]
+    assert harness.run() == 0 and tracking(harness)["mode"] == "webhook"

@@ -347,3 +347,18 @@ def test_a_cache_cut_short_is_unreadable(tmp_path):
     sync.write_cache(path, [{"id": f"rec{i}", "fields": {}} for i in range(3)])
     path.write_text(path.read_text().rsplit("\n", 3)[0] + "\n")  # lost its last record and the bracket
     assert sync.read_cache(path) is None
+
+
+def test_half_an_emoji_survives_the_cache(tmp_path):
+    path = tmp_path / "airtable_messages.json"
+    records = [{"id": "rec1", "fields": {"message": "cut mid-emoji \ud83d"}}]
+    sync.write_cache(path, records)
+    assert sync.read_cache(path) == records
+    assert [p.name for p in tmp_path.iterdir()] == ["airtable_messages.json"]  # no tmp file left
+
+
+def test_an_indented_hand_made_cache_is_read_whole(tmp_path):
+    path = tmp_path / "airtable_users.json"
+    records = [{"id": "rec1", "fields": {"a": [1, 2]}}, {"id": "rec2", "fields": {}}]
+    path.write_text(__import__("json").dumps(records, indent=2))
+    assert sync.read_cache(path) == records
