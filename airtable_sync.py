@@ -1957,7 +1957,7 @@ def field_types(spec: TableSpec, schema: dict[str, FieldInfo] | None, airtable_r
     return types, missing, read_only
 
 
-def column_converters(spec: TableSpec, types: Mapping[str, str]) -> list[tuple[str, str, str]]:
+def mapped_columns(spec: TableSpec, types: Mapping[str, str]) -> list[tuple[str, str, str]]:
     """(Mongo field, Airtable field, field type) for each writable mapped field but `id` and links."""
     return [(mongo, airtable, types[airtable]) for mongo, airtable in spec.mapping
             if mongo != "id" and types.get(airtable, "multipleRecordLinks") != "multipleRecordLinks"]
@@ -2105,7 +2105,7 @@ def plan_table(
             usable.append(record)
     matches, orphans = match_records(usable, airtable_records, spec.key_fields, spec.airtable_key, has_id_field)
     plan.orphans = orphans
-    columns = column_converters(spec, types)
+    columns = mapped_columns(spec, types)
     for match in matches:
         record = match.record
         converted, invalid, problem = convert_record(record, columns, "id" in types)
