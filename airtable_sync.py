@@ -2454,7 +2454,8 @@ class Deleter:
                 deletion.outcome[rec["id"]] = "deleted"  # already gone: counts as deleted
             elif not deletion.still_gone(now):
                 deletion.outcome[rec["id"]] = "kept"
-                log.info("%s %s: changed in Airtable since the read; not deleted", deletion.key, rec["id"])
+                log.info("%s %s: its id was cleared or changed in Airtable since the read; not deleted",
+                         deletion.key, rec["id"])
             else:
                 batch.append(now)
         return batch
@@ -2463,7 +2464,7 @@ class Deleter:
         """Appended and flushed to disk before the delete request: nothing is lost for good."""
         self.archive.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.archive, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        with os.fdopen(fd, "a", encoding="utf-8") as handle:
+        with os.fdopen(fd, "a", encoding="utf-8", errors="surrogatepass") as handle:  # as write_private
             for rec in batch:
                 handle.write(json.dumps({"table": key, "id": rec["id"], "createdTime": rec.get("createdTime"),
                                          "fields": rec["fields"]}, ensure_ascii=False) + "\n")
