@@ -213,7 +213,8 @@ class Settings:
 EXIT_CODES_HELP = """\
 settings (environment, or .env beside the script; the environment wins):
   AIRTABLE_API_KEY         personal access token (required; scopes
-                           data.records:read, data.records:write, schema.bases:read)
+                           data.records:read, data.records:write, schema.bases:read,
+                           and webhook:manage for change tracking)
   AIRTABLE_BASE_ID         default appaquqFN7vvvZGcq
   AIRTABLE_USERS_TABLE     default tblQ0OHBit2AqaACy
   AIRTABLE_EVENTS_TABLE    default tblrscr87h8fbtQTk

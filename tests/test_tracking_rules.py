@@ -362,3 +362,26 @@ def test_an_indented_hand_made_cache_is_read_whole(tmp_path):
     records = [{"id": "rec1", "fields": {"a": [1, 2]}}, {"id": "rec2", "fields": {}}]
     path.write_text(__import__("json").dumps(records, indent=2))
     assert sync.read_cache(path) == records
+
+
+@pytest.mark.parametrize("name, value, message", [
+    ("AIRTABLE_CHANGE_TRACKING", "hourly", "choose webhook or off"),
+    ("AIRTABLE_FULL_SYNC_DAYS", "0", "greater than zero"),
+    ("AIRTABLE_FULL_SYNC_DAYS", "weekly", "is not a number"),
+    ("AIRTABLE_MAX_DELETE_FRACTION", "1.5", "between 0 and 1"),
+    ("AIRTABLE_MAX_DELETE_FRACTION", "-0.1", "zero or more"),
+    ("AIRTABLE_ARCHIVE_DAYS", "-3", "greater than zero"),
+])
+def test_bad_change_tracking_and_deletion_settings_are_usage_errors(name, value, message):
+    with pytest.raises(sync.UsageError, match=message):
+        settings(**{name: value})
+
+
+def test_the_new_settings_defaults_and_values():
+    default = settings()
+    assert (default.change_tracking, default.full_sync_days, default.max_delete_fraction, default.archive_days) == \
+        (True, 7.0, 0.05, 30.0)
+    chosen = settings(AIRTABLE_CHANGE_TRACKING="OFF", AIRTABLE_FULL_SYNC_DAYS="1.5",
+                      AIRTABLE_MAX_DELETE_FRACTION="0", AIRTABLE_ARCHIVE_DAYS="90")
+    assert (chosen.change_tracking, chosen.full_sync_days, chosen.max_delete_fraction, chosen.archive_days) == \
+        (False, 1.5, 0.0, 90.0)
