@@ -323,7 +323,7 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
     tracking = (env.get("AIRTABLE_CHANGE_TRACKING", "").strip() or "webhook").lower()
     if tracking not in ("webhook", "off"):
         raise UsageError(f"AIRTABLE_CHANGE_TRACKING={tracking!r}: choose webhook or off")
-    max_delete_fraction = _number_setting(env, "AIRTABLE_MAX_DELETE_FRACTION", 0.05, whole=False, zero_ok=True)
+    max_delete_fraction = _number_setting(env, "AIRTABLE_MAX_DELETE_FRACTION", 0.05, zero_ok=True)
     if max_delete_fraction > 1:
         raise UsageError(f"AIRTABLE_MAX_DELETE_FRACTION={max_delete_fraction!r} must be between 0 and 1")
     mongo_dir = args.mongo_dir or Path(env.get("MONGODB_DATA_DIR", "").strip() or SCRIPT_DIR / "../mongodb_pull/data")
@@ -804,25 +804,23 @@ def read_cache(path: Path) -> list[dict] | None:
     try:
         with open(path, encoding="utf-8", errors="surrogatepass") as handle:
             if handle.readline().strip() != "[":
-                handle.seek(0)
-                records = json.load(handle)
+                raise ValueError("not one record a line")
+            # A thousand lines at a time: json shares the keys of the records it parses in
+            # one call, and 30,000 records each with its own copy of 25 keys cost 40 MB.
+            records, chunk = [], []
+            for line in handle:
+                line = line.rstrip("\n")
+                if line != "]":
+                    chunk.append(line[:-1] if line.endswith(",") else line)
+                if len(chunk) == 1000 or (line == "]" and chunk):
+                    records.extend(json.loads("[" + ",".join(chunk) + "]"))
+                    chunk = []
+                if line == "]":
+                    break
             else:
-                # A thousand lines at a time: json shares the keys of the records it parses in
-                # one call, and 30,000 records each with its own copy of 25 keys cost 40 MB.
-                records, chunk = [], []
-                for line in handle:
-                    line = line.rstrip("\n")
-                    if line != "]":
-                        chunk.append(line[:-1] if line.endswith(",") else line)
-                    if len(chunk) == 1000 or (line == "]" and chunk):
-                        records.extend(json.loads("[" + ",".join(chunk) + "]"))
-                        chunk = []
-                    if line == "]":
-                        break
-                else:
-                    raise ValueError("the file ends before its closing bracket")
+                raise ValueError("the file ends before its closing bracket")
     except ValueError as exc:
-        try:  # not write_cache's layout after all (an indented array made by hand): read it whole
+        try:  # not write_cache's layout (a hand-made array): read it whole
             records = json.loads(path.read_text(encoding="utf-8", errors="surrogatepass"))
         except (OSError, ValueError):
             log.warning("cache %s unreadable (%s): reading Airtable instead", path, exc)
@@ -1004,7 +1002,7 @@ def set_cells(fields: dict, cells: Mapping[str, Any], by_id: Mapping[str, FieldI
         if info is None:
             continue  # a field this run's schema does not know (created since): not synced
         value = record_cell(value, info.type)
-        if value is None or value == "" or value == [] or value is False:
+        if is_blank(value, info.type):
             fields.pop(info.name, None)
         else:
             fields[info.name] = value
@@ -1134,15 +1132,6 @@ def mapped_fields_changed(old: BaseSchema, new: BaseSchema, keys: Iterable[str])
                 {(f.id, f.type) for f in new.fields.get(key, {}).values() if f.name in mapped}:
             return key
     return None
-
-
-def apply_payloads(records: dict[str, list[dict]], payloads: Iterable[dict],
-                   schema: BaseSchema) -> tuple[dict[str, dict[str, set[str]]], set[str]]:
-    """Patch the snapshot with the payloads, in order: SnapshotPatch, all at once."""
-    patch = SnapshotPatch(records, schema)
-    for payload in payloads:
-        patch.apply(payload)
-    return patch.finish()
 
 
 def count_drift(patched: Mapping[str, list[dict]], fresh: Mapping[str, list[dict]], schema: BaseSchema,
@@ -1366,7 +1355,7 @@ class BaseReader:
                     log.warning("drift: %d records differ from what the change feed said; see the report",
                                 read.drift)
                 # Tables this run did not read (--tables) stay in the snapshot, patched up to the
-                # same cursor as the fresh ones: the next full run need not read them again.
+                # same cursor as the fresh ones, so the change feed keeps them current.
                 for key in state.tables.keys() - set(needed):
                     records[key], tables[key] = snapshot[key], state.tables[key]
                     read.dirty.add(key)

@@ -116,6 +116,14 @@ def snapshot():
     }
 
 
+def apply_payloads(records, payloads, schema):
+    """The snapshot patched with every payload, as the change feed applies them one at a time."""
+    patch = sync.SnapshotPatch(records, schema)
+    for p in payloads:
+        patch.apply(p)
+    return patch.finish()
+
+
 def payload(cursor, tables, source="client"):
     return {"cursor": cursor, "baseTransactionNumber": cursor, "payloadFormat": "v0",
             "actionMetadata": {"source": source}, "changedTablesById": tables}
@@ -135,7 +143,7 @@ def test_payloads_create_change_and_destroy_records_in_order():
                         "fldMusers": []}}}}}}),
         payload(7, {"tblSomeOtherTable0": {"destroyedRecordIds": ["recZ"]}}),
     ]
-    edited, touched = sync.apply_payloads(records, payloads, schema())
+    edited, touched = apply_payloads(records, payloads, schema())
     assert [r["id"] for r in records["users"]] == ["recU1", "recU3"]
     assert records["users"][0]["fields"] == {"id": "u1", "email": "a@x.io", "user_segment": "Churned"}
     assert records["users"][1] == {"id": "recU3", "createdTime": "2026-12-01T00:00:00.000Z",
@@ -150,7 +158,7 @@ def test_replaying_the_tools_own_writes_changes_nothing_and_is_no_edit():
     records = snapshot()
     own = payload(5, {TABLES["users"]: {"changedRecordsById": {"recU1": {"current": {"cellValuesByFieldId": {
         "fldUseg": {"id": "s", "name": "VIP"}, "fldUcount": 3}}}}}}, source="publicApi")
-    edited, _ = sync.apply_payloads(records, [own, own], schema())
+    edited, _ = apply_payloads(records, [own, own], schema())
     assert edited == {} and records == snapshot()
 
 
@@ -160,7 +168,7 @@ def test_an_edit_then_set_back_within_the_feed_is_no_edit():
         "fldUemail": "typo@x.io"}}}}}})
     tool = payload(6, {TABLES["users"]: {"changedRecordsById": {"recU1": {"current": {"cellValuesByFieldId": {
         "fldUemail": "a@x.io"}}}}}}, source="publicApi")
-    edited, _ = sync.apply_payloads(records, [person, tool], schema())
+    edited, _ = apply_payloads(records, [person, tool], schema())
     assert edited == {}
 
 
@@ -168,14 +176,14 @@ def test_an_unmapped_cell_edit_is_kept_but_is_no_edit():
     records = snapshot()
     notes = payload(5, {TABLES["users"]: {"changedRecordsById": {"recU1": {"current": {"cellValuesByFieldId": {
         "fldUnotes": "called her"}}}}}})
-    edited, touched = sync.apply_payloads(records, [notes], schema())
+    edited, touched = apply_payloads(records, [notes], schema())
     assert records["users"][0]["fields"]["Notes"] == "called her" and edited == {} and touched == {"users"}
 
 
 def test_patching_never_changes_a_record_dict_shared_with_the_caller():
     records = snapshot()
     shared = records["users"][0]["fields"]
-    sync.apply_payloads(records, [payload(5, {TABLES["users"]: {"changedRecordsById": {"recU1": {
+    apply_payloads(records, [payload(5, {TABLES["users"]: {"changedRecordsById": {"recU1": {
         "current": {"cellValuesByFieldId": {"fldUemail": "new@x.io"}}}}}})], schema())
     assert shared["email"] == "a@x.io"
 
@@ -339,7 +347,7 @@ def test_replayed_writes_leave_no_table_changed():
     records = snapshot()
     own = payload(5, {TABLES["users"]: {"changedRecordsById": {"recU1": {"current": {"cellValuesByFieldId": {
         "fldUcount": 3}}}}}}, source="publicApi")
-    assert sync.apply_payloads(records, [own], schema()) == ({}, set())
+    assert apply_payloads(records, [own], schema()) == ({}, set())
 
 
 def test_a_cache_cut_short_is_unreadable(tmp_path):
