@@ -9,9 +9,9 @@ import json
 from collections import Counter
 
 from conftest import FIXTURES
-from test_change_tracking import (EVENTS, MESSAGES, USERS, by_mongo_id, clean_start, exports_of, reference_state,
+from test_change_tracking import (EVENTS, MESSAGES, USERS, by_mongo_id, clean_start, run_on_the_feed_alone,
                                   state_of, synced, tracking)
-from test_faults import base_state, writes
+from test_faults import writes
 
 SPLIT = 3
 
@@ -30,14 +30,10 @@ def test_split_payloads_of_the_tools_writes_and_of_peoples_edits_and_deletions(h
     clean_start(harness)  # writes batches of 10 records: each comes back as payloads of 3, 3, 3, 1
     first_writes = len(writes(emulator))
     assert split_transactions(emulator, harness)  # the first run's own batches were split
-    emulator.clear_log()
-    assert harness.run() == 0  # reads them back from the feed, split
-    report = harness.report()
-    assert report["change_tracking"]["mode"] == "webhook", report["change_tracking"]
+    report = run_on_the_feed_alone(harness, emulator, tmp_path_factory)  # reads them back, split
     assert report["change_tracking"]["payloads"] > first_writes
-    assert writes(emulator) == [] and emulator.count(kind="read") == 0
+    assert writes(emulator) == []
     assert all(t["reverted_edits"] == 0 for t in report["tables"].values())
-    assert base_state(emulator) == reference_state(tmp_path_factory, exports_of(harness))
 
     # People: one deletion of two users (which also clears their messages' links, in the same
     # transaction), one deletion of four messages, and an edit.
@@ -59,12 +55,7 @@ def test_split_payloads_of_the_tools_writes_and_of_peoples_edits_and_deletions(h
     emulator.client.update(USERS, users[edited]["id"], {"occupation": "Edited"})
     assert len(split_transactions(emulator, harness, since=cursor)) == 2  # both deletions
 
-    emulator.clear_log()
-    assert harness.run() == 0
-    report = harness.report()
-    assert report["change_tracking"]["mode"] == "webhook", report["change_tracking"]
-    assert emulator.count(kind="read") == 0
-    assert base_state(emulator) == reference_state(tmp_path_factory, exports_of(harness))
+    report = run_on_the_feed_alone(harness, emulator, tmp_path_factory)
     t = report["tables"]
     assert (t["users"]["created"], t["messages"]["created"]) == (2, 4)  # deleted rows made again
     assert t["users"]["reverted_edits"] == 1
@@ -94,12 +85,7 @@ def test_edits_by_an_automation_and_a_form_submitted_row_are_handled_like_a_pers
     assert [s["source"] for s in sources] == ["automation", "automation", "formSubmission"]
     assert not any("user" in (s.get("sourceMetadata") or {}) for s in sources)
 
-    emulator.clear_log()
-    assert harness.run() == 0
-    report = harness.report()
-    assert report["change_tracking"]["mode"] == "webhook", report["change_tracking"]
-    assert emulator.count(kind="read") == 0
-    assert base_state(emulator) == reference_state(tmp_path_factory, exports_of(harness))
+    report = run_on_the_feed_alone(harness, emulator, tmp_path_factory)
     assert by_mongo_id(emulator, USERS)["6a00000000000000000000cc"]["id"] == form_row  # claimed
     t = report["tables"]
     assert (t["users"]["reverted_edits"], t["events"]["reverted_edits"]) == (1, 1)
