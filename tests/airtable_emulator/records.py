@@ -7,14 +7,19 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import math
+import re
 import time
 import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
 
-from .common import *  # noqa: F401,F403  (constants, errors and parameter helpers)
 from .common import (
-    _int_param, _only_keys, _only_params, _Response, _scalar, _bool_param, _write_flags,
+    CHOICE_COLORS, COMPUTED_TYPES, DATE_RE, DATETIME_RE, EMAIL_RE, ITERATOR_TTL_S, MAX_MERGE_FIELDS,
+    MAX_PAGE_SIZE, MAX_RECORDS_PER_REQUEST, MAX_TEXT_LENGTH, MERGE_TYPES, MSG_RECORDS_CREATE,
+    MSG_RECORDS_DELETE, MSG_RECORDS_UPDATE, NUMBER_TYPES, NUMERIC_RE, RECORD_ID_RE, TEXT_TYPES, ApiError,
+    _bool_param, _int_param, _only_keys, _only_params, _Response, _scalar, _write_flags, bad_value,
+    clean_number, computed_value, format_datetime, invalid_request, model_not_found, new_id,
+    record_not_found, unknown_field,
 )
 from .formulas import FormulaError, _EvalError, _FormulaParser, _display, _is_num, _to_str
 
