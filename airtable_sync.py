@@ -605,13 +605,16 @@ class Airtable:
     api: Api
     settings: Settings
     transport: "AirtableTransport"
+    # Table key -> the table's id once the schema (or the state's binding) gave it, else the
+    # setting: a table the settings name keeps working after a person renames it.
+    table_ids: dict[str, str] = field(default_factory=dict)
 
     @property
     def stats(self) -> RequestStats:
         return self.transport.stats
 
     def table(self, key: str):
-        return self.api.table(self.settings.base_id, self.settings.table_ids[key])
+        return self.api.table(self.settings.base_id, self.table_ids.get(key) or self.settings.table_ids[key])
 
 
 class BearerToken(requests.auth.AuthBase):
@@ -633,7 +636,7 @@ def connect(settings: Settings, stop: threading.Event) -> Airtable:
     transport = AirtableTransport(settings, RequestStats(), stop)
     api.session.mount("https://", transport)
     api.session.mount("http://", transport)
-    return Airtable(api, settings, transport)
+    return Airtable(api, settings, transport, dict(settings.table_ids))
 
 
 # What a request to Airtable can end in, once the transport's retries are spent.
@@ -687,10 +690,12 @@ def fetch_schema(airtable: Airtable) -> BaseSchema | None:
     except (requests.ConnectionError, requests.Timeout) as exc:  # an HTTPError is handled above
         raise access_error(exc, settings, "reading the schema") from None
     result = BaseSchema({}, {})
-    for key, table_id in settings.table_ids.items():
-        table = next((t for t in schema.tables if table_id in (t.id, t.name)), None)
+    for key, setting in settings.table_ids.items():
+        # By the id bound to the setting first: a table set up by name may have been renamed since.
+        table = next((t for t in schema.tables if t.id == airtable.table_ids.get(key)), None) \
+            or next((t for t in schema.tables if setting in (t.id, t.name)), None)
         if table is not None:
-            result.table_ids[key] = table.id
+            result.table_ids[key] = airtable.table_ids[key] = table.id
             result.fields[key] = {f.name: FieldInfo(f.name, str(getattr(f.type, "value", f.type)), f.id)
                                   for f in table.fields}
     return result
@@ -775,6 +780,110 @@ class _AboveTheBar:
 
 
 # ---------------------------------------------------------------------------
+# Read: the mapped fields bound to Airtable's field ids
+# ---------------------------------------------------------------------------
+#
+# People rename columns. Field names change; field ids don't, and the API takes a field id
+# wherever it takes a name (field-model; create/update records, performUpsert.fieldsToMergeOn;
+# list records' returnFieldsByFieldId; webhook payloads key cells by id). So the first time a
+# run sees a mapped field by its mapped name it binds the name to the field's id, keeps the
+# binding in the state, and from then on reads, compares, matches and writes it by id.
+
+
+@dataclass(frozen=True)
+class Column:
+    """A mapped Airtable field as this run finds it."""
+
+    mapped: str  # its name in the mappings
+    key: str  # how records and writes name it: its field id (the name when the schema is unreadable)
+    name: str  # its name in Airtable now
+    type: str  # "" when the schema is unreadable (inferred later from the values)
+
+
+@dataclass
+class TableColumns:
+    """A table's mapped fields, each found by the field id bound to its mapped name (whatever the
+    field is called now), else, with no binding yet, by the mapped name."""
+
+    by_mapped: dict[str, Column]  # mapped name -> column, for the fields Airtable has
+    missing: list[str] = field(default_factory=list)  # mapped names with no field
+    renamed: list[dict] = field(default_factory=list)  # [{"mapped", "airtable"}]
+    gone: list[str] = field(default_factory=list)  # mapped names whose bound field was deleted
+    shadowed: dict[str, str] = field(default_factory=dict)  # mapped name -> id of another field now under that name
+    by_id: bool = True  # records and writes name fields by id (False: the schema is unreadable)
+
+    def key(self, mapped: str) -> str | None:
+        column = self.by_mapped.get(mapped)
+        return None if column is None else column.key
+
+    @property
+    def id_key(self) -> str | None:
+        """The key of the `id` field (the merge key), None when Airtable has none."""
+        return self.key("id")
+
+    @property
+    def bindings(self) -> dict[str, str]:
+        return {c.mapped: c.key for c in self.by_mapped.values()} if self.by_id else {}
+
+    def mapped_name(self, key: str) -> str:
+        """The mapped name of a field key (for reports and logs); a key no mapping has stays as it is."""
+        return next((c.mapped for c in self.by_mapped.values() if c.key == key), key)
+
+
+def bind_columns(spec: TableSpec, fields: Mapping[str, FieldInfo] | None, bound: Mapping[str, str]) -> TableColumns:
+    """Find each mapped field: by its bound id; else (no binding yet, or its field is gone) the
+    field with the mapped name, unless another mapped name is bound to it (a field renamed to
+    another mapped field's name keeps serving the one it is bound to). Pure."""
+    if fields is None:  # the schema is unreadable: the names, as the mappings say
+        return TableColumns({m: Column(m, m, m, "") for m in spec.airtable_fields}, by_id=False)
+    by_id = {f.id: f for f in fields.values()}
+    taken = {fid for fid in bound.values() if fid in by_id}  # fields that serve a mapped name already
+    bound_here = set(taken)
+    columns = TableColumns({})
+    for mapped in spec.airtable_fields:
+        bound_id = bound.get(mapped)
+        info = by_id.get(bound_id) if bound_id else None
+        if bound_id and info is None:
+            columns.gone.append(mapped)
+        named = fields.get(mapped)
+        if info is None and named is not None and named.id not in taken:
+            info = named
+            taken.add(named.id)
+        if info is None:
+            columns.missing.append(mapped)
+            continue
+        columns.by_mapped[mapped] = Column(mapped, info.id, info.name, info.type)
+        if info.name != mapped:
+            columns.renamed.append({"mapped": mapped, "airtable": info.name})
+            if named is not None and named.id not in bound_here:  # another field took the name: not synced
+                columns.shadowed[mapped] = named.id
+    return columns
+
+
+def warn_schema_changes(key: str, columns: TableColumns) -> None:
+    """One WARNING a run for each mapped field a person renamed away or deleted."""
+    for renamed in columns.renamed:
+        mapped, now = renamed["mapped"], renamed["airtable"]
+        other = (f"; the other field now called '{mapped}' is not synced" if mapped in columns.shadowed else "")
+        log.warning("%s: field '%s' is called '%s' in Airtable now; still synced by its field id%s",
+                    key, mapped, now, other)
+    for mapped in columns.gone:
+        if mapped in columns.missing:
+            log.warning("%s: field '%s' was deleted in Airtable: not synced until a field named '%s' exists",
+                        key, mapped, mapped)
+        else:
+            log.warning("%s: field '%s' was deleted in Airtable and another field took its name: synced into "
+                        "that one now", key, mapped)
+
+
+def table_bindings(schema: BaseSchema | None, bound: Mapping[str, Mapping[str, str]],
+                   keys: Iterable[str]) -> dict[str, TableColumns]:
+    """Every table's columns this run, from the schema and the bindings of the state."""
+    return {key: bind_columns(TABLE_SPECS[key], None if schema is None else schema.get(key, {}), bound.get(key, {}))
+            for key in keys}
+
+
+# ---------------------------------------------------------------------------
 # Read, in full: every page of every table, and the caches
 # ---------------------------------------------------------------------------
 
@@ -783,11 +892,13 @@ def cache_path(settings: Settings, key: str) -> Path:
     return settings.cache_dir / f"airtable_{key}.json"
 
 
-def pull_table(airtable: Airtable, key: str, stop: threading.Event) -> list[dict]:
+def pull_table(airtable: Airtable, key: str, stop: threading.Event, by_id: bool) -> list[dict]:
+    """Every record of a table, its cells keyed by field id (`by_id`, returnFieldsByFieldId) or,
+    when the schema is unreadable, by name."""
     records: list[dict] = []
     try:
         with Progress(f"{key}: pull") as progress:  # 100 records a page at 5 a second: say how far
-            for page in airtable.table(key).iterate(page_size=RECORDS_PER_PAGE):
+            for page in airtable.table(key).iterate(page_size=RECORDS_PER_PAGE, use_field_ids=by_id):
                 records.extend(page)
                 progress.update(len(page))
                 if stop.is_set():
@@ -873,7 +984,7 @@ def write_cache(path: Path, records: list[dict]) -> None:
 # model/webhooks-payload, field-model (webhook cell formats).
 
 STATE_FILE = "airtable_state.json"
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: caches keyed by field id, and the field bindings
 # Airtable keeps payloads 7 days (list-webhook-payloads): a run whose last run is older than
 # this cannot trust that the feed since then is whole.
 PAYLOAD_TRUST_DAYS = 6
@@ -900,6 +1011,9 @@ class ChangeState:
     last_full_read: datetime
     last_run: datetime
     caches: dict[str, list[int]] = field(default_factory=dict)  # key -> [size, mtime_ns] as written
+    # Table key -> mapped Airtable field name -> the field id it is bound to (kept with change
+    # tracking off too). The table ids are bound in schema.table_ids, to the settings in `tables`.
+    bindings: dict[str, dict[str, str]] = field(default_factory=dict)
     version: int = STATE_VERSION
 
     def as_json(self) -> dict:
@@ -911,7 +1025,11 @@ class ChangeState:
 
     @classmethod
     def from_json(cls, data: dict) -> "ChangeState":
-        return cls(**{**data, "schema": BaseSchema.from_json(data["schema"]),
+        schema = BaseSchema.from_json(data["schema"])
+        if data.get("version") == 1:  # before bindings: the mapped names as its schema knew them
+            data = {**data, "bindings": {key: {name: fields[name].id for name in TABLE_SPECS[key].airtable_fields
+                                               if name in fields} for key, fields in schema.fields.items()}}
+        return cls(**{**data, "schema": schema,
                       "last_full_read": datetime.fromisoformat(data["last_full_read"]),
                       "last_run": datetime.fromisoformat(data["last_run"])})
 
@@ -947,7 +1065,9 @@ def full_read_reason(state: ChangeState | None, settings: Settings, needed: Iter
         return "change tracking is off (AIRTABLE_CHANGE_TRACKING=off)", False
     if state is None:
         return "no change-tracking state yet", False
-    if (state.version, state.endpoint_url, state.base_id) != (STATE_VERSION, settings.endpoint_url, settings.base_id):
+    if state.version != STATE_VERSION:
+        return "the state was written by an earlier version of this tool", False
+    if (state.endpoint_url, state.base_id) != (settings.endpoint_url, settings.base_id):
         return "the state belongs to another base or endpoint", False
     if any(state.tables.get(key) != settings.table_ids[key] for key in needed):
         return "the state belongs to another set of tables", False
@@ -995,24 +1115,26 @@ def record_cell(value: Any, field_type: str) -> Any:
 
 
 def set_cells(fields: dict, cells: Mapping[str, Any], by_id: Mapping[str, FieldInfo]) -> None:
-    """Patch a record's fields with payload cells (keyed by field id); the records API leaves
-    empty cells out, and so does the snapshot."""
+    """Patch a record's fields (keyed by field id, as the snapshot reads them) with payload cells;
+    the records API leaves empty cells out, and so does the snapshot."""
     for field_id, value in cells.items():
         info = by_id.get(field_id)
         if info is None:
             continue  # a field this run's schema does not know (created since): not synced
         value = record_cell(value, info.type)
         if is_blank(value, info.type):
-            fields.pop(info.name, None)
+            fields.pop(field_id, None)
         else:
-            fields[info.name] = value
+            fields[field_id] = value
 
 
-def feed_schema_change(payloads: Sequence[dict], schema: BaseSchema) -> tuple[str | None, bool]:
+def feed_schema_change(payloads: Sequence[dict], schema: BaseSchema,
+                       bound: Mapping[str, Mapping[str, str]]) -> tuple[str | None, bool]:
     """(why the payloads force a full read, whether the schema must be read again).
-    A mapped field created, renamed, retyped or deleted forces a full read; other field changes
-    only mean reading the schema again; an options-only change (select options added by
-    typecast) is neither."""
+    A bound field deleted or retyped, or a field created under a mapped name, forces a full read;
+    a rename (the binding follows the id, and the snapshot is keyed by id) and other field changes
+    only mean reading the schema again; an options-only change (select options added by typecast)
+    is neither."""
     keys_by_table = {table_id: key for key, table_id in schema.table_ids.items()}
     reread = False
     for payload in payloads:
@@ -1025,33 +1147,30 @@ def feed_schema_change(payloads: Sequence[dict], schema: BaseSchema) -> tuple[st
             key = keys_by_table.get(table_id)
             if key is None:
                 continue
-            mapped = set(TABLE_SPECS[key].airtable_fields)
+            mapped_by_id = {fid: name for name, fid in bound.get(key, {}).items()}
             known = {f.id: f for f in schema.fields[key].values()}
             for field_id in change.get("destroyedFieldIds") or []:
-                if field_id in known and known[field_id].name in mapped:
-                    return f"field {known[field_id].name} of {key} was deleted", False
+                if field_id in mapped_by_id:
+                    return f"field {mapped_by_id[field_id]} of {key} was deleted", False
                 reread = True
             for field_id, info in (change.get("createdFieldsById") or {}).items():
-                if (info or {}).get("name") in mapped:
+                if (info or {}).get("name") in TABLE_SPECS[key].airtable_fields:
                     return f"field {info['name']} of {key} was created", False
                 reread = True
             for field_id, changed in (change.get("changedFieldsById") or {}).items():
                 current, old = changed.get("current") or {}, known.get(field_id)
                 renamed = current.get("name") is not None and (old is None or current["name"] != old.name)
                 retyped = current.get("type") is not None and (old is None or current["type"] != old.type)
-                if not (renamed or retyped):
-                    continue
-                if (old is not None and old.name in mapped) or current.get("name") in mapped:
-                    what = "renamed" if renamed else "retyped"
-                    return f"field {old.name if old else current.get('name')} of {key} was {what}", False
-                reread = True
+                if retyped and field_id in mapped_by_id:
+                    return f"field {mapped_by_id[field_id]} of {key} was retyped", False
+                reread = reread or renamed or retyped
     return None, reread
 
 
-def synced_fields(key: str, types: Mapping[str, str]) -> list[str]:
-    """The fields the sync writes in a table: mapped, present, not computed. Only these can be
-    set back or drift; a computed cell (a formula, a last-modified time) is Airtable's own."""
-    return [name for name in TABLE_SPECS[key].airtable_fields if types.get(name) in WRITABLE_TYPES]
+def synced_fields(columns: TableColumns) -> dict[str, Column]:
+    """The fields the sync writes in a table, by key: mapped, present, not computed. Only these
+    can drift; a computed cell (a formula, a last-modified time) is Airtable's own."""
+    return {c.key: c for c in columns.by_mapped.values() if c.type in WRITABLE_TYPES}
 
 
 class SnapshotPatch:
@@ -1112,39 +1231,39 @@ class SnapshotPatch:
             if any(old != (table[rec_id]["fields"] if rec_id in table else None) for rec_id, old in seen.items()):
                 changed.add(key)
                 self.records[key] = list(table.values())
-            types = {f.name: f.type for f in self.schema.fields[key].values()}
-            mapped = synced_fields(key, types)
+            types = {f.id: f.type for f in self.schema.fields[key].values()}
             for rec_id, old in seen.items():
                 rec = table.get(rec_id)
                 if old is None or rec is None:
                     continue  # created or deleted: not an edit of cells
-                names = {n for n in mapped if not values_equal(rec["fields"].get(n), old.get(n), types[n])}
-                if names:
-                    edited.setdefault(key, {})[rec_id] = names
+                # Every cell that changed: the plan keeps those it sets back (set_back).
+                cells = {k for k in rec["fields"].keys() | old.keys()
+                         if not values_equal(rec["fields"].get(k), old.get(k), types.get(k, ""))}
+                if cells:
+                    edited.setdefault(key, {})[rec_id] = cells
         return edited, changed
 
 
-def mapped_fields_changed(old: BaseSchema, new: BaseSchema, keys: Iterable[str]) -> str | None:
-    """The first table whose mapped fields differ (by id or type) between two reads of the schema."""
-    for key in keys:
-        mapped = set(TABLE_SPECS[key].airtable_fields)
-        if {(f.id, f.type) for f in old.fields.get(key, {}).values() if f.name in mapped} != \
-                {(f.id, f.type) for f in new.fields.get(key, {}).values() if f.name in mapped}:
+def mapped_fields_changed(old: BaseSchema, new: BaseSchema, bound: Mapping[str, Mapping[str, str]]) -> str | None:
+    """The first table one of whose bound fields is gone or retyped between two reads of the schema."""
+    for key, fields in bound.items():
+        before = {f.id: f.type for f in old.fields.get(key, {}).values()}
+        after = {f.id: f.type for f in new.fields.get(key, {}).values()}
+        if any(after.get(fid) != before.get(fid) for fid in fields.values()):
             return key
     return None
 
 
-def count_drift(patched: Mapping[str, list[dict]], fresh: Mapping[str, list[dict]], schema: BaseSchema,
-                changed_since: Mapping[str, set[str]]) -> int:
+def count_drift(patched: Mapping[str, list[dict]], fresh: Mapping[str, list[dict]],
+                columns: Mapping[str, TableColumns], changed_since: Mapping[str, set[str]]) -> int:
     """Records whose fresh read differs from the snapshot patched with every payload up to the
     read, in the mapped fields, leaving out those a later payload changed. Logs record id and
     field names, never values."""
     drift = 0
     for key, fresh_records in fresh.items():
-        if key not in patched:
+        if key not in patched or key not in columns:
             continue
-        types = {f.name: f.type for f in schema.fields.get(key, {}).values()}
-        mapped = synced_fields(key, types)
+        mapped = synced_fields(columns[key])
         old = {rec["id"]: rec for rec in patched[key]}
         new = {rec["id"]: rec for rec in fresh_records}
         skip = changed_since.get(key, set())
@@ -1153,7 +1272,8 @@ def count_drift(patched: Mapping[str, list[dict]], fresh: Mapping[str, list[dict
             if a is None or b is None:
                 names = ["(the whole record: " + ("missing from the snapshot" if a is None else "gone from Airtable") + ")"]
             else:
-                names = [n for n in mapped if not values_equal(a["fields"].get(n), b["fields"].get(n), types[n])]
+                names = [c.mapped for k, c in mapped.items()
+                         if not values_equal(a["fields"].get(k), b["fields"].get(k), c.type)]
             if names:
                 drift += 1
                 log.warning("drift: %s %s differs from the change feed in %s", key, rec_id, ", ".join(names))
@@ -1188,6 +1308,7 @@ class BaseRead:
     dirty: set[str] = field(default_factory=set)  # tables whose snapshot differs from its cache file
     state: ChangeState | None = None  # saved with the snapshot at the end of the run
     from_cache: set[str] = field(default_factory=set)  # tables planned against --use-cache caches
+    columns: dict[str, TableColumns] = field(default_factory=dict)  # each table's mapped fields, bound
 
     def as_report(self) -> dict:
         return {"mode": self.mode, "reason": self.reason, "payloads": self.payloads, "drift": self.drift}
@@ -1205,12 +1326,34 @@ class BaseReader:
         self.listed: dict[str, Any] = {}  # webhook id -> pyairtable's Webhook, as last listed
         self.unavailable: FeedUnavailable | None = None  # the token may not manage webhooks
         self.payloads_read = 0  # this run's, also those of a feed that then fell back to a full read
+        self.bound: dict[str, dict[str, str]] = {}  # the state's field bindings that hold for this run
 
     def read(self, needed: Sequence[str]) -> BaseRead:
+        state = load_state(state_path(self.settings))
+        self.bound = self.bindings_of(state)
+        read = self.read_caches(needed, state) if self.settings.use_cache else self.read_base(needed, state)
+        read.columns = table_bindings(read.schema, self.bound, needed)
+        for key, columns in read.columns.items():
+            warn_schema_changes(key, columns)
+        if read.state is not None:  # the bindings are saved with the state (a dry run saves none)
+            read.state.bindings = {**self.bound, **{k: c.bindings for k, c in read.columns.items() if c.by_id}}
+        return read
+
+    def bindings_of(self, state: ChangeState | None) -> dict[str, dict[str, str]]:
+        """The state's bindings of the tables the settings still name as they did, whose table
+        ids then serve this run's requests (a table set up by name may have been renamed)."""
         settings = self.settings
-        if settings.use_cache:
-            return self.read_caches(needed)
-        state = load_state(state_path(settings))
+        if state is None or (state.endpoint_url, state.base_id) != (settings.endpoint_url, settings.base_id):
+            return {}
+        bound = {}
+        for key, setting in state.tables.items():
+            if setting == settings.table_ids.get(key) and key in state.schema.table_ids:
+                self.airtable.table_ids[key] = state.schema.table_ids[key]
+                bound[key] = dict(state.bindings.get(key, {}))
+        return bound
+
+    def read_base(self, needed: Sequence[str], state: ChangeState | None) -> BaseRead:
+        settings = self.settings
         reason, exact = full_read_reason(state, settings, needed, self.now)
         snapshot = self.load_snapshot(state) if exact else None
         if exact and snapshot is None:
@@ -1255,14 +1398,14 @@ class BaseReader:
         patch, cursor, count = SnapshotPatch(snapshot, state.schema), state.cursor, 0
         try:
             for payload in self.payloads(hook, state.cursor):  # type: ignore[arg-type]
-                why, reread = feed_schema_change([payload], patch.schema)
+                why, reread = feed_schema_change([payload], patch.schema, self.bound)
                 if why:
                     return None, why
                 if reread and patch.schema is state.schema:  # fields added or changed elsewhere: once
                     patch.schema = fetch_schema(self.airtable)  # type: ignore[assignment]
                     if patch.schema is None:
                         return None, "the schema cannot be read any more"
-                    if changed := mapped_fields_changed(state.schema, patch.schema, state.tables):
+                    if changed := mapped_fields_changed(state.schema, patch.schema, self.bound):
                         return None, f"the mapped fields of {changed} changed"
                 patch.apply(payload)
                 cursor, count = payload["cursor"] + 1, count + 1
@@ -1329,7 +1472,7 @@ class BaseReader:
                     log.warning("change tracking unavailable: %s; every run reads in full", exc)
                     if not reason.startswith("the token"):
                         reason = f"{reason}; {exc}"
-        records = {key: pull_table(self.airtable, key, self.stop) for key in needed}
+        records = {key: pull_table(self.airtable, key, self.stop, by_id=schema is not None) for key in needed}
         for key in needed:
             log.info("%s: read %d Airtable records", key, len(records[key]))
         read = BaseRead(records, schema, "full", reason, payloads=self.payloads_read, dirty=set(needed))
@@ -1350,7 +1493,7 @@ class BaseReader:
             else:
                 patch.finish()
                 read.payloads = self.payloads_read
-                read.drift = count_drift(snapshot, records, schema, later)
+                read.drift = count_drift(snapshot, records, table_bindings(schema, self.bound, needed), later)
                 if read.drift:
                     log.warning("drift: %d records differ from what the change feed said; see the report",
                                 read.drift)
@@ -1359,7 +1502,7 @@ class BaseReader:
                 for key in state.tables.keys() - set(needed):
                     records[key], tables[key] = snapshot[key], state.tables[key]
                     read.dirty.add(key)
-        if hook_id is not None and schema is not None:
+        if schema is not None:  # with change tracking off or unavailable too: the state keeps the bindings
             # A table carried over was not read: its full read stays as due as it was.
             last_full_read = state.last_full_read if state is not None and set(tables) - set(needed) else self.now
             read.state = ChangeState(settings.endpoint_url, settings.base_id, tables, schema,
@@ -1425,10 +1568,9 @@ class BaseReader:
 
     # -- --use-cache ----------------------------------------------------------------------
 
-    def read_caches(self, needed: Sequence[str]) -> BaseRead:
+    def read_caches(self, needed: Sequence[str], state: ChangeState | None) -> BaseRead:
         """--use-cache: the caches where there are any, read in full where not; the state keeps
         its cursor (the run's own writes come back in the feed and change nothing)."""
-        state = load_state(state_path(self.settings))
         schema = fetch_schema(self.airtable)
         records, from_cache = {}, set()
         for key in needed:
@@ -1437,7 +1579,7 @@ class BaseReader:
                 log.info("%s: %d Airtable records from the cache", key, len(cached))
                 records[key], _ = cached, from_cache.add(key)
             else:
-                records[key] = pull_table(self.airtable, key, self.stop)
+                records[key] = pull_table(self.airtable, key, self.stop, by_id=schema is not None)
         # The state takes the rewritten caches only if the ones read were its own: a foreign or
         # hand-edited cache must not become the snapshot the change feed patches.
         own = state is not None and all(
@@ -1686,16 +1828,17 @@ def match_records(
     exported: Sequence[ExportRecord],
     airtable_records: Sequence[dict],
     key_fields: Sequence[str],
-    airtable_key: str,
-    has_id_field: bool,
+    key_field: str | None,
+    id_field: str | None,
 ) -> tuple[list[Match], list[dict]]:
-    """Two passes, per the contract: by `id`, then by normalised natural key,
-    first come first served. Returns the matches (export order) and the orphans."""
+    """Two passes: by the `id` field (`id_field`, its key in the records; None when the table has
+    none), then by normalised natural key (`key_field`), first come first served. Returns the
+    matches (export order) and the orphans."""
     claimed: set[str] = set()
     by_id: dict[str, dict] = {}
-    if has_id_field:
+    if id_field is not None:
         for rec in airtable_records:
-            value = rec["fields"].get("id")
+            value = rec["fields"].get(id_field)
             if value not in (None, "") and str(value) not in by_id:
                 by_id[str(value)] = rec
     matches: list[Match | None] = []
@@ -1707,10 +1850,10 @@ def match_records(
         else:
             matches.append(None)
     candidates: dict[str, deque[dict]] = defaultdict(deque)
-    for rec in airtable_records:
-        if has_id_field and rec["fields"].get("id") not in (None, ""):
+    for rec in airtable_records if key_field is not None else ():
+        if id_field is not None and rec["fields"].get(id_field) not in (None, ""):
             continue
-        key = normalize_key(rec["fields"].get(airtable_key))
+        key = normalize_key(rec["fields"].get(key_field))
         if key:
             candidates[key].append(rec)
     for i, record in enumerate(exported):
@@ -1925,51 +2068,51 @@ def infer_type(airtable_values: Iterable[Any], mongo_value: Any) -> str:
     return "multilineText"
 
 
-def field_types(spec: TableSpec, schema: dict[str, FieldInfo] | None, airtable_records: Sequence[dict],
-                exported: Sequence[ExportRecord]) -> tuple[dict[str, str], list[str], list[str]]:
-    """(writable field -> type, missing in Airtable, read-only) for a table's mapping."""
-    types, missing, read_only = {}, [], []
-    for name in spec.airtable_fields:
-        if schema is None:
-            if name in {link.airtable_field for link in spec.links}:
-                types[name] = "multipleRecordLinks"
+def field_types(spec: TableSpec, columns: TableColumns, airtable_records: Sequence[dict],
+                exported: Sequence[ExportRecord]) -> tuple[dict[str, str], list[str]]:
+    """(writable field key -> type, read-only mapped names) of a table's mapped fields in Airtable."""
+    types, read_only = {}, []
+    links = {link.airtable_field for link in spec.links}
+    for column in columns.by_mapped.values():
+        if not columns.by_id:  # the schema is unreadable: the type from the values
+            if column.mapped in links:
+                types[column.key] = "multipleRecordLinks"
                 continue
-            mongo_name = next(m for m, a in spec.mapping if a == name)
+            mongo_name = next(m for m, a in spec.mapping if a == column.mapped)
             sample = next((r.doc[mongo_name] for r in exported if r.doc.get(mongo_name) is not None), None)
-            values = (r["fields"][name] for r in airtable_records if name in r["fields"])
-            types[name] = infer_type(values, sample)
-        elif name not in schema:
-            missing.append(name)
-        elif schema[name].type in WRITABLE_TYPES:
-            types[name] = schema[name].type
+            values = (r["fields"][column.key] for r in airtable_records if column.key in r["fields"])
+            types[column.key] = infer_type(values, sample)
+        elif column.type in WRITABLE_TYPES:
+            types[column.key] = column.type
         else:
-            read_only.append(name)  # computed, or a type this tool does not write
-    return types, missing, read_only
+            read_only.append(column.mapped)  # computed, or a type this tool does not write
+    return types, read_only
 
 
-def mapped_columns(spec: TableSpec, types: Mapping[str, str]) -> list[tuple[str, str, str]]:
-    """(Mongo field, Airtable field, field type) for each writable mapped field but `id` and links."""
-    return [(mongo, airtable, types[airtable]) for mongo, airtable in spec.mapping
-            if mongo != "id" and types.get(airtable, "multipleRecordLinks") != "multipleRecordLinks"]
+def mapped_columns(spec: TableSpec, columns: TableColumns, types: Mapping[str, str]) -> list[tuple[str, str, str]]:
+    """(Mongo field, Airtable field key, field type) for each writable mapped field but `id` and links."""
+    return [(mongo, key, types[key]) for mongo, airtable in spec.mapping
+            if mongo != "id" and (key := columns.key(airtable)) in types and types[key] != "multipleRecordLinks"]
 
 
 def convert_record(record: ExportRecord, columns: Sequence[tuple[str, str, str]],
-                   with_id: bool) -> tuple[dict, list[str], str | None]:
-    """The record's mapped values converted for Airtable, the fields whose values were invalid,
-    and why the record cannot be sent at all, if it cannot."""
-    converted: dict[str, Any] = {"id": record.mongo_id} if with_id and record.mongo_id is not None else {}
+                   id_field: str | None) -> tuple[dict, list[str], str | None]:
+    """The record's mapped values converted for Airtable (keyed as `columns` name the fields, the
+    Mongo id under `id_field`), the fields whose values were invalid, and why the record cannot
+    be sent at all, if it cannot."""
+    converted: dict[str, Any] = {id_field: record.mongo_id} if id_field and record.mongo_id is not None else {}
     invalid: list[str] = []
     problem = None
-    for mongo_name, airtable_name, field_type in columns:
+    for mongo_name, field_key, field_type in columns:
         if mongo_name not in record.doc:
             continue  # absent: Airtable keeps its value
         try:
-            converted[airtable_name] = value = convert_value(record.doc[mongo_name], field_type)
+            converted[field_key] = value = convert_value(record.doc[mongo_name], field_type)
         except Invalid:
-            invalid.append(airtable_name)
+            invalid.append(field_key)
             continue
         if field_type in TEXT_TYPES and value is not None and len(value) > TEXT_LIMIT:
-            problem = f"field {airtable_name}: text of {len(value)} characters is over Airtable's {TEXT_LIMIT} limit"
+            problem = f"Mongo field {mongo_name}: text of {len(value)} characters is over Airtable's {TEXT_LIMIT} limit"
     return converted, invalid, problem
 
 
@@ -2041,16 +2184,22 @@ class PlannedWrite:
 @dataclass
 class TablePlan:
     spec: TableSpec
-    types: dict[str, str]  # writable Airtable field -> type
-    has_id_field: bool
+    columns: TableColumns  # the mapped fields as bound this run
+    types: dict[str, str]  # writable Airtable field key -> type
+    id_key: str | None  # the key of the `id` field (the merge key); None when the table has none
     writes: list[PlannedWrite]
     orphans: list[dict]  # Airtable records no exported record matched
     unmapped_fields: list[str]
-    missing_in_airtable: list[str]
-    read_only: list[str]
+    missing_in_airtable: list[str]  # mapped names
+    read_only: list[str]  # mapped names
+    absent_in_export: list[str] = field(default_factory=list)  # mapped Mongo fields no record carries
     invalid_values: int = 0
     unresolved_links: int = 0
     planned: dict[str, int] = field(default_factory=dict)  # counts per action, as planned
+
+    @property
+    def has_id_field(self) -> bool:
+        return self.id_key is not None
 
     def of(self, action: str) -> list[PlannedWrite]:
         return [w for w in self.writes if w.action == action]
@@ -2068,14 +2217,17 @@ def plan_table(
     spec: TableSpec,
     exported: Sequence[ExportRecord],
     airtable_records: Sequence[dict],
-    schema: dict[str, FieldInfo] | None,
+    columns: TableColumns,
     link_index: Mapping[str, Mapping[str, str]],
 ) -> TablePlan:
-    """What to create, update and skip for one table: pure, no I/O."""
-    types, missing, read_only = field_types(spec, schema, airtable_records, exported)
-    has_id_field = "id" in types or (schema is None and any("id" in r["fields"] for r in airtable_records))
-    unmapped = sorted({k for r in exported for k in r.doc} - spec.consumed_mongo_fields)
-    plan = TablePlan(spec, types, has_id_field, [], 0, unmapped, missing, read_only)
+    """What to create, update and skip for one table: pure, no I/O. Records and writes name the
+    fields by their keys in `columns` (field ids, once bound)."""
+    types, read_only = field_types(spec, columns, airtable_records, exported)
+    id_key = columns.id_key if columns.id_key in types else None
+    carried = {k for r in exported for k in r.doc}
+    plan = TablePlan(spec, columns, types, id_key, [], [], sorted(carried - spec.consumed_mongo_fields),
+                     list(columns.missing), read_only, absent_in_export(spec, carried) if exported else [])
+    has_id_field = plan.has_id_field
     # Records that cannot be matched safely fail before matching, so they claim no Airtable record.
     usable, seen_ids = [], set()
     for record in exported:
@@ -2093,17 +2245,19 @@ def plan_table(
         else:
             seen_ids.add(record.mongo_id)
             usable.append(record)
-    matches, orphans = match_records(usable, airtable_records, spec.key_fields, spec.airtable_key, has_id_field)
+    matches, orphans = match_records(usable, airtable_records, spec.key_fields, columns.key(spec.airtable_key), id_key)
     plan.orphans = orphans
-    columns = mapped_columns(spec, types)
+    converting = mapped_columns(spec, columns, types)
     for match in matches:
         record = match.record
-        converted, invalid, problem = convert_record(record, columns, "id" in types)
+        converted, invalid, problem = convert_record(record, converting, id_key)
         plan.invalid_values += len(invalid)
         if invalid:
-            log.debug("%s %s: invalid values left out: %s", spec.key, record.mongo_id, ", ".join(invalid))
+            log.debug("%s %s: invalid values left out: %s", spec.key, record.mongo_id,
+                      ", ".join(columns.mapped_name(k) for k in invalid))
         for link in spec.links:
-            if link.airtable_field not in types:
+            link_key = columns.key(link.airtable_field)
+            if link_key not in types:
                 continue
             ref = link_reference(record.doc, link)
             if ref is None:
@@ -2112,7 +2266,7 @@ def plan_table(
             if target is None:
                 plan.unresolved_links += 1
             else:
-                converted[link.airtable_field] = [target if target != PENDING else LinkRef(link.target, ref)]
+                converted[link_key] = [target if target != PENDING else LinkRef(link.target, ref)]
         if problem:
             plan.writes.append(PlannedWrite(record, "error", error=problem))
             continue
@@ -2130,11 +2284,19 @@ def plan_table(
     return plan
 
 
-def build_link_index(airtable_records: Sequence[dict], plan: TablePlan | None) -> dict[str, str]:
+def absent_in_export(spec: TableSpec, carried: set[str]) -> list[str]:
+    """The mapped Mongo fields that no exported record carries (the exporter renamed or dropped
+    them): Airtable keeps its values, since an absent field is never written."""
+    mapped = [mongo for mongo, _ in spec.mapping if mongo != "id"]
+    mapped += [link.mongo_fields[0] for link in spec.links if not carried.intersection(link.mongo_fields)]
+    return [name for name in mapped if name not in carried]
+
+
+def build_link_index(airtable_records: Sequence[dict], plan: TablePlan | None, id_key: str | None) -> dict[str, str]:
     """Mongo id -> Airtable record id (or PENDING) of a link target table after its planned sync."""
     index: dict[str, str] = {}
-    for rec in airtable_records:
-        value = rec["fields"].get("id")
+    for rec in airtable_records if id_key is not None else ():
+        value = rec["fields"].get(id_key)
         if value not in (None, ""):
             index.setdefault(str(value), rec["id"])
     if plan is not None:
@@ -2162,6 +2324,7 @@ class DeletionPlan:
     held: bool
     exported_ids: set[str] = field(default_factory=set, repr=False)  # the Mongo ids the export has
     outcome: dict[str, str] = field(default_factory=dict)  # record id -> deleted | failed | unknown | kept
+    id_key: str = "id"  # the key of the `id` field in the records
 
     @property
     def deleted(self) -> list[dict]:
@@ -2173,7 +2336,7 @@ class DeletionPlan:
 
     def still_gone(self, rec: dict) -> bool:
         """Whether a record, as Airtable has it now, still holds a Mongo id the export lacks."""
-        mongo_id = rec["fields"].get("id")
+        mongo_id = rec["fields"].get(self.id_key)
         return mongo_id not in (None, "") and str(mongo_id) not in self.exported_ids
 
 
@@ -2191,18 +2354,18 @@ def plan_deletions(plans: Mapping[str, TablePlan], exported_ids: Mapping[str, se
         plan = plans.get(key)
         if plan is None or not plan.has_id_field or not exported_ids.get(key):
             continue
-        probe = DeletionPlan(key, [], 0, 0, False, exported_ids[key])
+        probe = DeletionPlan(key, [], 0, 0, False, exported_ids[key], id_key=plan.id_key)  # type: ignore[arg-type]
         gone = [r for r in plan.orphans if probe.still_gone(r)]
         if not gone:
             continue
         # After this run's creates, and the legacy rows it gives an id: the cap's denominator.
         with_id = sum(1 for w in plan.writes if w.record.mongo_id is not None and (
             w.action == "create" or w.matched_by is not None)) + sum(
-            1 for r in plan.orphans if r["fields"].get("id") not in (None, ""))
+            1 for r in plan.orphans if r["fields"].get(plan.id_key) not in (None, ""))
         # Exact: 29 of 100 at 0.29 is at the cap, not over it (in floats 0.29 * 100 < 29).
         limit = math.floor(Fraction(str(settings.max_delete_fraction)) * with_id)
         held = len(gone) > limit and not settings.force_delete
-        deletions[key] = DeletionPlan(key, gone, with_id, limit, held, exported_ids[key])
+        deletions[key] = DeletionPlan(key, gone, with_id, limit, held, exported_ids[key], id_key=probe.id_key)
     return deletions
 
 
@@ -2260,31 +2423,38 @@ class Applier:
             fields[name] = value
         return fields
 
-    def drop_field(self, name: str, reason: str) -> None:
-        """Airtable rejected the field itself: stop writing it for the rest of the run."""
+    def drop_field(self, key: str, reason: str) -> None:
+        """Airtable rejected the field itself (deleted or made computed since the schema was read):
+        stop writing it for the rest of the run."""
+        name = self.plan.columns.mapped_name(key)
         log.warning("%s: Airtable rejects field %r (%s); it is left out for the rest of the run",
                     self.plan.spec.key, name, "unknown" if reason == "missing" else "computed")
         (self.plan.missing_in_airtable if reason == "missing" else self.plan.read_only).append(name)
-        self.plan.types.pop(name, None)
-        if name == "id":
-            self.plan.has_id_field = False
+        self.plan.types.pop(key, None)
+        if key == self.plan.id_key:
+            self.plan.id_key = None
         for write in self.plan.writes:
-            write.fields.pop(name, None)
+            write.fields.pop(key, None)
 
     # -- requests ---------------------------------------------------------------
 
     def upserts(self, action: str, batch: Sequence[tuple[PlannedWrite, dict]]) -> bool:
-        return action == "create" and self.plan.has_id_field and all("id" in f for _, f in batch)
+        id_key = self.plan.id_key
+        return action == "create" and id_key is not None and all(id_key in f for _, f in batch)
 
     def send(self, action: str, batch: list[tuple[PlannedWrite, dict]]) -> tuple[list[dict], set[str] | None]:
-        """Airtable's copy of the records written, and which were new (None: all of them were)."""
+        """Airtable's copy of the records written (cells keyed as the plan keys them), and which
+        were new (None: all of them were)."""
+        by_id = self.plan.columns.by_id
         if action == "update":
-            return self.table.batch_update([{"id": w.record_id, "fields": f} for w, f in batch], typecast=True), None
+            return self.table.batch_update([{"id": w.record_id, "fields": f} for w, f in batch], typecast=True,
+                                           use_field_ids=by_id), None
         if self.upserts(action, batch):
             # Merged on `id`, a create re-sent after a lost answer updates the record it made.
-            result = self.table.batch_upsert([{"fields": f} for _, f in batch], key_fields=["id"], typecast=True)
+            result = self.table.batch_upsert([{"fields": f} for _, f in batch], key_fields=[self.plan.id_key],
+                                             typecast=True, use_field_ids=by_id)
             return result["records"], set(result["createdRecords"])
-        return self.table.batch_create([f for _, f in batch], typecast=True), None
+        return self.table.batch_create([f for _, f in batch], typecast=True, use_field_ids=by_id), None
 
     def fail(self, batch: Sequence[tuple[PlannedWrite, dict]], message: str, outcome: str = "failed") -> None:
         for write, _ in batch:
@@ -2298,10 +2468,11 @@ class Applier:
         self.written.extend(records)
         if len(records) != len(batch):
             raise AirtableAccessError(f"Airtable answered {len(records)} records for {len(batch)} written")
-        by_key = {r["id"]: r for r in records} | {r["fields"]["id"]: r for r in records if r["fields"].get("id")}
-        if all((w.record_id or f.get("id")) in by_key for w, f in batch):
+        id_key = self.plan.id_key or "id"
+        by_key = {r["id"]: r for r in records} | {r["fields"][id_key]: r for r in records if r["fields"].get(id_key)}
+        if all((w.record_id or f.get(id_key)) in by_key for w, f in batch):
             # Airtable answers in request order; matching by id does not depend on it.
-            records = [by_key[w.record_id] if w.record_id in by_key else by_key[f["id"]] for w, f in batch]
+            records = [by_key[w.record_id] if w.record_id in by_key else by_key[f[id_key]] for w, f in batch]
         for (write, _), rec in zip(batch, records):
             write.outcome = "done"
             write.record_id = rec["id"]
@@ -2379,8 +2550,9 @@ class Applier:
         spec = self.plan.spec
         creates = self.plan.of("create")
         # Creates that carry an id are upserted; the rest cannot be: never mix them in one request.
-        groups = (("create", [w for w in creates if "id" in w.fields]),
-                  ("create", [w for w in creates if "id" not in w.fields]),
+        id_key = self.plan.id_key
+        groups = (("create", [w for w in creates if id_key in w.fields]),
+                  ("create", [w for w in creates if id_key not in w.fields]),
                   ("update", self.plan.of("update")))
         for action, pending in groups:
             if not pending:
@@ -2406,10 +2578,11 @@ class Applier:
 class Deleter:
     """--delete-missing: archives each batch, then deletes it, ten records a request."""
 
-    def __init__(self, airtable: Airtable, archive: Path, stop: threading.Event):
+    def __init__(self, airtable: Airtable, archive: Path, stop: threading.Event, schema: BaseSchema | None):
         self.airtable = airtable
         self.archive = archive
         self.stop = stop
+        self.schema = schema  # None: the records name their fields by name, not id
 
     def apply(self, deletion: DeletionPlan) -> None:
         table = self.airtable.table(deletion.key)
@@ -2434,7 +2607,7 @@ class Deleter:
         has it now, then deleted; a row without one is kept."""
         formula = "OR(" + ",".join(f"RECORD_ID()='{rec['id']}'" for rec in records) + ")"
         try:
-            fresh = {rec["id"]: rec for rec in table.all(formula=formula)}
+            fresh = {rec["id"]: rec for rec in table.all(formula=formula, use_field_ids=self.schema is not None)}
         except AIRTABLE_FAILURES as exc:
             raise access_error(exc, self.airtable.settings, f"reading {deletion.key} before deleting") from None
         batch = []
@@ -2451,13 +2624,19 @@ class Deleter:
         return batch
 
     def archive_records(self, key: str, batch: Sequence[dict]) -> None:
-        """Appended and flushed to disk before the delete request: nothing is lost for good."""
+        """Appended and flushed to disk before the delete request: nothing is lost for good. The
+        cells by field name, as a person reads them, and each name's field id (fieldIds), by
+        which --restore finds the field even if it was renamed since."""
+        names = {f.id: f.name for f in (self.schema.get(key) or {}).values()} if self.schema is not None else {}
         self.archive.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.archive, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         with os.fdopen(fd, "a", encoding="utf-8", errors="surrogatepass") as handle:  # as write_private
             for rec in batch:
-                handle.write(json.dumps({"table": key, "id": rec["id"], "createdTime": rec.get("createdTime"),
-                                         "fields": rec["fields"]}, ensure_ascii=False) + "\n")
+                line = {"table": key, "id": rec["id"], "createdTime": rec.get("createdTime"),
+                        "fields": {names.get(k, k): v for k, v in rec["fields"].items()}}
+                if names:
+                    line["fieldIds"] = {names.get(k, k): k for k in rec["fields"]}
+                handle.write(json.dumps(line, ensure_ascii=False) + "\n")
             handle.flush()
             os.fsync(handle.fileno())
 
@@ -2510,6 +2689,8 @@ class TableResult:
     unmapped_fields: list[str] = field(default_factory=list)
     missing_in_airtable: list[str] = field(default_factory=list)
     read_only: list[str] = field(default_factory=list)
+    renamed_fields: list[dict] = field(default_factory=list)  # [{"mapped", "airtable"}]
+    absent_in_export: list[str] = field(default_factory=list)  # mapped Mongo fields no record carries
     invalid_values: int = 0
     not_attempted: int = 0
     planned: dict[str, int] = field(default_factory=dict)
@@ -2518,9 +2699,9 @@ class TableResult:
     deleted_records: list[dict] = field(default_factory=list)  # [{record_id, mongo_id}]
 
 
-def record_ref(rec: dict) -> dict:
+def record_ref(rec: dict, id_key: str | None) -> dict:
     """An Airtable record as the report names it: never its values."""
-    mongo_id = rec["fields"].get("id")
+    mongo_id = rec["fields"].get(id_key) if id_key is not None else None
     return {"record_id": rec["id"], "mongo_id": None if mongo_id in (None, "") else str(mongo_id)}
 
 
@@ -2531,11 +2712,11 @@ def set_back(plan: TablePlan, edited: Mapping[str, set[str]] | None, dry_run: bo
         return None
     count = 0
     for write in plan.writes:
-        names = edited.get(write.record_id or "", set()) & set(write.sent_fields)
-        if write.action == "update" and names and (dry_run or write.outcome == "done"):
+        keys = edited.get(write.record_id or "", set()) & set(write.sent_fields)
+        if write.action == "update" and keys and (dry_run or write.outcome == "done"):
             count += 1
             log.info("%s %s (record %s): set back %s, edited in Airtable", plan.spec.key, write.record.mongo_id,
-                     write.record_id, ", ".join(sorted(names)))
+                     write.record_id, ", ".join(sorted(plan.columns.mapped_name(k) for k in keys)))
     return count
 
 
@@ -2551,12 +2732,14 @@ def summarize(plan: TablePlan, dry_run: bool, deletion: DeletionPlan | None = No
         deleted=len(deleted),
         deletions_held=len(deletion.records) if deletion is not None and deletion.held else 0,
         reverted_edits=set_back(plan, edited, dry_run),
-        orphan_records=[record_ref(r) for r in plan.orphans if r["id"] not in gone],
-        deleted_records=[record_ref(r) for r in deleted],
+        orphan_records=[record_ref(r, plan.columns.id_key) for r in plan.orphans if r["id"] not in gone],
+        deleted_records=[record_ref(r, plan.columns.id_key) for r in deleted],
         unresolved_links=plan.unresolved_links,
         unmapped_fields=plan.unmapped_fields,
         missing_in_airtable=sorted(set(plan.missing_in_airtable)),
         read_only=sorted(set(plan.read_only)),
+        renamed_fields=plan.columns.renamed,
+        absent_in_export=plan.absent_in_export,
         invalid_values=plan.invalid_values,
         planned=count,
     )
@@ -2816,23 +2999,27 @@ class Sync:
 
     def plan(self, exports: dict[str, list[ExportRecord]], read: BaseRead, airtable: Airtable) -> dict[str, TablePlan]:
         plans: dict[str, TablePlan] = {}
-        pulled, schema = read.records, read.schema
+        pulled = read.records
         for key in TABLE_ORDER:
             if key not in exports:
                 continue
             spec = TABLE_SPECS[key]
-            link_index = {link.target: build_link_index(pulled.get(link.target, []), plans.get(link.target))
+            link_index = {link.target: build_link_index(pulled.get(link.target, []), plans.get(link.target),
+                                                        read.columns[link.target].id_key)
                           for link in spec.links}
-            table_schema = None if schema is None else schema.get(key, {})
-            plans[key] = plan_table(spec, exports[key], pulled[key], table_schema, link_index)
+            columns = read.columns[key]
+            plans[key] = plan_table(spec, exports[key], pulled[key], columns, link_index)
             if key in read.from_cache and any(w.matched_by == "key" for w in plans[key].writes):
                 # A natural-key match claims a record for good: a stale cache could hand it to the
                 # wrong Mongo record, so those are only ever made against a fresh read.
                 log.info("%s: natural-key matches are not made against a cache: reading the table", key)
-                pulled[key] = pull_table(airtable, key, self.stop)
+                pulled[key] = pull_table(airtable, key, self.stop, by_id=columns.by_id)
                 read.from_cache.discard(key)
                 read.dirty.add(key)
-                plans[key] = plan_table(spec, exports[key], pulled[key], table_schema, link_index)
+                plans[key] = plan_table(spec, exports[key], pulled[key], columns, link_index)
+            if plans[key].absent_in_export:
+                log.warning("%s: mapped Mongo fields that no exported record carries (renamed or dropped by the "
+                            "exporter?): %s; Airtable keeps their values", key, ", ".join(plans[key].absent_in_export))
             for record in exports[key]:
                 record.doc = {}  # planned: the document is no longer needed, and it is the bulk of memory
             counts = plans[key].planned
@@ -2856,7 +3043,7 @@ class Sync:
                     merge_written(read.records[key], applier.written)
                     read.dirty.add(key)
         archive = self.settings.reports_dir / f"deleted_{self.report.started:%Y%m%d_%H%M%S}.jsonl"
-        deleter = Deleter(airtable, archive, self.stop)
+        deleter = Deleter(airtable, archive, self.stop, read.schema)
         for deletion in self.deletions.values():
             if deletion.held:
                 continue
@@ -2904,7 +3091,7 @@ class Sync:
                     outcome = deletion.outcome.get(rec["id"])
                     if outcome in ("failed", "unknown"):
                         settles = "; the next run settles it" if outcome == "unknown" else ""
-                        self.report.errors.append({"table": deletion.key, "mongo_id": record_ref(rec)["mongo_id"],
+                        self.report.errors.append({"table": deletion.key, "mongo_id": record_ref(rec, deletion.id_key)["mongo_id"],
                                                    "message": f"delete {outcome}{settles}"})
             # A dry run leaves the snapshot and the state as they were, and so does a bug. An
             # interrupted or refused run saves them: its cursor precedes all its writes, and what
@@ -2973,6 +3160,8 @@ def run_check(settings: Settings, out=None) -> int:
     """--check: is each table readable, and how do the mappings compare with the schema."""
     out = out or sys.stdout
     airtable = connect(settings, threading.Event())
+    reader = BaseReader(airtable, threading.Event(), datetime.now(timezone.utc))
+    bound = reader.bindings_of(load_state(state_path(settings)))  # the tables' ids too
     schema = fetch_schema(airtable)
     print(f"Airtable base {settings.base_id} at {settings.endpoint_url}", file=out)
     if schema is None:
@@ -2985,23 +3174,41 @@ def run_check(settings: Settings, out=None) -> int:
             raise access_error(exc, settings, f"reading table {key}") from None
         table_schema = None if schema is None else schema.get(key)
         print(f"\n{key} ({settings.table_ids[key]}): reachable", file=out)
+        absent = check_export(settings, spec)
+        if absent:
+            print(f"  mapped Mongo fields no exported record carries: {', '.join(absent)}", file=out)
         if table_schema is None:
             continue
+        columns = bind_columns(spec, table_schema, bound.get(key, {}))
         width = max(len(n) for n in spec.airtable_fields) + 2
         for name in spec.airtable_fields:
-            info = table_schema.get(name)
-            if info is None:
-                status = "missing in Airtable"
-            elif info.type in COMPUTED_TYPES:
-                status = f"read-only ({info.type})"
-            elif info.type in WRITABLE_TYPES:
-                status = f"ok ({info.type})"
+            column = columns.by_mapped.get(name)
+            if column is None:
+                status = "missing in Airtable" + (" (its field was deleted)" if name in columns.gone else "")
+            elif column.type in COMPUTED_TYPES:
+                status = f"read-only ({column.type})"
+            elif column.type in WRITABLE_TYPES:
+                status = f"ok ({column.type})"
             else:
-                status = f"not written: unsupported type ({info.type})"
+                status = f"not written: unsupported type ({column.type})"
+            if column is not None and column.name != name:
+                status += f", renamed to '{column.name}' (still synced by its field id)"
             print(f"  {name:<{width}}{status}", file=out)
     print(f"\nchange tracking: {change_tracking_status(airtable, schema)}", file=out)
     print(f"\n{airtable.stats.total} requests, nothing written", file=out)
     return EXIT_OK
+
+
+def check_export(settings: Settings, spec: TableSpec) -> list[str]:
+    """--check: the mapped Mongo fields that no record of the table's export carries, when the
+    export is there (an unreadable one is left to the sync to report)."""
+    try:
+        records = load_export(settings.mongo_dir / spec.export_file, None)
+    except UsageError:
+        return []
+    if not records:
+        return []
+    return absent_in_export(spec, {k for r in records for k in r.doc})
 
 
 def change_tracking_status(airtable: Airtable, schema: BaseSchema | None) -> str:

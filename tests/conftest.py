@@ -63,6 +63,18 @@ class SyncHarness:
         return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
+def field_ids(emulator, table: str) -> dict[str, str]:
+    """A table's field name -> field id, from the emulator's schema (the tool reads and writes by id)."""
+    meta = next(t for t in emulator.schema()["tables"] if table in (t["id"], t["name"]))
+    return {f["name"]: f["id"] for f in meta["fields"]}
+
+
+def by_field_id(emulator, table: str, records: list[dict]) -> list[dict]:
+    """Records as the API renders them with returnFieldsByFieldId, as the tool's caches hold them."""
+    ids = field_ids(emulator, table)
+    return [{**rec, "fields": {ids[name]: value for name, value in rec["fields"].items()}} for rec in records]
+
+
 def make_env(emulator) -> dict:
     return {
         "AIRTABLE_API_KEY": emulator.token,

@@ -12,7 +12,7 @@ import pytest
 
 import airtable_sync as sync
 from airtable_emulator import Emulator
-from conftest import FIXTURES, TOKEN, make_env
+from conftest import FIXTURES, TOKEN, field_ids, make_env
 from test_faults import base_state, new_harness, spawn, wait_for, writes
 from test_sync import without_u12
 
@@ -270,19 +270,19 @@ def test_an_error_payload_on_a_hook_still_enabled_means_one_full_read_on_the_sam
     assert harness.run() == 0 and tracking(harness)["mode"] == "webhook"
 
 
-def test_a_renamed_mapped_field_forces_a_full_read_and_an_unmapped_one_only_the_schema(harness, emulator):
+def test_a_retyped_mapped_field_forces_a_full_read_and_an_unmapped_new_one_only_the_schema(harness, emulator):
     clean_start(harness)
     emulator.client.create_field(USERS, "Mood", "singleLineText")
     emulator.clear_log()
     assert harness.run() == 0
     assert tracking(harness)["mode"] == "webhook" and emulator.count(kind="meta") == 1
-    emulator.client.rename_field(USERS, "occupation", "Job")
+    emulator.client.change_field_type(USERS, "occupation", "multilineText")
     emulator.clear_log()
-    harness.run()
+    assert harness.run() == 0
     assert tracking(harness)["mode"] == "full"
-    assert tracking(harness)["reason"] == "field occupation of users was renamed"
+    assert tracking(harness)["reason"] == "field occupation of users was retyped"
     assert emulator.count(kind="read") == 3
-    assert "occupation" in harness.report()["tables"]["users"]["missing_in_airtable"]
+    assert harness.report()["tables"]["users"]["missing_in_airtable"] == []
 
 
 def test_an_edited_cache_means_a_full_read(harness, emulator):
@@ -300,7 +300,7 @@ def test_drift_is_measured_and_logged_by_id_and_field_when_the_feed_missed_somet
     # with the base, for one record.
     path = harness.cache_dir / "airtable_events.json"
     records = json.loads(path.read_text())
-    records[0]["fields"]["location"] = "Somewhere the feed never said"
+    records[0]["fields"][field_ids(emulator, EVENTS)["location"]] = "Somewhere the feed never said"
     sync.write_cache(path, records)
     data = state_of(harness)
     data["caches"]["events"] = sync.cache_fingerprint(path)
@@ -449,7 +449,7 @@ def test_a_full_read_of_one_table_keeps_the_others_in_the_snapshot(harness, emul
 
 def test_payloads_read_before_falling_back_to_a_full_read_are_counted(harness, emulator):
     clean_start(harness)
-    emulator.client.rename_field(USERS, "occupation", "Job")
+    emulator.client.delete_field(USERS, "occupation")
     harness.run()
     assert tracking(harness)["mode"] == "full" and tracking(harness)["payloads"] >= 1
 

@@ -19,7 +19,7 @@ import threading
 import pytest
 
 import airtable_sync as sync
-from conftest import ROOT, make_env
+from conftest import ROOT, field_ids, make_env
 from test_faults import settle, wait_for
 
 USERS, EVENTS, MESSAGES = "tblQ0OHBit2AqaACy", "tblrscr87h8fbtQTk", "tbljma5S4NhUn1OYl"
@@ -209,11 +209,12 @@ def test_each_batch_is_archived_before_its_delete_is_sent(harness, emulator):
     assert stat.S_IMODE(paths[0].stat().st_mode) == 0o600
     lines = archived(harness)
     assert [line["table"] for line in lines] == ["messages"] * 12 + ["events"] * 2 + ["users"] * 3
+    ids = {key: field_ids(emulator, table) for key, table in TABLE_OF.items()}
     for line in lines:
-        assert set(line) == {"table", "id", "createdTime", "fields"}
         was = before[line["table"]][line["id"]]
+        # The cells by name as a person reads them, and each name's field id for --restore.
         assert line == {"table": line["table"], "id": was["id"], "createdTime": was["createdTime"],
-                        "fields": was["fields"]}
+                        "fields": was["fields"], "fieldIds": {n: ids[line["table"]][n] for n in was["fields"]}}
     assert {line["id"] for line in lines} == {r for m in TO_DELETE.values() for r in m.values()}
 
 
@@ -442,6 +443,7 @@ def test_deletions_keep_the_change_tracking_snapshot_exact(harness, emulator):
     assert incremental["change_tracking"]["mode"] == "webhook"
     assert [r["mongo_id"] for r in incremental["tables"]["messages"]["deleted_records"]] == [m12]
     line, = [x for x in archived(harness) if x["id"] == m12_record]
+    assert line.pop("fieldIds") == {n: field_ids(emulator, MESSAGES)[n] for n in as_airtable_has_it["fields"]}
     assert line == {"table": "messages", **as_airtable_has_it}
     assert incremental["tables"]["users"]["deleted"] == 0
     # Links Airtable cleared because the first run deleted their target are nobody's edit.

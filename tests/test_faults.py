@@ -26,7 +26,7 @@ import pytest
 
 import airtable_sync as sync
 from airtable_emulator import Emulator
-from conftest import FIXTURES, ROOT, TOKEN, SyncHarness, make_env
+from conftest import FIXTURES, ROOT, TOKEN, SyncHarness, field_ids, make_env
 
 USERS, EVENTS, MESSAGES = "tblQ0OHBit2AqaACy", "tblrscr87h8fbtQTk", "tbljma5S4NhUn1OYl"
 EXPECTED = json.loads((FIXTURES / "expected.json").read_text())
@@ -245,7 +245,7 @@ def test_a_create_whose_answer_was_lost_is_not_duplicated(harness, emulator, cle
     assert applied.fired == 1
     first, again = writes(emulator, table)[:2]
     assert first.fault and again.body == first.body  # the create, re-sent as the same upsert
-    assert "performUpsert" in first.body and first.body["performUpsert"] == {"fieldsToMergeOn": ["id"]}
+    assert first.body["performUpsert"] == {"fieldsToMergeOn": [field_ids(emulator, table)["id"]]}
     report = harness.report()
     assert report["requests"]["retried"] == 1 and report["requests"]["write"] == CLEAN_WRITES + 1
     assert table_figures(report) == EXPECTED  # created counted once, nothing failed but U12

@@ -197,7 +197,7 @@ def exported(*docs):
 
 def test_pass_one_matches_by_id_and_the_first_listed_duplicate_wins():
     airtable = [rec("rec1", id="u1"), rec("rec2", id="u1"), rec("rec3", id="u2")]
-    matches, orphans = sync.match_records(exported({"id": "u1"}, {"id": "u2"}), airtable, ("email",), "email", True)
+    matches, orphans = sync.match_records(exported({"id": "u1"}, {"id": "u2"}), airtable, ("email",), "email", "id")
     assert [(m.airtable["id"], m.how) for m in matches] == [("rec1", "id"), ("rec3", "id")]
     assert [o["id"] for o in orphans] == ["rec2"]
 
@@ -208,7 +208,7 @@ def test_pass_two_matches_normalised_keys_first_come_first_served():
     docs = exported({"id": "u1", "email": "maria.lopez@EXAMPLE.com"}, {"id": "u2", "email": "Maria.Lopez@example.com"},
                     {"id": "u3", "email": "maria.lopez@example.com"}, {"id": "u4", "email": "sam@x.com"},
                     {"id": "u5", "email": ""}, {"id": "u6"})
-    matches, orphans = sync.match_records(docs, airtable, ("email",), "email", True)
+    matches, orphans = sync.match_records(docs, airtable, ("email",), "email", "id")
     assert [(m.record.mongo_id, m.airtable and m.airtable["id"], m.how) for m in matches] == [
         ("u1", "recA", "key"), ("u2", "recB", "key"), ("u3", None, "new"),
         ("u4", None, "new"),  # recC has an id: it is not a pass-two candidate
@@ -219,14 +219,14 @@ def test_pass_two_matches_normalised_keys_first_come_first_served():
 def test_id_match_takes_precedence_over_an_earlier_key_claim():
     airtable = [rec("recLegacy", email="a@x.com"), rec("recOwn", id="u2", email="a@x.com")]
     docs = exported({"id": "u1", "email": "a@x.com"}, {"id": "u2", "email": "a@x.com"})
-    matches, orphans = sync.match_records(docs, airtable, ("email",), "email", True)
+    matches, orphans = sync.match_records(docs, airtable, ("email",), "email", "id")
     assert [m.airtable["id"] for m in matches] == ["recLegacy", "recOwn"] and orphans == []
 
 
 def test_without_an_id_field_only_pass_two_runs_against_all_records():
     airtable = [rec("rec1", id="zzz", message="Hi Ana"), rec("rec2", message="hi bo")]
     docs = exported({"id": "m1", "message": "HI ANA "}, {"id": "m2", "message_text": "Hi Bo"})
-    matches, _ = sync.match_records(docs, airtable, ("message_text", "message"), "message", False)
+    matches, _ = sync.match_records(docs, airtable, ("message_text", "message"), "message", None)
     assert [m.airtable["id"] for m in matches] == ["rec1", "rec2"]
 
 
@@ -245,9 +245,15 @@ def test_link_reference_falls_back_to_sender_and_event_ids():
     assert sync.link_reference({}, events) is None
 
 
-MESSAGE_SCHEMA = {name: sync.FieldInfo(name, t) for name, t in {
+def columns(key: str, types: dict[str, str]) -> sync.TableColumns:
+    """A table's columns bound from a schema whose field ids are the field names, so that the
+    plans' keys read as names here (the binding itself is tested in test_schema_changes.py)."""
+    return sync.bind_columns(TABLE_SPECS[key], {n: sync.FieldInfo(n, t, n) for n, t in types.items()}, {})
+
+
+MESSAGE_SCHEMA = columns("messages", {
     "id": "singleLineText", "message": "multilineText", "status": "singleSelect", "character_count": "formula",
-    "Users": "multipleRecordLinks", "Events": "multipleRecordLinks", "similarity_score": "number"}.items()}
+    "Users": "multipleRecordLinks", "Events": "multipleRecordLinks", "similarity_score": "number"})
 
 
 def test_plan_resolves_links_to_existing_pending_and_unknown_records():
@@ -271,8 +277,8 @@ def test_plan_resolves_links_to_existing_pending_and_unknown_records():
 def test_plan_fails_records_without_id_or_key_and_duplicate_ids():
     docs = exported({"firstName": "No key"}, {"id": "u1", "email": "a@x.com"}, {"id": "u1", "email": "b@x.com"},
                     {"email": "keyed@x.com"}, {"id": "u2", "summary": "x" * (sync.TEXT_LIMIT + 1)})
-    schema = {n: sync.FieldInfo(n, t) for n, t in {"id": "singleLineText", "email": "email",
-                                                   "firstName": "singleLineText", "summary": "multilineText"}.items()}
+    schema = columns("users", {"id": "singleLineText", "email": "email", "firstName": "singleLineText",
+                               "summary": "multilineText"})
     plan = sync.plan_table(TABLE_SPECS["users"], docs, [], schema, {})
     actions = [(w.action, w.error) for w in plan.writes]
     assert actions[0] == ("error", "record #1 has no id and no email")
@@ -284,11 +290,11 @@ def test_plan_fails_records_without_id_or_key_and_duplicate_ids():
 
 def test_build_link_index_prefers_this_runs_matches():
     airtable = [rec("recA", id="u1"), rec("recB", id="u1"), rec("recC", email="x")]
-    plan = sync.TablePlan(TABLE_SPECS["users"], {}, True, [
+    plan = sync.TablePlan(TABLE_SPECS["users"], columns("users", {"id": "singleLineText"}), {}, "id", [
         sync.PlannedWrite(ExportRecord(0, "u2", {}), "update", record_id="recC"),
         sync.PlannedWrite(ExportRecord(1, "u3", {}), "create"),
-        sync.PlannedWrite(ExportRecord(2, "u4", {}), "error")], 0, [], [], [])
-    assert sync.build_link_index(airtable, plan) == {"u1": "recA", "u2": "recC", "u3": PENDING}
+        sync.PlannedWrite(ExportRecord(2, "u4", {}), "error")], [], [], [], [])
+    assert sync.build_link_index(airtable, plan, "id") == {"u1": "recA", "u2": "recC", "u3": PENDING}
 
 
 def test_unmapped_fields_exclude_id_sources_and_link_sources():
@@ -355,7 +361,7 @@ def test_duplicate_ids_fail_before_matching_and_claim_no_legacy_record():
     docs = exported({"id": "u1", "email": "a@x.com"}, {"id": "u1", "email": "legacy@x.com"},
                     {"id": "u2", "email": "legacy@x.com"})
     airtable = [rec("recOwn", id="u1", email="a@x.com"), rec("recLegacy", email="Legacy@x.com")]
-    schema = {n: sync.FieldInfo(n, t) for n, t in {"id": "singleLineText", "email": "email"}.items()}
+    schema = columns("users", {"id": "singleLineText", "email": "email"})
     plan = sync.plan_table(TABLE_SPECS["users"], docs, airtable, schema, {})
     assert [(w.record.mongo_id, w.action, w.record_id) for w in plan.writes] == [
         ("u1", "skip", "recOwn"), ("u1", "error", None), ("u2", "update", "recLegacy")]
@@ -461,7 +467,7 @@ def test_a_null_line_in_json_lines_is_not_a_document():
 
 
 def test_without_an_id_field_a_keyless_record_fails_instead_of_doubling_each_run():
-    schema = {n: sync.FieldInfo(n, t) for n, t in {"Name": "singleLineText", "location": "singleLineText"}.items()}
+    schema = columns("events", {"Name": "singleLineText", "location": "singleLineText"})
     plan = sync.plan_table(TABLE_SPECS["events"], exported({"id": "e1", "location": "Harlem"},
                                                            {"id": "e2", "name": "Supper"}), [], schema, {})
     assert [(w.action, w.error) for w in plan.writes] == [

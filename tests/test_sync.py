@@ -15,7 +15,7 @@ from collections import Counter
 
 
 import airtable_sync
-from conftest import FIXTURES, ROOT, TOKEN
+from conftest import FIXTURES, ROOT, TOKEN, by_field_id, field_ids
 
 EXPECTED = json.loads((FIXTURES / "expected.json").read_text())
 EXPECTED_RECORDS = json.loads((FIXTURES / "expected_records.json").read_text())
@@ -64,7 +64,9 @@ def test_first_sync_reports_exactly_the_expected_counts(harness, emulator):
                                          "drift": None}
     creates = [r for r in emulator.requests if r.kind == "write" and r.method != "PATCH" or
                (r.body or {}).get("performUpsert")]
-    assert all(r.body["performUpsert"] == {"fieldsToMergeOn": ["id"]} and r.body["typecast"] for r in creates)
+    # Merged on the `id` field by its field id, which a person renaming the column does not change.
+    assert all(r.body["performUpsert"] == {"fieldsToMergeOn": [field_ids(emulator, r.table)["id"]]}
+               and r.body["typecast"] and r.body["returnFieldsByFieldId"] for r in creates)
 
 
 def test_first_sync_gives_exactly_the_expected_base(harness, emulator):
@@ -186,7 +188,9 @@ def test_changing_five_percent_of_records_updates_exactly_those(harness, emulato
         "users": (0, 2), "events": (0, 1), "messages": (0, 1)}
     assert report["requests"]["write"] == 3
     patches = [r for r in emulator.requests if r.kind == "write"]
-    sent = {r.table: [(rec["id"], sorted(rec["fields"])) for rec in r.body["records"]] for r in patches}
+    names = {t: {i: n for n, i in field_ids(emulator, t).items()} for t in TABLE_IDS.values()}
+    sent = {r.table: [(rec["id"], sorted(names[r.table][k] for k in rec["fields"])) for rec in r.body["records"]]
+            for r in patches}
     assert [f for _, f in sent[TABLE_IDS["users"]]] == [["occupation"], ["occupation"]]
     assert [f for _, f in sent[TABLE_IDS["events"]]] == [["maxCapacity"]]
     assert [f for _, f in sent[TABLE_IDS["messages"]]] == [["status"]]
@@ -431,7 +435,8 @@ def test_a_stale_cache_never_hands_a_legacy_record_to_another_mongo_record(harne
     cache (taken before that sync) and U07 now first in the export, a natural-key match made
     against the cache would give U06's record to U07. Those matches are made against a fresh pull."""
     without_u12(harness)
-    stale = {t: json.dumps(emulator.records(TABLE_IDS[t])) for t in TABLE_IDS}  # the base before any write
+    # The base before any write, as the tool's caches hold it.
+    stale = {t: json.dumps(by_field_id(emulator, TABLE_IDS[t], emulator.records(TABLE_IDS[t]))) for t in TABLE_IDS}
     assert harness.run() == 0
     users = harness.read_export("users.json")
     labels = {r["mongo_id"]: r["label"] for r in EXPECTED_RECORDS["users"]["records"]}

@@ -39,10 +39,15 @@ def schema() -> BaseSchema:
     return BaseSchema(dict(TABLES), {k: {n: FieldInfo(n, t, i) for i, n, t in v} for k, v in fields.items()})
 
 
+# The mapped fields of schema(), bound by the names they had when first seen.
+BOUND = {key: {name: f.id for name, f in fields.items() if name in sync.TABLE_SPECS[key].airtable_fields}
+         for key, fields in schema().fields.items()}
+
+
 def state(**over) -> ChangeState:
     values = dict(endpoint_url="http://127.0.0.1:1", base_id=sync.DEFAULT_BASE_ID, tables=dict(TABLES),
                   schema=schema(), webhook_id="achAAAAAAAAAAAAAA", cursor=5,
-                  last_full_read=NOW - timedelta(days=2), last_run=NOW - timedelta(hours=20))
+                  last_full_read=NOW - timedelta(days=2), last_run=NOW - timedelta(hours=20), bindings=BOUND)
     values.update(over)
     return ChangeState(**values)
 
@@ -94,6 +99,16 @@ def test_the_state_survives_its_json():
     assert again == st
 
 
+def test_a_state_from_before_bindings_binds_the_names_its_schema_knew_and_reads_in_full():
+    old = state().as_json()
+    del old["bindings"]
+    old["version"] = 1
+    migrated = ChangeState.from_json(old)
+    assert migrated.bindings == BOUND
+    reason, exact = sync.full_read_reason(migrated, settings(), TABLES, NOW)
+    assert "earlier version" in reason and exact is False
+
+
 # -- payloads -------------------------------------------------------------------------------
 
 def test_webhook_cell_formats_become_the_records_formats():
@@ -106,13 +121,15 @@ def test_webhook_cell_formats_become_the_records_formats():
 
 
 def snapshot():
+    """The snapshot keys cells by field id, as the tool reads records (returnFieldsByFieldId)."""
     return {
         "users": [{"id": "recU1", "createdTime": "2026-01-01T00:00:00.000Z",
-                   "fields": {"id": "u1", "email": "a@x.io", "user_segment": "VIP", "event_count": 3}},
-                  {"id": "recU2", "createdTime": "2026-01-01T00:00:00.000Z", "fields": {"id": "u2", "email": "b@x.io"}}],
+                   "fields": {"fldUid": "u1", "fldUemail": "a@x.io", "fldUseg": "VIP", "fldUcount": 3}},
+                  {"id": "recU2", "createdTime": "2026-01-01T00:00:00.000Z",
+                   "fields": {"fldUid": "u2", "fldUemail": "b@x.io"}}],
         "events": [],
         "messages": [{"id": "recM1", "createdTime": "2026-01-01T00:00:00.000Z",
-                      "fields": {"id": "m1", "message": "hi", "Users": ["recU1"]}}],
+                      "fields": {"fldMid": "m1", "fldMmsg": "hi", "fldMusers": ["recU1"]}}],
     }
 
 
@@ -145,13 +162,13 @@ def test_payloads_create_change_and_destroy_records_in_order():
     ]
     edited, touched = apply_payloads(records, payloads, schema())
     assert [r["id"] for r in records["users"]] == ["recU1", "recU3"]
-    assert records["users"][0]["fields"] == {"id": "u1", "email": "a@x.io", "user_segment": "Churned"}
+    assert records["users"][0]["fields"] == {"fldUid": "u1", "fldUemail": "a@x.io", "fldUseg": "Churned"}
     assert records["users"][1] == {"id": "recU3", "createdTime": "2026-12-01T00:00:00.000Z",
-                                   "fields": {"email": "c@x.io", "user_segment": "New"}}
-    assert records["messages"][0]["fields"] == {"id": "m1", "message": "hi"}  # the cleared link is gone
+                                   "fields": {"fldUemail": "c@x.io", "fldUseg": "New"}}
+    assert records["messages"][0]["fields"] == {"fldMid": "m1", "fldMmsg": "hi"}  # the cleared link is gone
     assert touched == {"users", "messages"}
     # Cells changed on records that existed: edits by someone else (created/destroyed are not).
-    assert edited == {"users": {"recU1": {"user_segment", "event_count"}}, "messages": {"recM1": {"Users"}}}
+    assert edited == {"users": {"recU1": {"fldUseg", "fldUcount"}}, "messages": {"recM1": {"fldMusers"}}}
 
 
 def test_replaying_the_tools_own_writes_changes_nothing_and_is_no_edit():
@@ -172,12 +189,14 @@ def test_an_edit_then_set_back_within_the_feed_is_no_edit():
     assert edited == {}
 
 
-def test_an_unmapped_cell_edit_is_kept_but_is_no_edit():
+def test_an_unmapped_cell_edit_is_kept_and_never_set_back():
     records = snapshot()
     notes = payload(5, {TABLES["users"]: {"changedRecordsById": {"recU1": {"current": {"cellValuesByFieldId": {
         "fldUnotes": "called her"}}}}}})
     edited, touched = apply_payloads(records, [notes], schema())
-    assert records["users"][0]["fields"]["Notes"] == "called her" and edited == {} and touched == {"users"}
+    assert records["users"][0]["fields"]["fldUnotes"] == "called her" and touched == {"users"}
+    # An edited cell, but no plan sends the unmapped field, so no run counts it as set back.
+    assert edited == {"users": {"recU1": {"fldUnotes"}}}
 
 
 def test_patching_never_changes_a_record_dict_shared_with_the_caller():
@@ -185,50 +204,78 @@ def test_patching_never_changes_a_record_dict_shared_with_the_caller():
     shared = records["users"][0]["fields"]
     apply_payloads(records, [payload(5, {TABLES["users"]: {"changedRecordsById": {"recU1": {
         "current": {"cellValuesByFieldId": {"fldUemail": "new@x.io"}}}}}})], schema())
-    assert shared["email"] == "a@x.io"
+    assert shared["fldUemail"] == "a@x.io"
 
 
 @pytest.mark.parametrize("change, reason", [
     ({"destroyedFieldIds": ["fldUemail"]}, "field email of users was deleted"),
     ({"createdFieldsById": {"fldNew": {"name": "phone", "type": "phoneNumber"}}}, "field phone of users was created"),
-    ({"changedFieldsById": {"fldUemail": {"current": {"name": "Email"}, "previous": {"name": "email"}}}},
-     "field email of users was renamed"),
     ({"changedFieldsById": {"fldUcount": {"current": {"type": "singleLineText"}, "previous": {"type": "number"}}}},
      "field event_count of users was retyped"),
-    ({"changedFieldsById": {"fldUnotes": {"current": {"name": "event_count"}}}}, "was renamed"),
+    ({"changedFieldsById": {"fldUcount": {"current": {"name": "Events", "type": "singleLineText"},
+                                          "previous": {"name": "event_count", "type": "number"}}}},
+     "field event_count of users was retyped"),
 ])
-def test_a_mapped_field_change_forces_a_full_read(change, reason):
-    got, _ = sync.feed_schema_change([payload(5, {TABLES["users"]: change})], schema())
+def test_a_bound_field_deleted_or_retyped_or_one_created_under_a_mapped_name_forces_a_full_read(change, reason):
+    got, _ = sync.feed_schema_change([payload(5, {TABLES["users"]: change})], schema(), BOUND)
     assert got is not None and reason in got
 
 
-def test_other_field_changes_only_reread_the_schema_and_typecast_options_are_nothing():
-    unmapped = payload(5, {TABLES["users"]: {"createdFieldsById": {"fldX": {"name": "Mood", "type": "singleLineText"}},
-                                             "changedFieldsById": {"fldUnotes": {"current": {"name": "Remarks"}}}}})
-    assert sync.feed_schema_change([unmapped], schema()) == (None, True)
+@pytest.mark.parametrize("change", [
+    {"changedFieldsById": {"fldUemail": {"current": {"name": "Email"}, "previous": {"name": "email"}}}},
+    {"changedFieldsById": {"fldUnotes": {"current": {"name": "event_count"}, "previous": {"name": "Notes"}}}},
+    {"createdFieldsById": {"fldX": {"name": "Mood", "type": "singleLineText"}}},
+    {"destroyedFieldIds": ["fldUnotes"]},
+    {"changedFieldsById": {"fldUnotes": {"current": {"type": "richText"}, "previous": {"type": "multilineText"}}}},
+])
+def test_renames_and_unmapped_field_changes_only_reread_the_schema(change):
+    # A rename follows the field id: the snapshot is keyed by id, so it stays exact.
+    assert sync.feed_schema_change([payload(5, {TABLES["users"]: change})], schema(), BOUND) == (None, True)
+
+
+def test_without_a_binding_a_deleted_field_is_no_mapped_field():
+    deleted = payload(5, {TABLES["users"]: {"destroyedFieldIds": ["fldUemail"]}})
+    assert sync.feed_schema_change([deleted], schema(), {}) == (None, True)
+
+
+def test_typecast_options_and_other_tables_are_no_field_change():
     options = payload(5, {TABLES["users"]: {"changedFieldsById": {"fldUseg": {
         "current": {"options": {"choices": [{"id": "s", "name": "Brand new"}]}}}}}})
-    assert sync.feed_schema_change([options], schema()) == (None, False)
+    assert sync.feed_schema_change([options], schema(), BOUND) == (None, False)
     other_table = payload(5, {"tblNotSyncedHere00": {"destroyedFieldIds": ["fldUemail"]}})
-    assert sync.feed_schema_change([other_table], schema()) == (None, False)
+    assert sync.feed_schema_change([other_table], schema(), BOUND) == (None, False)
 
 
 def test_an_error_payload_or_a_deleted_table_forces_a_full_read():
     assert "INVALID_FILTERS" in sync.feed_schema_change([{"cursor": 5, "error": True, "code": "INVALID_FILTERS"}],
-                                                        schema())[0]
+                                                        schema(), BOUND)[0]
     assert "users was deleted" in sync.feed_schema_change([{"cursor": 5, "destroyedTableIds": [TABLES["users"]]}],
-                                                          schema())[0]
+                                                          schema(), BOUND)[0]
+
+
+def test_a_bound_field_gone_or_retyped_between_two_schema_reads_is_a_mapped_change():
+    renamed = schema()
+    renamed.fields["users"] = {("Mail" if n == "email" else n): (FieldInfo("Mail", f.type, f.id) if n == "email" else f)
+                               for n, f in renamed.fields["users"].items()}
+    assert sync.mapped_fields_changed(schema(), renamed, BOUND) is None
+    retyped = schema()
+    retyped.fields["users"]["event_count"] = FieldInfo("event_count", "singleLineText", "fldUcount")
+    assert sync.mapped_fields_changed(schema(), retyped, BOUND) == "users"
+    gone = schema()
+    del gone.fields["messages"]["Users"]
+    assert sync.mapped_fields_changed(schema(), gone, BOUND) == "messages"
 
 
 def test_drift_counts_records_that_differ_in_mapped_fields_only_and_skips_later_changes(caplog):
     patched = snapshot()
     fresh = snapshot()
-    fresh["users"][0]["fields"]["email"] = "z@x.io"  # drift, logged by id and field name only
-    fresh["users"][1]["fields"]["Notes"] = "unmapped"  # not drift
-    fresh["messages"].append({"id": "recM2", "createdTime": "x", "fields": {"id": "m2"}})  # missing from the feed
-    assert sync.count_drift(patched, fresh, schema(), {}) == 2
-    assert "recU1" in caplog.text and "email" in caplog.text and "z@x.io" not in caplog.text
-    assert sync.count_drift(patched, fresh, schema(), {"users": {"recU1"}, "messages": {"recM2"}}) == 0
+    fresh["users"][0]["fields"]["fldUemail"] = "z@x.io"  # drift, logged by id and field name only
+    fresh["users"][1]["fields"]["fldUnotes"] = "unmapped"  # not drift
+    fresh["messages"].append({"id": "recM2", "createdTime": "x", "fields": {"fldMid": "m2"}})  # missing from the feed
+    columns = sync.table_bindings(schema(), BOUND, TABLES)
+    assert sync.count_drift(patched, fresh, columns, {}) == 2
+    assert "recU1" in caplog.text and "in email" in caplog.text and "z@x.io" not in caplog.text
+    assert sync.count_drift(patched, fresh, columns, {"users": {"recU1"}, "messages": {"recM2"}}) == 0
 
 
 def test_touched_records_by_table():
@@ -241,8 +288,8 @@ def test_touched_records_by_table():
 
 def table_plan(key, orphans, writes=(), has_id_field=True):
     spec = sync.TABLE_SPECS[key]
-    plan = sync.TablePlan(spec, {}, has_id_field, list(writes), orphans, [], [], [])
-    return plan
+    columns = sync.bind_columns(spec, {"id": FieldInfo("id", "singleLineText", "id")} if has_id_field else {}, {})
+    return sync.TablePlan(spec, columns, {}, columns.id_key, list(writes), orphans, [], [], [])
 
 
 def rec(rid, mongo_id):
