@@ -139,8 +139,9 @@ class ClientActions:
     def rename_field(self, table: str, field: str, new_name: str) -> None:
         """Rename a field.  Its id, cells and everything reading it stay: lookups and counts
         name fields by id, and the table's formulas that name it by its old name are rewritten
-        to its id, so they keep computing (Airtable formulas follow a rename; the API shows a
-        formula's fields by id, field-model, Formula).  Payload: changedFieldsById {fid:
+        to its id, so they keep computing (Airtable formulas follow a rename; the Web API shows
+        a formula's fields as {fldXXX}, per the field-model page's Formula entry as recalled:
+        the stored copies searched did not show that passage, UNCONFIRMED).  Payload: changedFieldsById {fid:
         {current: {name}, previous: {name}}} (previous with includePreviousFieldDefinitions)."""
         emu = self._emu
         with emu._lock:
@@ -192,16 +193,17 @@ class ClientActions:
                 raise ValueError("the primary field cannot be deleted")
             before = emu._txn_begin(whole_base=True)
             # The table's formulas that use the field can no longer compute: they show it by
-            # id (as the API does) and turn invalid (field-model, Formula: isValid "false if
-            # the formula contains an error"); their cells empty, and that is reported as a
-            # record change (UNCONFIRMED: Airtable shows #ERROR! cells, which the emulator's
-            # formulas render as empty).  A field re-created with the same name gets a new id,
+            # id (as the API does) and turn invalid (field-model, Formula: options.isValid;
+            # UNCONFIRMED that a deletion is what sets it); their cells empty, and that is
+            # reported as a record change (UNCONFIRMED: Airtable shows #ERROR! cells, which
+            # the emulator's formulas render as empty).  A field re-created with the same name gets a new id,
             # so they stay broken (UNCONFIRMED that Airtable does not re-attach them by name).
             for formula in _formulas_by_id(t, f):
                 formula["options"]["isValid"] = False
             # Lookups, rollups and counts through it or of it, in any table, turn invalid too
-            # (field-model: their isValid is false when the field they use is changed away);
-            # their cells empty and are reported.
+            # (Extensions FieldType, COUNT: isValid "false if the linked record field has been
+            # changed to a different field type"; for a deletion UNCONFIRMED); their cells
+            # empty and are reported.
             for other in emu._tables:
                 for g in other.fields:
                     opts = g.get("options") or {}
