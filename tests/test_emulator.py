@@ -412,6 +412,90 @@ def test_return_fields_by_field_id(contacts):
 
 
 # --------------------------------------------------------------------------------------
+# Field ids: writes, upserts and reads (create-records, update-multiple-records: cell values
+# "keyed by either field name or field id"; fieldsToMergeOn takes "field names or IDs";
+# returnFieldsByFieldId on every write and read)
+# --------------------------------------------------------------------------------------
+
+F_NAME, F_KEY, F_EMAIL, F_AGE, F_STATUS = (
+    "fldName0000000001", "fldKey00000000001", "fldEmail000000001", "fldAge00000000001", "fldStatus00000001")
+ADA, BOB = "recAda00000000001", "recBob00000000001"
+
+
+def test_writes_take_field_ids_and_names_mixed(contacts, emu):
+    made = contacts.create({F_NAME: "Cy", "Age": 30, F_STATUS: "Lead"})
+    assert {k: made["fields"][k] for k in ("Name", "Age", "Status")} == {"Name": "Cy", "Age": 30, "Status": "Lead"}
+    assert emu.requests[-1].body["returnFieldsByFieldId"] is False
+    [di] = contacts.batch_create([{F_NAME: "Di", F_AGE: 5}], use_field_ids=True)
+    assert di["fields"][F_NAME] == "Di" and di["fields"][F_AGE] == 5 and "Name" not in di["fields"]
+    assert emu.requests[-1].body["returnFieldsByFieldId"] is True
+    patched = contacts.update(made["id"], {F_AGE: 31, "Email": "cy@example.com"}, use_field_ids=True)
+    assert emu.requests[-1].method == "PATCH" and emu.requests[-1].body["returnFieldsByFieldId"] is True
+    assert {k: patched["fields"][k] for k in (F_NAME, F_AGE, F_EMAIL)} == {
+        F_NAME: "Cy", F_AGE: 31, F_EMAIL: "cy@example.com"}
+    [batch] = contacts.batch_update([{"id": made["id"], "fields": {F_KEY: "k-cy", "Notes": "n"}}], use_field_ids=True)
+    assert batch["fields"][F_KEY] == "k-cy" and batch["fields"]["fldNotes000000001"] == "n"
+    replaced = contacts.update(made["id"], {F_NAME: "Cy 2", "Key": "k-cy"}, replace=True, use_field_ids=True)
+    assert emu.requests[-1].method == "PUT"
+    assert F_AGE not in replaced["fields"] and replaced["fields"][F_NAME] == "Cy 2"
+    by_name = contacts.update(made["id"], {F_AGE: 1})
+    assert by_name["fields"]["Age"] == 1 and F_AGE not in by_name["fields"]
+    assert next(r for r in emu.records("Contacts") if r["id"] == made["id"])["fields"]["Key"] == "k-cy"
+
+
+def test_upsert_merges_on_field_ids(api, contacts, emu):
+    out = contacts.batch_upsert([{"fields": {F_KEY: "k-bob", F_AGE: 50}}, {"fields": {F_KEY: "k-new", "Name": "New"}}],
+                                key_fields=[F_KEY], use_field_ids=True)
+    assert out["updatedRecords"] == [BOB] and len(out["createdRecords"]) == 1
+    assert out["records"][0]["id"] == BOB and out["records"][0]["fields"][F_AGE] == 50
+    assert out["records"][0]["fields"][F_NAME] == "Bob"  # a merge updates: the other cells stay
+    assert all(key.startswith("fld") for r in out["records"] for key in r["fields"])
+    body = emu.requests[-1].body
+    assert body["performUpsert"] == {"fieldsToMergeOn": [F_KEY]} and body["returnFieldsByFieldId"] is True
+    # Merged on an id while the records name the field (pyairtable would not send this, so raw).
+    raw = api.patch(contacts.urls.records, json={"performUpsert": {"fieldsToMergeOn": [F_KEY]},
+                                                 "records": [{"fields": {"Key": "k-new", "Age": 2}}]})
+    assert raw["createdRecords"] == [] and raw["updatedRecords"] == out["createdRecords"]
+    assert raw["records"][0]["fields"] == {k: v for k, v in raw["records"][0]["fields"].items() if not k.startswith("fld")}
+    # Names and ids mixed in fieldsToMergeOn; the answer by name without returnFieldsByFieldId.
+    again = contacts.batch_upsert([{"fields": {"Key": "k-new", F_NAME: "New", "Age": 3}}], key_fields=["Key", F_NAME])
+    assert again["updatedRecords"] == out["createdRecords"] and again["records"][0]["fields"]["Age"] == 3
+    assert len(emu.records("Contacts")) == 5
+
+
+def test_reads_return_fields_by_field_id_on_get_and_post(contacts, emu):
+    emu.clear_log()
+    listed = contacts.all(use_field_ids=True, fields=[F_NAME, "Age"], sort=[F_NAME])
+    assert listed[0]["fields"] == {F_NAME: "Ada", F_AGE: 36}
+    assert emu.requests[-1].method == "GET" and emu.requests[-1].query["returnFieldsByFieldId"] == ["1"]
+    formula = "OR(" + ",".join(f"{{Key}}='k-{i:05d}-padding-padding'" for i in range(500)) + ",{Name}='Bob')"
+    rows = contacts.all(formula=formula, fields=[F_NAME, "Age"], use_field_ids=True)
+    assert [r["fields"] for r in rows] == [{F_NAME: "Bob", F_AGE: 41}]
+    assert emu.requests[-1].method == "POST" and emu.requests[-1].path.endswith("/listRecords")
+    assert emu.requests[-1].body["returnFieldsByFieldId"] is True
+    assert contacts.get(ADA, use_field_ids=True)["fields"][F_EMAIL] == "ada@example.com"
+    assert emu.requests[-1].query["returnFieldsByFieldId"] == ["1"]
+    assert contacts.all(fields=[F_NAME], max_records=1)[0]["fields"] == {"Name": "Ada"}  # names by default
+
+
+def test_an_unknown_field_id_in_a_write_is_unknown_field_name(contacts, emu):
+    # The id of no field, and the id of another table's field.
+    for key in ("fldNoSuchField001", "fldCName000000001"):
+        message = f'Unknown field name: "{key}"'
+        expect_error(lambda: contacts.create({key: "x"}), 422, "UNKNOWN_FIELD_NAME", message)  # noqa: B023
+        expect_error(lambda: contacts.update(ADA, {F_NAME: "Ada 2", key: "x"}), 422,  # noqa: B023
+                     "UNKNOWN_FIELD_NAME", message)
+        expect_error(lambda: contacts.batch_upsert([{"fields": {F_KEY: "k-z", key: "x"}}],  # noqa: B023
+                                                   key_fields=[F_KEY]), 422, "UNKNOWN_FIELD_NAME", message)
+        expect_error(lambda: contacts.batch_upsert([{"fields": {key: "x"}}], key_fields=[key]),  # noqa: B023
+                     422, "UNKNOWN_FIELD_NAME", message)
+    # One field given twice, by its name and its id: refused (STRICT), not one value winning.
+    expect_error(lambda: contacts.create({"Name": "a", F_NAME: "b"}), 422, "INVALID_REQUEST_UNKNOWN")
+    assert len(emu.records("Contacts")) == 4 and emu.records("Contacts")[0]["fields"]["Name"] == "Ada"
+    assert emu.count(status=200) == 0
+
+
+# --------------------------------------------------------------------------------------
 # Upsert
 # --------------------------------------------------------------------------------------
 
@@ -820,6 +904,97 @@ def test_bad_base_json_is_rejected():
     base["tables"][0]["records"].append({"fields": {"Nope": 1}})
     with pytest.raises(ValueError):
         Emulator(base)
+
+
+# --------------------------------------------------------------------------------------
+# A person changing the schema in the UI (emu.client): what the API sees afterwards
+# --------------------------------------------------------------------------------------
+
+
+def test_writes_by_field_id_survive_renames_and_a_deleted_fields_id_is_unknown(contacts, emu):
+    emu.client.rename_field("Contacts", "Age", "Years")
+    emu.client.rename_field(T_CONTACTS, F_KEY, "External id")
+    assert contacts.update(ADA, {F_AGE: 37}, use_field_ids=True)["fields"][F_AGE] == 37
+    assert contacts.get(ADA)["fields"]["Years"] == 37
+    expect_error(lambda: contacts.update(ADA, {"Age": 38}), 422, "UNKNOWN_FIELD_NAME", 'Unknown field name: "Age"')
+    upserted = contacts.batch_upsert([{"fields": {F_KEY: "k-bob", F_AGE: 1}}], key_fields=[F_KEY])
+    assert upserted["updatedRecords"] == [BOB] and upserted["records"][0]["fields"]["Years"] == 1
+    expect_error(lambda: contacts.batch_upsert([{"fields": {"Key": "k-bob"}}], key_fields=["Key"]), 422,
+                 "UNKNOWN_FIELD_NAME", 'Unknown field name: "Key"')
+    # Deleted, then created again under the same name: a new id; the old one is unknown.
+    emu.client.delete_field("Contacts", "Email")
+    new_email = emu.client.create_field("Contacts", "Email", "email")
+    assert new_email != F_EMAIL and new_email.startswith("fld") and len(new_email) == 17
+    expect_error(lambda: contacts.update(ADA, {F_EMAIL: "a@example.com"}), 422, "UNKNOWN_FIELD_NAME",
+                 f'Unknown field name: "{F_EMAIL}"')
+    assert contacts.update(ADA, {"Email": "a@example.com"}, use_field_ids=True)["fields"][new_email] == "a@example.com"
+    assert "Email" not in contacts.get(BOB)["fields"]  # the old cells went with the old field
+    # Retyped: same id, cells converted, writes take the new type.
+    emu.client.change_field_type("Contacts", "Years", "singleLineText")
+    assert contacts.get(ADA, use_field_ids=True)["fields"][F_AGE] == "37"
+    expect_error(lambda: contacts.update(ADA, {F_AGE: 38}), 422, "INVALID_VALUE_FOR_COLUMN")
+    assert contacts.update(ADA, {F_AGE: "thirty-eight"})["fields"]["Years"] == "thirty-eight"
+
+
+def test_a_renamed_table_answers_to_its_id_and_new_name_only(api, emu):
+    emu.client.rename_table("Contacts", "People")
+    message = ("Invalid permissions, or the requested model was not found. Check that both your user and "
+               "your token have the required permissions, and that the model names and/or ids are correct.")
+    old = api.table(BASE_ID, "Contacts")
+    expect_error(lambda: old.all(), 403, "INVALID_PERMISSIONS_OR_MODEL_NOT_FOUND", message)
+    expect_error(lambda: old.create({"Name": "x"}), 403, "INVALID_PERMISSIONS_OR_MODEL_NOT_FOUND", message)
+    expect_error(lambda: old.batch_upsert([{"fields": {"Key": "k-ada"}}], key_fields=["Key"]), 403)
+    assert len(emu.records("People")) == 4
+    assert len(api.table(BASE_ID, T_CONTACTS).all()) == 4
+    assert api.table(BASE_ID, "People").create({"Name": "Eve"})["fields"]["Name"] == "Eve"
+    schema = api.base(BASE_ID).schema(force=True)
+    assert schema.table(T_CONTACTS).name == "People" and [t.name for t in schema.tables][:2] == ["People", "Companies"]
+    assert schema.table("Companies").field("People").options.linked_table_id == T_CONTACTS  # links are by id
+    # Another table's name (in any case) and an empty name are refused; the old name is gone.
+    for bad in ("companies", " "):
+        with pytest.raises(ValueError):
+            emu.client.rename_table("People", bad)
+    with pytest.raises(KeyError):
+        emu.client.rename_table("Contacts", "Anything")
+    emu.client.rename_table(T_CONTACTS, "Contacts")  # and back
+    assert len(api.table(BASE_ID, "Contacts").all()) == 5
+
+
+def test_formulas_follow_a_renamed_field_and_break_on_a_deleted_one(contacts, emu):
+    fid = emu.client.create_field("Contacts", "Greeting", "formula", {"formula": "'Hi ' & {Name} & {Key}"})
+    assert contacts.get(ADA)["fields"]["Greeting"] == "Hi Adak-ada"
+    emu.client.rename_field("Contacts", "Name", "First name")
+    assert contacts.get(ADA)["fields"]["Greeting"] == "Hi Adak-ada"
+
+    def greeting() -> dict:
+        return next(f for f in emu.schema()["tables"][0]["fields"] if f["id"] == fid)["options"]
+
+    # The API shows a formula's fields by id (field-model, Formula): the renamed one is now so.
+    assert greeting()["formula"] == "'Hi ' & {fldName0000000001} & {Key}" and greeting()["isValid"] is True
+    emu.client.delete_field("Contacts", "Key")
+    assert greeting()["formula"] == "'Hi ' & {fldName0000000001} & {fldKey00000000001}"
+    assert greeting()["isValid"] is False and "Greeting" not in contacts.get(ADA)["fields"]
+    emu.client.create_field("Contacts", "Key", "singleLineText")  # a new field, a new id
+    contacts.update(ADA, {"Key": "k"})
+    assert "Greeting" not in contacts.get(ADA)["fields"]
+
+
+def test_deleting_a_field_invalidates_what_reads_it_and_leaves_the_views():
+    base_json = make_base()
+    base_json["tables"][0]["views"] = [{"id": "viwGridTest000001", "name": "Grid", "type": "grid",
+                                        "visibleFieldIds": [F_NAME, "fldCompany0000001", F_AGE]}]
+    with Emulator(base_json, rps=None) as emu:
+        api = Api(emu.token, endpoint_url=emu.url, retry_strategy=None)
+        assert api.table(BASE_ID, "Contacts").get(ADA)["fields"]["CompanyName"] == ["Acme"]
+        emu.client.delete_field("Contacts", "Company")
+        schema = api.base(BASE_ID).schema(force=True)
+        contacts = schema.table(T_CONTACTS)
+        assert contacts.field("CompanyName").options.is_valid is False
+        assert schema.table(T_COMPANIES).field("Headcount").options.is_valid is True  # counts People, kept
+        assert contacts.views[0].visible_field_ids == [F_NAME, F_AGE]
+        assert "CompanyName" not in api.table(BASE_ID, "Contacts").get(ADA)["fields"]
+        emu.client.delete_field("Companies", "People")
+        assert api.base(BASE_ID).schema(force=True).table(T_COMPANIES).field("Headcount").options.is_valid is False
 
 
 # --------------------------------------------------------------------------------------

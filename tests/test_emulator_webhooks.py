@@ -484,6 +484,118 @@ def test_ui_field_created_renamed_deleted_are_field_changes(emu, base):
     assert all(f["id"] != fid for f in emu.schema()["tables"][0]["fields"])
 
 
+ALL_TYPES = {"options": {"filters": {"dataTypes": ["tableData", "tableFields", "tableMetadata"]}}}
+DATA_AND_FIELDS = {"options": {"filters": {"dataTypes": ["tableData", "tableFields"]}}}  # the sync's spec
+METADATA = {"options": {"filters": {"dataTypes": ["tableMetadata"]}}}
+F_FULL, F_EMAIL, F_KEY = "fldFull0000000001", "fldEmail000000001", "fldKey00000000001"
+
+
+def test_ui_table_rename_is_table_metadata_only(emu, base):
+    every = base.add_webhook(None, ALL_TYPES).id
+    metadata = base.add_webhook(None, METADATA).id
+    data_and_fields = base.add_webhook(None, DATA_AND_FIELDS).id
+    other_table = base.add_webhook(None, {"options": {"filters": {"dataTypes": ["tableMetadata"],
+                                                                  "recordChangeScope": T_COMPANIES}}}).id
+    no_updates = base.add_webhook(None, {"options": {"filters": {"dataTypes": ["tableMetadata"],
+                                                                 "changeTypes": ["add", "remove"]}}}).id
+    emu.client.rename_table("Contacts", "People")
+    emu.client.rename_table(T_CONTACTS, "People")  # the name it has: no change, no payload
+    [payload] = emu.payloads(every)
+    # webhooks-table-changed: changedMetadata {current, previous}, here the name only.
+    assert payload_tables(payload) == {T_CONTACTS: {"changedMetadata": {"current": {"name": "People"},
+                                                                        "previous": {"name": "Contacts"}}}}
+    assert payload["actionMetadata"]["source"] == "client" and payload["baseTransactionNumber"] == 1
+    assert emu.payloads(metadata) == [payload]
+    # dataTypes tableData + tableFields (what the sync watches) get nothing for a table rename.
+    assert emu.payloads(data_and_fields) == emu.payloads(other_table) == emu.payloads(no_updates) == []
+    [parsed] = base.webhook(every).payloads()
+    assert parsed.changed_tables_by_id[T_CONTACTS].changed_metadata.previous.name == "Contacts"
+    # The rename was a transaction of the base: the next one is number 2.
+    emu.client.update("People", BOB, {"Age": 1})
+    assert [p["baseTransactionNumber"] for p in emu.payloads(data_and_fields)] == [2]
+
+
+def test_ui_field_deleted_then_created_again_under_its_name(emu, base):
+    fields = base.add_webhook(None, FIELDS).id
+    data = base.add_webhook(None, DATA).id
+    emu.client.delete_field("Contacts", "Age")
+    new_age = emu.client.create_field("Contacts", "Age", "number")
+    deleted, created = emu.payloads(fields)
+    assert payload_tables(deleted) == {T_CONTACTS: {"destroyedFieldIds": [F_AGE]}}
+    assert payload_tables(created) == {T_CONTACTS: {"createdFieldsById": {new_age: {"name": "Age", "type": "number"}}}}
+    assert new_age != F_AGE
+    # The deleted cells are no record changes (UNCONFIRMED, see client.delete_field) and an
+    # empty new field changes no cell: a tableData hook gets nothing.
+    assert emu.payloads(data) == []
+
+
+def test_ui_field_deleted_reports_the_formula_cells_it_breaks_not_its_own(emu, base):
+    data = base.add_webhook(None, {"options": {"filters": {"dataTypes": ["tableData"]},
+                                               "includes": {"includePreviousCellValues": True}}}).id
+    emu.client.delete_field("Contacts", "Email")  # Full is {Name} & ' <' & {Email} & '>'
+    [payload] = emu.payloads(data)
+    changed = payload_tables(payload)[T_CONTACTS]["changedRecordsById"]
+    assert changed[ADA] == {"current": {"cellValuesByFieldId": {F_FULL: None}},
+                            "previous": {"cellValuesByFieldId": {F_FULL: "Ada <ada@example.com>"}}}
+    assert len(changed) == len(emu.records("Contacts"))
+    assert all(set(c["current"]["cellValuesByFieldId"]) == {F_FULL} for c in changed.values())
+
+
+def test_ui_field_created_with_values_reports_the_field_and_its_cells_in_one_payload(emu, base):
+    # webhooks-payload: "If the new field affects multiple records, such as a Formula field,
+    # then the second payload will contain both the field change and the records affected."
+    hook = base.add_webhook(None, DATA_AND_FIELDS).id
+    fid = emu.client.create_field("Contacts", "Greeting", "formula", {"formula": "'Hi ' & {Name}"})
+    [payload] = emu.payloads(hook)
+    table = payload_tables(payload)[T_CONTACTS]
+    assert table["createdFieldsById"] == {fid: {"name": "Greeting", "type": "formula"}}
+    assert table["changedRecordsById"][ADA] == {"current": {"cellValuesByFieldId": {fid: "Hi Ada"}}}
+    assert len(table["changedRecordsById"]) == len(emu.records("Contacts"))
+
+
+def test_ui_field_rename_changes_no_cell_even_of_a_formula_naming_it(emu, base):
+    emu.client.create_field("Contacts", "Greeting", "formula", {"formula": "'Hi ' & {Name}"})
+    hook = base.add_webhook(None, DATA_AND_FIELDS).id
+    emu.client.rename_field("Contacts", "Name", "First name")
+    emu.client.rename_field("Contacts", "First name", "First name")  # no change, no payload
+    [payload] = emu.payloads(hook)
+    assert payload_tables(payload) == {T_CONTACTS: {"changedFieldsById": {F_NAME: {"current": {"name": "First name"}}}}}
+
+
+def test_ui_retype_routes_the_field_change_and_the_converted_cells_by_data_type(emu, base):
+    with_previous = base.add_webhook(None, {"options": {"filters": {"dataTypes": ["tableData", "tableFields"]}, "includes": {
+        "includePreviousCellValues": True, "includePreviousFieldDefinitions": True}}}).id
+    fields = base.add_webhook(None, FIELDS).id
+    data = base.add_webhook(None, DATA).id
+    watching_other = base.add_webhook(None, {"options": {"filters": {
+        "dataTypes": ["tableData", "tableFields"], "watchDataInFieldIds": [F_AGE], "watchSchemasOfFieldIds": [F_AGE]}}}).id
+    metadata = base.add_webhook(None, METADATA).id
+    emu.client.change_field_type("Contacts", "Status", "singleLineText")  # Ada's is the select "Active"
+    [payload] = emu.payloads(with_previous)
+    table = payload_tables(payload)[T_CONTACTS]
+    # changedFieldsById: the changed property only, previous with includePreviousFieldDefinitions.
+    assert table["changedFieldsById"] == {F_STATUS: {"current": {"type": "singleLineText"},
+                                                     "previous": {"type": "singleSelect"}}}
+    # The converted cell, its previous value in the format of the field as it was (a select).
+    assert set(table["changedRecordsById"]) == {ADA}
+    ada = table["changedRecordsById"][ADA]
+    assert ada["current"]["cellValuesByFieldId"][F_STATUS] == "Active"
+    assert ada["previous"]["cellValuesByFieldId"][F_STATUS] == {"id": "selActive0000001", "name": "Active",
+                                                                "color": "greenLight2"}
+    # tableFields alone: the field change; tableData alone: the cells; neither: nothing.
+    assert payload_tables(emu.payloads(fields)[0]) == {T_CONTACTS: {"changedFieldsById": {
+        F_STATUS: {"current": {"type": "singleLineText"}}}}}
+    assert set(payload_tables(emu.payloads(data)[0])[T_CONTACTS]) == {"changedRecordsById"}
+    assert emu.payloads(watching_other) == emu.payloads(metadata) == []
+    # Back to a select: the text becomes a select cell again (typecast makes the choice).
+    emu.client.change_field_type("Contacts", "Status", "singleSelect")
+    cell = payload_tables(emu.payloads(data)[1])[T_CONTACTS]["changedRecordsById"][ADA]["current"]["cellValuesByFieldId"]
+    assert cell[F_STATUS]["name"] == "Active" and cell[F_STATUS]["id"].startswith("sel")
+    # A retype that shows every cell as it was (text to long text) changes no cell.
+    emu.client.change_field_type("Contacts", "Name", "multilineText")
+    assert len(emu.payloads(data)) == 2 and len(emu.payloads(fields)) == 3
+
+
 def test_ui_record_actions_bypass_the_request_log_and_the_rate_limit(emu, base):
     emu.set_rate_limit(1)
     hook_id = base.add_webhook(None, DATA).id

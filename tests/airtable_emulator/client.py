@@ -12,6 +12,16 @@ default ids.
 Values are given in records-API format and validated like an API write without typecast
 (a UI user picks existing select options; STRICT choice).  ``table`` is a table id or name,
 ``field`` a field id or name.
+
+The schema actions (create_field, rename_field, delete_field, change_field_type, rename_table)
+compare the whole base before and after, so their payload holds what changed: the field or
+table change (webhooks-table-changed: createdFieldsById {name, type}; changedFieldsById
+{current, previous?} with the changed properties only; destroyedFieldIds; changedMetadata
+{current, previous}) and, in the same payload, every cell the change alters.  webhooks-payload:
+"If the new field affects multiple records, such as a Formula field, then the second payload
+will contain both the field change and the records affected."  Sources:
+https://airtable.com/developers/web/api/model/webhooks-payload and
+https://airtable.com/developers/web/api/model/webhooks-table-changed
 """
 
 from __future__ import annotations
@@ -19,9 +29,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .common import COMPUTED_TYPES, ApiError, new_id
-from .formulas import _display
+from .formulas import _TOKEN_RE, _display, _unescape
 from .records import _WriteCtx
-from .webhooks import EMULATOR_AUTOMATION_ID, EMULATOR_PAGE_ID, SOURCES, action_metadata
+from .webhooks import EMULATOR_AUTOMATION_ID, EMULATOR_PAGE_ID, SOURCES, action_metadata, retyped_cell_changed
 
 if TYPE_CHECKING:
     from . import Emulator
@@ -127,18 +137,54 @@ class ClientActions:
             return f["id"]
 
     def rename_field(self, table: str, field: str, new_name: str) -> None:
+        """Rename a field.  Its id, cells and everything reading it stay: lookups and counts
+        name fields by id, and the table's formulas that name it by its old name are rewritten
+        to its id, so they keep computing (Airtable formulas follow a rename; the Web API shows
+        a formula's fields as {fldXXX}, per the field-model page's Formula entry as recalled:
+        the stored copies searched did not show that passage, UNCONFIRMED).  Payload: changedFieldsById {fid:
+        {current: {name}, previous: {name}}} (previous with includePreviousFieldDefinitions)."""
         emu = self._emu
         with emu._lock:
             t = emu._require_table(table)
             f = self._field(t, field)
             if new_name != f["name"]:
-                self._check_new_name(t, new_name)
+                self._check_new_name(t, new_name, renaming=f)
             before = emu._txn_begin(whole_base=True)
+            _formulas_by_id(t, f)
             f["name"] = new_name
             emu._txn_end(before, "client")
 
+    def rename_table(self, table: str, new_name: str) -> None:
+        """Rename a table (its id, fields and records stay).  From then on the records API
+        knows it by its id and its new name only: a request naming the old name is answered
+        like any unknown table (403 INVALID_PERMISSIONS_OR_MODEL_NOT_FOUND, see
+        HttpMixin._table_for).  create-records / update-multiple-records docs: "We recommend
+        using table IDs so you don't need to modify your API request when your table name
+        changes."  Payload (dataTypes tableMetadata only, webhooks-specification: "tableMetadata:
+        table name and description changes"): changedTablesById {tbl: {changedMetadata:
+        {current: {name}, previous: {name}}}}; webhooks-payload: "If a user renames a table,
+        that will generate a single payload"."""
+        emu = self._emu
+        with emu._lock:
+            t = emu._require_table(table)
+            if new_name == t.name:
+                return
+            if not isinstance(new_name, str) or not new_name.strip():
+                raise ValueError("a table needs a name")
+            # STRICT (undocumented): a name another table has, in any case, is refused (the
+            # loader refuses duplicate table names too).
+            if any(o is not t and o.name.lower() == new_name.lower() for o in emu._tables):
+                raise ValueError(f"the base already has a table named {new_name!r}")
+            before = emu._txn_begin(whole_base=True)
+            t.name = new_name
+            emu._txn_end(before, "client")
+
     def delete_field(self, table: str, field: str) -> None:
-        """Delete a field and its cells (the primary field cannot be deleted, as in Airtable)."""
+        """Delete a field and its cells (the primary field cannot be deleted, as in Airtable).
+        Payload: destroyedFieldIds [fid] and no cell changes of that field (UNCONFIRMED: the
+        docs do not say whether the cells a deleted field takes away appear in
+        changedRecordsById; the field is gone, so the emulator reports the field only).  Cells
+        of other fields that read it (formulas, lookups) do change and are reported."""
         emu = self._emu
         with emu._lock:
             t = emu._require_table(table)
@@ -146,6 +192,27 @@ class ClientActions:
             if f["id"] == t.primary_field_id:
                 raise ValueError("the primary field cannot be deleted")
             before = emu._txn_begin(whole_base=True)
+            # The table's formulas that use the field can no longer compute: they show it by
+            # id (as the API does) and turn invalid (field-model, Formula: options.isValid;
+            # UNCONFIRMED that a deletion is what sets it); their cells empty, and that is
+            # reported as a record change (UNCONFIRMED: Airtable shows #ERROR! cells, which
+            # the emulator's formulas render as empty).  A field re-created with the same name gets a new id,
+            # so they stay broken (UNCONFIRMED that Airtable does not re-attach them by name).
+            for formula in _formulas_by_id(t, f):
+                formula["options"]["isValid"] = False
+            # Lookups, rollups and counts through it or of it, in any table, turn invalid too
+            # (Extensions FieldType, COUNT: isValid "false if the linked record field has been
+            # changed to a different field type"; for a deletion UNCONFIRMED); their cells
+            # empty and are reported.
+            for other in emu._tables:
+                for g in other.fields:
+                    opts = g.get("options") or {}
+                    if "isValid" in opts and f["id"] in (opts.get("recordLinkFieldId"), opts.get("fieldIdInLinkedTable")):
+                        opts["isValid"] = False
+            # A view stops showing it (get-base-schema, include=visibleFieldIds).
+            for view in t.views:
+                if f["id"] in view.get("visibleFieldIds", ()):
+                    view["visibleFieldIds"] = [x for x in view["visibleFieldIds"] if x != f["id"]]
             t.fields = [x for x in t.fields if x["id"] != f["id"]]
             for rec in t.records:
                 rec.fields.pop(f["id"], None)
@@ -163,7 +230,12 @@ class ClientActions:
 
     def change_field_type(self, table: str, field: str, type: str, options: dict | None = None) -> None:  # noqa: A002
         """Convert a field to another (writable) type; each cell is converted from its text
-        with typecast, and cleared when it cannot be (a best-effort model of the UI)."""
+        with typecast, and cleared when it cannot be (a best-effort model of the UI).
+        Payload: changedFieldsById {fid: {current: {type}, previous: {type}}} and, in the same
+        payload, changedRecordsById with every cell whose value the conversion changed (the
+        "field change and the records affected" of webhooks-payload; UNCONFIRMED for a retype,
+        which the docs do not name).  A cell the conversion leaves as it was, in the webhooks
+        cell format, is not changed (no new modified time, no record change; UNCONFIRMED)."""
         emu = self._emu
         if type not in FIELD_TYPES or type in COMPUTED_TYPES or type == "multipleRecordLinks":
             raise ValueError(f"unsupported target type {type!r}")
@@ -190,12 +262,13 @@ class ClientActions:
                     converted[rec.id] = emu._coerce(t, new, text, ctx)
                 except ApiError:
                     converted[rec.id] = None
+            old_def = dict(f)
             f.clear()
             f.update(new)
             now = emu._iso_now()
             emu._commit_ctx(ctx, now)
             for rec in t.records:
-                if rec.id in converted:
+                if rec.id in converted and retyped_cell_changed(old_def, f, rec.fields.get(f["id"]), converted[rec.id]):
                     if converted[rec.id] is None:
                         rec.fields.pop(f["id"], None)
                     else:
@@ -233,10 +306,10 @@ class ClientActions:
         return f
 
     @staticmethod
-    def _check_new_name(t: "_Table", name: str) -> None:
+    def _check_new_name(t: "_Table", name: str, renaming: dict | None = None) -> None:
         if not isinstance(name, str) or not name.strip():
             raise ValueError("a field needs a name")
-        if any(f["name"].lower() == name.lower() for f in t.fields):
+        if any(f["name"].lower() == name.lower() for f in t.fields if f is not renaming):
             raise ValueError(f"table {t.name!r} already has a field named {name!r}")
 
     def _fresh_field_id(self) -> str:
@@ -245,3 +318,29 @@ class ClientActions:
             fid = new_id("fld")
             if fid not in taken:
                 return fid
+
+
+def _formulas_by_id(t: "_Table", f: dict) -> list[dict]:
+    """Rewrite every ``{name}`` reference to field ``f`` in ``t``'s formula fields as ``{id}``
+    (the form the API shows; field-model, Formula) so that they keep pointing at ``f`` after it
+    is renamed; returns the formula fields that refer to ``f`` (by name or id)."""
+    using = []
+    for g in t.fields:
+        text = (g.get("options") or {}).get("formula") if g["type"] == "formula" else None
+        if not text:
+            continue
+        out, pos, refers = [], 0, False
+        while pos < len(text):
+            m = _TOKEN_RE.match(text, pos)
+            if not m or m.end() == pos:
+                break  # an invalid formula: the rest is kept as it is
+            if m.lastgroup == "field" and _unescape(m.group("field")[1:-1]) in (f["name"], f["id"]):
+                refers = True
+                out.append(text[pos:m.start("field")] + "{" + f["id"] + "}")
+            else:
+                out.append(text[pos:m.end()])
+            pos = m.end()
+        if refers:
+            g["options"]["formula"] = "".join(out) + text[pos:]
+            using.append(g)
+    return using

@@ -253,7 +253,12 @@ class HttpMixin:
     def _table_for(self, route: _Route) -> _Table:
         # Unknown base or table (for an authenticated token): 403
         # INVALID_PERMISSIONS_OR_MODEL_NOT_FOUND ("You don't have the right permission for
-        # the resource, or the resource was not found", errors docs).
+        # the resource, or the resource was not found", errors docs).  A table's old name
+        # after a rename (emu.client.rename_table) is such an unknown name: tables are found
+        # by id or current name only (create-records: "table names and table ids can be used
+        # interchangeably. We recommend using table IDs so you don't need to modify your API
+        # request when your table name changes").  A real body for a table name the token does
+        # not find is quoted in n8n-io/n8n#12046 (403, this type and MSG_MODEL_NOT_FOUND).
         if route.base_key != self._base_id or route.table_id is None:
             raise model_not_found()
         return self._require_table(route.table_id)

@@ -652,6 +652,9 @@ class RecordsMixin:
             raise ApiError(422, "INVALID_RECORDS", MSG_RECORDS_UPDATE)
 
     def _merge_fields(self, table: _Table, upsert: Any) -> list[str]:
+        """performUpsert.fieldsToMergeOn -> merge field ids.  update-multiple-records docs:
+        "An array with at least one and at most three field names or IDs" -- names and ids
+        mixed; an unknown one is UNKNOWN_FIELD_NAME, as in ``fields``."""
         if not isinstance(upsert, dict) or set(upsert) != {"fieldsToMergeOn"}:
             raise invalid_request()
         names = upsert["fieldsToMergeOn"]
@@ -847,7 +850,11 @@ class RecordsMixin:
     # ---- cell validation -------------------------------------------------------------
 
     def _validate_cells(self, table: _Table, fields: dict, ctx: _WriteCtx) -> dict[str, Any]:
-        """Validate a ``fields`` object (keys: names or ids) into normalised cells by id."""
+        """Validate a ``fields`` object into normalised cells by id.  Keys are field names or
+        field ids, mixed freely (create-records: cell values "keyed by either field name or
+        field id"; update-multiple-records likewise).  A key that is neither (an id of a
+        deleted field or of another table's field included) is UNKNOWN_FIELD_NAME naming the
+        key as given (see common.unknown_field)."""
         out: dict[str, Any] = {}
         for key, value in fields.items():
             f = table.field(key)
@@ -855,6 +862,10 @@ class RecordsMixin:
                 raise unknown_field(key)
             if f["type"] in COMPUTED_TYPES:
                 raise computed_value(f)
+            if f["id"] in out:
+                # STRICT (undocumented): one field given twice, by its name and by its id, is
+                # refused rather than one value silently winning.
+                raise invalid_request(f'Invalid request: field "{f["name"]}" is given more than once')
             out[f["id"]] = self._coerce(table, f, value, ctx)
         return out
 

@@ -519,12 +519,16 @@ class WebhooksMixin:
         changes = _diff_states(before, after)
         if not changes:
             return
+        # A schema action (whole-base comparison) can change a field's type: its previous
+        # cell values are then shown in the format of the field as it was.  A record write
+        # never changes a field's type, so its previous values use the fields as they are.
+        fields_before = {tid: st["fields"] for tid, st in before.items()} if txn.whole_state is not None else None
         self._txn_number += 1
         now = self._now()
         for hook in self._hooks.values():
             if not self._hook_active(hook):
                 continue
-            for payload in self._payloads_for(hook, changes, after, name_of, action, now):
+            for payload in self._payloads_for(hook, changes, after, name_of, action, now, fields_before):
                 self._append_payload(hook, payload, now)
 
     # ---- record tracking (called by records.py) --------------------------------------
@@ -705,9 +709,10 @@ class WebhooksMixin:
         return copy.deepcopy(self._cell(t, rec, f))
 
     def _payloads_for(self, hook: _Hook, changes: dict, after: dict, name_of, action: dict,
-                      now: dt.datetime) -> list[dict]:
+                      now: dt.datetime, fields_before: dict | None = None) -> list[dict]:
         """The payloads of one transaction for one hook: none, one, or (split_payloads_over)
-        several."""
+        several.  ``fields_before``: the tables' fields before the transaction, by id, when it
+        may have changed them (else the fields after it serve for previous values too)."""
         options = hook.spec["options"]
         filters, includes = options["filters"], options.get("includes") or {}
         # webhooks-specification, fromSources: "Only generate payloads for changes from these
@@ -734,7 +739,10 @@ class WebhooksMixin:
                 self._field_changes(out, ch, change_types, watch_schema, includes)
             records_out: dict[str, Any] = {}
             if "tableData" in data_types:
-                records_out = self._record_changes(ch, change_types, watch_data, includes, after[tid]["fields"], name_of)
+                fields_now = after[tid]["fields"]
+                fields_then = fields_before[tid] if fields_before is not None else fields_now
+                records_out = self._record_changes(ch, change_types, watch_data, includes, fields_now, name_of,
+                                                   fields_then)
                 out.update(records_out)
             if records_out and scope is not None and scope_table is not None and scope != scope_table.id:
                 # webhooks-table-changed: changedViewsById "is only included when
@@ -784,11 +792,16 @@ class WebhooksMixin:
                 out["destroyedFieldIds"] = destroyed
 
     def _record_changes(self, ch: dict, change_types: set, watch: set | None, includes: dict,
-                        fields_now: dict, name_of) -> dict:
-        """``fields_now``: the table's fields after the transaction, by id; ``name_of(table
-        id, record id)``: a linked record's primary-field text (see _txn_end)."""
+                        fields_now: dict, name_of, fields_then: dict | None = None) -> dict:
+        """``fields_now``/``fields_then``: the table's fields after/before the transaction, by
+        id; ``name_of(table id, record id)``: a linked record's primary-field text (see
+        _txn_end)."""
         out: dict[str, Any] = {}
         v2 = lambda fid, value: _v2_cell(fields_now.get(fid), value, name_of)  # noqa: E731
+        # A previous value in the cell format of its field as it was then (a select turned into
+        # text showed {id, name, color} before; field-model, "Cell format V2 (webhooks)").
+        fields_then = fields_then if fields_then is not None else fields_now
+        v2_then = lambda fid, value: _v2_cell(fields_then.get(fid) or fields_now.get(fid), value, name_of)  # noqa: E731
         if "add" in change_types and ch["created"]:
             created = {}
             for rid, (created_time, cells) in ch["created"].items():
@@ -808,7 +821,7 @@ class WebhooksMixin:
                 # A cleared cell is reported as null in "current" (UNCONFIRMED).
                 item: dict[str, Any] = {"current": {"cellValuesByFieldId": {fid: v2(fid, diffs[fid][1]) for fid in fids}}}
                 if includes.get("includePreviousCellValues"):
-                    item["previous"] = {"cellValuesByFieldId": {fid: v2(fid, diffs[fid][0]) for fid in fids}}
+                    item["previous"] = {"cellValuesByFieldId": {fid: v2_then(fid, diffs[fid][0]) for fid in fids}}
                 if wanted:
                     keep = cells.keys() if wanted == "all" else wanted
                     unchanged = {fid: v2(fid, cells[fid]) for fid in keep if fid in cells and fid not in diffs}
@@ -935,6 +948,16 @@ def _v2_cell(f: dict | None, value: Any, name_of) -> Any:
     return copy.deepcopy(value)
 
 
+def retyped_cell_changed(f_before: dict, f_after: dict, old: Any, new: Any) -> bool:
+    """Whether a cell of a field whose type changed (emu.client.change_field_type) changed:
+    its value differs in the webhooks cell format, which is how payloads show it (a select
+    cell {id, name, color} that became the text "name" changed although both are stored as
+    "name"; a text cell that became long text did not).  Link fields are never retyped, so no
+    linked record names are needed."""
+    no_names = lambda tid, rid: ""  # noqa: E731
+    return old != new or _v2_cell(f_before, old, no_names) != _v2_cell(f_after, new, no_names)
+
+
 def _diff_states(before: dict, after: dict) -> dict:
     """Per table: created/changed/destroyed records and fields, and metadata changes."""
     changes: dict[str, Any] = {}
@@ -958,6 +981,7 @@ def _diff_states(before: dict, after: dict) -> dict:
                     ch["fields_changed"][fid] = (cur, {k: old[k] for k in cur})
         ch["fields_destroyed"] = [fid for fid in b["fields"] if fid not in a["fields"]]
         gone_fields = set(ch["fields_destroyed"])
+        retyped = {fid for fid, (cur, _) in ch["fields_changed"].items() if "type" in cur}
         for rid, (created, cells) in a["records"].items():
             if rid not in b["records"]:
                 ch["created"][rid] = (created, cells)
@@ -967,14 +991,23 @@ def _diff_states(before: dict, after: dict) -> dict:
             for fid in list(cells) + [x for x in old_cells if x not in cells]:
                 if fid in gone_fields:
                     continue  # a destroyed field is reported as destroyedFieldIds only
-                if cells.get(fid) != old_cells.get(fid):
+                if fid in retyped:
+                    if retyped_cell_changed(b["fields"][fid], a["fields"][fid], old_cells.get(fid), cells.get(fid)):
+                        diffs[fid] = (old_cells.get(fid), cells.get(fid))
+                elif cells.get(fid) != old_cells.get(fid):
                     diffs[fid] = (old_cells.get(fid), cells.get(fid))
             if diffs:
                 ch["changed"][rid] = (diffs, cells)
         ch["destroyed"] = [rid for rid in b["records"] if rid not in a["records"]]
-        if (a["name"], a["description"]) != (b["name"], b["description"]):
-            ch["metadata"] = {"current": {"name": a["name"], "description": a["description"]},
-                              "previous": {"name": b["name"], "description": b["description"]}}
+        # Table name/description: changedMetadata {current, previous} with the changed
+        # properties only, as changedFieldsById does (webhooks-table-changed; its example
+        # changes both name and description).  pyairtable's model reads either (its TableInfo
+        # defaults a missing name to "").  previous is always there: the includes object has
+        # no switch for it (UNCONFIRMED).
+        changed_meta = [k for k in ("name", "description") if a[k] != b[k]]
+        if changed_meta:
+            ch["metadata"] = {"current": {k: a[k] for k in changed_meta},
+                              "previous": {k: b[k] for k in changed_meta}}
         if any(ch[k] for k in ch):
             changes[tid] = ch
     return changes
