@@ -250,3 +250,15 @@ def test_a_field_the_exporter_renamed_is_warned_and_airtable_keeps_its_values(ha
     assert {m: record_of(emulator, USERS, m)["fields"].get("occupation") for m in kept} == kept
     assert "mapped Mongo fields that no exported record carries" in log_text(harness)
     assert harness.report()["tables"]["events"]["absent_in_export"] == []
+
+
+def test_a_table_set_up_by_name_keeps_syncing_after_a_person_renames_it(harness, emulator):
+    by_name = {"AIRTABLE_USERS_TABLE": "Users"}
+    assert harness.run(env=by_name) == 1  # the fixtures' one bad email
+    emulator.client.rename_table(USERS, "People")
+    users = change_export(harness, "users.json", lambda docs: docs[0].update(occupation="Florist"))
+    emulator.clear_log()
+    assert harness.run(env=by_name) == 1
+    assert harness.report()["change_tracking"]["mode"] == "webhook"
+    assert record_of(emulator, USERS, mongo_id(users[0]))["fields"]["occupation"] == "Florist"
+    assert all(r.table == USERS for r in emulator.requests if r.kind == "write")  # by its id, not the old name
