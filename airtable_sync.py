@@ -1575,6 +1575,10 @@ class BaseReader:
         records, from_cache = {}, set()
         for key in needed:
             cached = read_cache(cache_path(self.settings, key))
+            if cached is not None and schema is not None and any(
+                    not name.startswith("fld") for rec in cached[:100] for name in rec.get("fields", {})):
+                log.warning("%s: the cache names fields by name (an earlier version wrote it): reading the table", key)
+                cached = None
             if cached is not None:
                 log.info("%s: %d Airtable records from the cache", key, len(cached))
                 records[key], _ = cached, from_cache.add(key)

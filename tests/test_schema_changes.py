@@ -262,3 +262,12 @@ def test_a_table_set_up_by_name_keeps_syncing_after_a_person_renames_it(harness,
     assert harness.report()["change_tracking"]["mode"] == "webhook"
     assert record_of(emulator, USERS, mongo_id(users[0]))["fields"]["occupation"] == "Florist"
     assert all(r.table == USERS for r in emulator.requests if r.kind == "write")  # by its id, not the old name
+
+
+def test_use_cache_reads_the_table_instead_of_a_cache_an_earlier_version_keyed_by_name(harness, emulator):
+    clean_start(harness)
+    (harness.cache_dir / "airtable_users.json").write_text(json.dumps(emulator.records(USERS)))
+    emulator.clear_log()
+    assert harness.run("--use-cache") == 0
+    assert emulator.count(kind="read", table=USERS) == 1 and writes(emulator) == []
+    assert "the cache names fields by name" in log_text(harness)
