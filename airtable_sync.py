@@ -258,7 +258,8 @@ exit codes:
   1    the run finished but at least one record failed, or deletions were
        held back by the safety cap
   2    configuration, usage or input error (nothing written to Airtable)
-  3    Airtable unreachable, authentication or permission failure
+  3    Airtable unreachable, authentication or permission failure, or the
+       workspace's monthly API calls spent (1 if records were already written)
   70   an internal error (a bug): one line, the report marked crashed
   74   a local file could not be written (a full disk, an unwritable folder):
        one line naming the path; the next run recovers
@@ -2897,7 +2898,10 @@ def attention_line(report: RunReport) -> str:
     def counted(n: int, what: str, plural: str | None = None) -> list[str]:
         return [f"{n:,} {what if n == 1 else plural or what + 's'}"] if n else []
 
-    items = counted(sum(t.errors for t in tables), "failed record")
+    # Writes a run that stopped midway (an outage, a spent month) never made are counted apart:
+    # they did not fail, and the next run makes them.
+    items = counted(sum(t.errors - t.not_attempted for t in tables), "failed record")
+    items += counted(sum(t.not_attempted for t in tables), "write not attempted", "writes not attempted")
     items += counted(sum(t.deletions_held for t in tables), "deletion held by the safety cap",
                      "deletions held by the safety cap")
     items += counted(sum(t.reverted_edits or 0 for t in tables), "reverted edit")
@@ -3329,6 +3333,13 @@ def execute(settings: Settings, started: datetime) -> tuple[int, RunReport, Path
                 code, report.ended, report.message = EXIT_USAGE, "input error", str(exc)
                 log.error("%s", exc)
             except LocalWriteError as exc:
+                # Saving the snapshot as a run stopped for Airtable (a spent month, an outage):
+                # that reason is worth its line too.
+                context = exc.__context__
+                while context is not None and not isinstance(context, AirtableAccessError):
+                    context = context.__context__
+                if context is not None:
+                    log.error("%s", context)
                 code = local_write_failed(code, report, exc)
             except AirtableAccessError as exc:
                 code = EXIT_RECORD_FAILED if sync.anything_written else EXIT_AIRTABLE
