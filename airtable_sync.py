@@ -58,6 +58,7 @@ EXIT_USAGE = 2
 EXIT_AIRTABLE = 3
 EXIT_LOCKED = 75  # EX_TEMPFAIL: another run holds the lock, try again later
 EXIT_CRASH = 70  # EX_SOFTWARE: a bug in this tool; the report says where
+EXIT_IOERR = 74  # EX_IOERR: a local file could not be written (a full disk): the operator's to fix
 EXIT_SIGINT = 130
 EXIT_SIGTERM = 143
 
@@ -75,6 +76,24 @@ class UsageError(Exception):
 
 class AirtableAccessError(Exception):
     """Airtable unreachable, or the token refused: exit 3."""
+
+
+class MonthlyCallsSpent(AirtableAccessError):
+    """Airtable's 429 PUBLIC_API_BILLING_LIMIT_EXCEEDED: the workspace's monthly API calls are
+    spent, and every request is refused until the month turns. Never retried."""
+
+
+class LocalWriteError(OSError):
+    """A local file (cache, state, report, log, archive) could not be written: exit 74.
+    An OSError, so the places that may shrug off a failed write still can."""
+
+    def __init__(self, path: Path, cause: OSError):
+        super().__init__(cause.errno, cause.strerror or str(cause), str(path))
+        self.path = path
+
+    def __str__(self) -> str:
+        return (f"cannot write {self.path}: {self.strerror}; free some space or make the folder "
+                "writable, then rerun (nothing half-written was left, and the next run recovers)")
 
 
 class RunInterrupted(Exception):
@@ -208,6 +227,7 @@ class Settings:
     force_delete: bool = False
     max_delete_fraction: float = 0.05
     archive_days: float = 30.0
+    monthly_calls: int | None = None  # AIRTABLE_MONTHLY_CALLS: the workspace's monthly API call cap
 
 
 EXIT_CODES_HELP = """\
@@ -228,6 +248,9 @@ settings (environment, or .env beside the script; the environment wins):
   AIRTABLE_MAX_DELETE_FRACTION  --delete-missing deletes at most this share of a
                            table's records with an id, default 0.05
   AIRTABLE_ARCHIVE_DAYS    days a deletion archive is kept, default 30
+  AIRTABLE_MONTHLY_CALLS   the workspace's monthly API call cap (Free 1000, Team 100000),
+                           unset by default; when set, reports give the share of it this
+                           tool used in the last 30 days, with a warning at 80%
   MONGODB_DATA_DIR         default ../mongodb_pull/data beside the script
 
 exit codes:
@@ -235,8 +258,11 @@ exit codes:
   1    the run finished but at least one record failed, or deletions were
        held back by the safety cap
   2    configuration, usage or input error (nothing written to Airtable)
-  3    Airtable unreachable, authentication or permission failure
+  3    Airtable unreachable, authentication or permission failure, or the
+       workspace's monthly API calls spent (1 if records were already written)
   70   an internal error (a bug): one line, the report marked crashed
+  74   a local file could not be written (a full disk, an unwritable folder):
+       one line naming the path; the next run recovers
   75   another run holds the lock (nothing done)
   130  interrupted by SIGINT, 143 by SIGTERM (report marked interrupted)
 """
@@ -293,6 +319,20 @@ def _number_setting(env: Mapping[str, str], name: str, default: float, *, whole:
         raise UsageError(f"{name}={raw!r} is not a {'whole ' if whole else ''}number") from None
     if not math.isfinite(value) or value < 0 or (value == 0 and not (whole or zero_ok)):
         raise UsageError(f"{name}={raw!r} must be {'zero or more' if whole or zero_ok else 'greater than zero'}")
+    return value
+
+
+def _optional_count(env: Mapping[str, str], name: str) -> int | None:
+    """A whole number greater than zero, or None when unset."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise UsageError(f"{name}={raw!r} is not a whole number") from None
+    if value <= 0:
+        raise UsageError(f"{name}={raw!r} must be greater than zero")
     return value
 
 
@@ -353,6 +393,7 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
         force_delete=args.force_delete,
         max_delete_fraction=max_delete_fraction,
         archive_days=_number_setting(env, "AIRTABLE_ARCHIVE_DAYS", 30),
+        monthly_calls=_optional_count(env, "AIRTABLE_MONTHLY_CALLS"),
     )
 
 
@@ -368,9 +409,15 @@ class RequestStats:
     write: int = 0
     retried: int = 0
     rate_limited: int = 0
+    last_30_days: int = 0  # the tool's requests to this base in the last 30 days, this run's included
+    # Requests that reached Airtable, or may have (a connect that failed never did): what the
+    # workspace's monthly count sees. Kept for the budget, not reported.
+    reached: int = field(default=0, repr=False)
 
     def as_dict(self) -> dict[str, int]:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        del data["reached"]
+        return data
 
 
 def request_kind(method: str, path: str) -> str:
@@ -470,6 +517,68 @@ def save_recent_requests(settings: Settings) -> None:
                       json.dumps({f"{settings.endpoint_url} {settings.base_id}": recent}))
 
 
+# The API budget: Airtable caps a workspace's API calls a month (Free 1,000, Team 100,000; shared
+# by every integration: support.airtable.com/docs/managing-api-call-limits-in-airtable). The tool
+# counts its own, per base and day, over a rolling 30 days, beside the state.
+REQUEST_BUDGET_FILE = ".requests_30_days.json"
+BUDGET_DAYS = 30
+BUDGET_WARNING_SHARE = 0.8
+
+
+def budget_counts(counts: Mapping[str, int], today: date, add: int = 0) -> dict[str, int]:
+    """A base's requests by UTC day ("YYYY-MM-DD"), with `add` more today and the days that left the
+    rolling window dropped."""
+    first = today - timedelta(days=BUDGET_DAYS - 1)
+    kept = {}
+    for day, n in counts.items():
+        try:
+            if first <= date.fromisoformat(day) <= today and isinstance(n, int) and n > 0:
+                kept[day] = n
+        except (TypeError, ValueError):
+            continue  # not a day: not ours
+    if add:
+        kept[today.isoformat()] = kept.get(today.isoformat(), 0) + add
+    return kept
+
+
+def budget_text(last_30_days: int, monthly_calls: int | None) -> str:
+    """'1,234 requests in the last 30 days, 1.2% of AIRTABLE_MONTHLY_CALLS=100000'."""
+    text = f"{last_30_days:,} request{'' if last_30_days == 1 else 's'} in the last {BUDGET_DAYS} days"
+    if monthly_calls:
+        text += f", {last_30_days / monthly_calls:.1%} of AIRTABLE_MONTHLY_CALLS={monthly_calls}"
+    return text
+
+
+def budget_high(last_30_days: int, monthly_calls: int | None) -> bool:
+    """At or over 80% of the workspace's monthly calls: the operator should look."""
+    return bool(monthly_calls) and last_30_days >= BUDGET_WARNING_SHARE * monthly_calls  # type: ignore[operator]
+
+
+def count_requests(settings: Settings, stats: RequestStats, now: datetime | None = None) -> int:
+    """Add this run's requests to the base's rolling 30 days (file mode 0600, written atomically),
+    set stats.last_30_days and return it. A run that made no request only reads the file.
+    Raises LocalWriteError when the file cannot be written; stats.last_30_days is set first."""
+    path = settings.cache_dir / REQUEST_BUDGET_FILE
+    key = f"{settings.endpoint_url} {settings.base_id}"
+    today = (now or datetime.now(timezone.utc)).astimezone(timezone.utc).date()
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        data = data if isinstance(data, dict) else {}
+    except FileNotFoundError:
+        data = {}
+    except (OSError, ValueError) as exc:
+        log.warning("request counts %s unreadable (%s): counting from this run", path, type(exc).__name__)
+        data = {}
+    mine = budget_counts(data.get(key) if isinstance(data.get(key), dict) else {}, today, stats.reached)
+    stats.last_30_days = sum(mine.values())
+    if stats.reached:
+        data = {k: budget_counts(v, today) for k, v in data.items() if k != key and isinstance(v, dict)}
+        data = {k: v for k, v in data.items() if v}
+        data[key] = mine
+        write_private(path, json.dumps(data, sort_keys=True))
+    return stats.last_30_days
+
+
 def _never_sent(error: BaseException) -> bool:
     """True when the request provably did not reach the server (connect failed)."""
     if isinstance(error, requests.ConnectTimeout):
@@ -517,6 +626,36 @@ def retry_delay(
     return None
 
 
+# A 429 whose error type is this means the workspace's monthly API calls are spent: Airtable
+# refuses every data request until the month turns, so waiting 30 s helps nothing. The body is
+# Airtable's usual error object, {"error": {"type": ..., "message": ...}} (errors docs,
+# airtable.com/developers/web/api/errors; support.airtable.com "Airtable API: Common
+# troubleshooting": "a JSON-encoded body that contains error and message fields").
+# UNCONFIRMED: the type's name is from integrations that met it (their code and reports), not
+# from Airtable's own pages, which the search index does not hold; its message is unknown.
+BILLING_LIMIT_ERROR = "PUBLIC_API_BILLING_LIMIT_EXCEEDED"
+MONTHLY_CALLS_SPENT = ("Airtable refused the request: the workspace's monthly API calls are spent "
+                       f"(HTTP 429 {BILLING_LIMIT_ERROR}), and Airtable refuses every request until "
+                       "the month turns. Wait for the new month, or move the workspace to a plan "
+                       "with more calls; the next run then finishes the job")
+
+
+def is_billing_limit(status: int | None, body: Any) -> bool:
+    """Airtable's answer when the workspace's monthly API calls are spent."""
+    if status != 429 or not isinstance(body, dict):
+        return False
+    error = body.get("error")
+    kind = error.get("type") if isinstance(error, dict) else error
+    return kind == BILLING_LIMIT_ERROR
+
+
+def _json_or_none(response: requests.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
 class AirtableTransport(HTTPAdapter):
     """requests' transport adapter: throttle, timeout, retry policy and counts for every request."""
 
@@ -528,6 +667,7 @@ class AirtableTransport(HTTPAdapter):
         self.stats = stats
         self.stop = stop
         self.last_retried = False  # whether the last request needed more than one attempt
+        self.calls_spent = False  # Airtable said the month's calls are spent: send nothing more
 
     def send(self, request, **kwargs):  # type: ignore[override]
         kwargs["timeout"] = self.timeout
@@ -538,6 +678,8 @@ class AirtableTransport(HTTPAdapter):
         while True:
             if self.stop.is_set():
                 raise RunInterrupted()
+            if self.calls_spent:  # whatever a caller makes of the first refusal, no further request
+                raise MonthlyCallsSpent(MONTHLY_CALLS_SPENT)
             self.throttle.acquire()
             response, error = None, None
             try:
@@ -550,7 +692,15 @@ class AirtableTransport(HTTPAdapter):
             setattr(self.stats, kind, getattr(self.stats, kind) + 1)
             if attempt:
                 self.stats.retried += 1
+            if response is not None or not _never_sent(error):  # type: ignore[arg-type]
+                self.stats.reached += 1
             status = response.status_code if response is not None else None
+            if status == 429 and is_billing_limit(status, _json_or_none(response)):  # type: ignore[arg-type]
+                # Not a rate limit: not retried. Raised past every caller's handling of HTTP
+                # errors, so the run stops here, as for an outage (execute() sets the exit code).
+                self.calls_spent = True
+                response.close()  # type: ignore[union-attr]
+                raise MonthlyCallsSpent(MONTHLY_CALLS_SPENT)
             if status == 429:
                 self.stats.rate_limited += 1
             delay = retry_delay(attempt, self.retry_limit, method, path, status,
@@ -629,11 +779,11 @@ class BearerToken(requests.auth.AuthBase):
         return request
 
 
-def connect(settings: Settings, stop: threading.Event) -> Airtable:
+def connect(settings: Settings, stop: threading.Event, stats: RequestStats | None = None) -> Airtable:
     api = Api(settings.api_key, timeout=(settings.timeout_s, settings.timeout_s),
               retry_strategy=None, endpoint_url=settings.endpoint_url)
     api.session.auth = BearerToken(settings.api_key)
-    transport = AirtableTransport(settings, RequestStats(), stop)
+    transport = AirtableTransport(settings, RequestStats() if stats is None else stats, stop)
     api.session.mount("https://", transport)
     api.session.mount("http://", transport)
     return Airtable(api, settings, transport, dict(settings.table_ids))
@@ -945,20 +1095,29 @@ def read_cache(path: Path) -> list[dict] | None:
 
 
 def write_private(path: Path, text: str | Iterable[str]) -> None:
-    """Atomically write a file only its owner can read (it holds personal data)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Atomically write a file only its owner can read (it holds personal data): whole or not at
+    all. A file that cannot be written (a full disk, an unwritable folder) raises LocalWriteError
+    and leaves the previous file as it was, and no tmp file behind."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    except OSError as exc:
+        raise LocalWriteError(path, exc) from None
     try:
         # surrogatepass: a cell may hold half an emoji (a lone surrogate, valid in JSON text),
         # which strict UTF-8 refuses; read_cache reads it back the same way.
         with os.fdopen(fd, "w", encoding="utf-8", errors="surrogatepass") as handle:
             handle.writelines([text] if isinstance(text, str) else text)
+            handle.flush()
+            os.fsync(handle.fileno())  # on disk before it replaces the old file: a crash leaves one whole
         os.chmod(tmp, 0o600)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.remove(tmp)
+        if isinstance(exc, OSError) and not isinstance(exc, LocalWriteError):
+            raise LocalWriteError(path, exc) from None
         raise
 
 
@@ -2629,20 +2788,33 @@ class Deleter:
 
     def archive_records(self, key: str, batch: Sequence[dict]) -> None:
         """Appended and flushed to disk before the delete request: nothing is lost for good. The
-        cells by field name, as a person reads them, and each name's field id (fieldIds), by
-        which --restore finds the field even if it was renamed since."""
+        cells by field name, as a person reads them, and each name's field id (fieldIds), by which
+        --restore finds the field even if it was renamed since. If the lines cannot all be written
+        (a full disk), the file is cut back to where it was, so no half line stays, and
+        LocalWriteError stops the run before the delete."""
         names = {f.id: f.name for f in (self.schema.get(key) or {}).values()} if self.schema is not None else {}
-        self.archive.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.archive, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        with os.fdopen(fd, "a", encoding="utf-8", errors="surrogatepass") as handle:  # as write_private
-            for rec in batch:
-                line = {"table": key, "id": rec["id"], "createdTime": rec.get("createdTime"),
-                        "fields": {names.get(k, k): v for k, v in rec["fields"].items()}}
-                if names:
-                    line["fieldIds"] = {names.get(k, k): k for k in rec["fields"]}
-                handle.write(json.dumps(line, ensure_ascii=False) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+        try:
+            self.archive.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.archive, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        except OSError as exc:
+            raise LocalWriteError(self.archive, exc) from None
+        start = os.fstat(fd).st_size
+        try:
+            with os.fdopen(fd, "a", encoding="utf-8", errors="surrogatepass") as handle:  # as write_private
+                for rec in batch:
+                    line = {"table": key, "id": rec["id"], "createdTime": rec.get("createdTime"),
+                            "fields": {names.get(k, k): v for k, v in rec["fields"].items()}}
+                    if names:
+                        line["fieldIds"] = {names.get(k, k): k for k in rec["fields"]}
+                    handle.write(json.dumps(line, ensure_ascii=False) + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.truncate(self.archive, start)
+                if start == 0:
+                    os.remove(self.archive)
+            raise LocalWriteError(self.archive, exc) from None
 
     def delete_batch(self, table: Any, deletion: DeletionPlan, batch: Sequence[dict]) -> None:
         ids = [rec["id"] for rec in batch]
@@ -2771,6 +2943,7 @@ class RunReport:
     exit_code: int = 0
     message: str = ""
     duration_s: float = 0.0
+    monthly_calls: int | None = None  # AIRTABLE_MONTHLY_CALLS, for the budget's share
 
     def as_dict(self) -> dict:
         return {
@@ -2807,6 +2980,13 @@ def render_markdown(report: RunReport) -> str:
     ]
     if report.message:
         lines += [f"> {report.message}", ""]
+    budget = budget_text(report.requests.last_30_days, report.monthly_calls)
+    lines += [f"API budget: {budget} to this base by this tool, this run's included (other integrations "
+              "share the workspace's monthly calls).", ""]
+    if budget_high(report.requests.last_30_days, report.monthly_calls):
+        lines += [f"> **Warning**: this tool alone has used {BUDGET_WARNING_SHARE:.0%} or more of the workspace's "
+                  "monthly API calls in 30 days; when they are spent Airtable refuses every request until "
+                  "the month turns. Run less often, or move the workspace to a plan with more calls.", ""]
     tracking = report.change_tracking
     how = "the change feed" if tracking["mode"] == "webhook" else "every record"
     drift = "" if tracking.get("drift") is None else f"; drift {tracking['drift']}"
@@ -2825,7 +3005,11 @@ def render_markdown(report: RunReport) -> str:
             notes.append(result.note)
         for label, names in (("Mongo fields not synced (unmapped)", result.unmapped_fields),
                              ("Mapped fields missing in Airtable", result.missing_in_airtable),
-                             ("Mapped fields read-only in Airtable (computed)", result.read_only)):
+                             ("Mapped fields read-only in Airtable (computed)", result.read_only),
+                             ("Mapped fields renamed in Airtable (still synced)",
+                              [f"{r['mapped']} is now '{r['airtable']}'" for r in result.renamed_fields]),
+                             ("Mapped Mongo fields absent from the export (Airtable keeps its values)",
+                              result.absent_in_export)):
             if names:
                 notes.append(f"{label}: {', '.join(names)}")
         if result.not_attempted:
@@ -2868,7 +3052,12 @@ def write_report(report: RunReport, reports_dir: Path, secret: str) -> Path:
         n += 1
         path = reports_dir / f"sync_report_{stamp}_{n}.md"
     write_private(path.with_suffix(".json"), masked(json.dumps(report.as_dict(), indent=2, ensure_ascii=False)))
-    write_private(path, masked(render_markdown(report)))
+    try:
+        write_private(path, masked(render_markdown(report)))
+    except LocalWriteError:
+        with contextlib.suppress(OSError):  # a report is the two files or none
+            os.remove(path.with_suffix(".json"))
+        raise
     return path
 
 
@@ -2880,6 +3069,42 @@ def summary_line(report: RunReport) -> str:
         parts.append(f"{key}: {t.created} created, {t.updated} updated, {t.skipped} skipped, {t.errors} failed"
                      f"{deleted}{held}")
     return "; ".join(parts) or "no table synced"
+
+
+ATTENTION_FIELDS_NAMED = 3  # a table's fields of one kind named in the attention line; more are counted
+
+
+def attention_line(report: RunReport) -> str:
+    """What needs a person after this run, without values, for the last line a run prints:
+    'attention: 1 failed record, 31 reverted edits, users.occupation missing in Airtable',
+    or '' when nothing does."""
+    tables = report.tables.values()
+
+    def counted(n: int, what: str, plural: str | None = None) -> list[str]:
+        return [f"{n:,} {what if n == 1 else plural or what + 's'}"] if n else []
+
+    # Writes a run that stopped midway (an outage, a spent month) never made are counted apart:
+    # they did not fail, and the next run makes them.
+    items = counted(sum(t.errors - t.not_attempted for t in tables), "failed record")
+    items += counted(sum(t.not_attempted for t in tables), "write not attempted", "writes not attempted")
+    items += counted(sum(t.deletions_held for t in tables), "deletion held by the safety cap",
+                     "deletions held by the safety cap")
+    items += counted(sum(t.reverted_edits or 0 for t in tables), "reverted edit")
+    items += counted(report.change_tracking.get("drift") or 0, "drifted record")
+    items += counted(sum(t.unresolved_links for t in tables), "unresolved link")
+    for key, t in report.tables.items():
+        for names, what in ((t.missing_in_airtable, "missing in Airtable"),
+                            ([f"{r['mapped']} renamed to '{r['airtable']}'" for r in t.renamed_fields], ""),
+                            (t.absent_in_export, "absent from the export")):
+            if len(names) > ATTENTION_FIELDS_NAMED:
+                kind = what or "renamed in Airtable"
+                items.append(f"{len(names)} {key} fields {kind}")
+            else:
+                items += [f"{key}.{name}" + (f" {what}" if what else "") for name in names]
+    last_30_days, cap = report.requests.last_30_days, report.monthly_calls
+    if budget_high(last_30_days, cap):
+        items.append(f"API budget at {last_30_days / cap:.0%} of AIRTABLE_MONTHLY_CALLS={cap}")  # type: ignore[operator]
+    return "attention: " + ", ".join(items) if items else ""
 
 
 def requests_line(report: RunReport) -> str:
@@ -2911,14 +3136,66 @@ class RedactToken(logging.Filter):
         return True
 
 
+# What a full disk, a quota or an unwritable folder answer: the operator's to fix (exit 74). Other
+# errors naming a folder (not a folder, no such path) are a wrong --cache-dir or --reports-dir.
+LOCAL_WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM,
+                                errno.EFBIG, errno.EIO})
+# Lines for the log file only: the console gets them from main()'s last print instead.
+LOG_FILE_ONLY = {"log_file_only": True}
+
+
+class LogFile(logging.Handler):
+    """The log file, appended a whole line a write. A line it cannot take (a full disk) is cut
+    back out, so no half line stays, and instead of a traceback on stderr for every line after,
+    the first failure is kept (execute() makes it exit 74) and the file is left alone."""
+
+    def __init__(self, path: Path):
+        super().__init__()
+        self.path = path
+        self.fd: int | None = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self.failure: LocalWriteError | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.failure is not None or self.fd is None:
+            return
+        try:
+            line = (self.format(record) + "\n").encode("utf-8", errors="backslashreplace")
+        except Exception:
+            self.handleError(record)
+            return
+        start = None
+        try:
+            start = os.lseek(self.fd, 0, os.SEEK_END)
+            done = 0
+            while done < len(line):
+                done += os.write(self.fd, line[done:])
+        except OSError as exc:
+            self.failure = LocalWriteError(self.path, exc)
+            if start is not None:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self.fd, start)
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+        super().close()
+
+
+def log_file_failure() -> LocalWriteError | None:
+    """The first log line the log file could not take, if any."""
+    return next((h.failure for h in logging.getLogger().handlers if isinstance(h, LogFile) and h.failure), None)
+
+
 def setup_logging(verbose: bool, log_file: Path | None, secret: str = "") -> list[logging.Handler]:
-    """Console and log-file handlers; `secret` (and any added later with RedactToken) is masked."""
+    """Console and log-file handlers; `secret` (and any added later with RedactToken) is masked.
+    Raises OSError when the log file cannot be opened."""
     formatter = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    handlers[0].addFilter(lambda record: not getattr(record, "log_file_only", False))
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
-        os.close(os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
-        handlers.append(logging.FileHandler(log_file, encoding="utf-8"))
+        handlers.append(LogFile(log_file))
     for handler in handlers:
         handler.setFormatter(formatter)
         handler.addFilter(RedactToken(secret))
@@ -2945,6 +3222,8 @@ def run_lock(cache_dir: Path) -> Iterator[None]:
         cache_dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(cache_dir / ".airtable_sync.lock", os.O_RDWR | os.O_CREAT, 0o600)
     except OSError as exc:
+        if exc.errno in LOCAL_WRITE_ERRNOS:  # a full disk or an unwritable folder
+            raise LocalWriteError(cache_dir / ".airtable_sync.lock", exc) from None
         raise UsageError(f"cache folder {cache_dir}: {exc.strerror}") from None
     try:
         try:
@@ -3077,7 +3356,7 @@ class Sync:
             if not settings.dry_run:
                 prune_archives(settings.reports_dir, settings.archive_days, self.report.started)
                 self.apply(airtable, read)
-        except (AirtableAccessError, RunInterrupted) as exc:
+        except (AirtableAccessError, RunInterrupted, LocalWriteError) as exc:
             self.mark_not_attempted(plans, exc)
             raise
         except BaseException:
@@ -3160,10 +3439,11 @@ def merge_written(records: list[dict], written: Iterable[dict]) -> None:
             records.append(rec)
 
 
-def run_check(settings: Settings, out=None) -> int:
-    """--check: is each table readable, and how do the mappings compare with the schema."""
+def run_check(settings: Settings, out=None, stats: RequestStats | None = None) -> int:
+    """--check: is each table readable, and how do the mappings compare with the schema.
+    `stats` counts its requests (main() adds them to the budget when Airtable fails midway)."""
     out = out or sys.stdout
-    airtable = connect(settings, threading.Event())
+    airtable = connect(settings, threading.Event(), stats)
     reader = BaseReader(airtable, threading.Event(), datetime.now(timezone.utc))
     bound = reader.bindings_of(load_state(state_path(settings)))  # the tables' ids too
     schema = fetch_schema(airtable)
@@ -3199,7 +3479,15 @@ def run_check(settings: Settings, out=None) -> int:
                 status += f", renamed to '{column.name}' (still synced by its field id)"
             print(f"  {name:<{width}}{status}", file=out)
     print(f"\nchange tracking: {change_tracking_status(airtable, schema)}", file=out)
+    last_30_days = count_requests(settings, airtable.stats)
     print(f"\n{airtable.stats.total} requests, nothing written", file=out)
+    print(f"API budget: {budget_text(last_30_days, settings.monthly_calls)} to this base by this tool, "
+          "this check included", file=out)
+    if budget_high(last_30_days, settings.monthly_calls):
+        log.warning("API budget: this tool alone has used %s of AIRTABLE_MONTHLY_CALLS=%d in 30 days; once the "
+                    "workspace's monthly calls are spent, Airtable refuses every request until the month "
+                    "turns: run less often, or change plan", f"{last_30_days / settings.monthly_calls:.0%}",
+                    settings.monthly_calls)
     return EXIT_OK
 
 
@@ -3253,6 +3541,15 @@ def execute(settings: Settings, started: datetime) -> tuple[int, RunReport, Path
             except UsageError as exc:
                 code, report.ended, report.message = EXIT_USAGE, "input error", str(exc)
                 log.error("%s", exc)
+            except LocalWriteError as exc:
+                # Saving the snapshot as a run stopped for Airtable (a spent month, an outage):
+                # that reason is worth its line too.
+                context = exc.__context__
+                while context is not None and not isinstance(context, AirtableAccessError):
+                    context = context.__context__
+                if context is not None:
+                    log.error("%s", context)
+                code = local_write_failed(code, report, exc)
             except AirtableAccessError as exc:
                 code = EXIT_RECORD_FAILED if sync.anything_written else EXIT_AIRTABLE
                 report.ended, report.message = "Airtable error", str(exc)
@@ -3266,6 +3563,10 @@ def execute(settings: Settings, started: datetime) -> tuple[int, RunReport, Path
                 log.debug("traceback", exc_info=True)
             finally:
                 save_recent_requests(settings)
+            try:  # beside the state, under the lock; --check and --dry-run count too
+                count_requests(settings, report.requests)
+            except LocalWriteError as exc:
+                code = local_write_failed(code, report, exc)
             if caught.get("signal"):
                 code = EXIT_SIGTERM if caught["signal"] == signal.SIGTERM else EXIT_SIGINT
                 report.ended = "interrupted"
@@ -3277,10 +3578,39 @@ def execute(settings: Settings, started: datetime) -> tuple[int, RunReport, Path
     except UsageError as exc:  # the cache folder cannot hold the lock
         code, report.ended, report.message = EXIT_USAGE, "settings error", str(exc)
         log.error("%s", exc)
+    except LocalWriteError as exc:  # nor create the lock file: a full disk or an unwritable folder
+        code = local_write_failed(code, report, exc)
+    report.monthly_calls = settings.monthly_calls
+    budget = budget_text(report.requests.last_30_days, settings.monthly_calls)
+    if budget_high(report.requests.last_30_days, settings.monthly_calls):
+        log.warning("API budget: %s by this tool alone; once the workspace's monthly calls are spent, "
+                    "Airtable refuses every request until the month turns: run less often, or change plan",
+                    budget)
+    else:
+        log.info("API budget: %s", budget)
+    log.info("%s: %s; %s", report.ended, summary_line(report), requests_line(report), extra=LOG_FILE_ONLY)
+    if attention := attention_line(report):
+        log.warning("%s", attention, extra=LOG_FILE_ONLY)
+    if failure := log_file_failure():
+        code = local_write_failed(code, report, failure)
     report.exit_code = code
     report.duration_s = time.monotonic() - clock
-    path = write_report(report, settings.reports_dir, settings.api_key)
+    try:
+        path: Path | None = write_report(report, settings.reports_dir, settings.api_key)
+    except LocalWriteError as exc:
+        code, path = local_write_failed(code, report, exc), None
     return code, report, path
+
+
+def local_write_failed(code: int, report: RunReport, exc: LocalWriteError) -> int:
+    """A local file could not be written: exit 74, unless a bug (70) came first. The first such
+    failure is the one line the operator sees; later ones (the same full disk) go to the debug log."""
+    if code in (EXIT_IOERR, EXIT_CRASH):
+        log.debug("also: %s", exc)
+        return code
+    log.error("%s", exc)
+    report.ended, report.message = "local write failed", str(exc)
+    return EXIT_IOERR
 
 
 def run_demo(verbose: bool) -> int:
@@ -3309,9 +3639,13 @@ def run_demo(verbose: bool) -> int:
             print(f"Demo: syncing {fixtures} into a local Airtable emulator at {emulator.url}", flush=True)
             code, report, path = execute(settings, datetime.now())
             print(f"\nFirst run: exit {code}; {summary_line(report)}; {requests_line(report)}", flush=True)
+            if attention := attention_line(report):
+                print(f"  {attention}", flush=True)
             code2, report2, path2 = execute(settings, datetime.now())
             print(f"Second run, the exports unchanged: exit {code2}; {summary_line(report2)}; "
                   f"{requests_line(report2)}", flush=True)
+            if attention := attention_line(report2):
+                print(f"  {attention}", flush=True)
         finally:
             teardown_logging(handlers)
     print(f"\nReport: {path}\nSecond report: {path2}\nCaches and log: {workdir}")
@@ -3338,6 +3672,9 @@ def main(argv: Sequence[str] | None = None, *, environ: Mapping[str, str] | None
     try:
         handlers = setup_logging(args.verbose, log_file)
     except OSError as exc:
+        if exc.errno in LOCAL_WRITE_ERRNOS:  # a full disk or an unwritable folder
+            print(f"airtable_sync: {LocalWriteError(log_file, exc)}", file=sys.stderr)  # type: ignore[arg-type]
+            return EXIT_IOERR
         print(f"airtable_sync: reports folder {log_file.parent if log_file else ''}: {exc.strerror}",
               file=sys.stderr)
         return EXIT_USAGE
@@ -3351,18 +3688,30 @@ def main(argv: Sequence[str] | None = None, *, environ: Mapping[str, str] | None
         for handler in handlers:
             handler.addFilter(RedactToken(settings.api_key))
         if settings.check:
+            stats = RequestStats()
             try:
-                return run_check(settings)
-            except AirtableAccessError as exc:
+                return run_check(settings, stats=stats)
+            except AirtableAccessError as exc:  # its requests still count
                 log.error("%s", exc)
+                try:
+                    count_requests(settings, stats)
+                except LocalWriteError as write_error:
+                    log.error("%s", write_error)
+                    return EXIT_IOERR
                 return EXIT_AIRTABLE
+            except LocalWriteError as exc:  # the request counts, beside the state
+                log.error("%s", exc)
+                return EXIT_IOERR
             finally:
                 save_recent_requests(settings)
         log.info("airtable_sync: base %s, tables %s%s", settings.base_id, ",".join(settings.tables),
                  " (dry run)" if settings.dry_run else "")
         code, report, path = execute(settings, started)
-        if path is not None:
-            print(f"{report.ended}: {summary_line(report)}; {requests_line(report)}; report: {path}")
+        if code != EXIT_LOCKED:
+            print(f"{report.ended}: {summary_line(report)}; {requests_line(report)}; "
+                  f"report: {path or 'not written'}")
+            if attention := attention_line(report):
+                print(attention)  # what needs a person, last: `tail` of a cron log shows it
         return code
     finally:
         teardown_logging(handlers)

@@ -160,7 +160,8 @@ def test_throttle_keeps_a_full_run_under_the_rate_limit(harness, emulator, clean
         assert len(in_window) <= 5, f"{len(in_window)} arrivals in the second ending at {t}"
     assert elapsed < 10  # 23 requests at 5 per second: throttled, not stalled
     report = harness.report()
-    assert report["requests"] == {"total": 23, "read": 5, "write": 18, "retried": 0, "rate_limited": 0}
+    assert report["requests"] == {"total": 23, "read": 5, "write": 18, "retried": 0, "rate_limited": 0,
+                                  "last_30_days": 23}
     assert_like_a_clean_run(emulator, clean)
 
 
@@ -203,7 +204,8 @@ def test_5xx_are_retried_with_exponential_backoff(harness, emulator, clean):
     assert 0.5 <= gaps[0] < 1.0 and 0.5 <= gaps[1] < 1.0  # first retry after 0.5 s
     assert 0.5 <= gaps[2] < 1.0 and 1.0 <= gaps[3] < 1.5  # then 1 s
     report = harness.report()
-    assert report["requests"] == {"total": 27, "read": 7, "write": 20, "retried": 4, "rate_limited": 0}
+    assert report["requests"] == {"total": 27, "read": 7, "write": 20, "retried": 4, "rate_limited": 0,
+                                  "last_30_days": 27}
     assert table_figures(report) == EXPECTED
     assert_like_a_clean_run(emulator, clean)
 
@@ -224,7 +226,8 @@ def test_timeouts_and_dropped_connections_are_retried(harness, emulator, clean):
     assert [r.status for r in user_reads] == [None, 200]  # dropped, then re-sent
     assert user_reads[1].t_start - user_reads[0].t_end >= 0.5
     report = harness.report()
-    assert report["requests"] == {"total": 25, "read": 7, "write": 18, "retried": 2, "rate_limited": 0}
+    assert report["requests"] == {"total": 25, "read": 7, "write": 18, "retried": 2, "rate_limited": 0,
+                                  "last_30_days": 25}
     assert table_figures(report) == EXPECTED
     settle(emulator)
     assert_like_a_clean_run(emulator, clean)
@@ -540,7 +543,8 @@ def test_an_unreachable_endpoint_exits_3_in_bounded_time(harness, emulator, caps
     report = harness.report()
     assert report["ended"] == "Airtable error" and report["exit_code"] == 3
     assert "unreachable" in report["message"] and "2 retries" in report["message"]
-    assert report["requests"] == {"total": 3, "read": 3, "write": 0, "retried": 2, "rate_limited": 0}
+    assert report["requests"] == {"total": 3, "read": 3, "write": 0, "retried": 2, "rate_limited": 0,
+                                  "last_30_days": 0}  # no request reached Airtable
     err = capsys.readouterr().err
     assert "Traceback" not in err and lines_with(err, "unreachable")
     assert len(emulator.requests) == 0
@@ -627,7 +631,8 @@ def test_the_report_is_written_when_airtable_fails_midway(harness, emulator):
     assert "writing events" in report["message"] and "HTTP 503" in report["message"]
     assert "gave up after 2 retries" in report["message"]
     assert "scopes" not in report["message"]  # a 503 is not a token problem: no misleading hint
-    assert report["requests"] == {"total": 21, "read": 5, "write": 16, "retried": 2, "rate_limited": 0}
+    assert report["requests"] == {"total": 21, "read": 5, "write": 16, "retried": 2, "rate_limited": 0,
+                                  "last_30_days": 21}
     figures = table_figures(report, ["created", "updated", "skipped", "errors", "not_attempted"])
     assert figures == {
         "users": {"created": 9, "updated": 8, "skipped": 12, "errors": 1, "not_attempted": 0},
@@ -675,7 +680,8 @@ def test_without_the_schema_types_are_inferred_and_rejected_fields_dropped(harne
                     + [(EVENTS, 4, 422), (EVENTS, 4, 200), (EVENTS, 4, 200)]
                     + [(MESSAGES, 10, 422), (MESSAGES, 10, 200), (MESSAGES, 3, 200),
                        (MESSAGES, 10, 200)])
-    assert report["requests"] == {"total": 24, "read": 4, "write": 20, "retried": 0, "rate_limited": 0}
+    assert report["requests"] == {"total": 24, "read": 4, "write": 20, "retried": 0, "rate_limited": 0,
+                                  "last_30_days": 24}
     # The plan is reported as made: every matched user differs in the computed updatedAt.
     assert report["tables"]["users"]["planned"] == {"create": 10, "update": 20, "skip": 0, "error": 0}
     assert_like_a_clean_run(emulator, clean)

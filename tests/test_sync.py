@@ -57,7 +57,8 @@ def test_first_sync_reports_exactly_the_expected_counts(harness, emulator):
     # Events: 4 creates + 4 updates = 2. Messages: 13 creates = 2, 10 updates = 1.
     assert (writes(emulator, "users"), writes(emulator, "events"), writes(emulator, "messages")) == (12, 2, 3)
     # Plus change tracking's first run: list the webhooks, create the tool's one.
-    assert report["requests"] == {"total": 23, "read": 5, "write": 18, "retried": 0, "rate_limited": 0}
+    assert report["requests"] == {"total": 23, "read": 5, "write": 18, "retried": 0, "rate_limited": 0,
+                                  "last_30_days": 23}
     assert emulator.count(kind="read") == 3 and emulator.count(kind="meta") == 1
     assert [(r.method, r.status) for r in emulator.requests if r.kind == "webhook"] == [("GET", 200), ("POST", 200)]
     assert report["change_tracking"] == {"mode": "full", "reason": "no change-tracking state yet", "payloads": 0,
@@ -150,7 +151,8 @@ def test_a_rerun_with_no_changes_writes_nothing(harness, emulator):
     report = harness.report()
     # The change feed: one request to check the webhook, one page of payloads (the first run's
     # own 7 write requests, which change nothing when replayed).
-    assert report["requests"] == {"total": 2, "read": 2, "write": 0, "retried": 0, "rate_limited": 0}
+    assert report["requests"] == {"total": 2, "read": 2, "write": 0, "retried": 0, "rate_limited": 0,
+                                  "last_30_days": 15}  # and the first run's 13
     assert report["change_tracking"]["mode"] == "webhook" and report["change_tracking"]["payloads"] == 7
     assert {t: (v["created"], v["updated"], v["skipped"], v["reverted_edits"])
             for t, v in report["tables"].items()} == {

@@ -46,6 +46,9 @@ Test controls beyond the request log and faults (see each method):
     emu.disable_webhook(webhook_id)
     emu.split_payloads_over = N                 # a transaction naming more than N records
                                                 # comes as payloads of at most N records each
+    emu.set_monthly_calls_left(N)               # the workspace's monthly API calls: after N more
+                                                # data requests, 429 PUBLIC_API_BILLING_LIMIT_EXCEEDED
+                                                # (None: no cap, the default; 0: spent now)
     Emulator(..., scopes=[...])                 # the token's scopes (whoami reports them)
 
 Modules: common (limits, ids, error bodies, parameter helpers), http (server, handler,

@@ -11,7 +11,19 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Callable
 
-from .common import MSG_RATE_LIMIT, _Response, default_error_body
+from .common import MSG_RATE_LIMIT, ApiError, _Response, default_error_body
+
+#: The workspace's monthly API calls are spent (Free 1,000, Team 100,000 a month, shared by every
+#: integration: support.airtable.com/docs/managing-api-call-limits-in-airtable): every data request
+#: gets 429 with this error type until the month turns.  The body is Airtable's usual error object
+#: (errors docs: {"error": {"type", "message"}}).  UNCONFIRMED: the type's name is as integrations
+#: that met it report it (Airtable's own pages in reach do not name it), and the message is ours.
+BILLING_LIMIT_TYPE = "PUBLIC_API_BILLING_LIMIT_EXCEEDED"
+MSG_BILLING_LIMIT = "The monthly API call limit of this workspace's billing plan has been exceeded."
+#: Which requests the monthly cap refuses: record reads and writes and the webhook endpoints
+#: (they carry record data).  UNCONFIRMED: one public report of a spent quota says the metadata
+#: endpoints (/v0/meta/...) kept answering 200, so they are left alone.
+BILLED_KINDS = frozenset({"read", "write", "webhook"})
 
 # --------------------------------------------------------------------------------------
 # Request log and faults (public)
@@ -130,6 +142,8 @@ class _RateLimiter:
 class FaultsMixin:
     """Emulator methods: rate-limit configuration, fault injection and the request log."""
 
+    _monthly_calls_left: int | None = None  # None: no monthly cap (see set_monthly_calls_left)
+
     # ---- configuration ---------------------------------------------------------------
 
     def set_rate_limit(
@@ -139,6 +153,27 @@ class FaultsMixin:
         self._limiter.configure(rps, self._limiter.penalty_s if penalty_s is None else penalty_s)
         if retry_after is not None:
             self.retry_after = retry_after
+
+    def set_monthly_calls_left(self, calls: int | None) -> None:
+        """The workspace's monthly API calls: ``None`` (the default) for no cap; ``N`` to answer
+        the next N data requests (record reads and writes, webhooks) and refuse every one after
+        with 429 PUBLIC_API_BILLING_LIMIT_EXCEEDED; ``0`` to refuse from now on.  Setting it
+        again (``None``: the month turned, or the plan changed) ends the refusals."""
+        with self._fault_lock:
+            self._monthly_calls_left = calls
+
+    def _spend_monthly_call(self, kind: str) -> None:
+        """Called for each authenticated request about to be served: counts it against the
+        monthly calls, or refuses it when they are spent."""
+        if kind not in BILLED_KINDS:
+            return
+        with self._fault_lock:
+            left = self._monthly_calls_left
+            if left is None:
+                return
+            if left <= 0:
+                raise ApiError(429, BILLING_LIMIT_TYPE, MSG_BILLING_LIMIT)
+            self._monthly_calls_left = left - 1
 
     def add_fault(
         self,

@@ -218,6 +218,7 @@ class HttpMixin:
                 # A token without the scope an endpoint needs (scopes docs) gets the 403 of the
                 # errors page; same body as for a missing model (UNCONFIRMED).
                 raise model_not_found()
+            self._spend_monthly_call(route.kind)  # 429 when the workspace's monthly calls are spent
             op = getattr(self, "_op_" + route.name)
             if route.kind != "write":
                 return op(route, query, body or {})
