@@ -21,7 +21,7 @@ import requests
 
 import airtable_sync as sync
 from airtable_emulator import Emulator
-from conftest import FIXTURES, ROOT, TOKEN, SyncHarness, make_env
+from conftest import FIXTURES, ROOT, TOKEN, SyncHarness, field_ids, make_env
 from test_faults import PREEXISTING_DUPLICATES, base_state, duplicate_ids, new_harness
 
 USERS, EVENTS, MESSAGES = "tblQ0OHBit2AqaACy", "tblrscr87h8fbtQTk", "tbljma5S4NhUn1OYl"
@@ -379,7 +379,7 @@ def test_a_full_disk_exits_74_naming_the_file_and_the_next_run_recovers(harness,
     [record] = [r for r in emulator.records(USERS) if r["fields"].get("id") == changed]
     assert record["fields"]["firstName"] == "Renamed"
     cached = {r["id"]: r["fields"] for r in json.loads((harness.cache_dir / "airtable_users.json").read_text())}
-    assert set(cached) == {r["id"] for r in emulator.records(USERS)} and cached[record["id"]]["firstName"] == "Renamed"
+    assert set(cached) == {r["id"] for r in emulator.records(USERS)} and cached[record["id"]][field_ids(emulator, USERS)["firstName"]] == "Renamed"
     emulator.clear_log()
     assert harness.run() == 0 and emulator.count(kind="write") == 0
 

@@ -43,9 +43,11 @@ def test_a_renamed_column_keeps_filling_costs_one_schema_request_and_is_warned(h
     assert report["tables"]["users"]["renamed_fields"] == [{"mapped": "occupation", "airtable": "Job title"}]
     assert report["tables"]["users"]["missing_in_airtable"] == []
     assert record_of(emulator, USERS, first)["fields"]["Job title"] == "Sommelier"
-    warnings = [line for line in log_text(harness).splitlines() if "WARNING" in line and "Job title" in line]
-    assert len(warnings) == 1 and "users" in warnings[0] and "'occupation'" in warnings[0]
-    assert "occupation" in (harness.reports()[-1].with_suffix(".md")).read_text()
+    warnings = [line for line in log_text(harness).splitlines() if "WARNING" in line and "is called 'Job title'" in line]
+    assert len(warnings) == 1 and "users:" in warnings[0] and "'occupation'" in warnings[0]
+    assert "users.occupation renamed to 'Job title'" in log_text(harness).splitlines()[-1]  # the attention line
+    markdown = harness.reports()[-1].with_suffix(".md").read_text()
+    assert "occupation" in markdown and "Job title" in markdown
     # A person's edit in the renamed column is set back, and the next quiet night costs two requests.
     emulator.client.update(USERS, record_of(emulator, USERS, first)["id"], {"Job title": "Astronaut"})
     assert harness.run() == 0
