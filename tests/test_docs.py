@@ -119,13 +119,13 @@ def test_the_link_checker_catches_what_a_clone_would_miss(tmp_path, monkeypatch)
     page.write_text(
         "# Title\n\n"
         "[ok](docs/A.md) [ok anchor](docs/A.md#the---restore-option) [ok here](#title)\n"
-        "[outside](../shared/CONTRACT.md) [missing](docs/B.md) [bad anchor](docs/A.md#nope)\n"
+        "[outside](../outside/NOTES.md) [missing](docs/B.md) [bad anchor](docs/A.md#nope)\n"
         "[elsewhere](https://example.com/x) see http://airtable.com/api and <https://github.com/x>\n"
         "`[in code](nowhere.md)` [airtable](https://airtable.com/developers/web/api/introduction)\n"
         "```\n[in a block](nowhere.md) https://example.org\n```\n"
     )
     assert [target for target, _ in broken_links(page)] == [
-        "../shared/CONTRACT.md", "docs/B.md", "docs/A.md#nope", "https://example.com/x",
+        "../outside/NOTES.md", "docs/B.md", "docs/A.md#nope", "https://example.com/x",
         "http://airtable.com/api", "https://github.com/x"]
 
 
