@@ -395,9 +395,15 @@ def test_documents_without_whitespace_between_them_are_refused(tmp_path):
 
 
 def test_an_array_error_names_line_and_column(tmp_path):
+    # The tool promises the file, the line and the column; the reason between them is the json
+    # module's own wording, which Python 3.13 changed for this very case ("Illegal trailing comma
+    # before end of object", pointing at the comma rather than at the brace after it).
     path = tmp_path / "users.json"
-    message = error_of(path, '[\n  {"a": 1},\n  {"a": 2,}\n]\n')
-    assert message == f"{path}: line 3: not valid JSON: Expecting property name enclosed in double quotes (column 11)"
+    text = '[\n  {"a": 1},\n  {"a": 2,}\n]\n'
+    message = error_of(path, text)
+    found = re.fullmatch(rf"{re.escape(str(path))}: line 3: not valid JSON: \S.* \(column (\d+)\)", message)
+    assert found, message
+    assert text.splitlines()[2][int(found[1]) - 1] in ",}"  # the trailing comma, or the brace it stands before
 
 
 def test_bad_utf8_names_its_line_and_offset_after_a_bom(tmp_path):
