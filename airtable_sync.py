@@ -7,7 +7,7 @@ changed since the last run from Airtable's change feed, a webhook's payloads),
 matches every exported record to its Airtable record and writes only what changed:
 Users, then Events, then Messages (which link to both); with --delete-missing it
 then deletes, capped and archived, the records that left Mongo. Writes a log and a
-Markdown + JSON report. The interface and its rules are in CONTRACT.md; README.md
+Markdown + JSON report. The interface and its rules are in docs/RULES.md; README.md
 tells how to run it.
 
 The pipeline, one section each, in this order:

@@ -1,4 +1,4 @@
-"""--delete-missing end to end (CONTRACT.md "Deleting records that left Mongo"): the sync
+"""--delete-missing end to end (docs/DELETION.md): the sync
 against the emulator, with records removed from the fixture exports to make orphans.
 
 The fixture base already holds one record per table whose `id` left Mongo (users

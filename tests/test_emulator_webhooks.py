@@ -156,7 +156,7 @@ def test_delete_removes_the_webhook_and_its_payloads(emu, base, contacts):
     assert base.webhooks() == []
     for method, suffix in (("DELETE", ""), ("POST", "/refresh"), ("GET", "/payloads")):
         assert raw(emu, method, hook_url(hook.id, suffix)).status_code == 403
-    assert raw(emu, "GET", f"/v0/bases/appNoSuchBase0001/webhooks").status_code == 403
+    assert raw(emu, "GET", "/v0/bases/appNoSuchBase0001/webhooks").status_code == 403
     assert raw(emu, "PUT", hook_url()).status_code == 404
 
 

@@ -21,7 +21,7 @@ import requests
 
 import airtable_sync as sync
 from airtable_emulator import Emulator
-from conftest import FIXTURES, ROOT, TOKEN, SyncHarness, field_ids, make_env
+from conftest import FIXTURES, ROOT, TOKEN, SyncHarness, field_ids
 from test_faults import PREEXISTING_DUPLICATES, base_state, duplicate_ids, new_harness
 
 USERS, EVENTS, MESSAGES = "tblQ0OHBit2AqaACy", "tblrscr87h8fbtQTk", "tbljma5S4NhUn1OYl"
