@@ -9,17 +9,13 @@ cap does not hold; the cap has its own tests with the default 0.05.
 from __future__ import annotations
 
 import json
-import os
 import re
 import stat
-import subprocess
-import sys
 import threading
 
 import pytest
 
 import airtable_sync as sync
-from conftest import ROOT, make_env
 from test_faults import settle, wait_for
 
 USERS, EVENTS, MESSAGES = "tblQ0OHBit2AqaACy", "tblrscr87h8fbtQTk", "tbljma5S4NhUn1OYl"
@@ -453,47 +449,6 @@ def test_deletions_keep_the_change_tracking_snapshot_exact(harness, emulator):
     full = harness.report()
     assert full["change_tracking"]["mode"] == "full" and full["change_tracking"]["drift"] == 0
     assert all(t["deleted"] == 0 for t in full["tables"].values())
-
-
-# ---------------------------------------------------------------------------
-# the README's restore snippet
-# ---------------------------------------------------------------------------
-
-
-def readme_restore_snippet() -> str:
-    text = (ROOT / "README.md").read_text()
-    section = text.split("**Undoing a mistaken deletion.**", 1)[1]
-    return re.search(r"```sh\n(.*?)```", section, re.S).group(1)
-
-
-def test_the_readme_restore_snippet_brings_the_records_back(harness, emulator):
-    remove_from_exports(harness)
-    assert harness.run("--delete-missing", env=LOOSE) == 1
-    archive, = archives(harness)
-    schema = {t["name"]: {f["name"]: f["type"] for f in t["fields"]} for t in emulator.schema()["tables"]}
-    snippet = readme_restore_snippet()
-    example = re.search(r"reports/deleted_\d{8}_\d{6}\.jsonl", snippet).group(0)
-    assert snippet.startswith(".venv/bin/python ")
-    script = snippet.replace(".venv/bin/python", sys.executable, 1).replace(example, str(archive), 1)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRTABLE_", "MONGODB_"))}
-    env.update(make_env(emulator))
-    for key, table in (("users", "Users"), ("events", "Events"), ("messages", "Messages")):
-        script = re.sub(r" (users|events) <<", f" {key} <<", script, count=1)
-        done = subprocess.run(["sh", "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
-        assert done.returncode == 0, done.stderr
-        rows = [line for line in archived(harness) if line["table"] == key]
-        assert f"restored {len(rows)} {key} records" in done.stdout
-        writable = {n for n, t in schema[table].items() if t in sync.WRITABLE_TYPES}
-        alive = record_ids(emulator, USERS) | record_ids(emulator, EVENTS)
-        now = [{k: v for k, v in r["fields"].items() if k in writable} for r in emulator.records(TABLE_OF[key])]
-        for row in rows:
-            assert row["id"] not in record_ids(emulator, TABLE_OF[key])  # a new record, a new id
-            cells = {k: v for k, v in row["fields"].items() if k in writable}
-            # Links to records that are gone (deleted by the same run) are left out.
-            cells.update({k: [x for x in cells[k] if x in alive] for k in ("Users", "Events") if k in cells})
-            assert {k: v for k, v in cells.items() if v != []} in now
-        if key == "messages":
-            assert any(set(r["fields"].get("Events", [])) - alive for r in rows)  # the case is exercised
 
 
 # ---------------------------------------------------------------------------
