@@ -2753,9 +2753,9 @@ def requests_line(report: RunReport) -> str:
 # What Airtable has of the archive is read by formula, up to LOOKUP_TERMS_PER_QUERY ids a
 # request (OR({id}='...', RECORD_ID()='...', ...); pyairtable sends a formula too long for a URL
 # as a POST to listRecords), not by reading the tables in full: the cost follows the archive, not
-# the base. An archive holds at most AIRTABLE_MAX_DELETE_FRACTION (5%) of a table unless forced,
-# so at 10,000 users that is 2 requests where a full read is 100; a forced mass deletion costs
-# about what a full read does.
+# the base. An archive holds at most AIRTABLE_MAX_DELETE_FRACTION (5%) of a table unless forced:
+# of 10,000 users, 500, found in 5 requests where a full read takes 100 (the records their links
+# name add a few); a forced mass deletion costs about what a full read does.
 LOOKUP_TERMS_PER_QUERY = 100
 RESTORE_ORDER = TABLE_ORDER  # the reverse of DELETE_ORDER: the records links point to come first
 
@@ -2796,7 +2796,8 @@ def parse_archive(path: Path, raw: bytes) -> list[ArchivedRecord]:
             obj = json.loads(text)
         except json.JSONDecodeError as exc:
             last = not any(rest.strip() for rest in lines[number:])
-            cut = " (the last line stops short: a truncated archive?)" if last and not text.rstrip().endswith("}") else ""
+            cut = " (the last line stops short: a truncated archive?)" if last and not text.rstrip().endswith("}") \
+                else ""
             raise UsageError(f"{path}: line {number}: not valid JSON: {exc.msg} (column {exc.colno}){cut}") from None
         records.append(archived_record(path, number, obj))
     return records
@@ -2915,7 +2916,10 @@ def what_to_look_up(archive: Mapping[str, ArchivedCells], restored: Sequence[str
 
 
 def lookup_formulas(wanted: Iterable[ArchivedCells], elsewhere: Mapping[str, Iterable[str]]) -> dict[str, list[str]]:
-    """Per table id, the formulas (one request each) that find those records."""
+    """Per table id, the formulas (one request each) that find those records. pyairtable's
+    quoting escapes quotes and backslashes only: a natural key with a line break (a message found
+    by its text, in an archive without ids) goes in as it is, which Airtable's formula strings
+    may not take (UNCONFIRMED)."""
     terms: dict[str, dict[str, Any]] = defaultdict(dict)  # table id -> formula text -> term (ordered, unique)
     for cells in wanted:
         if cells.key is not None:
@@ -3210,14 +3214,17 @@ class RestoreWriter:
         if status in (401, 403, 429) or (status is None and _never_sent(exc)):
             raise error from None  # not applied: reported as not attempted
         if action == "create":  # the transport never re-sends a plain create: it could duplicate
-            self.fail(batch, "outcome unknown; a second restore finds the record by its "
-                      f"{batch[0][0].cells.key_field.name} if it was made", outcome="unknown")  # type: ignore[union-attr]
+            key_name = batch[0][0].cells.key_field.name  # type: ignore[union-attr]
+            self.fail(batch, f"outcome unknown; a second restore finds the record by its {key_name} if it was made",
+                      outcome="unknown")
             return
         self.fail(batch, f"outcome unknown ({error}); a second restore settles it", outcome="unknown")
         raise error from None
 
     def fail(self, batch: Sequence[tuple[RestoreWrite, dict]], message: str, outcome: str = "failed") -> None:
         for write, _ in batch:
+            if write.outcome == "done":  # its links sent last
+                message = f"written as {write.record_id}, but not its links to records written after it: {message}"
             write.outcome, write.note = outcome, message
             log.warning("%s %s: %s", write.key, write.name,
                         without_values(message) if outcome == "failed" else f"outcome {outcome}")
@@ -3412,8 +3419,10 @@ class Restore:
 
     @property
     def anything_written(self) -> bool:
-        return self.plan is not None and any(w.outcome in ("done", "unknown") and w.action in ("restore", "refill")
-                                             for writes in self.plan.writes.values() for w in writes)
+        made = ("done", "unknown")  # or a re-creation whose links, sent last, failed: it has its new id
+        return self.plan is not None and any(
+            w.outcome in made and w.action == "refill" or (w.outcome in made or w.record_id) and w.action == "restore"
+            for writes in self.plan.writes.values() for w in writes)
 
 
 # ---------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import pytest
 
 import airtable_sync as sync
 from conftest import FIXTURES
+from test_faults import settle
 from test_deletion import (
     EVENTS, GONE_EVENTS, GONE_MESSAGES, GONE_USERS, LOOSE, MESSAGES, TABLE_OF, TO_DELETE, USERS, archived,
     archives, record_ids, remove_from_exports,
@@ -276,6 +277,58 @@ def test_restoring_one_table_at_a_time_links_to_what_an_earlier_restore_made(har
     assert "Events" not in messages[M01]["fields"] and "Events" not in messages[M07]["fields"]
     figures = restore_report(harness)["tables"]["messages"]
     assert (figures["restored"], figures["links_left_out"]) == (12, 2)
+
+
+# ---------------------------------------------------------------------------
+# an outage midway, and the sync after a restore
+# ---------------------------------------------------------------------------
+
+
+def test_an_outage_midway_stops_the_restore_and_the_next_finishes_it_without_duplicates(harness, emulator):
+    archive = delete_gone_records(harness)
+    # Messages' first request is applied, but every answer is lost: retried (an upsert may be), then given up.
+    emulator.add_fault(kind="write", table=MESSAGES, status=503, apply=True, times=None)
+    assert restore(harness, archive, env={"AIRTABLE_MAX_RETRIES": "1"}) == 1  # users and events were written
+    settle(emulator)
+    assert writes(emulator) == [("PATCH", USERS, 3), ("PATCH", EVENTS, 2), ("PATCH", MESSAGES, 10),
+                                ("PATCH", MESSAGES, 10)]
+    first = restore_report(harness)
+    assert first["ended"] == "Airtable error"
+    assert [(e["table"], e["message"][:28]) for e in first["errors"]] == \
+        [("messages", "outcome unknown (restoring m")] * 10 + [("messages", "not restored: restoring mess")] * 2
+    emulator.clear_faults()
+    assert restore(harness, archive) == 0
+    assert writes(emulator) == [("PATCH", MESSAGES, 2)]  # the ten applied are found again
+    figures = restore_report(harness)["tables"]["messages"]
+    assert (figures["restored"], figures["skipped"]) == (2, 10)
+    ids = [r["fields"].get("id") for r in emulator.records(MESSAGES)]
+    assert all(ids.count(m) == 1 for m in TO_DELETE["messages"])
+
+
+def test_the_next_sync_takes_the_restore_from_the_change_feed_and_links_records_still_in_mongo(harness, emulator):
+    archive = delete_gone_records(harness)
+    assert restore(harness, archive) == 0
+    restored = {r["mongo_id"]: r["record_id"] for key in TABLE_OF
+                for r in restore_report(harness)["tables"][key]["restored_records"]}
+    assert harness.run() == 1  # U12, as always; nothing deleted without --delete-missing
+    report = harness.report()
+    assert report["change_tracking"]["mode"] == "webhook"
+    for key in TABLE_OF:
+        orphans = {r["record_id"] for r in report["tables"][key]["orphan_records"]}
+        assert {restored[mongo_id] for mongo_id in TO_DELETE[key]} <= orphans  # still not in Mongo: untouched
+    # Messages still exported whose user or event was restored: their links, cleared by the deletion
+    # and unresolved since, resolve again (a sync's count of reverted edits includes them).
+    messages = by_mongo_id(emulator, MESSAGES)
+    relinked = 0
+    path = harness.mongo_dir / "messages.json"
+    for doc in sync.parse_export(path, path.read_bytes()):
+        for link in sync.TABLE_SPECS["messages"].links:
+            if (ref := sync.link_reference(doc, link)) in restored:
+                assert messages[sync.mongo_id_of(doc)]["fields"][link.airtable_field] == [restored[ref]]
+                relinked += 1
+    assert relinked == report["tables"]["messages"]["updated"] == 3
+    assert harness.run("--full") == 1
+    assert harness.report()["change_tracking"]["drift"] == 0
 
 
 # ---------------------------------------------------------------------------
