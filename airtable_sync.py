@@ -45,7 +45,7 @@ from typing import Any
 
 import requests
 from dotenv import dotenv_values
-from pyairtable import Api
+from pyairtable import Api, formulas
 from requests.adapters import HTTPAdapter
 from tqdm import tqdm
 
@@ -228,6 +228,7 @@ class Settings:
     max_delete_fraction: float = 0.05
     archive_days: float = 30.0
     monthly_calls: int | None = None  # AIRTABLE_MONTHLY_CALLS: the workspace's monthly API call cap
+    restore: Path | None = None  # --restore: the deletion archive to replay
 
 
 EXIT_CODES_HELP = """\
@@ -286,6 +287,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
                         help="also delete Airtable records whose Mongo document left the export")
     parser.add_argument("--force-delete", action="store_true",
                         help="with --delete-missing: lift the safety cap for this run")
+    parser.add_argument("--restore", type=Path, metavar="ARCHIVE",
+                        help="replay a deletion archive (reports/deleted_<stamp>.jsonl) into Airtable")
     parser.add_argument("--use-cache", action="store_true", help="reuse data/airtable_<table>.json instead of reading Airtable")
     parser.add_argument("--limit", type=int, metavar="N", help="sync only the first N exported records of each table")
     parser.add_argument("--demo", action="store_true", help="sync the sample data into a local Airtable emulator")
@@ -360,6 +363,12 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
         raise UsageError("--limit must be zero or more")
     if args.force_delete and not args.delete_missing:
         raise UsageError("--force-delete goes with --delete-missing")
+    if args.restore is not None:
+        clash = [flag for flag, on in (("--check", args.check), ("--delete-missing", args.delete_missing),
+                                       ("--full", args.full), ("--use-cache", args.use_cache),
+                                       ("--limit", args.limit is not None)) if on]
+        if clash:
+            raise UsageError(f"--restore replays an archive and does not go with {', '.join(clash)}")
     tracking = (env.get("AIRTABLE_CHANGE_TRACKING", "").strip() or "webhook").lower()
     if tracking not in ("webhook", "off"):
         raise UsageError(f"AIRTABLE_CHANGE_TRACKING={tracking!r}: choose webhook or off")
@@ -367,7 +376,7 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
     if max_delete_fraction > 1:
         raise UsageError(f"AIRTABLE_MAX_DELETE_FRACTION={max_delete_fraction!r} must be between 0 and 1")
     mongo_dir = args.mongo_dir or Path(env.get("MONGODB_DATA_DIR", "").strip() or SCRIPT_DIR / "../mongodb_pull/data")
-    if not Path(mongo_dir).is_dir() and not args.check:
+    if not Path(mongo_dir).is_dir() and not args.check and args.restore is None:
         raise UsageError(f"Mongo data folder {mongo_dir} does not exist (set --mongo-dir or MONGODB_DATA_DIR)")
     return Settings(
         api_key=api_key,
@@ -394,6 +403,7 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
         max_delete_fraction=max_delete_fraction,
         archive_days=_number_setting(env, "AIRTABLE_ARCHIVE_DAYS", 30),
         monthly_calls=_optional_count(env, "AIRTABLE_MONTHLY_CALLS"),
+        restore=args.restore,
     )
 
 
@@ -725,6 +735,8 @@ class FieldInfo:
     name: str
     type: str
     id: str = ""
+    links_to: str = ""  # a link field's table id (a restore maps links with it)
+    inverse: str = ""  # a link field's partner in that table, which Airtable keeps in step
 
 
 @dataclass
@@ -826,6 +838,12 @@ def access_error(exc: Exception, settings: Settings, what: str) -> AirtableAcces
                                f"({type(exc).__name__}) after {settings.max_retries} retries")
 
 
+def link_options(f: Any) -> tuple[str, str]:
+    """A link field's table id and inverse field id, from pyairtable's field schema; else blanks."""
+    options = getattr(f, "options", None)
+    return (getattr(options, "linked_table_id", None) or "", getattr(options, "inverse_link_field_id", None) or "")
+
+
 def fetch_schema(airtable: Airtable) -> BaseSchema | None:
     """Field types per table key, or None when the token may not read the schema."""
     settings = airtable.settings
@@ -846,8 +864,8 @@ def fetch_schema(airtable: Airtable) -> BaseSchema | None:
             or next((t for t in schema.tables if setting in (t.id, t.name)), None)
         if table is not None:
             result.table_ids[key] = airtable.table_ids[key] = table.id
-            result.fields[key] = {f.name: FieldInfo(f.name, str(getattr(f.type, "value", f.type)), f.id)
-                                  for f in table.fields}
+            result.fields[key] = {f.name: FieldInfo(f.name, str(getattr(f.type, "value", f.type)), f.id,
+                                                    *link_options(f)) for f in table.fields}
     return result
 
 
@@ -3045,15 +3063,17 @@ def write_report(report: RunReport, reports_dir: Path, secret: str) -> Path:
     def masked(text: str) -> str:
         return text.replace(secret, "[token]") if secret else text
 
+    restore = isinstance(report, RestoreReport)
+    name = "restore_report" if restore else "sync_report"
     stamp = report.started.strftime("%Y%m%d_%H%M%S")
-    path = reports_dir / f"sync_report_{stamp}.md"
+    path = reports_dir / f"{name}_{stamp}.md"
     n = 1
     while path.exists() or path.with_suffix(".json").exists():
         n += 1
-        path = reports_dir / f"sync_report_{stamp}_{n}.md"
+        path = reports_dir / f"{name}_{stamp}_{n}.md"
     write_private(path.with_suffix(".json"), masked(json.dumps(report.as_dict(), indent=2, ensure_ascii=False)))
     try:
-        write_private(path, masked(render_markdown(report)))
+        write_private(path, masked(render_restore_markdown(report) if restore else render_markdown(report)))
     except LocalWriteError:
         with contextlib.suppress(OSError):  # a report is the two files or none
             os.remove(path.with_suffix(".json"))
@@ -3062,6 +3082,8 @@ def write_report(report: RunReport, reports_dir: Path, secret: str) -> Path:
 
 
 def summary_line(report: RunReport) -> str:
+    if isinstance(report, RestoreReport):
+        return restore_summary_line(report)
     parts = []
     for key, t in report.tables.items():
         deleted = f", {t.deleted} deleted" if t.deleted else ""
@@ -3110,10 +3132,709 @@ def attention_line(report: RunReport) -> str:
 def requests_line(report: RunReport) -> str:
     """How the run read Airtable and what it cost, for the console."""
     tracking, stats = report.change_tracking, report.requests
-    how = (f"change feed, {tracking['payloads']} payloads" if tracking["mode"] == "webhook"
-           else f"full read: {tracking['reason']}")
+    how = ("restore" if isinstance(report, RestoreReport) else f"change feed, {tracking['payloads']} payloads"
+           if tracking["mode"] == "webhook" else f"full read: {tracking['reason']}")
     plural = "" if stats.total == 1 else "s"
     return f"{stats.total} request{plural} ({stats.read} read, {stats.write} write; {how})"
+
+
+# ---------------------------------------------------------------------------
+# Restore: replay a deletion archive (--restore ARCHIVE)
+# ---------------------------------------------------------------------------
+#
+# A deletion archive (Deleter.archive_records) holds what --delete-missing deleted, one JSON
+# object a line, as Airtable had it: {"table", "id", "createdTime", "fields"}, and in archives
+# written since fields are bound by id, "fieldIds" ({field name: field id}). A restore checks
+# the whole archive before its first request, reads the schema and, by formula, only the
+# records it needs, plans (pure functions), then writes Users, Events, Messages (the reverse of
+# deleting, so that links find their targets):
+# - a record whose Mongo id (its `id` cell) is in Airtable again, because its export came back
+#   and a sync re-created it, gets back only its Airtable-only cells (fields outside the
+#   mappings, such as a person's notes) where they are empty now: "refilled";
+# - any other is re-created with its writable cells, upserted on `id`, so that a second restore
+#   finds it and creates nothing: "restored". A record without an `id` (the tool never deletes
+#   one, but an archive is a text file) is found again by its natural key (email, Name,
+#   message) instead, and created plainly when no record has that key; with neither it fails;
+# - a link to a record that exists is kept; one to an archived record follows it to the record
+#   that holds its Mongo id now, or that this run re-creates; one to a record gone for good is
+#   left out and counted.
+# Nothing else is touched: no cache and no change-tracking state (the webhook hands the
+# restore's writes to the next sync like anyone's), and no archive is pruned (the one being
+# replayed could be among them).
+
+# What Airtable has of the archive is read by formula, up to LOOKUP_TERMS_PER_QUERY ids a
+# request (OR({id}='...', RECORD_ID()='...', ...); pyairtable sends a formula too long for a URL
+# as a POST to listRecords), not by reading the tables in full: the cost follows the archive, not
+# the base. An archive holds at most AIRTABLE_MAX_DELETE_FRACTION (5%) of a table unless forced:
+# of 10,000 users, 500, found in 5 requests where a full read takes 100 (the records their links
+# name add a few); a forced mass deletion costs about what a full read does.
+LOOKUP_TERMS_PER_QUERY = 100
+RESTORE_ORDER = TABLE_ORDER  # the reverse of DELETE_ORDER: the records links point to come first
+
+
+@dataclass
+class ArchivedRecord:
+    """One line of a deletion archive."""
+
+    table: str  # table key
+    record_id: str  # the deleted record's Airtable id
+    fields: dict  # field name -> value, as Airtable had them (records API format)
+    field_ids: dict  # field name -> field id (archives written since fields are bound by id)
+    line: int
+
+
+def read_archive(path: Path) -> list[ArchivedRecord]:
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read the archive ({exc.strerror})") from None
+    return parse_archive(path, raw)
+
+
+def parse_archive(path: Path, raw: bytes) -> list[ArchivedRecord]:
+    """Every line checked before anything is sent: a bad or truncated line is an input error
+    naming the file and the line. Blank lines are skipped."""
+    records = []
+    lines = raw.split(b"\n")
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            text = line.decode("utf-8", errors="surrogatepass")  # as Deleter.archive_records wrote it
+        except UnicodeDecodeError as exc:
+            raise UsageError(f"{path}: line {number}: not valid UTF-8 (byte {line[exc.start]:#04x} "
+                             f"at column {exc.start + 1})") from None
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as exc:
+            last = not any(rest.strip() for rest in lines[number:])
+            cut = " (the last line stops short: a truncated archive?)" if last and not text.rstrip().endswith("}") \
+                else ""
+            raise UsageError(f"{path}: line {number}: not valid JSON: {exc.msg} (column {exc.colno}){cut}") from None
+        records.append(archived_record(path, number, obj))
+    return records
+
+
+def archived_record(path: Path, number: int, obj: Any) -> ArchivedRecord:
+    where = f"{path}: line {number}"
+    if not (isinstance(obj, dict) and isinstance(obj.get("table"), str) and isinstance(obj.get("id"), str)
+            and obj["id"] and isinstance(obj.get("fields"), dict)):
+        raise UsageError(f"{where}: not an archived record (a JSON object with table, id and fields)")
+    if obj["table"] not in TABLE_SPECS:
+        raise UsageError(f"{where}: unknown table {obj['table']!r} (one of {', '.join(TABLE_ORDER)})")
+    field_ids = obj.get("fieldIds", {})
+    if not isinstance(field_ids, dict) or not all(isinstance(v, str) for v in field_ids.values()):
+        raise UsageError(f"{where}: fieldIds is not an object of field ids")
+    return ArchivedRecord(obj["table"], obj["id"], obj["fields"], field_ids, number)
+
+
+@dataclass
+class LiveTable:
+    """A synced table's fields as the base has them today, by name and by id."""
+
+    id: str
+    by_name: dict[str, FieldInfo]
+    fields: dict[str, FieldInfo] = field(init=False, repr=False)  # by field id
+
+    def __post_init__(self) -> None:
+        self.fields = {f.id: f for f in self.by_name.values()}
+
+    def archived_field(self, rec: ArchivedRecord, name: str) -> FieldInfo | None:
+        """Today's field for an archived field name: by the id the archive gives (the field may
+        have been renamed since), else by the name."""
+        return self.fields.get(rec.field_ids.get(name, "")) or self.by_name.get(name)
+
+
+def live_tables(airtable: Airtable) -> dict[str, LiveTable]:
+    """The synced tables by key, from one schema request. Unlike a sync, a restore cannot do
+    without it (which fields are computed, where links lead): without schema.bases:read, exit 3."""
+    settings = airtable.settings
+    schema = fetch_schema(airtable)
+    if schema is None:
+        raise AirtableAccessError("a restore needs the base's schema (which fields are computed, where links "
+                                  "lead): give the token the scope schema.bases:read")
+    missing = [key for key in settings.tables if key not in schema.fields]
+    if missing:
+        raise AirtableAccessError(f"base {settings.base_id} has no table " +
+                                  ", ".join(f"{settings.table_ids[k]} ({k})" for k in missing))
+    return {key: LiveTable(schema.table_ids[key], fields) for key, fields in schema.fields.items()}
+
+
+@dataclass
+class ArchivedCells:
+    """An archived record against today's schema: what of it can be written back, and how to
+    find it again."""
+
+    record: ArchivedRecord
+    table_id: str
+    cells: dict[str, Any]  # today's field id -> archived value, writable fields only
+    mapped: set[str]  # the fields the sync's mappings own (never refilled)
+    left_out: list[str]  # archived field names with no writable field today
+    key_field: FieldInfo | None = None  # `id`, else the natural key field
+    key: str | None = None  # its value: what finds the record again
+    by_mongo_id: bool = False  # the key is the Mongo id (upserts merge on it)
+
+    @property
+    def mongo_id(self) -> str | None:
+        return self.key if self.by_mongo_id else None
+
+
+def archived_cells(rec: ArchivedRecord, table: LiveTable) -> ArchivedCells:
+    """Computed fields are left to Airtable; a field gone, or of a type the tool does not write
+    (attachments, whose archived URLs expire, collaborators, barcodes...), is left out."""
+    spec = TABLE_SPECS[rec.table]
+    cells, left_out = {}, []
+    for name, value in rec.fields.items():
+        live = table.archived_field(rec, name)
+        if live is not None and live.type in WRITABLE_TYPES:
+            cells[live.id] = value
+        elif live is None or live.type not in COMPUTED_TYPES:
+            left_out.append(name)
+    mapped = {f.id for name in spec.airtable_fields if (f := table.archived_field(rec, name)) is not None}
+    found = ArchivedCells(rec, table.id, cells, mapped, left_out)
+    for name, by_mongo_id in (("id", True), (spec.airtable_key, False)):
+        live = table.archived_field(rec, name)
+        value = cells.get(live.id) if live is not None else None
+        if live is not None and isinstance(value, (str, int, float)) and str(value).strip():
+            found.key_field, found.key, found.by_mongo_id = live, str(value), by_mongo_id
+            break
+    return found
+
+
+def link_cells(cells: ArchivedCells, tables: Mapping[str, LiveTable]) -> Iterator[tuple[FieldInfo, list]]:
+    table = tables[cells.record.table]
+    for field_id, value in cells.cells.items():
+        live = table.fields[field_id]
+        if live.type == "multipleRecordLinks" and isinstance(value, list):
+            yield live, value
+
+
+def what_to_look_up(archive: Mapping[str, ArchivedCells], restored: Sequence[str],
+                    tables: Mapping[str, LiveTable]) -> tuple[list[ArchivedCells], dict[str, set[str]]]:
+    """The archived records to find again by their key (those of the tables restored, and those
+    their links name), and per table id the other linked records, to learn whether they exist."""
+    wanted = {rec_id: cells for rec_id, cells in archive.items() if cells.record.table in restored}
+    elsewhere: dict[str, set[str]] = defaultdict(set)
+    for cells in list(wanted.values()):
+        for live, value in link_cells(cells, tables):
+            for target in value:
+                if not isinstance(target, str):
+                    continue
+                if target in archive:
+                    wanted.setdefault(target, archive[target])
+                elif live.links_to:
+                    elsewhere[live.links_to].add(target)
+    return sorted(wanted.values(), key=lambda c: TABLE_ORDER.index(c.record.table)), elsewhere
+
+
+def lookup_formulas(wanted: Iterable[ArchivedCells], elsewhere: Mapping[str, Iterable[str]]) -> dict[str, list[str]]:
+    """Per table id, the formulas (one request each) that find those records. pyairtable's
+    quoting escapes quotes and backslashes only: a natural key with a line break (a message found
+    by its text, in an archive without ids) goes in as it is, which Airtable's formula strings
+    may not take (UNCONFIRMED)."""
+    terms: dict[str, dict[str, Any]] = defaultdict(dict)  # table id -> formula text -> term (ordered, unique)
+    for cells in wanted:
+        if cells.key is not None:
+            term = formulas.EQ(formulas.Field(cells.key_field.name), cells.key)  # type: ignore[union-attr]
+            terms[cells.table_id].setdefault(str(term), term)
+    for table_id, record_ids in elsewhere.items():
+        for record_id in sorted(record_ids):
+            term = formulas.EQ(formulas.RECORD_ID(), record_id)
+            terms[table_id].setdefault(str(term), term)
+    return {table_id: [str(formulas.OR(*chunk)) for chunk in _chunks(list(found.values()), LOOKUP_TERMS_PER_QUERY)]
+            for table_id, found in terms.items()}
+
+
+def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A link to an archived record this run re-creates: its new id, once written."""
+
+    archived_id: str
+
+
+@dataclass
+class RestoreWrite:
+    """What becomes of one archived record."""
+
+    cells: ArchivedCells
+    action: str  # restore | refill | skip | error
+    record_id: str | None = None  # the record refilled; for a restore, the record made, once written
+    fields: dict[str, Any] = field(default_factory=dict)  # field id -> value to send (links hold ids and Pending)
+    links_later: dict[str, list] = field(default_factory=dict)  # field id -> whole link cell, sent once
+    #                                                             the records it names exist
+    slot: tuple[int, int, int] = (0, 0, 0)  # (table, group, batch): the order the writes are sent in
+    note: str = ""  # why skipped, or why it failed
+    outcome: str = "planned"  # planned | done | failed | unknown | not attempted
+    links_left_out: int = 0
+
+    @property
+    def key(self) -> str:
+        return self.cells.record.table
+
+    @property
+    def name(self) -> str:
+        """For the log: the Mongo id, else the archived record id (never a natural key: an email)."""
+        return self.cells.mongo_id or f"(archived record {self.cells.record.record_id})"
+
+    @property
+    def ref(self) -> str | Pending | None:
+        """How a link names this record in the plan."""
+        return Pending(self.cells.record.record_id) if self.action == "restore" else self.record_id
+
+    @property
+    def failed(self) -> bool:
+        return self.action == "error" or self.outcome in ("failed", "unknown", "not attempted")
+
+
+@dataclass
+class RestorePlan:
+    writes: dict[str, list[RestoreWrite]]  # table key -> one write per archived record, in archive order
+    created_by: dict[str, RestoreWrite] = field(default_factory=dict)  # archived id -> the restore re-creating it
+
+
+def restore_groups(writes: Sequence[RestoreWrite]) -> tuple[list[RestoreWrite], ...]:
+    """A table's writes in the order they are sent: re-creations upserted on `id`, plain ones (no
+    key to merge on, never mixed with upserts in a request), refills."""
+    return ([w for w in writes if w.action == "restore" and w.cells.by_mongo_id],
+            [w for w in writes if w.action == "restore" and not w.cells.by_mongo_id],
+            [w for w in writes if w.action == "refill"])
+
+
+def holders_by_key(archive: Mapping[str, ArchivedCells], found: Mapping[str, Sequence[dict]]) -> dict[str, dict]:
+    """Archived record id -> the record that holds its key in Airtable now (the first listed, as
+    the sync matches)."""
+    index: dict[tuple[str, str], dict[str, dict]] = {}
+    holders = {}
+    for archived_id, cells in archive.items():
+        if cells.key is None:
+            continue
+        where = (cells.table_id, cells.key_field.id)  # type: ignore[union-attr]
+        if where not in index:
+            index[where] = {}
+            for rec in found.get(cells.table_id, ()):
+                value = rec["fields"].get(where[1])
+                if value not in (None, ""):
+                    index[where].setdefault(str(value), rec)
+        if (holder := index[where].get(cells.key)) is not None:
+            holders[archived_id] = holder
+    return holders
+
+
+def plan_restore(archive: Mapping[str, ArchivedCells], restored: Sequence[str], tables: Mapping[str, LiveTable],
+                 found: Mapping[str, Sequence[dict]]) -> RestorePlan:
+    """What to re-create, what to refill, and every link cell mapped: pure, no I/O."""
+    holders = holders_by_key(archive, found)
+    plan = RestorePlan({key: [] for key in RESTORE_ORDER if key in restored})
+    first_with: dict[tuple, RestoreWrite] = {}  # (table, key field, key) -> the first record archived with it
+    for key, writes in plan.writes.items():
+        for cells in (c for c in archive.values() if c.record.table == key):
+            same_key = (cells.table_id, cells.key_field.id if cells.key_field else "", cells.key)
+            first = first_with.get(same_key)
+            writes.append(write := decide(cells, tables, holders, first))
+            if first is None and write.action != "error":
+                first_with[same_key] = write
+            if write.action == "restore":
+                plan.created_by[cells.record.record_id] = write
+            elif first is not None and first.action == "restore":
+                plan.created_by[cells.record.record_id] = first  # its links follow the one restored
+    exists = {table_id: {rec["id"] for rec in records} for table_id, records in found.items()}
+    for writes in plan.writes.values():
+        for write in writes:
+            map_links(write, tables, exists, holders, plan.created_by)
+            if write.action == "refill" and not write.fields:
+                write.action, write.note = "skip", "already complete (its links name no record that exists)"
+    for key in plan.writes:
+        for group_index, group in enumerate(restore_groups(plan.writes[key])):
+            for position, write in enumerate(group):
+                write.slot = (TABLE_ORDER.index(key), group_index, position // RECORDS_PER_WRITE)
+    for writes in plan.writes.values():
+        for write in writes:
+            defer_links(write, tables, plan.created_by)
+    return plan
+
+
+def decide(cells: ArchivedCells, tables: Mapping[str, LiveTable], holders: Mapping[str, dict],
+           first: RestoreWrite | None) -> RestoreWrite:
+    """Restore, refill, skip or fail: one archived record, its links not yet mapped."""
+    table = tables[cells.record.table]
+    if cells.key is None:
+        return RestoreWrite(cells, "error", note=f"no id and no {TABLE_SPECS[cells.record.table].airtable_key}: "
+                            "a restore could not tell whether it made the record already; restore it by hand")
+    if first is not None:
+        return RestoreWrite(cells, "skip", record_id=first.record_id,
+                            note=f"the same {cells.key_field.name} as archived record "  # type: ignore[union-attr]
+                            f"{first.cells.record.record_id}, restored in its place")
+    holder = holders.get(cells.record.record_id)
+    if holder is None:
+        write = RestoreWrite(cells, "restore", fields={
+            field_id: value for field_id, value in cells.cells.items()
+            if not is_blank(value, table.fields[field_id].type)})
+    else:
+        now = holder["fields"]
+        refill = {field_id: value for field_id, value in cells.cells.items()
+                  if field_id not in cells.mapped and not is_blank(value, table.fields[field_id].type)
+                  and is_blank(now.get(field_id), table.fields[field_id].type)}
+        write = RestoreWrite(cells, "refill" if refill else "skip", record_id=holder["id"], fields=refill,
+                             note="" if refill else "already complete")
+    return write
+
+
+def map_links(write: RestoreWrite, tables: Mapping[str, LiveTable], exists: Mapping[str, set[str]],
+              holders: Mapping[str, dict], created_by: Mapping[str, RestoreWrite]) -> None:
+    """Each link in the cells to send: kept if its record exists, else to the record that holds
+    the archived record's key now or that this run re-creates (Pending), else left out."""
+    table = tables[write.key]
+    for field_id, value in list(write.fields.items()):
+        live = table.fields[field_id]
+        if live.type != "multipleRecordLinks":
+            continue
+        targets: list = []
+        for old in value if isinstance(value, list) else [value]:
+            if isinstance(old, str) and old in exists.get(live.links_to, ()):
+                new: str | Pending | None = old
+            elif isinstance(old, str) and old in holders:
+                new = holders[old]["id"]
+            elif isinstance(old, str) and old in created_by:
+                new = Pending(created_by[old].cells.record.record_id)
+            else:
+                new = None
+            if new is None:
+                write.links_left_out += 1
+            elif new not in targets:
+                targets.append(new)
+        if targets:
+            write.fields[field_id] = targets
+        else:
+            del write.fields[field_id]
+
+
+def defer_links(write: RestoreWrite, tables: Mapping[str, LiveTable], created_by: Mapping[str, RestoreWrite]) -> None:
+    """A link to a record re-created in the same request or a later one cannot be sent with this
+    record. If that record's own write sets the inverse link back to this one, Airtable fills this
+    side by itself: nothing more to send. Otherwise the whole cell waits, and is sent once every
+    record is written."""
+    table = tables[write.key]
+    for field_id, value in list(write.fields.items()):
+        later = [t for t in value if isinstance(t, Pending) and created_by[t.archived_id].slot >= write.slot] \
+            if isinstance(value, list) else []
+        if not later:
+            continue
+        inverse = table.fields[field_id].inverse
+        if any(not (inverse and created_by[t.archived_id].slot > write.slot
+                    and write.ref in created_by[t.archived_id].fields.get(inverse, ())) for t in later):
+            write.links_later[field_id] = value
+        now = [t for t in value if t not in later]
+        if now:
+            write.fields[field_id] = now
+        else:
+            del write.fields[field_id]
+
+
+class RestoreWriter:
+    """Sends a restore plan, ten records a request: per table, the re-creations, then the
+    refills; last, the link cells that waited for records written after theirs."""
+
+    VERBS = {"upsert": "restore", "create": "restore", "update": "refill"}
+
+    def __init__(self, airtable: Airtable, plan: RestorePlan, created_by: Mapping[str, RestoreWrite],
+                 stop: threading.Event):
+        self.airtable = airtable
+        self.plan = plan
+        self.created_by = created_by
+        self.stop = stop
+
+    def apply(self) -> None:
+        for key, writes in self.plan.writes.items():
+            table = self.airtable.table(key)
+            for action, group in zip(("upsert", "create", "update"), restore_groups(writes)):
+                for write in group:
+                    if action == "update" and not write.fields:
+                        # Only link cells, sent last, or filled by Airtable as the inverse of links sent later.
+                        write.outcome = "done"
+                group = [w for w in group if w.outcome == "planned"]
+                self.send_all(table, action, group, lambda w: w.fields, f"{key}: {self.VERBS[action]}")
+        for key, writes in self.plan.writes.items():
+            waiting = [w for w in writes if w.links_later and w.outcome == "done"]
+            self.send_all(self.airtable.table(key), "update", waiting, lambda w: w.links_later, f"{key}: links")
+
+    def send_all(self, table: Any, action: str, writes: Sequence[RestoreWrite],
+                 cells: Callable[[RestoreWrite], dict], description: str) -> None:
+        if not writes:
+            return
+        with Progress(description, len(writes)) as progress:
+            for start in range(0, len(writes), RECORDS_PER_WRITE):
+                if self.stop.is_set():
+                    raise RunInterrupted()
+                batch = [(w, self.materialize(w, cells(w))) for w in writes[start:start + RECORDS_PER_WRITE]]
+                self.write_batch(table, action, batch)
+                progress.update(len(batch))
+
+    def materialize(self, write: RestoreWrite, cells: dict) -> dict:
+        """The cells to send, with links to records re-created earlier in this run filled in."""
+        fields = {}
+        for field_id, value in cells.items():
+            if isinstance(value, list) and any(isinstance(t, Pending) for t in value):
+                made = [t if isinstance(t, str) else self.created_by[t.archived_id].record_id for t in value]
+                write.links_left_out += sum(1 for t in made if t is None)  # its re-creation failed
+                value = [t for t in made if t is not None]
+            fields[field_id] = value
+        return fields
+
+    def send(self, table: Any, action: str, batch: list[tuple[RestoreWrite, dict]]) -> list[dict]:
+        # Field ids as keys, and in fieldsToMergeOn: the API takes an id wherever it takes a name
+        # (airtable.com/developers/web/api/update-multiple-records), and a field renamed since the
+        # read still gets its cells.
+        if action == "upsert":
+            merge_on = batch[0][0].cells.key_field.id  # type: ignore[union-attr]
+            return table.batch_upsert([{"fields": f} for _, f in batch], key_fields=[merge_on], typecast=True,
+                                      use_field_ids=True)["records"]
+        if action == "create":
+            return table.batch_create([f for _, f in batch], typecast=True, use_field_ids=True)
+        return table.batch_update([{"id": w.record_id, "fields": f} for w, f in batch], typecast=True,
+                                  use_field_ids=True)
+
+    def write_batch(self, table: Any, action: str, batch: list[tuple[RestoreWrite, dict]]) -> None:
+        """One request; a refused one is retried record by record, so only the bad records fail.
+        An outage or a refused token stops the run (AirtableAccessError), as in a sync."""
+        try:
+            records = self.send(table, action, batch)
+        except AIRTABLE_FAILURES as exc:
+            status = exc.response.status_code if isinstance(exc, requests.HTTPError) else None
+            if status in (404, 422) and len(batch) > 1:
+                for item in batch:
+                    self.write_batch(table, action, [item])
+            elif status is not None and status < 500 and status not in (401, 403, 429):
+                kind, message = airtable_error(exc)  # type: ignore[arg-type]
+                self.fail(batch, f"{kind}: {message}")
+            else:
+                self.write_lost(action, batch, exc)
+            return
+        if len(records) != len(batch):
+            raise AirtableAccessError(f"Airtable answered {len(records)} records for {len(batch)} written")
+        for (write, _), rec in zip(batch, records):  # Airtable answers in request order
+            write.outcome, write.record_id = "done", rec["id"]
+            log.debug("%s %s: %s as %s", write.key, write.name, write.action, rec["id"])
+
+    def write_lost(self, action: str, batch: list[tuple[RestoreWrite, dict]], exc: Exception) -> None:
+        error = access_error(exc, self.airtable.settings, f"restoring {batch[0][0].key}")
+        status = exc.response.status_code if isinstance(exc, requests.HTTPError) else None
+        if status in (401, 403, 429) or (status is None and _never_sent(exc)):
+            raise error from None  # not applied: reported as not attempted
+        if action == "create":  # the transport never re-sends a plain create: it could duplicate
+            key_name = batch[0][0].cells.key_field.name  # type: ignore[union-attr]
+            self.fail(batch, f"outcome unknown; a second restore finds the record by its {key_name} if it was made",
+                      outcome="unknown")
+            return
+        self.fail(batch, f"outcome unknown ({error}); a second restore settles it", outcome="unknown")
+        raise error from None
+
+    def fail(self, batch: Sequence[tuple[RestoreWrite, dict]], message: str, outcome: str = "failed") -> None:
+        for write, _ in batch:
+            if write.outcome == "done":  # its links sent last
+                message = f"written as {write.record_id}, but not its links to records written after it: {message}"
+            write.outcome, write.note = outcome, message
+            log.warning("%s %s: %s", write.key, write.name,
+                        without_values(message) if outcome == "failed" else f"outcome {outcome}")
+
+
+@dataclass
+class RestoreResult:
+    """One table's figures in a restore report."""
+
+    archived: int = 0
+    restored: int = 0
+    refilled: int = 0
+    skipped: int = 0  # already complete, or the same key as a record before it
+    errors: int = 0
+    not_attempted: int = 0
+    links_left_out: int = 0
+    fields_left_out: list[str] = field(default_factory=list)  # archived names: no writable field today
+    restored_records: list[dict] = field(default_factory=list)  # [{archived_id, record_id, mongo_id}]
+    refilled_records: list[dict] = field(default_factory=list)  # [{record_id, mongo_id, fields}]
+
+
+def summarize_restore(writes: Sequence[RestoreWrite], table: LiveTable, dry_run: bool) -> RestoreResult:
+    def happened(w: RestoreWrite) -> bool:
+        return w.outcome == "planned" if dry_run else w.outcome == "done"
+
+    restored = [w for w in writes if w.action == "restore" and happened(w)]
+    refilled = [w for w in writes if w.action == "refill" and happened(w)]
+    return RestoreResult(
+        archived=len(writes),
+        restored=len(restored),
+        refilled=len(refilled),
+        skipped=sum(1 for w in writes if w.action == "skip"),
+        errors=sum(1 for w in writes if w.failed),
+        not_attempted=sum(1 for w in writes if w.outcome == "not attempted"),
+        links_left_out=sum(w.links_left_out for w in writes),
+        fields_left_out=sorted({name for w in writes for name in w.cells.left_out}),
+        restored_records=[{"archived_id": w.cells.record.record_id, "record_id": w.record_id,
+                           "mongo_id": w.cells.mongo_id} for w in restored],
+        refilled_records=[{"record_id": w.record_id, "mongo_id": w.cells.mongo_id,
+                           "fields": sorted(table.fields[f].name for f in {**w.fields, **w.links_later})}
+                          for w in refilled],
+    )
+
+
+@dataclass
+class RestoreReport(RunReport):
+    archive: str = ""
+    tables: dict[str, RestoreResult] = field(default_factory=dict)  # type: ignore[assignment]
+
+    def as_dict(self) -> dict:
+        return {
+            "restore": self.archive,
+            "dry_run": self.dry_run,
+            "started": self.started.isoformat(timespec="seconds"),
+            "ended": self.ended,
+            "exit_code": self.exit_code,
+            "message": self.message,
+            "tables": {k: dataclasses.asdict(v) for k, v in self.tables.items()},
+            "requests": self.requests.as_dict(),
+            "errors": self.errors,
+            "duration_s": round(self.duration_s, 3),
+        }
+
+
+def render_restore_markdown(report: RestoreReport) -> str:
+    data = report.as_dict()
+    mode = "dry run (nothing written)" if report.dry_run else "restore"
+    would = "would be " if report.dry_run else ""
+    totals = {k: sum(getattr(t, k) for t in report.tables.values())
+              for k in ("restored", "refilled", "skipped", "errors", "links_left_out")}
+    lines = [f"# Airtable restore report: {report.started:%Y-%m-%d %H:%M:%S}", "",
+             f"**{report.ended.upper()}** ({mode} of `{report.archive}`, exit code {report.exit_code}) in "
+             f"{report.duration_s:.1f} s: {totals['restored']} {would}restored, {totals['refilled']} {would}refilled, "
+             f"{totals['skipped']} skipped (already complete), {totals['errors']} failed, "
+             f"{totals['links_left_out']} links left out; {report.requests.total} requests "
+             f"({report.requests.read} read, {report.requests.write} write, {report.requests.retried} retried).", ""]
+    if report.message:
+        lines += [f"> {report.message}", ""]
+    columns = ["archived", "restored", "refilled", "skipped", "errors", "links_left_out"]
+    lines += ["## Tables", "", "| table | " + " | ".join(c.replace("_", " ") for c in columns) + " | fields left out |",
+              "|---" * (len(columns) + 2) + "|"]
+    for key, result in report.tables.items():
+        lines.append(f"| {key} | " + " | ".join(str(getattr(result, c)) for c in columns)
+                     + f" | {', '.join(result.fields_left_out) or '-'} |")
+    lines.append("")
+    for key, result in report.tables.items():
+        notes = []
+        if result.restored_records:
+            shown = ", ".join(f"{r['archived_id']} -> {r['record_id'] or '(new)'} ({r['mongo_id'] or 'no id'})"
+                              for r in result.restored_records[:MARKDOWN_RECORD_REFS])
+            notes.append(f"Restored{' (would be)' if report.dry_run else ''}: {len(result.restored_records)}: {shown}")
+        if result.refilled_records:
+            shown = ", ".join(f"{r['record_id']} ({r['mongo_id'] or 'no id'}: {', '.join(r['fields'])})"
+                              for r in result.refilled_records[:MARKDOWN_RECORD_REFS])
+            notes.append(f"Refilled{' (would be)' if report.dry_run else ''}: {len(result.refilled_records)}: {shown}")
+        if result.fields_left_out:
+            notes.append("Fields left out (gone from Airtable, or of a type the tool does not write): "
+                         + ", ".join(result.fields_left_out))
+        if result.links_left_out:
+            notes.append(f"{result.links_left_out} links left out: they named records that are gone")
+        if result.not_attempted:
+            notes.append(f"{result.not_attempted} records not attempted")
+        if notes:
+            lines += [f"### {key}", ""] + [f"- {n}" for n in notes] + ["- All records in the JSON report.", ""]
+    if report.errors:
+        lines += ["## Failed records", "", "| table | mongo id | archived record | message |", "|---|---|---|---|"]
+        for error in report.errors[:MARKDOWN_ERROR_ROWS]:
+            message = str(error["message"]).replace("|", "\\|").replace("\n", " ")
+            lines.append(f"| {error['table']} | {error['mongo_id'] or '(none)'} | {error['archived_id']} | {message} |")
+        if len(report.errors) > MARKDOWN_ERROR_ROWS:
+            lines.append(f"\n... and {len(report.errors) - MARKDOWN_ERROR_ROWS} more in the JSON report.")
+        lines.append("")
+    lines += ["## Requests", "", "| " + " | ".join(data["requests"]) + " |", "|---" * len(data["requests"]) + "|",
+              "| " + " | ".join(str(v) for v in data["requests"].values()) + " |", ""]
+    return "\n".join(lines)
+
+
+def restore_summary_line(report: RestoreReport) -> str:
+    parts = []
+    for key, t in report.tables.items():
+        left_out = f", {t.links_left_out} links left out" if t.links_left_out else ""
+        fields = f", {len(t.fields_left_out)} fields left out" if t.fields_left_out else ""
+        parts.append(f"{key}: {t.restored} restored, {t.refilled} refilled, {t.skipped} skipped, "
+                     f"{t.errors} failed{left_out}{fields}")
+    return "; ".join(parts) or "no table restored"
+
+
+@dataclass
+class Restore:
+    """One --restore run: the archive checked whole, then what Airtable has of it, the plan, the writes."""
+
+    settings: Settings
+    stop: threading.Event
+    report: RestoreReport
+    plan: RestorePlan | None = None
+
+    def run(self) -> int:
+        settings = self.settings
+        path: Path = settings.restore  # type: ignore[assignment]
+        records = read_archive(path)  # the whole archive, before any request
+        chosen = [r for r in records if r.table in settings.tables]
+        log.info("restore: %d archived records in %s, %d of them in %s", len(records), path.name, len(chosen),
+                 ",".join(settings.tables))
+        self.report.tables = {key: RestoreResult() for key in settings.tables}
+        if not chosen:
+            return EXIT_OK
+        airtable = connect(settings, self.stop)
+        self.report.requests = airtable.stats
+        tables = live_tables(airtable)
+        archive = {rec.record_id: archived_cells(rec, tables[rec.table])
+                   for rec in records if rec.table in tables}  # a record archived twice: its last line
+        found = self.look_up(airtable, lookup_formulas(*what_to_look_up(archive, settings.tables, tables)))
+        plan = self.plan = plan_restore(archive, settings.tables, tables, found)
+        for key, writes in plan.writes.items():
+            count = {a: sum(1 for w in writes if w.action == a) for a in ("restore", "refill", "skip", "error")}
+            log.info("%s: restore plan: %d to re-create, %d to refill, %d complete already, %d failing", key,
+                     count["restore"], count["refill"], count["skip"], count["error"])
+        try:
+            if not settings.dry_run:
+                RestoreWriter(airtable, plan, plan.created_by, self.stop).apply()
+        except (AirtableAccessError, RunInterrupted) as exc:
+            reason = "interrupted" if isinstance(exc, RunInterrupted) else str(exc)
+            for writes in plan.writes.values():
+                for write in writes:
+                    if write.action in ("restore", "refill") and write.outcome == "planned":
+                        write.outcome, write.note = "not attempted", f"not restored: {reason}"
+            raise
+        finally:
+            for key, writes in plan.writes.items():
+                self.report.tables[key] = summarize_restore(writes, tables[key], settings.dry_run)
+                self.report.errors += [{"table": key, "mongo_id": w.cells.mongo_id,
+                                        "archived_id": w.cells.record.record_id, "message": w.note}
+                                       for w in writes if w.failed]
+        return EXIT_RECORD_FAILED if self.report.errors else EXIT_OK
+
+    def look_up(self, airtable: Airtable, formulas: Mapping[str, Sequence[str]]) -> dict[str, list[dict]]:
+        """The records the formulas match, per table id, cells keyed by field id, in listing order."""
+        found: dict[str, list[dict]] = {}
+        for table_id, queries in formulas.items():
+            table = airtable.api.table(self.settings.base_id, table_id)
+            records: dict[str, dict] = {}
+            for formula in queries:
+                if self.stop.is_set():
+                    raise RunInterrupted()
+                try:
+                    for rec in table.all(formula=formula, use_field_ids=True):
+                        records.setdefault(rec["id"], rec)
+                except AIRTABLE_FAILURES as exc:
+                    raise access_error(exc, self.settings, f"looking up the archive's records in {table_id}") from None
+            found[table_id] = list(records.values())
+        return found
+
+    @property
+    def anything_written(self) -> bool:
+        made = ("done", "unknown")  # or a re-creation whose links, sent last, failed: it has its new id
+        return self.plan is not None and any(
+            w.outcome in made and w.action == "refill" or (w.outcome in made or w.record_id) and w.action == "restore"
+            for writes in self.plan.writes.values() for w in writes)
 
 
 # ---------------------------------------------------------------------------
@@ -3529,8 +4250,12 @@ def change_tracking_status(airtable: Airtable, schema: BaseSchema | None) -> str
 def execute(settings: Settings, started: datetime) -> tuple[int, RunReport, Path | None]:
     """The whole run under the lock, with the report written however it ends."""
     stop = threading.Event()
-    report = RunReport(dry_run=settings.dry_run, started=started)
-    sync = Sync(settings, stop, report)
+    if settings.restore is not None:
+        report: RunReport = RestoreReport(dry_run=settings.dry_run, started=started, archive=str(settings.restore))
+        sync: Sync | Restore = Restore(settings, stop, report)  # type: ignore[arg-type]
+    else:
+        report = RunReport(dry_run=settings.dry_run, started=started)
+        sync = Sync(settings, stop, report)
     clock = time.monotonic()
     code = EXIT_OK
     try:

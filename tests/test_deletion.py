@@ -9,17 +9,14 @@ cap does not hold; the cap has its own tests with the default 0.05.
 from __future__ import annotations
 
 import json
-import os
 import re
 import stat
-import subprocess
-import sys
 import threading
 
 import pytest
 
 import airtable_sync as sync
-from conftest import ROOT, field_ids, make_env
+from conftest import field_ids
 from test_faults import settle, wait_for
 
 USERS, EVENTS, MESSAGES = "tblQ0OHBit2AqaACy", "tblrscr87h8fbtQTk", "tbljma5S4NhUn1OYl"

@@ -2,9 +2,7 @@
 how payloads patch the snapshot, what drift and set-back edits are, what may be deleted."""
 from __future__ import annotations
 
-import argparse
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -17,9 +15,7 @@ TABLES = {"users": "tblQ0OHBit2AqaACy", "events": "tblrscr87h8fbtQTk", "messages
 
 
 def settings(**over) -> sync.Settings:
-    args = argparse.Namespace(mongo_dir=Path("."), cache_dir=None, reports_dir=None, tables="users,events,messages",
-                              dry_run=False, check=False, use_cache=False, limit=None, verbose=False, full=False,
-                              delete_missing=False, force_delete=False)
+    args = sync.build_arg_parser().parse_args(["--mongo-dir", "."])  # every option at its default
     for key in ("full", "delete_missing", "force_delete", "limit", "tables"):
         if key in over:
             setattr(args, key, over.pop(key))
