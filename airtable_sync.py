@@ -3109,6 +3109,10 @@ def attention_line(report: RunReport) -> str:
     # they did not fail, and the next run makes them.
     items = counted(sum(t.errors - t.not_attempted for t in tables), "failed record")
     items += counted(sum(t.not_attempted for t in tables), "write not attempted", "writes not attempted")
+    if isinstance(report, RestoreReport):
+        items += counted(sum(t.links_left_out for t in report.tables.values()), "link left out", "links left out")
+        items += [f"{key}.{name} not restored" for key, t in report.tables.items() for name in t.fields_left_out]
+        return attention_of(items, report)
     items += counted(sum(t.deletions_held for t in tables), "deletion held by the safety cap",
                      "deletions held by the safety cap")
     items += counted(sum(t.reverted_edits or 0 for t in tables), "reverted edit")
@@ -3123,6 +3127,10 @@ def attention_line(report: RunReport) -> str:
                 items.append(f"{len(names)} {key} fields {kind}")
             else:
                 items += [f"{key}.{name}" + (f" {what}" if what else "") for name in names]
+    return attention_of(items, report)
+
+
+def attention_of(items: list[str], report: RunReport) -> str:
     last_30_days, cap = report.requests.last_30_days, report.monthly_calls
     if budget_high(last_30_days, cap):
         items.append(f"API budget at {last_30_days / cap:.0%} of AIRTABLE_MONTHLY_CALLS={cap}")  # type: ignore[operator]
@@ -3234,6 +3242,7 @@ class LiveTable:
 
     id: str
     by_name: dict[str, FieldInfo]
+    bound: Mapping[str, str] = field(default_factory=dict)  # mapped name -> field id, as the sync binds it
     fields: dict[str, FieldInfo] = field(init=False, repr=False)  # by field id
 
     def __post_init__(self) -> None:
@@ -3244,8 +3253,13 @@ class LiveTable:
         have been renamed since), else by the name."""
         return self.fields.get(rec.field_ids.get(name, "")) or self.by_name.get(name)
 
+    def mapped_field(self, rec: ArchivedRecord, name: str) -> FieldInfo | None:
+        """Today's field of a mapped name: the one the sync binds it to (found whatever it is
+        called now, or was called when archived), else as for any archived field."""
+        return self.fields.get(self.bound.get(name, "")) or self.archived_field(rec, name)
 
-def live_tables(airtable: Airtable) -> dict[str, LiveTable]:
+
+def live_tables(airtable: Airtable, bound: Mapping[str, Mapping[str, str]]) -> dict[str, LiveTable]:
     """The synced tables by key, from one schema request. Unlike a sync, a restore cannot do
     without it (which fields are computed, where links lead): without schema.bases:read, exit 3."""
     settings = airtable.settings
@@ -3257,7 +3271,8 @@ def live_tables(airtable: Airtable) -> dict[str, LiveTable]:
     if missing:
         raise AirtableAccessError(f"base {settings.base_id} has no table " +
                                   ", ".join(f"{settings.table_ids[k]} ({k})" for k in missing))
-    return {key: LiveTable(schema.table_ids[key], fields) for key, fields in schema.fields.items()}
+    columns = table_bindings(schema, bound, schema.fields)
+    return {key: LiveTable(schema.table_ids[key], fields, columns[key].bindings) for key, fields in schema.fields.items()}
 
 
 @dataclass
@@ -3290,10 +3305,10 @@ def archived_cells(rec: ArchivedRecord, table: LiveTable) -> ArchivedCells:
             cells[live.id] = value
         elif live is None or live.type not in COMPUTED_TYPES:
             left_out.append(name)
-    mapped = {f.id for name in spec.airtable_fields if (f := table.archived_field(rec, name)) is not None}
+    mapped = {f.id for name in spec.airtable_fields if (f := table.mapped_field(rec, name)) is not None}
     found = ArchivedCells(rec, table.id, cells, mapped, left_out)
     for name, by_mongo_id in (("id", True), (spec.airtable_key, False)):
-        live = table.archived_field(rec, name)
+        live = table.mapped_field(rec, name)
         value = cells.get(live.id) if live is not None else None
         if live is not None and isinstance(value, (str, int, float)) and str(value).strip():
             found.key_field, found.key, found.by_mongo_id = live, str(value), by_mongo_id
@@ -3785,7 +3800,9 @@ class Restore:
             return EXIT_OK
         airtable = connect(settings, self.stop)
         self.report.requests = airtable.stats
-        tables = live_tables(airtable)
+        # The sync's bindings: its mapped fields (never refilled) and `id` whatever they are called now.
+        bound = BaseReader(airtable, self.stop, datetime.now(timezone.utc)).bindings_of(load_state(state_path(settings)))
+        tables = live_tables(airtable, bound)
         archive = {rec.record_id: archived_cells(rec, tables[rec.table])
                    for rec in records if rec.table in tables}  # a record archived twice: its last line
         found = self.look_up(airtable, lookup_formulas(*what_to_look_up(archive, settings.tables, tables)))

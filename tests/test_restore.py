@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import airtable_sync as sync
-from conftest import FIXTURES
+from conftest import FIXTURES, field_ids
 from test_faults import settle
 from test_deletion import (
     EVENTS, GONE_EVENTS, GONE_MESSAGES, GONE_USERS, LOOSE, MESSAGES, TABLE_OF, TO_DELETE, USERS, archived,
@@ -67,11 +67,6 @@ def live(emulator, table: str) -> dict[str, dict]:
 
 def by_mongo_id(emulator, table: str) -> dict[str, dict]:
     return {r["fields"]["id"]: r for r in emulator.records(table) if r["fields"].get("id")}
-
-
-def field_ids(emulator, table: str) -> dict[str, str]:
-    tables = {t["id"]: t for t in emulator.schema()["tables"]}
-    return {f["name"]: f["id"] for f in tables[table]["fields"]}
 
 
 def writable(emulator, table: str) -> set[str]:
@@ -605,3 +600,22 @@ def test_plan_without_a_key_fails_and_a_natural_key_stands_in_for_the_id():
     assert [w.action for w in writes] == ["error", "refill", "restore"]
     assert writes[0].note.startswith("no id and no email")
     assert sync.restore_groups(writes)[1] == [writes[2]]  # created plainly, not upserted
+
+
+def test_a_restore_after_the_id_column_was_renamed_finds_it_by_the_syncs_binding(harness, emulator):
+    """The archive was written after a person renamed `id` to "Mongo ID": it names the cell
+    "Mongo ID", yet the restore merges on that field (the sync's binding) and a second restore
+    creates nothing."""
+    assert harness.run() == 1  # the first sync binds the fields by the names it finds
+    emulator.client.rename_field(USERS, "id", "Mongo ID")
+    archive = delete_gone_records(harness)
+    assert {tuple(line["fields"]).count("Mongo ID") for line in archived(harness) if line["table"] == "users"} == {1}
+    assert restore(harness, archive) == 0
+    upserts = [r.body for r in requests_of(emulator, "write") if r.table == USERS]
+    assert upserts and all(b["performUpsert"] == {"fieldsToMergeOn": [field_ids(emulator, USERS)["Mongo ID"]]}
+                           for b in upserts)
+    restored = [r for r in emulator.records(USERS) if r["fields"].get("Mongo ID") in GONE_USERS]
+    assert len(restored) == len(GONE_USERS)
+    count = len(emulator.records(USERS))
+    assert restore(harness, archive) == 0
+    assert len(emulator.records(USERS)) == count and writes(emulator) == []
