@@ -3043,18 +3043,31 @@ def render_markdown(report: RunReport) -> str:
                          "look with --dry-run, then --force-delete if they should go")
         if notes:
             lines += [f"### {key}", ""] + [f"- {n}" for n in notes] + [""]
-    if report.errors:
-        lines += ["## Failed records", "", "| table | mongo id | message |", "|---|---|---|"]
-        for error in report.errors[:MARKDOWN_ERROR_ROWS]:
-            message = str(error["message"]).replace("|", "\\|").replace("\n", " ")
-            lines.append(f"| {error['table']} | {error['mongo_id'] or '(none)'} | {message} |")
-        if len(report.errors) > MARKDOWN_ERROR_ROWS:
-            lines.append(f"\n... and {len(report.errors) - MARKDOWN_ERROR_ROWS} more in the JSON report.")
-        lines.append("")
-    lines += ["## Requests", "", "| " + " | ".join(data["requests"]) + " |",
-              "|---" * len(data["requests"]) + "|",
-              "| " + " | ".join(str(v) for v in data["requests"].values()) + " |", ""]
+    lines += markdown_failed_records(report.errors, ("table", "mongo_id", "message"))
+    lines += markdown_requests(data["requests"])
     return "\n".join(lines)
+
+
+MARKDOWN_HEADINGS = {"table": "table", "mongo_id": "mongo id", "archived_id": "archived record", "message": "message"}
+
+
+def markdown_failed_records(errors: Sequence[dict], columns: Sequence[str]) -> list[str]:
+    """The failed records' table, the first MARKDOWN_ERROR_ROWS of them (the JSON twin has all)."""
+    if not errors:
+        return []
+    lines = ["## Failed records", "", "| " + " | ".join(MARKDOWN_HEADINGS[c] for c in columns) + " |",
+             "|---" * len(columns) + "|"]
+    for error in errors[:MARKDOWN_ERROR_ROWS]:
+        cells = [str(error[c] or "(none)").replace("|", "\\|").replace("\n", " ") for c in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    if len(errors) > MARKDOWN_ERROR_ROWS:
+        lines.append(f"\n... and {len(errors) - MARKDOWN_ERROR_ROWS} more in the JSON report.")
+    return lines + [""]
+
+
+def markdown_requests(requests: Mapping[str, int]) -> list[str]:
+    return ["## Requests", "", "| " + " | ".join(requests) + " |", "|---" * len(requests) + "|",
+            "| " + " | ".join(str(v) for v in requests.values()) + " |", ""]
 
 
 def write_report(report: RunReport, reports_dir: Path, secret: str) -> Path:
@@ -3756,16 +3769,8 @@ def render_restore_markdown(report: RestoreReport) -> str:
             notes.append(f"{result.not_attempted} records not attempted")
         if notes:
             lines += [f"### {key}", ""] + [f"- {n}" for n in notes] + ["- All records in the JSON report.", ""]
-    if report.errors:
-        lines += ["## Failed records", "", "| table | mongo id | archived record | message |", "|---|---|---|---|"]
-        for error in report.errors[:MARKDOWN_ERROR_ROWS]:
-            message = str(error["message"]).replace("|", "\\|").replace("\n", " ")
-            lines.append(f"| {error['table']} | {error['mongo_id'] or '(none)'} | {error['archived_id']} | {message} |")
-        if len(report.errors) > MARKDOWN_ERROR_ROWS:
-            lines.append(f"\n... and {len(report.errors) - MARKDOWN_ERROR_ROWS} more in the JSON report.")
-        lines.append("")
-    lines += ["## Requests", "", "| " + " | ".join(data["requests"]) + " |", "|---" * len(data["requests"]) + "|",
-              "| " + " | ".join(str(v) for v in data["requests"].values()) + " |", ""]
+    lines += markdown_failed_records(report.errors, ("table", "mongo_id", "archived_id", "message"))
+    lines += markdown_requests(data["requests"])
     return "\n".join(lines)
 
 
