@@ -3399,6 +3399,7 @@ class RestoreWrite:
     note: str = ""  # why skipped, or why it failed
     outcome: str = "planned"  # planned | done | failed | unknown | not attempted
     links_left_out: int = 0
+    left_out_links: list[dict] = field(default_factory=list)  # [{"field": field id, "target": archived record id}]
 
     @property
     def key(self) -> str:
@@ -3533,6 +3534,7 @@ def map_links(write: RestoreWrite, tables: Mapping[str, LiveTable], exists: Mapp
                 new = None
             if new is None:
                 write.links_left_out += 1
+                write.left_out_links.append({"field": field_id, "target": old})
             elif new not in targets:
                 targets.append(new)
         if targets:
@@ -3608,7 +3610,10 @@ class RestoreWriter:
         for field_id, value in cells.items():
             if isinstance(value, list) and any(isinstance(t, Pending) for t in value):
                 made = [t if isinstance(t, str) else self.created_by[t.archived_id].record_id for t in value]
-                write.links_left_out += sum(1 for t in made if t is None)  # its re-creation failed
+                for target, new in zip(value, made):
+                    if new is None:  # its re-creation failed
+                        write.links_left_out += 1
+                        write.left_out_links.append({"field": field_id, "target": target.archived_id})
                 value = [t for t in made if t is not None]
             fields[field_id] = value
         return fields
@@ -3681,6 +3686,7 @@ class RestoreResult:
     errors: int = 0
     not_attempted: int = 0
     links_left_out: int = 0
+    left_out_links: list[dict] = field(default_factory=list)  # [{archived_id, mongo_id, field, target}]
     fields_left_out: list[str] = field(default_factory=list)  # archived names: no writable field today
     restored_records: list[dict] = field(default_factory=list)  # [{archived_id, record_id, mongo_id}]
     refilled_records: list[dict] = field(default_factory=list)  # [{record_id, mongo_id, fields}]
@@ -3700,6 +3706,9 @@ def summarize_restore(writes: Sequence[RestoreWrite], table: LiveTable, dry_run:
         errors=sum(1 for w in writes if w.failed),
         not_attempted=sum(1 for w in writes if w.outcome == "not attempted"),
         links_left_out=sum(w.links_left_out for w in writes),
+        left_out_links=[{"archived_id": w.cells.record.record_id, "mongo_id": w.cells.mongo_id,
+                         "field": table.fields[link["field"]].name, "target": link["target"]}
+                        for w in writes for link in w.left_out_links],
         fields_left_out=sorted({name for w in writes for name in w.cells.left_out}),
         restored_records=[{"archived_id": w.cells.record.record_id, "record_id": w.record_id,
                            "mongo_id": w.cells.mongo_id} for w in restored],
@@ -3764,7 +3773,9 @@ def render_restore_markdown(report: RestoreReport) -> str:
             notes.append("Fields left out (gone from Airtable, or of a type the tool does not write): "
                          + ", ".join(result.fields_left_out))
         if result.links_left_out:
-            notes.append(f"{result.links_left_out} links left out: they named records that are gone")
+            shown = ", ".join(f"{r['archived_id']} {r['field']} -> {r['target']}"
+                              for r in result.left_out_links[:MARKDOWN_RECORD_REFS])
+            notes.append(f"{result.links_left_out} links left out, to records that are gone: {shown}")
         if result.not_attempted:
             notes.append(f"{result.not_attempted} records not attempted")
         if notes:

@@ -25,6 +25,7 @@ U25, U26 = "678e1ea01d136380d1a8227a", "669aa298209ce73fa07d71fc"
 M09, M10, M01, M07 = ("67b7604497c774659ab28a5f", "67b834d88b005467a612758c", "67b6f0b42bfa16d01e00555e",
                       "67b74eec59f885a51cd6953f")
 ARCHIVED = {key: len(ids) for key, ids in TO_DELETE.items()}  # users 3, events 2, messages 12
+E01_RECORD = next(iter(GONE_EVENTS.values()))  # E01, the event M01 and M07 link to
 
 
 # ---------------------------------------------------------------------------
@@ -272,6 +273,10 @@ def test_restoring_one_table_at_a_time_links_to_what_an_earlier_restore_made(har
     assert "Events" not in messages[M01]["fields"] and "Events" not in messages[M07]["fields"]
     figures = restore_report(harness)["tables"]["messages"]
     assert (figures["restored"], figures["links_left_out"]) == (12, 2)
+    assert sorted((r["mongo_id"], r["field"], r["target"]) for r in figures["left_out_links"]) == sorted(
+        [(M01, "Events", E01_RECORD), (M07, "Events", E01_RECORD)])
+    markdown = restore_reports(harness)[-1].with_suffix(".md").read_text()
+    assert "2 links left out, to records that are gone: " in markdown and E01_RECORD in markdown
 
 
 # ---------------------------------------------------------------------------
@@ -440,6 +445,8 @@ def test_a_record_airtable_refuses_fails_alone_and_links_to_it_are_left_out(harn
     assert [report["tables"][k]["restored"] for k in TABLE_OF] == [2, 2, 12]
     assert report["tables"]["users"]["errors"] == 1
     assert report["tables"]["messages"]["links_left_out"] == 1  # M09's link to U25
+    assert report["tables"]["messages"]["left_out_links"] == [{"archived_id": GONE_MESSAGES[M09], "mongo_id": M09,
+                                                               "field": "Users", "target": GONE_USERS[U25]}]
     assert "Users" not in by_mongo_id(emulator, MESSAGES)[M09]["fields"]
     assert U25 not in by_mongo_id(emulator, USERS)
 
