@@ -977,7 +977,7 @@ class TableColumns:
     missing: list[str] = field(default_factory=list)  # mapped names with no field
     renamed: list[dict] = field(default_factory=list)  # [{"mapped", "airtable"}]
     gone: list[str] = field(default_factory=list)  # mapped names whose bound field was deleted
-    shadowed: dict[str, str] = field(default_factory=dict)  # mapped name -> id of another field now under that name
+    shadowed: set[str] = field(default_factory=set)  # renamed mapped names another field now carries (not synced)
     by_id: bool = True  # records and writes name fields by id (False: the schema is unreadable)
 
     def key(self, mapped: str) -> str | None:
@@ -1024,7 +1024,7 @@ def bind_columns(spec: TableSpec, fields: Mapping[str, FieldInfo] | None, bound:
         if info.name != mapped:
             columns.renamed.append({"mapped": mapped, "airtable": info.name})
             if named is not None and named.id not in bound_here:  # another field took the name: not synced
-                columns.shadowed[mapped] = named.id
+                columns.shadowed.add(mapped)
     return columns
 
 
