@@ -18,15 +18,18 @@ from __future__ import annotations
 
 import argparse
 import base64
+import codecs
 import contextlib
 import dataclasses
 import errno
 import fcntl
+import io
 import importlib.util
 import json
 import logging
 import math
 import os
+import pickle
 import re
 import signal
 import stat
@@ -41,7 +44,7 @@ from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import requests
 from dotenv import dotenv_values
@@ -1614,6 +1617,10 @@ class ExportRecord:
     mongo_id: str | None
     doc: dict
 
+    def bare(self) -> "ExportRecord":
+        """The record without its document: what a planned write keeps of it."""
+        return ExportRecord(self.index, self.mongo_id, {})
+
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 # Binary subtype 4 (UUID), as the Extended JSON spec allows it: a one- or two-digit hex string.
@@ -1697,79 +1704,152 @@ def _extended_date(inner: Any) -> Any:
     return {"$date": inner}
 
 
-def _decode(path: Path, raw: bytes) -> str:
-    """UTF-8 text, without a byte order mark."""
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        offset = exc.start + len(raw) - len(exc.object)  # exc.object is what followed a BOM
-        line = raw.count(b"\n", 0, offset) + 1
-        raise UsageError(f"{path}: line {line}: not valid UTF-8 "
-                         f"(byte {raw[offset]:#04x} at offset {offset})") from None
-
-
-def _line_of(text: str, pos: int) -> int:
-    return text.count("\n", 0, pos) + 1
-
-
-def _json_error(path: Path, exc: json.JSONDecodeError, text: str = "", start: int | None = None) -> UsageError:
-    """One line: the file, the line and column of the error, and the line its document began on (from `start`,
-    when there is one) if that is another line."""
-    began = exc.lineno if start is None else _line_of(text, start)
-    where = "" if began == exc.lineno else f", in the document from line {began}"
-    return UsageError(f"{path}: line {exc.lineno}: not valid JSON: {exc.msg} (column {exc.colno}{where})")
-
-
 JSON_SPACE = re.compile(r"[ \t\n\r]*")
 LAYOUTS = "a JSON array, JSON Lines or documents one after another"
+READ_CHUNK = 1 << 20  # bytes read at a time: an export is parsed as a stream, never held whole
+
+
+class ExportText:
+    """An export's text, read and decoded a chunk at a time. `buf` holds what is not parsed yet;
+    positions in it map back to the file's lines and columns for error messages."""
+
+    def __init__(self, path: Path, handle: BinaryIO):
+        self.path, self.handle = path, handle
+        self.decoder = codecs.getincrementaldecoder("utf-8-sig")()
+        self.buf = ""
+        self.eof = False
+        self.bytes_read = 0
+        self.lines_dropped = 0  # newlines in the text already dropped from buf
+        self.column_dropped = 0  # characters of buf's first line dropped with it
+
+    def more(self) -> bool:
+        """Read the next chunk into buf; False at the end of the file."""
+        if self.eof:
+            return False
+        chunk = self.handle.read(READ_CHUNK)
+        pending = self.decoder.getstate()[0]  # the bytes of a character cut by the last chunk
+        try:
+            text = self.decoder.decode(chunk, final=not chunk)
+        except UnicodeDecodeError as exc:
+            data = len(pending) + len(chunk)  # exc.object is that, less a BOM
+            raise self.utf8_error(self.bytes_read - len(pending) + data - len(exc.object) + exc.start) from None
+        self.bytes_read += len(chunk)
+        self.eof = not chunk
+        self.buf += text
+        return bool(chunk) or bool(text)
+
+    def utf8_error(self, offset: int) -> UsageError:
+        self.handle.seek(0)
+        head = self.handle.read(offset + 1)
+        line = head.count(b"\n", 0, offset) + 1
+        return UsageError(f"{self.path}: line {line}: not valid UTF-8 "
+                          f"(byte {head[offset]:#04x} at offset {offset})")
+
+    def drop(self, pos: int) -> int:
+        """Forget the text before `pos` (parsed); returns where `pos` is now."""
+        newlines = self.buf.count("\n", 0, pos)
+        if newlines:
+            self.lines_dropped += newlines
+            self.column_dropped = pos - self.buf.rfind("\n", 0, pos) - 1
+        else:
+            self.column_dropped += pos
+        self.buf = self.buf[pos:]
+        return 0
+
+    def line(self, pos: int) -> int:
+        return self.lines_dropped + self.buf.count("\n", 0, pos) + 1
+
+    def column(self, pos: int) -> int:
+        newline = self.buf.rfind("\n", 0, pos)
+        return pos - newline if newline >= 0 else self.column_dropped + pos + 1
+
+    def skip_space(self, pos: int) -> int:
+        """The position of the next character that is not whitespace (len(buf) at the end)."""
+        while True:
+            pos = JSON_SPACE.match(self.buf, pos).end()
+            if pos < len(self.buf) or not self.more():
+                return pos
+
+    def value(self, pos: int, raw_decode: Callable[[str, int], tuple[Any, int]], began: int | None) -> tuple[Any, int]:
+        """The JSON value at `pos` and where it ends, reading on while it is cut by the chunk's end.
+        An error names the line its document began on (`began`), when that is another line."""
+        while True:
+            try:
+                return raw_decode(self.buf, pos)
+            except json.JSONDecodeError as exc:
+                if self.more():
+                    continue
+                raise self.json_error(exc.msg, exc.pos, began) from None
+
+    def json_error(self, message: str, pos: int, began: int | None = None) -> UsageError:
+        line = self.line(pos)
+        start = line if began is None else self.line(began)
+        where = "" if start == line else f", in the document from line {start}"
+        return UsageError(f"{self.path}: line {line}: not valid JSON: {message} (column {self.column(pos)}{where})")
+
+
+def iter_documents(path: Path, handle: BinaryIO) -> Iterator[dict]:
+    """The documents of an export, one at a time, with Extended JSON unwrapped as they are parsed:
+    a JSON array, or documents one after another separated by whitespace (JSON Lines, or
+    mongoexport --pretty). Only the document being parsed and one chunk of text are in memory."""
+    text = ExportText(path, handle)
+    raw_decode = json.JSONDecoder(object_hook=unwrap_wrapper).raw_decode
+    pos = text.skip_space(0)
+    if pos == len(text.buf):
+        raise UsageError(f"{path}: file is empty (expected {LAYOUTS})")
+    if text.buf[pos] == "[":
+        yield from _array(text, pos + 1, raw_decode)
+    elif text.buf[pos] == "{":
+        yield from _documents(text, pos, raw_decode)
+    else:
+        raise UsageError(f"{path}: expected a JSON array or JSON Lines (or documents one after another), "
+                         f"found {text.buf[pos:pos + 20]!r}")
+
+
+def _array(text: ExportText, pos: int, raw_decode: Callable[[str, int], tuple[Any, int]]) -> Iterator[dict]:
+    """The elements of a JSON array, each parsed in place; json's own messages for its errors."""
+    pos = text.skip_space(pos)
+    n = 0
+    if text.buf[pos:pos + 1] != "]":
+        while True:
+            if pos > READ_CHUNK:
+                pos = text.drop(pos)
+            if pos == len(text.buf):
+                raise text.json_error("Expecting value", pos)
+            doc, pos = text.value(pos, raw_decode, None)
+            n += 1
+            if doc.__class__ is not dict:
+                raise UsageError(f"{text.path}: record {n} is not a JSON object ({type(doc).__name__})")
+            yield doc
+            pos = text.skip_space(pos)
+            if text.buf[pos:pos + 1] == "]":
+                break
+            if text.buf[pos:pos + 1] != ",":
+                raise text.json_error("Expecting ',' delimiter", pos)
+            pos = text.skip_space(pos + 1)
+    pos = text.skip_space(pos + 1)
+    if pos < len(text.buf):
+        raise text.json_error("Extra data", pos)
+
+
+def _documents(text: ExportText, pos: int, raw_decode: Callable[[str, int], tuple[Any, int]]) -> Iterator[dict]:
+    """Documents one after another, each parsed in place from the buffered text."""
+    while pos < len(text.buf):
+        if pos > READ_CHUNK:
+            pos = text.drop(pos)
+        doc, after = text.value(pos, raw_decode, pos)
+        if doc.__class__ is not dict:
+            raise UsageError(f"{text.path}: line {text.line(pos)} is not a JSON object ({type(doc).__name__})")
+        yield doc
+        pos = text.skip_space(after)
+        if pos == after < len(text.buf):
+            raise UsageError(f"{text.path}: line {text.line(pos)}: not valid JSON: a document follows the previous "
+                             f"one without whitespace between them (column {text.column(pos)})")
 
 
 def parse_export(path: Path, raw: bytes) -> list[dict]:
-    """A JSON array of documents, or documents one after another separated by whitespace (JSON Lines,
-    or mongoexport --pretty), with Extended JSON unwrapped as it is parsed."""
-    return parse_export_text(path, _decode(path, raw))
-
-
-def parse_export_text(path: Path, text: str) -> list[dict]:
-    start = JSON_SPACE.match(text).end()
-    if start == len(text):
-        raise UsageError(f"{path}: file is empty (expected {LAYOUTS})")
-    decoder = json.JSONDecoder(object_hook=unwrap_wrapper)
-    if text[start] == "[":
-        try:
-            docs = decoder.decode(text)
-        except json.JSONDecodeError as exc:
-            raise _json_error(path, exc) from None
-        for n, doc in enumerate(docs, 1):
-            if doc.__class__ is not dict:
-                raise UsageError(f"{path}: record {n} is not a JSON object ({type(doc).__name__})")
-        return docs
-    if text[start] == "{":
-        return _documents(path, text, start, decoder.raw_decode)
-    raise UsageError(f"{path}: expected a JSON array or JSON Lines (or documents one after another), "
-                     f"found {text[start:start + 20]!r}")
-
-
-def _documents(path: Path, text: str, pos: int, raw_decode: Callable[[str, int], tuple[Any, int]]) -> list[dict]:
-    """Documents one after another, each parsed in place from the one text (no copy of a line or a document)."""
-    docs = []
-    end = len(text)
-    skip_space = JSON_SPACE.match
-    while pos < end:
-        try:
-            doc, after = raw_decode(text, pos)
-        except json.JSONDecodeError as exc:
-            raise _json_error(path, exc, text, pos) from None
-        if doc.__class__ is not dict:
-            raise UsageError(f"{path}: line {_line_of(text, pos)} is not a JSON object ({type(doc).__name__})")
-        docs.append(doc)
-        pos = skip_space(text, after).end()
-        if pos == after < end:
-            line = _line_of(text, pos)
-            column = pos - text.rfind("\n", 0, pos)
-            raise UsageError(f"{path}: line {line}: not valid JSON: a document follows the previous one "
-                             f"without whitespace between them (column {column})")
-    return docs
+    """An export's documents from its bytes (iter_documents)."""
+    return list(iter_documents(path, io.BytesIO(raw)))
 
 
 def mongo_id_of(doc: dict) -> str | None:
@@ -1781,21 +1861,67 @@ def mongo_id_of(doc: dict) -> str | None:
     return None
 
 
-def load_export(path: Path, limit: int | None) -> list[ExportRecord] | None:
-    """The export's records, None when the file is missing."""
+class ExportSpool:
+    """An export's records, parsed once and kept on disk, not in memory: the plan reads them one
+    at a time, once or twice (records matched by natural key are planned in a second pass). Each
+    is pickled, Extended JSON already unwrapped, to an unnamed temporary file in the cache dir
+    (mode 0600, gone when closed), so a parse error still stops the run before any request."""
+
+    def __init__(self, directory: Path | None = None):
+        if directory is not None:
+            directory.mkdir(parents=True, exist_ok=True)
+        self.file = tempfile.TemporaryFile(dir=directory)
+        self.count = 0
+        self.carried: set[str] = set()  # every Mongo field some record carries
+
+    def add(self, doc: dict) -> None:
+        self.carried.update(doc)
+        pickle.dump((mongo_id_of(doc), doc), self.file, pickle.HIGHEST_PROTOCOL)
+        self.count += 1
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self) -> Iterator[ExportRecord]:
+        self.file.seek(0)
+        for index in range(self.count):
+            mongo_id, doc = pickle.load(self.file)  # one unpickler each: a shared one mixes their memos
+            yield ExportRecord(index, mongo_id, doc)
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def spool_export(path: Path, limit: int | None, directory: Path | None = None) -> ExportSpool | None:
+    """The export's records, spooled; None when the file is missing. The whole file is parsed
+    even past `limit`, so that a bad file fails the same with --limit."""
     try:
-        raw = path.read_bytes()
+        handle = open(path, "rb")
     except FileNotFoundError:
         return None
     except OSError as exc:
         raise UsageError(f"{path}: cannot read ({exc.strerror})") from None
-    text = _decode(path, raw)
-    del raw  # parse with the text alone in memory, not the bytes too
-    docs = parse_export_text(path, text)
-    del text
-    if limit is not None:
-        docs = docs[:limit]
-    return [ExportRecord(index, mongo_id_of(doc), doc) for index, doc in enumerate(docs)]
+    spool = ExportSpool(directory)
+    try:
+        with handle:
+            for doc in iter_documents(path, handle):
+                if limit is None or spool.count < limit:
+                    spool.add(doc)
+    except BaseException:
+        spool.close()
+        raise
+    return spool
+
+
+def load_export(path: Path, limit: int | None) -> list[ExportRecord] | None:
+    """The export's records in memory (small exports: --check and tests), None when the file is missing."""
+    spool = spool_export(path, limit)
+    if spool is None:
+        return None
+    try:
+        return list(spool)
+    finally:
+        spool.close()
 
 
 # ---------------------------------------------------------------------------
@@ -1824,6 +1950,44 @@ class Match:
     how: str  # "id", "key" or "new"
 
 
+class Matcher:
+    """The two passes of matching, as claims one export record at a time: by the `id` field
+    (`id_field`, its key in the records; None when the table has none), then by normalised
+    natural key (`key_field`), first come first served. The caller makes every id claim before
+    any key claim, in export order."""
+
+    def __init__(self, airtable_records: Iterable[dict], key_field: str | None, id_field: str | None):
+        self.claimed: set[str] = set()
+        self.by_id: dict[str, dict] = {}
+        self.candidates: dict[str, deque[dict]] = defaultdict(deque)
+        for rec in airtable_records:
+            value = rec["fields"].get(id_field) if id_field is not None else None
+            if value not in (None, ""):
+                self.by_id.setdefault(str(value), rec)
+            elif key_field is not None and (key := normalize_key(rec["fields"].get(key_field))):
+                self.candidates[key].append(rec)
+
+    def claim_by_id(self, mongo_id: str | None) -> dict | None:
+        rec = self.by_id.get(mongo_id) if mongo_id is not None else None
+        if rec is None or rec["id"] in self.claimed:
+            return None
+        self.claimed.add(rec["id"])
+        return rec
+
+    def claim_by_key(self, key: str) -> dict | None:
+        queue = self.candidates.get(key) if key else None
+        while queue and queue[0]["id"] in self.claimed:
+            queue.popleft()
+        if not queue:
+            return None
+        rec = queue.popleft()
+        self.claimed.add(rec["id"])
+        return rec
+
+    def orphans(self, airtable_records: Iterable[dict]) -> list[dict]:
+        return [rec for rec in airtable_records if rec["id"] not in self.claimed]
+
+
 def match_records(
     exported: Sequence[ExportRecord],
     airtable_records: Sequence[dict],
@@ -1831,46 +1995,18 @@ def match_records(
     key_field: str | None,
     id_field: str | None,
 ) -> tuple[list[Match], list[dict]]:
-    """Two passes: by the `id` field (`id_field`, its key in the records; None when the table has
-    none), then by normalised natural key (`key_field`), first come first served. Returns the
-    matches (export order) and the orphans."""
-    claimed: set[str] = set()
-    by_id: dict[str, dict] = {}
-    if id_field is not None:
-        for rec in airtable_records:
-            value = rec["fields"].get(id_field)
-            if value not in (None, "") and str(value) not in by_id:
-                by_id[str(value)] = rec
-    matches: list[Match | None] = []
-    for record in exported:
-        rec = by_id.get(record.mongo_id) if record.mongo_id is not None else None
-        if rec is not None and rec["id"] not in claimed:
-            claimed.add(rec["id"])
+    """Both passes over records in memory (Matcher): the matches (export order) and the orphans."""
+    matcher = Matcher(airtable_records, key_field, id_field)
+    by_id = [matcher.claim_by_id(record.mongo_id) for record in exported]
+    matches = []
+    for record, rec in zip(exported, by_id):
+        if rec is not None:
             matches.append(Match(record, rec, "id"))
+        elif (rec := matcher.claim_by_key(natural_key(record.doc, key_fields))) is not None:
+            matches.append(Match(record, rec, "key"))
         else:
-            matches.append(None)
-    candidates: dict[str, deque[dict]] = defaultdict(deque)
-    for rec in airtable_records if key_field is not None else ():
-        if id_field is not None and rec["fields"].get(id_field) not in (None, ""):
-            continue
-        key = normalize_key(rec["fields"].get(key_field))
-        if key:
-            candidates[key].append(rec)
-    for i, record in enumerate(exported):
-        if matches[i] is not None:
-            continue
-        key = natural_key(record.doc, key_fields)
-        queue = candidates.get(key) if key else None
-        while queue and queue[0]["id"] in claimed:
-            queue.popleft()
-        if queue:
-            rec = queue.popleft()
-            claimed.add(rec["id"])
-            matches[i] = Match(record, rec, "key")
-        else:
-            matches[i] = Match(record, None, "new")
-    orphans = [rec for rec in airtable_records if rec["id"] not in claimed]
-    return [m for m in matches if m is not None], orphans
+            matches.append(Match(record, None, "new"))
+    return matches, matcher.orphans(airtable_records)
 
 
 # ---------------------------------------------------------------------------
@@ -2196,6 +2332,10 @@ class TablePlan:
     invalid_values: int = 0
     unresolved_links: int = 0
     planned: dict[str, int] = field(default_factory=dict)  # counts per action, as planned
+    # Unchanged records are counted, not kept: a quiet night's plan holds no write objects.
+    skipped: int = 0
+    skipped_with_id: int = 0  # of those, the ones with a Mongo id (the deletion cap counts them)
+    skipped_ids: dict[str, str] = field(default_factory=dict)  # Mongo id -> record id, when the table has no id field
 
     @property
     def has_id_field(self) -> bool:
@@ -2215,73 +2355,93 @@ def link_reference(doc: dict, link: LinkSpec) -> str | None:
 
 def plan_table(
     spec: TableSpec,
-    exported: Sequence[ExportRecord],
+    exported: Iterable[ExportRecord],
     airtable_records: Sequence[dict],
     columns: TableColumns,
     link_index: Mapping[str, Mapping[str, str]],
 ) -> TablePlan:
     """What to create, update and skip for one table: pure, no I/O. Records and writes name the
-    fields by their keys in `columns` (field ids, once bound)."""
+    fields by their keys in `columns` (field ids, once bound). The export is read one record at
+    a time (an ExportSpool, or a list), once, and again only for the records that no `id`
+    matched; an unchanged record leaves nothing in the plan but a count."""
     types, read_only = field_types(spec, columns, airtable_records, exported)
     id_key = columns.id_key if columns.id_key in types else None
-    carried = {k for r in exported for k in r.doc}
+    carried = exported.carried if isinstance(exported, ExportSpool) else {k for r in exported for k in r.doc}
     plan = TablePlan(spec, columns, types, id_key, [], [], sorted(carried - spec.consumed_mongo_fields),
-                     list(columns.missing), read_only, absent_in_export(spec, carried) if exported else [])
+                     list(columns.missing), read_only, absent_in_export(spec, carried) if carried else [])
     has_id_field = plan.has_id_field
-    # Records that cannot be matched safely fail before matching, so they claim no Airtable record.
-    usable, seen_ids = [], set()
+    matcher = Matcher(airtable_records, columns.key(spec.airtable_key), id_key)
+    converting = mapped_columns(spec, columns, types)
+    # Pass one: records that cannot be matched safely fail before matching, so they claim no
+    # Airtable record; the rest are matched by id and planned at once.
+    unmatched, seen_ids = set(), set()
     for record in exported:
         if record.mongo_id is None and not natural_key(record.doc, spec.key_fields):
-            plan.writes.append(PlannedWrite(record, "error", error=f"record #{record.index + 1} has no id "
+            plan.writes.append(PlannedWrite(record.bare(), "error", error=f"record #{record.index + 1} has no id "
                                             f"and no {'/'.join(spec.key_fields)}"))
         elif not has_id_field and not natural_key(record.doc, spec.key_fields):
             # With no `id` field in Airtable only the key finds a record again: created, it
             # would be created again on every run.
-            plan.writes.append(PlannedWrite(record, "error", error=f"no {'/'.join(spec.key_fields)}, and the "
-                                            "Airtable table has no id field to find it by"))
+            plan.writes.append(PlannedWrite(record.bare(), "error", error=f"no {'/'.join(spec.key_fields)}, and "
+                                            "the Airtable table has no id field to find it by"))
         elif record.mongo_id is not None and record.mongo_id in seen_ids:
-            plan.writes.append(PlannedWrite(record, "error", error="duplicate id in the export; "
+            plan.writes.append(PlannedWrite(record.bare(), "error", error="duplicate id in the export; "
                                             "its first record is synced"))
         else:
             seen_ids.add(record.mongo_id)
-            usable.append(record)
-    matches, orphans = match_records(usable, airtable_records, spec.key_fields, columns.key(spec.airtable_key), id_key)
-    plan.orphans = orphans
-    converting = mapped_columns(spec, columns, types)
-    for match in matches:
-        record = match.record
-        converted, invalid, problem = convert_record(record, converting, id_key)
-        plan.invalid_values += len(invalid)
-        if invalid:
-            log.debug("%s %s: invalid values left out: %s", spec.key, record.mongo_id,
-                      ", ".join(columns.mapped_name(k) for k in invalid))
-        for link in spec.links:
-            link_key = columns.key(link.airtable_field)
-            if link_key not in types:
-                continue
-            ref = link_reference(record.doc, link)
-            if ref is None:
-                continue
-            target = link_index.get(link.target, {}).get(ref)
-            if target is None:
-                plan.unresolved_links += 1
+            if (rec := matcher.claim_by_id(record.mongo_id)) is not None:
+                plan_record(plan, record, rec, "id", converting, link_index)
             else:
-                converted[link_key] = [target if target != PENDING else LinkRef(link.target, ref)]
-        if problem:
-            plan.writes.append(PlannedWrite(record, "error", error=problem))
-            continue
-        if match.airtable is None:
-            # Blank values are not sent on a create (is_blank, inlined: it runs per value).
-            fields = {k: v for k, v in converted.items() if v is not None and v is not False and v != "" and v != []}
-            plan.writes.append(PlannedWrite(record, "create", fields=fields))
-            continue
-        changes = changed_fields(converted, match.airtable["fields"], types)
-        action = "update" if changes else "skip"
-        plan.writes.append(PlannedWrite(record, action, record_id=match.airtable["id"], fields=changes,
-                                        matched_by=match.how, sent_fields=tuple(changes)))
+                unmatched.add(record.index)
+    # Pass two, in export order: by natural key, else a create.
+    if unmatched:
+        for record in exported:
+            if record.index in unmatched:
+                rec = matcher.claim_by_key(natural_key(record.doc, spec.key_fields))
+                plan_record(plan, record, rec, "key" if rec is not None else "new", converting, link_index)
+    plan.orphans = matcher.orphans(airtable_records)
     plan.writes.sort(key=lambda w: w.record.index)
     plan.planned = {a: sum(1 for w in plan.writes if w.action == a) for a in ("create", "update", "skip", "error")}
+    plan.planned["skip"] += plan.skipped
     return plan
+
+
+def plan_record(plan: TablePlan, record: ExportRecord, current: dict | None, how: str,
+                converting: Sequence[tuple[str, str, str]], link_index: Mapping[str, Mapping[str, str]]) -> None:
+    """One matched (or new) record's write, added to the plan; an unchanged one is only counted."""
+    spec, columns, types = plan.spec, plan.columns, plan.types
+    converted, invalid, problem = convert_record(record, converting, plan.id_key)
+    plan.invalid_values += len(invalid)
+    if invalid:
+        log.debug("%s %s: invalid values left out: %s", spec.key, record.mongo_id,
+                  ", ".join(columns.mapped_name(k) for k in invalid))
+    for link in spec.links:
+        link_key = columns.key(link.airtable_field)
+        if link_key not in types:
+            continue
+        ref = link_reference(record.doc, link)
+        if ref is None:
+            continue
+        target = link_index.get(link.target, {}).get(ref)
+        if target is None:
+            plan.unresolved_links += 1
+        else:
+            converted[link_key] = [target if target != PENDING else LinkRef(link.target, ref)]
+    if problem:
+        plan.writes.append(PlannedWrite(record.bare(), "error", error=problem))
+    elif current is None:
+        # Blank values are not sent on a create (is_blank, inlined: it runs per value).
+        fields = {k: v for k, v in converted.items() if v is not None and v is not False and v != "" and v != []}
+        plan.writes.append(PlannedWrite(record.bare(), "create", fields=fields))
+    elif changes := changed_fields(converted, current["fields"], types):
+        plan.writes.append(PlannedWrite(record.bare(), "update", record_id=current["id"], fields=changes,
+                                        matched_by=how, sent_fields=tuple(changes)))
+    else:
+        plan.skipped += 1
+        if record.mongo_id is not None:
+            plan.skipped_with_id += 1
+            if plan.id_key is None:  # the links to it find it only through the plan
+                plan.skipped_ids[record.mongo_id] = current["id"]
 
 
 def absent_in_export(spec: TableSpec, carried: set[str]) -> list[str]:
@@ -2300,6 +2460,7 @@ def build_link_index(airtable_records: Sequence[dict], plan: TablePlan | None, i
         if value not in (None, ""):
             index.setdefault(str(value), rec["id"])
     if plan is not None:
+        index.update(plan.skipped_ids)
         for write in plan.writes:
             if write.record.mongo_id is None:
                 continue
@@ -2359,7 +2520,7 @@ def plan_deletions(plans: Mapping[str, TablePlan], exported_ids: Mapping[str, se
         if not gone:
             continue
         # After this run's creates, and the legacy rows it gives an id: the cap's denominator.
-        with_id = sum(1 for w in plan.writes if w.record.mongo_id is not None and (
+        with_id = plan.skipped_with_id + sum(1 for w in plan.writes if w.record.mongo_id is not None and (
             w.action == "create" or w.matched_by is not None)) + sum(
             1 for r in plan.orphans if r["fields"].get(plan.id_key) not in (None, ""))
         # Exact: 29 of 100 at 0.29 is at the cap, not over it (in floats 0.29 * 100 < 29).
@@ -2727,7 +2888,7 @@ def summarize(plan: TablePlan, dry_run: bool, deletion: DeletionPlan | None = No
     deleted = [] if deletion is None else (deletion.records if dry_run and not deletion.held else deletion.deleted)
     gone = {rec["id"] for rec in deleted}
     result = TableResult(
-        total=len(writes),
+        total=len(writes) + plan.skipped,
         orphans=len(plan.orphans) - len(gone),
         deleted=len(deleted),
         deletions_held=len(deletion.records) if deletion is not None and deletion.held else 0,
@@ -2749,7 +2910,7 @@ def summarize(plan: TablePlan, dry_run: bool, deletion: DeletionPlan | None = No
         result.created = sum(1 for w in writes if w.action == "create" and w.outcome == "done")
         result.updated = sum(1 for w in writes if w.action == "update" and w.outcome == "done")
         result.not_attempted = sum(1 for w in writes if w.outcome == "not attempted")
-    result.skipped = sum(1 for w in writes if w.action == "skip")
+    result.skipped = plan.skipped + sum(1 for w in writes if w.action == "skip")
     result.errors = sum(1 for w in writes if w.failed) + (deletion.errors if deletion is not None else 0)
     return result
 
@@ -2983,12 +3144,14 @@ class Sync:
     report: RunReport
     plans: dict[str, TablePlan] = field(default_factory=dict)
     deletions: dict[str, DeletionPlan] = field(default_factory=dict)
+    exports: dict[str, ExportSpool] = field(default_factory=dict)  # closed when the run ends (execute)
 
-    def load_exports(self) -> dict[str, list[ExportRecord]]:
-        exports = {}
+    def load_exports(self) -> dict[str, ExportSpool]:
+        """Every export parsed, before any request, into a spool on disk that the plan reads."""
+        exports = self.exports
         for key in self.settings.tables:
             path = self.settings.mongo_dir / TABLE_SPECS[key].export_file
-            records = load_export(path, self.settings.limit)
+            records = spool_export(path, self.settings.limit, self.settings.cache_dir)
             if records is None:
                 log.warning("%s not found: table %s is not synced", path, key)
                 self.report.tables[key] = TableResult(note=f"{path.name} not found: not synced")
@@ -2997,7 +3160,7 @@ class Sync:
             log.info("%s: %d records in %s", key, len(records), path.name)
         return exports
 
-    def plan(self, exports: dict[str, list[ExportRecord]], read: BaseRead, airtable: Airtable) -> dict[str, TablePlan]:
+    def plan(self, exports: dict[str, ExportSpool], read: BaseRead, airtable: Airtable) -> dict[str, TablePlan]:
         plans: dict[str, TablePlan] = {}
         pulled = read.records
         for key in TABLE_ORDER:
@@ -3020,13 +3183,14 @@ class Sync:
             if plans[key].absent_in_export:
                 log.warning("%s: mapped Mongo fields that no exported record carries (renamed or dropped by the "
                             "exporter?): %s; Airtable keeps their values", key, ", ".join(plans[key].absent_in_export))
-            for record in exports[key]:
-                record.doc = {}  # planned: the document is no longer needed, and it is the bulk of memory
             counts = plans[key].planned
             log.info("%s: plan: %d to create, %d to update, %d unchanged, %d failing, %d orphans", key,
                      counts["create"], counts["update"], counts["skip"], counts["error"], len(plans[key].orphans))
-        exported_ids = {key: {r.mongo_id for r in records if r.mongo_id is not None} for key, records in exports.items()}
+        exported_ids = {key: {r.mongo_id for r in records if r.mongo_id is not None} for key, records in exports.items()
+                        } if self.settings.delete_missing else {}
         self.deletions = plan_deletions(plans, exported_ids, self.settings)
+        for spool in exports.values():
+            spool.close()  # planned: the writes keep what they need of their records
         for deletion in self.deletions.values():
             log.info("%s: plan: %d to delete%s", deletion.key, len(deletion.records),
                      " (held back by the safety cap)" if deletion.held else "")
@@ -3203,12 +3367,13 @@ def check_export(settings: Settings, spec: TableSpec) -> list[str]:
     """--check: the mapped Mongo fields that no record of the table's export carries, when the
     export is there (an unreadable one is left to the sync to report)."""
     try:
-        records = load_export(settings.mongo_dir / spec.export_file, None)
+        spool = spool_export(settings.mongo_dir / spec.export_file, None, settings.cache_dir)
     except UsageError:
         return []
-    if not records:
+    if spool is None:
         return []
-    return absent_in_export(spec, {k for r in records for k in r.doc})
+    spool.close()
+    return absent_in_export(spec, spool.carried) if spool.carried else []
 
 
 def change_tracking_status(airtable: Airtable, schema: BaseSchema | None) -> str:
