@@ -895,14 +895,140 @@ def cache_path(settings: Settings, key: str) -> Path:
     return settings.cache_dir / f"airtable_{key}.json"
 
 
-def pull_table(airtable: Airtable, key: str, stop: threading.Event, by_id: bool) -> list[dict]:
+class TableSnapshot:
+    """A table's records as Airtable has them, kept on disk one record a line, as the cache holds
+    them, and in memory only as where each line is: a 500,000-record base fits a small machine.
+    The lines are those of the cache file the run started from (read only) and of a spill file,
+    an unnamed temporary file in the cache dir (mode 0600, gone when closed), to which every
+    record the run reads or writes is appended. Iteration follows the order records were added;
+    a record put again keeps its place, as in the cache."""
+
+    def __init__(self, directory: Path | None = None, cache: BinaryIO | None = None):
+        if directory is not None:
+            directory.mkdir(parents=True, exist_ok=True)
+        self.directory = directory
+        self.cache = cache
+        self.spill: BinaryIO | None = None
+        # Record id -> where its line starts: an offset in the cache file, or ~offset (< 0) in the spill.
+        self.where: dict[str, int] = {}
+
+    @classmethod
+    def of(cls, records: Iterable[dict], directory: Path | None = None) -> "TableSnapshot":
+        snapshot = cls(directory)
+        for rec in records:
+            snapshot.put(rec)
+        return snapshot
+
+    @classmethod
+    def from_cache(cls, path: Path, directory: Path | None = None) -> "TableSnapshot | None":
+        """A cache as write_cache writes it, indexed line by line (each parsed for its id, then
+        dropped); any other JSON array (a hand-made file) is read whole into the spill. None when
+        the file is missing or unreadable."""
+        try:
+            handle = open(path, "rb")
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            log.warning("cache %s unreadable (%s): reading Airtable instead", path, exc)
+            return None
+        snapshot = cls(directory, handle)
+        try:
+            if handle.readline().strip() != b"[":
+                raise ValueError("not one record a line")
+            while True:
+                offset, line = handle.tell(), handle.readline()
+                if line.rstrip(b"\n") == b"]":
+                    break
+                if not line.endswith(b"\n"):
+                    raise ValueError("the file ends before its closing bracket")
+                rec = _cache_line(line)
+                if not isinstance(rec, dict) or not isinstance(rec.get("id"), str):
+                    raise ValueError("a line is not a record")
+                snapshot.where[rec["id"]] = offset
+        except ValueError as exc:
+            snapshot.close()
+            records = None
+            try:  # not write_cache's layout (a hand-made array): read it whole
+                records = json.loads(path.read_text(encoding="utf-8", errors="surrogatepass"))
+            except (OSError, ValueError):
+                pass
+            if not isinstance(records, list) or not all(isinstance(r, dict) and "id" in r for r in records):
+                log.warning("cache %s unreadable (%s): reading Airtable instead", path, exc)
+                return None
+            return cls.of(records, directory)
+        return snapshot
+
+    def __len__(self) -> int:
+        return len(self.where)
+
+    def __contains__(self, rec_id: str) -> bool:
+        return rec_id in self.where
+
+    def ids(self) -> list[str]:
+        return list(self.where)
+
+    def line(self, rec_id: str) -> bytes | None:
+        """The record's line, as the cache holds it (without the comma and newline)."""
+        at = self.where.get(rec_id)
+        if at is None:
+            return None
+        handle = self.cache if at >= 0 else self.spill
+        handle.seek(at if at >= 0 else ~at)  # type: ignore[union-attr]
+        line = handle.readline().rstrip(b"\n")  # type: ignore[union-attr]
+        return line[:-1] if line.endswith(b",") else line
+
+    def get(self, rec_id: str) -> dict | None:
+        line = self.line(rec_id)
+        return None if line is None else _cache_line(line)
+
+    def put(self, rec: dict) -> None:
+        if self.spill is None:
+            self.spill = tempfile.TemporaryFile(dir=self.directory)
+        self.spill.seek(0, os.SEEK_END)
+        offset = self.spill.tell()
+        self.spill.write(json.dumps(rec, ensure_ascii=False).encode("utf-8", "surrogatepass") + b"\n")
+        self.where[rec["id"]] = ~offset
+
+    def pop(self, rec_id: str) -> dict | None:
+        rec = self.get(rec_id)
+        self.where.pop(rec_id, None)
+        return rec
+
+    def __iter__(self) -> Iterator[dict]:
+        for rec_id in list(self.where):
+            rec = self.get(rec_id)
+            if rec is not None:
+                yield rec
+
+    def lines(self) -> Iterator[bytes]:
+        for rec_id in list(self.where):
+            yield self.line(rec_id)  # type: ignore[misc]
+
+    def close(self) -> None:
+        for handle in (self.cache, self.spill):
+            if handle is not None:
+                handle.close()
+
+
+def as_snapshot(records: TableSnapshot | Iterable[dict]) -> TableSnapshot:
+    """Records in memory (tests, small tables) as a snapshot."""
+    return records if isinstance(records, TableSnapshot) else TableSnapshot.of(records)
+
+
+def _cache_line(line: bytes) -> Any:
+    line = line.rstrip(b"\n")
+    return json.loads((line[:-1] if line.endswith(b",") else line).decode("utf-8", "surrogatepass"))
+
+
+def pull_table(airtable: Airtable, key: str, stop: threading.Event, by_id: bool) -> TableSnapshot:
     """Every record of a table, its cells keyed by field id (`by_id`, returnFieldsByFieldId) or,
-    when the schema is unreadable, by name."""
-    records: list[dict] = []
+    when the schema is unreadable, by name; each page goes to disk as it comes."""
+    records = TableSnapshot(airtable.settings.cache_dir)
     try:
         with Progress(f"{key}: pull") as progress:  # 100 records a page at 5 a second: say how far
             for page in airtable.table(key).iterate(page_size=RECORDS_PER_PAGE, use_field_ids=by_id):
-                records.extend(page)
+                for rec in page:
+                    records.put(rec)
                 progress.update(len(page))
                 if stop.is_set():
                     raise RunInterrupted()
@@ -912,42 +1038,17 @@ def pull_table(airtable: Airtable, key: str, stop: threading.Event, by_id: bool)
 
 
 def read_cache(path: Path) -> list[dict] | None:
-    """A cache as write_cache writes it, one record a line, parsed line by line: the whole file
-    as one string would double the run's peak memory (text is 2-4 bytes a character in memory).
-    Any other JSON array (a hand-made file) is read whole."""
+    """A cache's records in memory (small caches: tests), None if missing or unreadable."""
+    snapshot = TableSnapshot.from_cache(path)
+    if snapshot is None:
+        return None
     try:
-        with open(path, encoding="utf-8", errors="surrogatepass") as handle:
-            if handle.readline().strip() != "[":
-                raise ValueError("not one record a line")
-            # A thousand lines at a time: json shares the keys of the records it parses in
-            # one call, and 30,000 records each with its own copy of 25 keys cost 40 MB.
-            records, chunk = [], []
-            for line in handle:
-                line = line.rstrip("\n")
-                if line != "]":
-                    chunk.append(line[:-1] if line.endswith(",") else line)
-                if len(chunk) == 1000 or (line == "]" and chunk):
-                    records.extend(json.loads("[" + ",".join(chunk) + "]"))
-                    chunk = []
-                if line == "]":
-                    break
-            else:
-                raise ValueError("the file ends before its closing bracket")
-    except ValueError as exc:
-        try:  # not write_cache's layout (a hand-made array): read it whole
-            records = json.loads(path.read_text(encoding="utf-8", errors="surrogatepass"))
-        except (OSError, ValueError):
-            log.warning("cache %s unreadable (%s): reading Airtable instead", path, exc)
-            return None
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        log.warning("cache %s unreadable (%s): reading Airtable instead", path, exc)
-        return None
-    return records if isinstance(records, list) else None
+        return list(snapshot)
+    finally:
+        snapshot.close()
 
 
-def write_private(path: Path, text: str | Iterable[str]) -> None:
+def write_private(path: Path, text: str | Iterable[str | bytes]) -> None:
     """Atomically write a file only its owner can read (it holds personal data)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -955,8 +1056,9 @@ def write_private(path: Path, text: str | Iterable[str]) -> None:
     try:
         # surrogatepass: a cell may hold half an emoji (a lone surrogate, valid in JSON text),
         # which strict UTF-8 refuses; read_cache reads it back the same way.
-        with os.fdopen(fd, "w", encoding="utf-8", errors="surrogatepass") as handle:
-            handle.writelines([text] if isinstance(text, str) else text)
+        with os.fdopen(fd, "wb") as handle:
+            for piece in [text] if isinstance(text, str) else text:
+                handle.write(piece.encode("utf-8", "surrogatepass") if isinstance(piece, str) else piece)
         os.chmod(tmp, 0o600)
         os.replace(tmp, path)
     except BaseException:
@@ -965,13 +1067,19 @@ def write_private(path: Path, text: str | Iterable[str]) -> None:
         raise
 
 
-def write_cache(path: Path, records: list[dict]) -> None:
+def write_cache(path: Path, records: Iterable[dict] | TableSnapshot) -> None:
     # One record a line, streamed: still a JSON array, written by json's C encoder
-    # (indent= falls back to pure Python) without the whole file in memory at once.
-    def chunks() -> Iterator[str]:
-        for i, rec in enumerate(records):
-            yield ("[\n" if i == 0 else ",\n") + json.dumps(rec, ensure_ascii=False)
-        yield "\n]\n" if records else "[]\n"
+    # (indent= falls back to pure Python) without the whole file in memory at once. A snapshot's
+    # lines are copied as they are, not parsed again.
+    lines = records.lines() if isinstance(records, TableSnapshot) else (
+        json.dumps(rec, ensure_ascii=False).encode("utf-8", "surrogatepass") for rec in records)
+
+    def chunks() -> Iterator[bytes]:
+        first = True
+        for line in lines:
+            yield (b"[\n" if first else b",\n") + line
+            first = False
+        yield b"[]\n" if first else b"\n]\n"
     write_private(path, chunks())
 
 
@@ -1181,10 +1289,9 @@ class SnapshotPatch:
     a first sync reads thousands, and holding them all would cost more memory than the snapshot.
     A payload sets values, it never adds to them, so replaying one is harmless."""
 
-    def __init__(self, records: dict[str, list[dict]], schema: BaseSchema):
-        self.records = records
+    def __init__(self, records: dict[str, TableSnapshot], schema: BaseSchema):
+        self.index = records
         self.schema = schema  # replaced when a payload says fields changed and the schema is read again
-        self.index = {key: {rec["id"]: rec for rec in recs} for key, recs in records.items()}
         self.before: dict[str, dict[str, dict | None]] = defaultdict(dict)  # key -> record id -> cells
 
     def apply(self, payload: dict) -> None:
@@ -1207,19 +1314,19 @@ class SnapshotPatch:
                 created_time = created.get("createdTime")
                 if isinstance(created_time, datetime):
                     created_time = iso_millis(created_time)
-                table[rec_id] = {"id": rec_id, "createdTime": created_time, "fields": fields}
+                table.put({"id": rec_id, "createdTime": created_time, "fields": fields})
             for rec_id, changed in (change.get("changedRecordsById") or {}).items():
                 rec = table.get(rec_id)
                 if rec is None:
                     log.debug("%s %s: a payload changes a record the snapshot lacks", key, rec_id)
                     continue  # a full read finds it; drift counts it
-                fields = dict(rec["fields"])  # a new dict: never patch one another list shares
+                fields = dict(rec["fields"])
                 set_cells(fields, ((changed.get("current") or {}).get("cellValuesByFieldId") or {}), by_id)
                 if fields != rec["fields"]:
                     before.setdefault(rec_id, rec["fields"])
-                    rec["fields"] = fields
+                    table.put({**rec, "fields": fields})
             for rec_id in change.get("destroyedRecordIds") or []:
-                rec = table.pop(rec_id, None)
+                rec = table.pop(rec_id)
                 if rec is not None:
                     before.setdefault(rec_id, rec["fields"])
 
@@ -1231,12 +1338,12 @@ class SnapshotPatch:
         changed: set[str] = set()
         for key, seen in self.before.items():
             table = self.index[key]
-            if any(old != (table[rec_id]["fields"] if rec_id in table else None) for rec_id, old in seen.items()):
+            now = {rec_id: table.get(rec_id) for rec_id in seen}
+            if any(old != (now[rec_id]["fields"] if now[rec_id] is not None else None) for rec_id, old in seen.items()):
                 changed.add(key)
-                self.records[key] = list(table.values())
             types = {f.id: f.type for f in self.schema.fields[key].values()}
             for rec_id, old in seen.items():
-                rec = table.get(rec_id)
+                rec = now[rec_id]
                 if old is None or rec is None:
                     continue  # created or deleted: not an edit of cells
                 # Every cell that changed: the plan keeps those it sets back (set_back).
@@ -1257,20 +1364,21 @@ def mapped_fields_changed(old: BaseSchema, new: BaseSchema, bound: Mapping[str, 
     return None
 
 
-def count_drift(patched: Mapping[str, list[dict]], fresh: Mapping[str, list[dict]],
+def count_drift(patched: Mapping[str, TableSnapshot], fresh: Mapping[str, TableSnapshot],
                 columns: Mapping[str, TableColumns], changed_since: Mapping[str, set[str]]) -> int:
     """Records whose fresh read differs from the snapshot patched with every payload up to the
     read, in the mapped fields, leaving out those a later payload changed. Logs record id and
     field names, never values."""
     drift = 0
-    for key, fresh_records in fresh.items():
+    for key, new in fresh.items():
         if key not in patched or key not in columns:
             continue
         mapped = synced_fields(columns[key])
-        old = {rec["id"]: rec for rec in patched[key]}
-        new = {rec["id"]: rec for rec in fresh_records}
+        old = patched[key]
         skip = changed_since.get(key, set())
-        for rec_id in (old.keys() | new.keys()) - skip:
+        for rec_id in [*old.ids(), *(i for i in new.ids() if i not in old)]:
+            if rec_id in skip:
+                continue
             a, b = old.get(rec_id), new.get(rec_id)
             if a is None or b is None:
                 names = ["(the whole record: " + ("missing from the snapshot" if a is None else "gone from Airtable") + ")"]
@@ -1301,7 +1409,7 @@ def touched_records(payloads: Sequence[dict], schema: BaseSchema) -> dict[str, s
 class BaseRead:
     """What the read gives the plan: the tables as Airtable has them, and how they were read."""
 
-    records: dict[str, list[dict]]
+    records: dict[str, TableSnapshot]
     schema: BaseSchema | None
     mode: str  # "webhook" (the change feed) or "full"
     reason: str
@@ -1380,7 +1488,7 @@ class BaseReader:
 
     # -- the change feed ----------------------------------------------------------------
 
-    def load_snapshot(self, state: ChangeState | None) -> dict[str, list[dict]] | None:
+    def load_snapshot(self, state: ChangeState | None) -> dict[str, TableSnapshot] | None:
         """The caches the state wrote, or None if any is missing or was changed since."""
         if state is None:
             return None
@@ -1389,13 +1497,13 @@ class BaseReader:
             path = cache_path(self.settings, key)
             if cache_fingerprint(path) != state.caches.get(key):
                 return None
-            records = read_cache(path)
+            records = TableSnapshot.from_cache(path, self.settings.cache_dir)
             if records is None:
                 return None
             snapshot[key] = records
         return snapshot
 
-    def read_feed(self, state: ChangeState, hook: Any, snapshot: dict[str, list[dict]]
+    def read_feed(self, state: ChangeState, hook: Any, snapshot: dict[str, TableSnapshot]
                   ) -> tuple[BaseRead | None, str]:
         """The snapshot patched with the payloads since the state's cursor; or None and why not."""
         patch, cursor, count = SnapshotPatch(snapshot, state.schema), state.cursor, 0
@@ -1453,7 +1561,7 @@ class BaseReader:
 
     # -- a full read --------------------------------------------------------------------
 
-    def read_full(self, reason: str, state: ChangeState | None, snapshot: dict[str, list[dict]] | None,
+    def read_full(self, reason: str, state: ChangeState | None, snapshot: dict[str, TableSnapshot] | None,
                   hooks: list | None, needed: Sequence[str]) -> BaseRead:
         """Every record. First the webhook and its next cursor, so that what changes during the
         read is replayed next run; with a previous snapshot that is still exact, the drift."""
@@ -1577,7 +1685,7 @@ class BaseReader:
         schema = fetch_schema(self.airtable)
         records, from_cache = {}, set()
         for key in needed:
-            cached = read_cache(cache_path(self.settings, key))
+            cached = TableSnapshot.from_cache(cache_path(self.settings, key), self.settings.cache_dir)
             if cached is not None:
                 log.info("%s: %d Airtable records from the cache", key, len(cached))
                 records[key], _ = cached, from_cache.add(key)
@@ -1956,36 +2064,38 @@ class Matcher:
     natural key (`key_field`), first come first served. The caller makes every id claim before
     any key claim, in export order."""
 
-    def __init__(self, airtable_records: Iterable[dict], key_field: str | None, id_field: str | None):
+    def __init__(self, airtable_records: TableSnapshot, key_field: str | None, id_field: str | None):
+        # Record ids only: a claimed record is read from the snapshot when it is planned.
+        self.records = airtable_records
         self.claimed: set[str] = set()
-        self.by_id: dict[str, dict] = {}
-        self.candidates: dict[str, deque[dict]] = defaultdict(deque)
+        self.by_id: dict[str, str] = {}  # Mongo id -> the first record that holds it
+        self.candidates: dict[str, deque[str]] = defaultdict(deque)  # natural key -> records without an id
         for rec in airtable_records:
             value = rec["fields"].get(id_field) if id_field is not None else None
             if value not in (None, ""):
-                self.by_id.setdefault(str(value), rec)
+                self.by_id.setdefault(str(value), rec["id"])
             elif key_field is not None and (key := normalize_key(rec["fields"].get(key_field))):
-                self.candidates[key].append(rec)
+                self.candidates[key].append(rec["id"])
 
     def claim_by_id(self, mongo_id: str | None) -> dict | None:
-        rec = self.by_id.get(mongo_id) if mongo_id is not None else None
-        if rec is None or rec["id"] in self.claimed:
+        rec_id = self.by_id.get(mongo_id) if mongo_id is not None else None
+        if rec_id is None or rec_id in self.claimed:
             return None
-        self.claimed.add(rec["id"])
-        return rec
+        self.claimed.add(rec_id)
+        return self.records.get(rec_id)
 
     def claim_by_key(self, key: str) -> dict | None:
         queue = self.candidates.get(key) if key else None
-        while queue and queue[0]["id"] in self.claimed:
+        while queue and queue[0] in self.claimed:
             queue.popleft()
         if not queue:
             return None
-        rec = queue.popleft()
-        self.claimed.add(rec["id"])
-        return rec
+        rec_id = queue.popleft()
+        self.claimed.add(rec_id)
+        return self.records.get(rec_id)
 
-    def orphans(self, airtable_records: Iterable[dict]) -> list[dict]:
-        return [rec for rec in airtable_records if rec["id"] not in self.claimed]
+    def orphans(self) -> list[dict]:
+        return [self.records.get(rec_id) for rec_id in self.records.ids() if rec_id not in self.claimed]  # type: ignore[misc]
 
 
 def match_records(
@@ -1996,7 +2106,7 @@ def match_records(
     id_field: str | None,
 ) -> tuple[list[Match], list[dict]]:
     """Both passes over records in memory (Matcher): the matches (export order) and the orphans."""
-    matcher = Matcher(airtable_records, key_field, id_field)
+    matcher = Matcher(as_snapshot(airtable_records), key_field, id_field)
     by_id = [matcher.claim_by_id(record.mongo_id) for record in exported]
     matches = []
     for record, rec in zip(exported, by_id):
@@ -2006,7 +2116,7 @@ def match_records(
             matches.append(Match(record, rec, "key"))
         else:
             matches.append(Match(record, None, "new"))
-    return matches, matcher.orphans(airtable_records)
+    return matches, matcher.orphans()
 
 
 # ---------------------------------------------------------------------------
@@ -2336,6 +2446,7 @@ class TablePlan:
     skipped: int = 0
     skipped_with_id: int = 0  # of those, the ones with a Mongo id (the deletion cap counts them)
     skipped_ids: dict[str, str] = field(default_factory=dict)  # Mongo id -> record id, when the table has no id field
+    airtable_ids: dict[str, str] | None = None  # Mongo id -> Airtable record id, as matching found them
 
     @property
     def has_id_field(self) -> bool:
@@ -2356,7 +2467,7 @@ def link_reference(doc: dict, link: LinkSpec) -> str | None:
 def plan_table(
     spec: TableSpec,
     exported: Iterable[ExportRecord],
-    airtable_records: Sequence[dict],
+    airtable_records: TableSnapshot | Sequence[dict],
     columns: TableColumns,
     link_index: Mapping[str, Mapping[str, str]],
 ) -> TablePlan:
@@ -2364,6 +2475,7 @@ def plan_table(
     fields by their keys in `columns` (field ids, once bound). The export is read one record at
     a time (an ExportSpool, or a list), once, and again only for the records that no `id`
     matched; an unchanged record leaves nothing in the plan but a count."""
+    airtable_records = as_snapshot(airtable_records)
     types, read_only = field_types(spec, columns, airtable_records, exported)
     id_key = columns.id_key if columns.id_key in types else None
     carried = exported.carried if isinstance(exported, ExportSpool) else {k for r in exported for k in r.doc}
@@ -2399,7 +2511,8 @@ def plan_table(
             if record.index in unmatched:
                 rec = matcher.claim_by_key(natural_key(record.doc, spec.key_fields))
                 plan_record(plan, record, rec, "key" if rec is not None else "new", converting, link_index)
-    plan.orphans = matcher.orphans(airtable_records)
+    plan.orphans = matcher.orphans()
+    plan.airtable_ids = matcher.by_id if id_key is not None else {}
     plan.writes.sort(key=lambda w: w.record.index)
     plan.planned = {a: sum(1 for w in plan.writes if w.action == a) for a in ("create", "update", "skip", "error")}
     plan.planned["skip"] += plan.skipped
@@ -2452,13 +2565,16 @@ def absent_in_export(spec: TableSpec, carried: set[str]) -> list[str]:
     return [name for name in mapped if name not in carried]
 
 
-def build_link_index(airtable_records: Sequence[dict], plan: TablePlan | None, id_key: str | None) -> dict[str, str]:
+def build_link_index(airtable_records: Iterable[dict], plan: TablePlan | None, id_key: str | None) -> dict[str, str]:
     """Mongo id -> Airtable record id (or PENDING) of a link target table after its planned sync."""
     index: dict[str, str] = {}
-    for rec in airtable_records if id_key is not None else ():
-        value = rec["fields"].get(id_key)
-        if value not in (None, ""):
-            index.setdefault(str(value), rec["id"])
+    if plan is not None and plan.airtable_ids is not None:
+        index.update(plan.airtable_ids)  # the plan's matching read them already
+    else:
+        for rec in airtable_records if id_key is not None else ():
+            value = rec["fields"].get(id_key)
+            if value not in (None, ""):
+                index.setdefault(str(value), rec["id"])
     if plan is not None:
         index.update(plan.skipped_ids)
         for write in plan.writes:
@@ -2561,13 +2677,14 @@ class Applier:
     """Sends a table's planned writes in batches of ten and records what became of each."""
 
     def __init__(self, airtable: Airtable, plan: TablePlan, created_ids: dict[str, dict[str, str]],
-                 stop: threading.Event):
+                 stop: threading.Event, records: TableSnapshot):
         self.airtable = airtable
         self.table = airtable.table(plan.spec.key)
         self.plan = plan
         self.created_ids = created_ids
         self.stop = stop
-        self.written: list[dict] = []  # Airtable's copy of every record written
+        self.records = records  # the snapshot: Airtable's copy of each record written goes in
+        self.written = 0
 
     # -- fields -----------------------------------------------------------------
 
@@ -2626,7 +2743,9 @@ class Applier:
 
     def succeed(self, batch: Sequence[tuple[PlannedWrite, dict]], records: list[dict],
                 created: set[str] | None = None) -> None:
-        self.written.extend(records)
+        for rec in records:
+            self.records.put(rec)
+        self.written += len(records)
         if len(records) != len(batch):
             raise AirtableAccessError(f"Airtable answered {len(records)} records for {len(batch)} written")
         id_key = self.plan.id_key or "id"
@@ -2647,7 +2766,7 @@ class Applier:
             if log.isEnabledFor(logging.DEBUG):  # the dump costs more than the write itself
                 log.debug("%s %s: %s %s %s", self.plan.spec.key, write.record.mongo_id, write.action,
                           rec["id"], json.dumps(jsonable(write.fields), ensure_ascii=False, default=str))
-            write.fields = {}  # written: Airtable's copy, in self.written, is what the cache keeps
+            write.fields = {}  # written: Airtable's copy, in the snapshot, is what the cache keeps
 
     def write_batch(self, action: str, batch: list[tuple[PlannedWrite, dict]]) -> None:
         """One request; a 422 is retried record by record so only the bad records fail.
@@ -3167,7 +3286,7 @@ class Sync:
             if key not in exports:
                 continue
             spec = TABLE_SPECS[key]
-            link_index = {link.target: build_link_index(pulled.get(link.target, []), plans.get(link.target),
+            link_index = {link.target: build_link_index(pulled.get(link.target, ()), plans.get(link.target),
                                                         read.columns[link.target].id_key)
                           for link in spec.links}
             columns = read.columns[key]
@@ -3199,12 +3318,11 @@ class Sync:
     def apply(self, airtable: Airtable, read: BaseRead) -> None:
         created_ids: dict[str, dict[str, str]] = {}
         for key, plan in self.plans.items():
-            applier = Applier(airtable, plan, created_ids, self.stop)
+            applier = Applier(airtable, plan, created_ids, self.stop, read.records[key])
             try:
                 applier.apply()
             finally:
                 if applier.written:
-                    merge_written(read.records[key], applier.written)
                     read.dirty.add(key)
         archive = self.settings.reports_dir / f"deleted_{self.report.started:%Y%m%d_%H%M%S}.jsonl"
         deleter = Deleter(airtable, archive, self.stop, read.schema)
@@ -3215,8 +3333,8 @@ class Sync:
                 deleter.apply(deletion)
             finally:
                 if deletion.deleted:
-                    gone = {rec["id"] for rec in deletion.deleted}
-                    read.records[deletion.key] = [r for r in read.records[deletion.key] if r["id"] not in gone]
+                    for rec in deletion.deleted:
+                        read.records[deletion.key].pop(rec["id"])
                     read.dirty.add(deletion.key)
 
     def run(self) -> int:
@@ -3307,17 +3425,6 @@ def prune_archives(reports_dir: Path, days: float, now: datetime) -> None:
             with contextlib.suppress(OSError):
                 os.remove(reports_dir / name)
                 log.info("removed the deletion archive %s (older than %g days)", name, days)
-
-
-def merge_written(records: list[dict], written: Iterable[dict]) -> None:
-    """Fold Airtable's answers into the pulled records, so the cache is the base after the run."""
-    position = {rec["id"]: i for i, rec in enumerate(records)}
-    for rec in written:
-        if rec["id"] in position:
-            records[position[rec["id"]]] = rec
-        else:
-            position[rec["id"]] = len(records)
-            records.append(rec)
 
 
 def run_check(settings: Settings, out=None) -> int:

@@ -135,10 +135,14 @@ def snapshot():
 
 def apply_payloads(records, payloads, schema):
     """The snapshot patched with every payload, as the change feed applies them one at a time."""
-    patch = sync.SnapshotPatch(records, schema)
+    snapshots = {key: sync.TableSnapshot.of(recs) for key, recs in records.items()}  # on disk, as a run keeps it
+    patch = sync.SnapshotPatch(snapshots, schema)
     for p in payloads:
         patch.apply(p)
-    return patch.finish()
+    result = patch.finish()
+    for key, recs in records.items():
+        recs[:] = list(snapshots[key])
+    return result
 
 
 def payload(cursor, tables, source="client"):
@@ -273,6 +277,7 @@ def test_drift_counts_records_that_differ_in_mapped_fields_only_and_skips_later_
     fresh["users"][1]["fields"]["fldUnotes"] = "unmapped"  # not drift
     fresh["messages"].append({"id": "recM2", "createdTime": "x", "fields": {"fldMid": "m2"}})  # missing from the feed
     columns = sync.table_bindings(schema(), BOUND, TABLES)
+    patched, fresh = ({k: sync.TableSnapshot.of(v) for k, v in tables.items()} for tables in (patched, fresh))
     assert sync.count_drift(patched, fresh, columns, {}) == 2
     assert "recU1" in caplog.text and "in email" in caplog.text and "z@x.io" not in caplog.text
     assert sync.count_drift(patched, fresh, columns, {"users": {"recU1"}, "messages": {"recM2"}}) == 0
