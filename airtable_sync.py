@@ -23,6 +23,7 @@ import contextlib
 import dataclasses
 import errno
 import fcntl
+import hashlib
 import io
 import importlib.util
 import json
@@ -37,6 +38,7 @@ import sys
 import tempfile
 import threading
 import time
+from array import array
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -895,6 +897,10 @@ def cache_path(settings: Settings, key: str) -> Path:
     return settings.cache_dir / f"airtable_{key}.json"
 
 
+def memo_path(settings: Settings, key: str) -> Path:
+    return settings.cache_dir / f"airtable_{key}.memo"
+
+
 class TableSnapshot:
     """A table's records as Airtable has them, kept on disk one record a line, as the cache holds
     them, and in memory only as where each line is: a 500,000-record base fits a small machine.
@@ -941,10 +947,11 @@ class TableSnapshot:
                     break
                 if not line.endswith(b"\n"):
                     raise ValueError("the file ends before its closing bracket")
-                rec = _cache_line(line)
-                if not isinstance(rec, dict) or not isinstance(rec.get("id"), str):
+                found = RECORD_ID.match(line)  # as write_cache writes a record: its id first
+                rec_id = found.group(1).decode() if found else _cache_line(line).get("id")
+                if not isinstance(rec_id, str):
                     raise ValueError("a line is not a record")
-                snapshot.where[rec["id"]] = offset
+                snapshot.where[rec_id] = offset
         except ValueError as exc:
             snapshot.close()
             records = None
@@ -994,6 +1001,32 @@ class TableSnapshot:
         self.where.pop(rec_id, None)
         return rec
 
+    def cells(self, keys: Sequence[str]) -> Iterator[tuple[str, list[Any]]]:
+        """Each record's id and its cells under `keys` (None where absent), for matching. Where
+        the keys are field ids and the cells text, they are read from the line without parsing
+        it: an unescaped `"fld…": ` in a record's JSON can only be one of its cells (quotes in a
+        string are escaped, and no cell holds field ids as keys)."""
+        if not all(FIELD_ID.fullmatch(k) for k in keys):
+            for rec in self:  # cells by name (the schema is unreadable): "id" is also the record's own key
+                yield rec["id"], [rec["fields"].get(k) for k in keys]
+            return
+        markers = [b'"' + k.encode() + b'": ' for k in keys]
+        texts = [re.compile(re.escape(m) + rb'"((?:[^"\\]|\\.)*)"') for m in markers]
+        for rec_id in list(self.where):
+            line: bytes = self.line(rec_id)  # type: ignore[assignment]
+            values: list[Any] = []
+            for marker, text in zip(markers, texts):
+                if marker not in line:
+                    values.append(None)
+                elif found := text.search(line):
+                    raw = found.group(1).decode("utf-8", "surrogatepass")
+                    values.append(json.loads(f'"{raw}"') if "\\" in raw else raw)
+                else:  # not text: parsed
+                    fields = _cache_line(line)["fields"]
+                    values = [fields.get(k) for k in keys]
+                    break
+            yield rec_id, values
+
     def __iter__(self) -> Iterator[dict]:
         for rec_id in list(self.where):
             rec = self.get(rec_id)
@@ -1008,6 +1041,12 @@ class TableSnapshot:
         for handle in (self.cache, self.spill):
             if handle is not None:
                 handle.close()
+
+
+# This file's own digest: a plan remembered by an older version of the rules is not trusted (PlanMemo).
+SOURCE_DIGEST = hashlib.blake2b(Path(__file__).read_bytes(), digest_size=16).digest()
+RECORD_ID = re.compile(rb'\{"id": "([^"\\]+)"')
+FIELD_ID = re.compile(r"fld[A-Za-z0-9]+")
 
 
 def as_snapshot(records: TableSnapshot | Iterable[dict]) -> TableSnapshot:
@@ -1900,6 +1939,12 @@ def iter_documents(path: Path, handle: BinaryIO) -> Iterator[dict]:
     """The documents of an export, one at a time, with Extended JSON unwrapped as they are parsed:
     a JSON array, or documents one after another separated by whitespace (JSON Lines, or
     mongoexport --pretty). Only the document being parsed and one chunk of text are in memory."""
+    for doc, _ in iter_documents_text(path, handle):
+        yield doc
+
+
+def iter_documents_text(path: Path, handle: BinaryIO) -> Iterator[tuple[dict, str]]:
+    """iter_documents, each document with its JSON text as the file has it."""
     text = ExportText(path, handle)
     raw_decode = json.JSONDecoder(object_hook=unwrap_wrapper).raw_decode
     pos = text.skip_space(0)
@@ -1914,7 +1959,7 @@ def iter_documents(path: Path, handle: BinaryIO) -> Iterator[dict]:
                          f"found {text.buf[pos:pos + 20]!r}")
 
 
-def _array(text: ExportText, pos: int, raw_decode: Callable[[str, int], tuple[Any, int]]) -> Iterator[dict]:
+def _array(text: ExportText, pos: int, raw_decode: Callable[[str, int], tuple[Any, int]]) -> Iterator[tuple[dict, str]]:
     """The elements of a JSON array, each parsed in place; json's own messages for its errors."""
     pos = text.skip_space(pos)
     n = 0
@@ -1924,11 +1969,12 @@ def _array(text: ExportText, pos: int, raw_decode: Callable[[str, int], tuple[An
                 pos = text.drop(pos)
             if pos == len(text.buf):
                 raise text.json_error("Expecting value", pos)
+            start = pos
             doc, pos = text.value(pos, raw_decode, None)
             n += 1
             if doc.__class__ is not dict:
                 raise UsageError(f"{text.path}: record {n} is not a JSON object ({type(doc).__name__})")
-            yield doc
+            yield doc, text.buf[start:pos]
             pos = text.skip_space(pos)
             if text.buf[pos:pos + 1] == "]":
                 break
@@ -1940,7 +1986,7 @@ def _array(text: ExportText, pos: int, raw_decode: Callable[[str, int], tuple[An
         raise text.json_error("Extra data", pos)
 
 
-def _documents(text: ExportText, pos: int, raw_decode: Callable[[str, int], tuple[Any, int]]) -> Iterator[dict]:
+def _documents(text: ExportText, pos: int, raw_decode: Callable[[str, int], tuple[Any, int]]) -> Iterator[tuple[dict, str]]:
     """Documents one after another, each parsed in place from the buffered text."""
     while pos < len(text.buf):
         if pos > READ_CHUNK:
@@ -1948,7 +1994,7 @@ def _documents(text: ExportText, pos: int, raw_decode: Callable[[str, int], tupl
         doc, after = text.value(pos, raw_decode, pos)
         if doc.__class__ is not dict:
             raise UsageError(f"{text.path}: line {text.line(pos)} is not a JSON object ({type(doc).__name__})")
-        yield doc
+        yield doc, text.buf[pos:after]
         pos = text.skip_space(after)
         if pos == after < len(text.buf):
             raise UsageError(f"{text.path}: line {text.line(pos)}: not valid JSON: a document follows the previous "
@@ -1970,34 +2016,64 @@ def mongo_id_of(doc: dict) -> str | None:
 
 
 class ExportSpool:
-    """An export's records, parsed once and kept on disk, not in memory: the plan reads them one
-    at a time, once or twice (records matched by natural key are planned in a second pass). Each
-    is pickled, Extended JSON already unwrapped, to an unnamed temporary file in the cache dir
-    (mode 0600, gone when closed), so a parse error still stops the run before any request."""
+    """An export's records, parsed once and kept on disk, not in memory: each document's JSON
+    text, as the file has it, in an unnamed temporary file in the cache dir (mode 0600, gone when
+    closed), so a parse error still stops the run before any request. In memory: each record's
+    Mongo id, where its text is, and a digest of it, by which the plan skips a record unchanged
+    since a run that found it in sync without parsing it again (PlanMemo)."""
 
     def __init__(self, directory: Path | None = None):
         if directory is not None:
             directory.mkdir(parents=True, exist_ok=True)
         self.file = tempfile.TemporaryFile(dir=directory)
-        self.count = 0
+        self.mongo_ids: list[str | None] = []
+        self.offsets = array("q", [0])  # record i's text is offsets[i]:offsets[i + 1]
+        self.digests = array("q")  # 64-bit digests of the texts
         self.carried: set[str] = set()  # every Mongo field some record carries
+        self.decode = json.JSONDecoder(object_hook=unwrap_wrapper).decode
 
-    def add(self, doc: dict) -> None:
+    def add(self, doc: dict, text: str) -> None:
         self.carried.update(doc)
-        pickle.dump((mongo_id_of(doc), doc), self.file, pickle.HIGHEST_PROTOCOL)
-        self.count += 1
+        data = text.encode("utf-8", "surrogatepass")
+        self.file.write(data)
+        self.offsets.append(self.offsets[-1] + len(data))
+        self.digests.append(int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big", signed=True))
+        self.mongo_ids.append(mongo_id_of(doc))
 
     def __len__(self) -> int:
-        return self.count
+        return len(self.mongo_ids)
+
+    def load(self, index: int) -> ExportRecord:
+        """Record `index`, its document parsed again from its text."""
+        self.file.seek(self.offsets[index])
+        text = self.file.read(self.offsets[index + 1] - self.offsets[index]).decode("utf-8", "surrogatepass")
+        return ExportRecord(index, self.mongo_ids[index], self.decode(text))
 
     def __iter__(self) -> Iterator[ExportRecord]:
-        self.file.seek(0)
-        for index in range(self.count):
-            mongo_id, doc = pickle.load(self.file)  # one unpickler each: a shared one mixes their memos
-            yield ExportRecord(index, mongo_id, doc)
+        for index in range(len(self)):
+            yield self.load(index)
 
     def close(self) -> None:
         self.file.close()
+
+
+class ExportList:
+    """Records in memory (tests, --check) with ExportSpool's interface, without digests."""
+
+    def __init__(self, records: Sequence[ExportRecord]):
+        self.records = records
+        self.mongo_ids = [r.mongo_id for r in records]
+        self.digests = None
+        self.carried = {k for r in records for k in r.doc}
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def load(self, index: int) -> ExportRecord:
+        return self.records[index]
+
+    def __iter__(self) -> Iterator[ExportRecord]:
+        return iter(self.records)
 
 
 def spool_export(path: Path, limit: int | None, directory: Path | None = None) -> ExportSpool | None:
@@ -2012,9 +2088,9 @@ def spool_export(path: Path, limit: int | None, directory: Path | None = None) -
     spool = ExportSpool(directory)
     try:
         with handle:
-            for doc in iter_documents(path, handle):
-                if limit is None or spool.count < limit:
-                    spool.add(doc)
+            for doc, text in iter_documents_text(path, handle):
+                if limit is None or len(spool) < limit:
+                    spool.add(doc, text)
     except BaseException:
         spool.close()
         raise
@@ -2070,21 +2146,23 @@ class Matcher:
         self.claimed: set[str] = set()
         self.by_id: dict[str, str] = {}  # Mongo id -> the first record that holds it
         self.candidates: dict[str, deque[str]] = defaultdict(deque)  # natural key -> records without an id
-        for rec in airtable_records:
-            value = rec["fields"].get(id_field) if id_field is not None else None
+        keys = [k for k in (id_field, key_field) if k is not None]
+        for rec_id, values in airtable_records.cells(keys) if keys else ():
+            cells = dict(zip(keys, values))
+            value = cells.get(id_field) if id_field is not None else None
             if value not in (None, ""):
-                self.by_id.setdefault(str(value), rec["id"])
-            elif key_field is not None and (key := normalize_key(rec["fields"].get(key_field))):
-                self.candidates[key].append(rec["id"])
+                self.by_id.setdefault(str(value), rec_id)
+            elif key_field is not None and (key := normalize_key(cells.get(key_field))):
+                self.candidates[key].append(rec_id)
 
-    def claim_by_id(self, mongo_id: str | None) -> dict | None:
+    def claim_by_id(self, mongo_id: str | None) -> str | None:
         rec_id = self.by_id.get(mongo_id) if mongo_id is not None else None
         if rec_id is None or rec_id in self.claimed:
             return None
         self.claimed.add(rec_id)
-        return self.records.get(rec_id)
+        return rec_id
 
-    def claim_by_key(self, key: str) -> dict | None:
+    def claim_by_key(self, key: str) -> str | None:
         queue = self.candidates.get(key) if key else None
         while queue and queue[0] in self.claimed:
             queue.popleft()
@@ -2092,7 +2170,7 @@ class Matcher:
             return None
         rec_id = queue.popleft()
         self.claimed.add(rec_id)
-        return self.records.get(rec_id)
+        return rec_id
 
     def orphans(self) -> list[dict]:
         return [self.records.get(rec_id) for rec_id in self.records.ids() if rec_id not in self.claimed]  # type: ignore[misc]
@@ -2106,14 +2184,15 @@ def match_records(
     id_field: str | None,
 ) -> tuple[list[Match], list[dict]]:
     """Both passes over records in memory (Matcher): the matches (export order) and the orphans."""
-    matcher = Matcher(as_snapshot(airtable_records), key_field, id_field)
+    records = as_snapshot(airtable_records)
+    matcher = Matcher(records, key_field, id_field)
     by_id = [matcher.claim_by_id(record.mongo_id) for record in exported]
     matches = []
-    for record, rec in zip(exported, by_id):
-        if rec is not None:
-            matches.append(Match(record, rec, "id"))
-        elif (rec := matcher.claim_by_key(natural_key(record.doc, key_fields))) is not None:
-            matches.append(Match(record, rec, "key"))
+    for record, rec_id in zip(exported, by_id):
+        if rec_id is not None:
+            matches.append(Match(record, records.get(rec_id), "id"))
+        elif (rec_id := matcher.claim_by_key(natural_key(record.doc, key_fields))) is not None:
+            matches.append(Match(record, records.get(rec_id), "key"))
         else:
             matches.append(Match(record, None, "new"))
     return matches, matcher.orphans()
@@ -2452,6 +2531,13 @@ class TablePlan:
     def has_id_field(self) -> bool:
         return self.id_key is not None
 
+    def count_skip(self, mongo_id: str | None, record_id: str) -> None:
+        self.skipped += 1
+        if mongo_id is not None:
+            self.skipped_with_id += 1
+            if self.id_key is None:  # the links to it find it only through the plan
+                self.skipped_ids[mongo_id] = record_id
+
     def of(self, action: str) -> list[PlannedWrite]:
         return [w for w in self.writes if w.action == action]
 
@@ -2466,51 +2552,69 @@ def link_reference(doc: dict, link: LinkSpec) -> str | None:
 
 def plan_table(
     spec: TableSpec,
-    exported: Iterable[ExportRecord],
+    exported: ExportSpool | ExportList | Sequence[ExportRecord],
     airtable_records: TableSnapshot | Sequence[dict],
     columns: TableColumns,
     link_index: Mapping[str, Mapping[str, str]],
+    memo: PlanMemo | None = None,
 ) -> TablePlan:
-    """What to create, update and skip for one table: pure, no I/O. Records and writes name the
-    fields by their keys in `columns` (field ids, once bound). The export is read one record at
-    a time (an ExportSpool, or a list), once, and again only for the records that no `id`
-    matched; an unchanged record leaves nothing in the plan but a count."""
+    """What to create, update and skip for one table: pure but for reading the spool and the
+    snapshot. Records and writes name the fields by their keys in `columns` (field ids, once
+    bound). An export record is parsed when it is planned, and a record that `memo` knows to be
+    in sync is not parsed at all; an unchanged record leaves nothing in the plan but a count."""
     airtable_records = as_snapshot(airtable_records)
+    if not isinstance(exported, (ExportSpool, ExportList)):
+        exported = ExportList(exported)
     types, read_only = field_types(spec, columns, airtable_records, exported)
     id_key = columns.id_key if columns.id_key in types else None
-    carried = exported.carried if isinstance(exported, ExportSpool) else {k for r in exported for k in r.doc}
+    carried = exported.carried
     plan = TablePlan(spec, columns, types, id_key, [], [], sorted(carried - spec.consumed_mongo_fields),
                      list(columns.missing), read_only, absent_in_export(spec, carried) if carried else [])
     has_id_field = plan.has_id_field
     matcher = Matcher(airtable_records, columns.key(spec.airtable_key), id_key)
     converting = mapped_columns(spec, columns, types)
+    if memo is not None and (exported.digests is None or not has_id_field):
+        memo = None
+    if memo is not None:
+        memo.sign(spec, columns, types, id_key, link_index)
     # Pass one: records that cannot be matched safely fail before matching, so they claim no
     # Airtable record; the rest are matched by id and planned at once.
-    unmatched, seen_ids = set(), set()
-    for record in exported:
-        if record.mongo_id is None and not natural_key(record.doc, spec.key_fields):
-            plan.writes.append(PlannedWrite(record.bare(), "error", error=f"record #{record.index + 1} has no id "
-                                            f"and no {'/'.join(spec.key_fields)}"))
-        elif not has_id_field and not natural_key(record.doc, spec.key_fields):
+    unmatched, seen_ids = [], set()
+    for index, mongo_id in enumerate(exported.mongo_ids):
+        record = exported.load(index) if mongo_id is None or not has_id_field else None  # the key is needed
+        if mongo_id is None and not natural_key(record.doc, spec.key_fields):  # type: ignore[union-attr]
+            plan.writes.append(PlannedWrite(ExportRecord(index, mongo_id, {}), "error", error=f"record #{index + 1} "
+                                            f"has no id and no {'/'.join(spec.key_fields)}"))
+        elif not has_id_field and not natural_key(record.doc, spec.key_fields):  # type: ignore[union-attr]
             # With no `id` field in Airtable only the key finds a record again: created, it
             # would be created again on every run.
-            plan.writes.append(PlannedWrite(record.bare(), "error", error=f"no {'/'.join(spec.key_fields)}, and "
-                                            "the Airtable table has no id field to find it by"))
-        elif record.mongo_id is not None and record.mongo_id in seen_ids:
-            plan.writes.append(PlannedWrite(record.bare(), "error", error="duplicate id in the export; "
-                                            "its first record is synced"))
+            plan.writes.append(PlannedWrite(ExportRecord(index, mongo_id, {}), "error", error=f"no "
+                                            f"{'/'.join(spec.key_fields)}, and the Airtable table has no id field "
+                                            "to find it by"))
+        elif mongo_id is not None and mongo_id in seen_ids:
+            plan.writes.append(PlannedWrite(ExportRecord(index, mongo_id, {}), "error", error="duplicate id in the "
+                                            "export; its first record is synced"))
         else:
-            seen_ids.add(record.mongo_id)
-            if (rec := matcher.claim_by_id(record.mongo_id)) is not None:
-                plan_record(plan, record, rec, "id", converting, link_index)
+            seen_ids.add(mongo_id)
+            if (rec_id := matcher.claim_by_id(mongo_id)) is not None:
+                line: bytes = airtable_records.line(rec_id)  # type: ignore[assignment]
+                known = memo.key(mongo_id, exported.digests[index], line) if memo is not None else None  # type: ignore[index,arg-type]
+                if known is not None and memo.has(known):  # type: ignore[union-attr]
+                    plan.count_skip(mongo_id, rec_id)
+                    continue
+                record = record or exported.load(index)
+                if plan_record(plan, record, _cache_line(line), "id", converting, link_index) and known is not None:
+                    memo.keep(known)  # type: ignore[union-attr]
+            elif not matcher.candidates:  # nothing to match by key (a first sync): a create, at once
+                plan_record(plan, record or exported.load(index), None, "new", converting, link_index)
             else:
-                unmatched.add(record.index)
+                unmatched.append(index)
     # Pass two, in export order: by natural key, else a create.
-    if unmatched:
-        for record in exported:
-            if record.index in unmatched:
-                rec = matcher.claim_by_key(natural_key(record.doc, spec.key_fields))
-                plan_record(plan, record, rec, "key" if rec is not None else "new", converting, link_index)
+    for index in unmatched:
+        record = exported.load(index)
+        rec_id = matcher.claim_by_key(natural_key(record.doc, spec.key_fields))
+        current = airtable_records.get(rec_id) if rec_id is not None else None
+        plan_record(plan, record, current, "key" if current is not None else "new", converting, link_index)
     plan.orphans = matcher.orphans()
     plan.airtable_ids = matcher.by_id if id_key is not None else {}
     plan.writes.sort(key=lambda w: w.record.index)
@@ -2520,14 +2624,16 @@ def plan_table(
 
 
 def plan_record(plan: TablePlan, record: ExportRecord, current: dict | None, how: str,
-                converting: Sequence[tuple[str, str, str]], link_index: Mapping[str, Mapping[str, str]]) -> None:
-    """One matched (or new) record's write, added to the plan; an unchanged one is only counted."""
+                converting: Sequence[tuple[str, str, str]], link_index: Mapping[str, Mapping[str, str]]) -> bool:
+    """One matched (or new) record's write, added to the plan; an unchanged one is only counted.
+    True when the record is in sync with nothing invalid or unresolved in it (PlanMemo keeps those)."""
     spec, columns, types = plan.spec, plan.columns, plan.types
     converted, invalid, problem = convert_record(record, converting, plan.id_key)
     plan.invalid_values += len(invalid)
     if invalid:
         log.debug("%s %s: invalid values left out: %s", spec.key, record.mongo_id,
                   ", ".join(columns.mapped_name(k) for k in invalid))
+    unresolved = plan.unresolved_links
     for link in spec.links:
         link_key = columns.key(link.airtable_field)
         if link_key not in types:
@@ -2550,11 +2656,60 @@ def plan_record(plan: TablePlan, record: ExportRecord, current: dict | None, how
         plan.writes.append(PlannedWrite(record.bare(), "update", record_id=current["id"], fields=changes,
                                         matched_by=how, sent_fields=tuple(changes)))
     else:
-        plan.skipped += 1
-        if record.mongo_id is not None:
-            plan.skipped_with_id += 1
-            if plan.id_key is None:  # the links to it find it only through the plan
-                plan.skipped_ids[record.mongo_id] = current["id"]
+        plan.count_skip(record.mongo_id, current["id"])
+        return not invalid and plan.unresolved_links == unresolved
+    return False
+
+
+class PlanMemo:
+    """The records a run found in sync, remembered as one 64-bit digest each of everything their
+    plan depended on: the export document's text, the Airtable record's line in the snapshot, and
+    the table's signature (this tool's own code, the mapping, the bound fields and their types,
+    and the link targets' ids). A record whose digest the last run kept is in sync again, since
+    the plan is a function of those alone: a quiet night neither parses nor converts it. Kept in
+    `airtable_<table>.memo` (8 bytes a record, no personal data); a missing or stale file only
+    costs a full plan."""
+
+    def __init__(self, known: array | None = None):
+        self.known: set[int] = set(known or ())
+        self.kept = array("q")
+        self.signature = b""
+
+    @classmethod
+    def load(cls, path: Path) -> "PlanMemo":
+        known = array("q")
+        try:
+            with open(path, "rb") as handle:
+                known.frombytes(handle.read())
+        except (OSError, ValueError):
+            known = array("q")
+        return cls(known)
+
+    def sign(self, spec: TableSpec, columns: TableColumns, types: Mapping[str, str], id_key: str | None,
+             link_index: Mapping[str, Mapping[str, str]]) -> None:
+        digest = hashlib.blake2b(SOURCE_DIGEST, digest_size=16)
+        digest.update(repr((spec.key, spec.mapping, spec.key_fields, spec.links, id_key, sorted(types.items()),
+                            sorted((c.mapped, c.key, c.type) for c in columns.by_mapped.values()))).encode())
+        for link in spec.links:
+            digest.update("\x1f".join(f"{k}\x1e{v}" for k, v in link_index.get(link.target, {}).items()).encode())
+        self.signature = digest.digest()
+
+    def key(self, mongo_id: str, text_digest: int, line: bytes) -> int:
+        digest = hashlib.blake2b(self.signature, digest_size=8)
+        digest.update(mongo_id.encode("utf-8", "surrogatepass") + text_digest.to_bytes(8, "big", signed=True) + line)
+        return int.from_bytes(digest.digest(), "big", signed=True)
+
+    def has(self, key: int) -> bool:
+        if key in self.known:
+            self.kept.append(key)
+            return True
+        return False
+
+    def keep(self, key: int) -> None:
+        self.kept.append(key)
+
+    def save(self, path: Path) -> None:
+        write_private(path, [self.kept.tobytes()])
 
 
 def absent_in_export(spec: TableSpec, carried: set[str]) -> list[str]:
@@ -3263,7 +3418,8 @@ class Sync:
     report: RunReport
     plans: dict[str, TablePlan] = field(default_factory=dict)
     deletions: dict[str, DeletionPlan] = field(default_factory=dict)
-    exports: dict[str, ExportSpool] = field(default_factory=dict)  # closed when the run ends (execute)
+    exports: dict[str, ExportSpool] = field(default_factory=dict)  # closed once planned
+    memos: dict[str, PlanMemo] = field(default_factory=dict)
 
     def load_exports(self) -> dict[str, ExportSpool]:
         """Every export parsed, before any request, into a spool on disk that the plan reads."""
@@ -3290,7 +3446,8 @@ class Sync:
                                                         read.columns[link.target].id_key)
                           for link in spec.links}
             columns = read.columns[key]
-            plans[key] = plan_table(spec, exports[key], pulled[key], columns, link_index)
+            self.memos[key] = memo = PlanMemo.load(memo_path(self.settings, key))
+            plans[key] = plan_table(spec, exports[key], pulled[key], columns, link_index, memo)
             if key in read.from_cache and any(w.matched_by == "key" for w in plans[key].writes):
                 # A natural-key match claims a record for good: a stale cache could hand it to the
                 # wrong Mongo record, so those are only ever made against a fresh read.
@@ -3298,7 +3455,8 @@ class Sync:
                 pulled[key] = pull_table(airtable, key, self.stop, by_id=columns.by_id)
                 read.from_cache.discard(key)
                 read.dirty.add(key)
-                plans[key] = plan_table(spec, exports[key], pulled[key], columns, link_index)
+                self.memos[key] = memo = PlanMemo.load(memo_path(self.settings, key))
+                plans[key] = plan_table(spec, exports[key], pulled[key], columns, link_index, memo)
             if plans[key].absent_in_export:
                 log.warning("%s: mapped Mongo fields that no exported record carries (renamed or dropped by the "
                             "exporter?): %s; Airtable keeps their values", key, ", ".join(plans[key].absent_in_export))
@@ -3380,6 +3538,8 @@ class Sync:
             # it wrote (or may have) comes back in the feed, so the next run settles it.
             if not settings.dry_run and not crashed:
                 save_snapshot(settings, read)
+                for key, memo in self.memos.items():
+                    memo.save(memo_path(settings, key))
         held = [d for d in self.deletions.values() if d.held]
         for deletion in held:
             log.error("%s: %d records left Mongo, over the safety cap of %d (AIRTABLE_MAX_DELETE_FRACTION=%g of "
