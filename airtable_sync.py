@@ -1043,9 +1043,17 @@ class TableSnapshot:
                 handle.close()
 
 
-# This file's own digest: a plan remembered by an older version of the rules is not trusted (PlanMemo).
-SOURCE_DIGEST = hashlib.blake2b(Path(__file__).read_bytes(), digest_size=16).digest()
-RECORD_ID = re.compile(rb'\{"id": "([^"\\]+)"')
+def _source_digest() -> bytes:
+    """This file's own digest: a plan remembered by another version of the rules is not trusted
+    (PlanMemo). Unreadable (a frozen build): a random one, so that nothing is remembered."""
+    try:
+        return hashlib.blake2b(Path(__file__).read_bytes(), digest_size=16).digest()
+    except OSError:
+        return os.urandom(16)
+
+
+SOURCE_DIGEST = _source_digest()
+RECORD_ID = re.compile(rb'\{"id": "([^"\\]+)"')  # a cache line as write_cache writes it begins with the record id
 FIELD_ID = re.compile(r"fld[A-Za-z0-9]+")
 
 
