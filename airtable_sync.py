@@ -3562,6 +3562,8 @@ class Sync:
                 save_snapshot(settings, read)
                 for key, memo in self.memos.items():
                     memo.save(memo_path(settings, key))
+            for snapshot in read.records.values():
+                snapshot.close()  # its temporary file goes with it
         held = [d for d in self.deletions.values() if d.held]
         for deletion in held:
             log.error("%s: %d records left Mongo, over the safety cap of %d (AIRTABLE_MAX_DELETE_FRACTION=%g of "
