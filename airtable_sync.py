@@ -18,11 +18,15 @@ from __future__ import annotations
 
 import argparse
 import base64
+import codecs
 import contextlib
 import dataclasses
 import errno
 import fcntl
+import hashlib
+import io
 import importlib.util
+import itertools
 import json
 import logging
 import math
@@ -34,6 +38,7 @@ import sys
 import tempfile
 import threading
 import time
+from array import array
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -41,7 +46,7 @@ from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import requests
 from dotenv import dotenv_values
@@ -1060,14 +1065,185 @@ def cache_path(settings: Settings, key: str) -> Path:
     return settings.cache_dir / f"airtable_{key}.json"
 
 
-def pull_table(airtable: Airtable, key: str, stop: threading.Event, by_id: bool) -> list[dict]:
+def memo_path(settings: Settings, key: str) -> Path:
+    return settings.cache_dir / f"airtable_{key}.memo"
+
+
+class TableSnapshot:
+    """A table's records as Airtable has them, kept on disk one record a line, as the cache holds
+    them, and in memory only as where each line is: a 500,000-record base fits a small machine.
+    The lines are those of the cache file the run started from (read only) and of a spill file,
+    an unnamed temporary file in the cache dir (mode 0600, gone when closed), to which every
+    record the run reads or writes is appended. Iteration follows the order records were added;
+    a record put again keeps its place, as in the cache."""
+
+    def __init__(self, directory: Path | None = None, cache: BinaryIO | None = None):
+        if directory is not None:
+            directory.mkdir(parents=True, exist_ok=True)
+        self.directory = directory
+        self.cache = cache
+        self.spill: BinaryIO | None = None
+        # Record id -> where its line starts: an offset in the cache file, or ~offset (< 0) in the spill.
+        self.where: dict[str, int] = {}
+
+    @classmethod
+    def of(cls, records: Iterable[dict], directory: Path | None = None) -> "TableSnapshot":
+        snapshot = cls(directory)
+        for rec in records:
+            snapshot.put(rec)
+        return snapshot
+
+    @classmethod
+    def from_cache(cls, path: Path, directory: Path | None = None) -> "TableSnapshot | None":
+        """A cache as write_cache writes it, indexed line by line (each parsed for its id, then
+        dropped); any other JSON array (a hand-made file) is read whole into the spill. None when
+        the file is missing or unreadable."""
+        try:
+            handle = open(path, "rb")
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            log.warning("cache %s unreadable (%s): reading Airtable instead", path, exc)
+            return None
+        snapshot = cls(directory, handle)
+        try:
+            if handle.readline().strip() != b"[":
+                raise ValueError("not one record a line")
+            while True:
+                offset, line = handle.tell(), handle.readline()
+                if line.rstrip(b"\n") == b"]":
+                    break
+                if not line.endswith(b"\n"):
+                    raise ValueError("the file ends before its closing bracket")
+                found = RECORD_ID.match(line)  # as write_cache writes a record: its id first
+                rec_id = found.group(1).decode() if found else _cache_line(line).get("id")
+                if not isinstance(rec_id, str):
+                    raise ValueError("a line is not a record")
+                snapshot.where[rec_id] = offset
+        except ValueError as exc:
+            snapshot.close()
+            records = None
+            try:  # not write_cache's layout (a hand-made array): read it whole
+                records = json.loads(path.read_text(encoding="utf-8", errors="surrogatepass"))
+            except (OSError, ValueError):
+                pass
+            if not isinstance(records, list) or not all(isinstance(r, dict) and "id" in r for r in records):
+                log.warning("cache %s unreadable (%s): reading Airtable instead", path, exc)
+                return None
+            return cls.of(records, directory)
+        return snapshot
+
+    def __len__(self) -> int:
+        return len(self.where)
+
+    def __contains__(self, rec_id: str) -> bool:
+        return rec_id in self.where
+
+    def ids(self) -> list[str]:
+        return list(self.where)
+
+    def line(self, rec_id: str) -> bytes | None:
+        """The record's line, as the cache holds it (without the comma and newline)."""
+        at = self.where.get(rec_id)
+        if at is None:
+            return None
+        handle = self.cache if at >= 0 else self.spill
+        handle.seek(at if at >= 0 else ~at)  # type: ignore[union-attr]
+        line = handle.readline().rstrip(b"\n")  # type: ignore[union-attr]
+        return line[:-1] if line.endswith(b",") else line
+
+    def get(self, rec_id: str) -> dict | None:
+        line = self.line(rec_id)
+        return None if line is None else _cache_line(line)
+
+    def put(self, rec: dict) -> None:
+        if self.spill is None:
+            self.spill = scratch_file(self.directory)  # type: ignore[assignment]
+        self.spill.seek(0, os.SEEK_END)
+        offset = self.spill.tell()
+        self.spill.write(json.dumps(rec, ensure_ascii=False).encode("utf-8", "surrogatepass") + b"\n")
+        self.where[rec["id"]] = ~offset
+
+    def pop(self, rec_id: str) -> dict | None:
+        rec = self.get(rec_id)
+        self.where.pop(rec_id, None)
+        return rec
+
+    def cells(self, keys: Sequence[str]) -> Iterator[tuple[str, list[Any]]]:
+        """Each record's id and its cells under `keys` (None where absent), for matching. Where
+        the keys are field ids and the cells text, they are read from the line without parsing
+        it: an unescaped `"fld…": ` in a record's JSON can only be one of its cells (quotes in a
+        string are escaped, and no cell holds field ids as keys)."""
+        if not all(FIELD_ID.fullmatch(k) for k in keys):
+            for rec in self:  # cells by name (the schema is unreadable): "id" is also the record's own key
+                yield rec["id"], [rec["fields"].get(k) for k in keys]
+            return
+        markers = [b'"' + k.encode() + b'": ' for k in keys]
+        texts = [re.compile(re.escape(m) + rb'"((?:[^"\\]|\\.)*)"') for m in markers]
+        for rec_id in list(self.where):
+            line: bytes = self.line(rec_id)  # type: ignore[assignment]
+            values: list[Any] = []
+            for marker, text in zip(markers, texts):
+                if marker not in line:
+                    values.append(None)
+                elif found := text.search(line):
+                    raw = found.group(1).decode("utf-8", "surrogatepass")
+                    values.append(json.loads(f'"{raw}"') if "\\" in raw else raw)
+                else:  # not text: parsed
+                    fields = _cache_line(line)["fields"]
+                    values = [fields.get(k) for k in keys]
+                    break
+            yield rec_id, values
+
+    def __iter__(self) -> Iterator[dict]:
+        for rec_id in list(self.where):
+            rec = self.get(rec_id)
+            if rec is not None:
+                yield rec
+
+    def lines(self) -> Iterator[bytes]:
+        for rec_id in list(self.where):
+            yield self.line(rec_id)  # type: ignore[misc]
+
+    def close(self) -> None:
+        for handle in (self.cache, self.spill):
+            if handle is not None:
+                handle.close()
+
+
+def _source_digest() -> bytes:
+    """This file's own digest: a plan remembered by another version of the rules is not trusted
+    (PlanMemo). Unreadable (a frozen build): a random one, so that nothing is remembered."""
+    try:
+        return hashlib.blake2b(Path(__file__).read_bytes(), digest_size=16).digest()
+    except OSError:
+        return os.urandom(16)
+
+
+SOURCE_DIGEST = _source_digest()
+RECORD_ID = re.compile(rb'\{"id": "([^"\\]+)"')  # a cache line as write_cache writes it begins with the record id
+FIELD_ID = re.compile(r"fld[A-Za-z0-9]+")
+
+
+def as_snapshot(records: TableSnapshot | Iterable[dict]) -> TableSnapshot:
+    """Records in memory (tests, small tables) as a snapshot."""
+    return records if isinstance(records, TableSnapshot) else TableSnapshot.of(records)
+
+
+def _cache_line(line: bytes) -> Any:
+    line = line.rstrip(b"\n")
+    return json.loads((line[:-1] if line.endswith(b",") else line).decode("utf-8", "surrogatepass"))
+
+
+def pull_table(airtable: Airtable, key: str, stop: threading.Event, by_id: bool) -> TableSnapshot:
     """Every record of a table, its cells keyed by field id (`by_id`, returnFieldsByFieldId) or,
-    when the schema is unreadable, by name."""
-    records: list[dict] = []
+    when the schema is unreadable, by name; each page goes to disk as it comes."""
+    records = TableSnapshot(airtable.settings.cache_dir)
     try:
         with Progress(f"{key}: pull") as progress:  # 100 records a page at 5 a second: say how far
             for page in airtable.table(key).iterate(page_size=RECORDS_PER_PAGE, use_field_ids=by_id):
-                records.extend(page)
+                for rec in page:
+                    records.put(rec)
                 progress.update(len(page))
                 if stop.is_set():
                     raise RunInterrupted()
@@ -1077,42 +1253,39 @@ def pull_table(airtable: Airtable, key: str, stop: threading.Event, by_id: bool)
 
 
 def read_cache(path: Path) -> list[dict] | None:
-    """A cache as write_cache writes it, one record a line, parsed line by line: the whole file
-    as one string would double the run's peak memory (text is 2-4 bytes a character in memory).
-    Any other JSON array (a hand-made file) is read whole."""
+    """A cache's records in memory (small caches: tests), None if missing or unreadable."""
+    snapshot = TableSnapshot.from_cache(path)
+    if snapshot is None:
+        return None
     try:
-        with open(path, encoding="utf-8", errors="surrogatepass") as handle:
-            if handle.readline().strip() != "[":
-                raise ValueError("not one record a line")
-            # A thousand lines at a time: json shares the keys of the records it parses in
-            # one call, and 30,000 records each with its own copy of 25 keys cost 40 MB.
-            records, chunk = [], []
-            for line in handle:
-                line = line.rstrip("\n")
-                if line != "]":
-                    chunk.append(line[:-1] if line.endswith(",") else line)
-                if len(chunk) == 1000 or (line == "]" and chunk):
-                    records.extend(json.loads("[" + ",".join(chunk) + "]"))
-                    chunk = []
-                if line == "]":
-                    break
-            else:
-                raise ValueError("the file ends before its closing bracket")
-    except ValueError as exc:
-        try:  # not write_cache's layout (a hand-made array): read it whole
-            records = json.loads(path.read_text(encoding="utf-8", errors="surrogatepass"))
-        except (OSError, ValueError):
-            log.warning("cache %s unreadable (%s): reading Airtable instead", path, exc)
-            return None
-    except FileNotFoundError:
-        return None
+        return list(snapshot)
+    finally:
+        snapshot.close()
+
+
+# A scratch file stays in memory up to this size, then moves to the cache dir: a small base
+# never touches the disk for it, a large one never holds it in memory.
+SCRATCH_IN_MEMORY_BYTES = 512 * 1024
+
+
+def scratch_file(directory: Path | None) -> Any:
+    """An unnamed temporary file (mode 0600, gone when closed) for what a run keeps on disk."""
+    return tempfile.SpooledTemporaryFile(max_size=SCRATCH_IN_MEMORY_BYTES, dir=directory)
+
+
+@contextlib.contextmanager
+def scratch_files(directory: Path) -> Iterator[None]:
+    """A run's temporary files (the exports' spools, the snapshots' spill files) live in the cache
+    dir: when the disk there is full they fail as any local file does (exit 74), naming the folder."""
+    try:
+        yield
     except OSError as exc:
-        log.warning("cache %s unreadable (%s): reading Airtable instead", path, exc)
-        return None
-    return records if isinstance(records, list) else None
+        if isinstance(exc, (LocalWriteError, requests.RequestException)) or exc.errno not in LOCAL_WRITE_ERRNOS:
+            raise
+        raise LocalWriteError(directory / "(a temporary file of this run)", exc) from None
 
 
-def write_private(path: Path, text: str | Iterable[str]) -> None:
+def write_private(path: Path, text: str | Iterable[str | bytes]) -> None:
     """Atomically write a file only its owner can read (it holds personal data): whole or not at
     all. A file that cannot be written (a full disk, an unwritable folder) raises LocalWriteError
     and leaves the previous file as it was, and no tmp file behind."""
@@ -1125,8 +1298,9 @@ def write_private(path: Path, text: str | Iterable[str]) -> None:
     try:
         # surrogatepass: a cell may hold half an emoji (a lone surrogate, valid in JSON text),
         # which strict UTF-8 refuses; read_cache reads it back the same way.
-        with os.fdopen(fd, "w", encoding="utf-8", errors="surrogatepass") as handle:
-            handle.writelines([text] if isinstance(text, str) else text)
+        with os.fdopen(fd, "wb") as handle:
+            for piece in [text] if isinstance(text, str) else text:
+                handle.write(piece.encode("utf-8", "surrogatepass") if isinstance(piece, str) else piece)
             handle.flush()
             os.fsync(handle.fileno())  # on disk before it replaces the old file: a crash leaves one whole
         os.chmod(tmp, 0o600)
@@ -1139,13 +1313,19 @@ def write_private(path: Path, text: str | Iterable[str]) -> None:
         raise
 
 
-def write_cache(path: Path, records: list[dict]) -> None:
+def write_cache(path: Path, records: Iterable[dict] | TableSnapshot) -> None:
     # One record a line, streamed: still a JSON array, written by json's C encoder
-    # (indent= falls back to pure Python) without the whole file in memory at once.
-    def chunks() -> Iterator[str]:
-        for i, rec in enumerate(records):
-            yield ("[\n" if i == 0 else ",\n") + json.dumps(rec, ensure_ascii=False)
-        yield "\n]\n" if records else "[]\n"
+    # (indent= falls back to pure Python) without the whole file in memory at once. A snapshot's
+    # lines are copied as they are, not parsed again.
+    lines = records.lines() if isinstance(records, TableSnapshot) else (
+        json.dumps(rec, ensure_ascii=False).encode("utf-8", "surrogatepass") for rec in records)
+
+    def chunks() -> Iterator[bytes]:
+        first = True
+        for line in lines:
+            yield (b"[\n" if first else b",\n") + line
+            first = False
+        yield b"[]\n" if first else b"\n]\n"
     write_private(path, chunks())
 
 
@@ -1355,10 +1535,9 @@ class SnapshotPatch:
     a first sync reads thousands, and holding them all would cost more memory than the snapshot.
     A payload sets values, it never adds to them, so replaying one is harmless."""
 
-    def __init__(self, records: dict[str, list[dict]], schema: BaseSchema):
-        self.records = records
+    def __init__(self, records: dict[str, TableSnapshot], schema: BaseSchema):
+        self.index = records
         self.schema = schema  # replaced when a payload says fields changed and the schema is read again
-        self.index = {key: {rec["id"]: rec for rec in recs} for key, recs in records.items()}
         self.before: dict[str, dict[str, dict | None]] = defaultdict(dict)  # key -> record id -> cells
 
     def apply(self, payload: dict) -> None:
@@ -1381,19 +1560,19 @@ class SnapshotPatch:
                 created_time = created.get("createdTime")
                 if isinstance(created_time, datetime):
                     created_time = iso_millis(created_time)
-                table[rec_id] = {"id": rec_id, "createdTime": created_time, "fields": fields}
+                table.put({"id": rec_id, "createdTime": created_time, "fields": fields})
             for rec_id, changed in (change.get("changedRecordsById") or {}).items():
                 rec = table.get(rec_id)
                 if rec is None:
                     log.debug("%s %s: a payload changes a record the snapshot lacks", key, rec_id)
                     continue  # a full read finds it; drift counts it
-                fields = dict(rec["fields"])  # a new dict: never patch one another list shares
+                fields = dict(rec["fields"])
                 set_cells(fields, ((changed.get("current") or {}).get("cellValuesByFieldId") or {}), by_id)
                 if fields != rec["fields"]:
                     before.setdefault(rec_id, rec["fields"])
-                    rec["fields"] = fields
+                    table.put({**rec, "fields": fields})
             for rec_id in change.get("destroyedRecordIds") or []:
-                rec = table.pop(rec_id, None)
+                rec = table.pop(rec_id)
                 if rec is not None:
                     before.setdefault(rec_id, rec["fields"])
 
@@ -1405,12 +1584,12 @@ class SnapshotPatch:
         changed: set[str] = set()
         for key, seen in self.before.items():
             table = self.index[key]
-            if any(old != (table[rec_id]["fields"] if rec_id in table else None) for rec_id, old in seen.items()):
+            now = {rec_id: table.get(rec_id) for rec_id in seen}
+            if any(old != (now[rec_id]["fields"] if now[rec_id] is not None else None) for rec_id, old in seen.items()):
                 changed.add(key)
-                self.records[key] = list(table.values())
             types = {f.id: f.type for f in self.schema.fields[key].values()}
             for rec_id, old in seen.items():
-                rec = table.get(rec_id)
+                rec = now[rec_id]
                 if old is None or rec is None:
                     continue  # created or deleted: not an edit of cells
                 # Every cell that changed: the plan keeps those it sets back (set_back).
@@ -1431,20 +1610,21 @@ def mapped_fields_changed(old: BaseSchema, new: BaseSchema, bound: Mapping[str, 
     return None
 
 
-def count_drift(patched: Mapping[str, list[dict]], fresh: Mapping[str, list[dict]],
+def count_drift(patched: Mapping[str, TableSnapshot], fresh: Mapping[str, TableSnapshot],
                 columns: Mapping[str, TableColumns], changed_since: Mapping[str, set[str]]) -> int:
     """Records whose fresh read differs from the snapshot patched with every payload up to the
     read, in the mapped fields, leaving out those a later payload changed. Logs record id and
     field names, never values."""
     drift = 0
-    for key, fresh_records in fresh.items():
+    for key, new in fresh.items():
         if key not in patched or key not in columns:
             continue
         mapped = synced_fields(columns[key])
-        old = {rec["id"]: rec for rec in patched[key]}
-        new = {rec["id"]: rec for rec in fresh_records}
+        old = patched[key]
         skip = changed_since.get(key, set())
-        for rec_id in (old.keys() | new.keys()) - skip:
+        for rec_id in [*old.ids(), *(i for i in new.ids() if i not in old)]:
+            if rec_id in skip:
+                continue
             a, b = old.get(rec_id), new.get(rec_id)
             if a is None or b is None:
                 names = ["(the whole record: " + ("missing from the snapshot" if a is None else "gone from Airtable") + ")"]
@@ -1475,7 +1655,7 @@ def touched_records(payloads: Sequence[dict], schema: BaseSchema) -> dict[str, s
 class BaseRead:
     """What the read gives the plan: the tables as Airtable has them, and how they were read."""
 
-    records: dict[str, list[dict]]
+    records: dict[str, TableSnapshot]
     schema: BaseSchema | None
     mode: str  # "webhook" (the change feed) or "full"
     reason: str
@@ -1554,7 +1734,7 @@ class BaseReader:
 
     # -- the change feed ----------------------------------------------------------------
 
-    def load_snapshot(self, state: ChangeState | None) -> dict[str, list[dict]] | None:
+    def load_snapshot(self, state: ChangeState | None) -> dict[str, TableSnapshot] | None:
         """The caches the state wrote, or None if any is missing or was changed since."""
         if state is None:
             return None
@@ -1563,13 +1743,13 @@ class BaseReader:
             path = cache_path(self.settings, key)
             if cache_fingerprint(path) != state.caches.get(key):
                 return None
-            records = read_cache(path)
+            records = TableSnapshot.from_cache(path, self.settings.cache_dir)
             if records is None:
                 return None
             snapshot[key] = records
         return snapshot
 
-    def read_feed(self, state: ChangeState, hook: Any, snapshot: dict[str, list[dict]]
+    def read_feed(self, state: ChangeState, hook: Any, snapshot: dict[str, TableSnapshot]
                   ) -> tuple[BaseRead | None, str]:
         """The snapshot patched with the payloads since the state's cursor; or None and why not."""
         patch, cursor, count = SnapshotPatch(snapshot, state.schema), state.cursor, 0
@@ -1627,7 +1807,7 @@ class BaseReader:
 
     # -- a full read --------------------------------------------------------------------
 
-    def read_full(self, reason: str, state: ChangeState | None, snapshot: dict[str, list[dict]] | None,
+    def read_full(self, reason: str, state: ChangeState | None, snapshot: dict[str, TableSnapshot] | None,
                   hooks: list | None, needed: Sequence[str]) -> BaseRead:
         """Every record. First the webhook and its next cursor, so that what changes during the
         read is replayed next run; with a previous snapshot that is still exact, the drift."""
@@ -1751,10 +1931,11 @@ class BaseReader:
         schema = fetch_schema(self.airtable)
         records, from_cache = {}, set()
         for key in needed:
-            cached = read_cache(cache_path(self.settings, key))
+            cached = TableSnapshot.from_cache(cache_path(self.settings, key), self.settings.cache_dir)
             if cached is not None and schema is not None and any(
-                    not name.startswith("fld") for rec in cached[:100] for name in rec.get("fields", {})):
+                    not FIELD_ID.fullmatch(name) for rec in itertools.islice(cached, 100) for name in rec["fields"]):
                 log.warning("%s: the cache names fields by name (an earlier version wrote it): reading the table", key)
+                cached.close()
                 cached = None
             if cached is not None:
                 log.info("%s: %d Airtable records from the cache", key, len(cached))
@@ -1794,6 +1975,10 @@ class ExportRecord:
     index: int  # position in the export, 0-based
     mongo_id: str | None
     doc: dict
+
+    def bare(self) -> "ExportRecord":
+        """The record without its document: what a planned write keeps of it."""
+        return ExportRecord(self.index, self.mongo_id, {})
 
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -1878,79 +2063,172 @@ def _extended_date(inner: Any) -> Any:
     return {"$date": inner}
 
 
-def _decode(path: Path, raw: bytes) -> str:
-    """UTF-8 text, without a byte order mark."""
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        offset = exc.start + len(raw) - len(exc.object)  # exc.object is what followed a BOM
-        line = raw.count(b"\n", 0, offset) + 1
-        raise UsageError(f"{path}: line {line}: not valid UTF-8 "
-                         f"(byte {raw[offset]:#04x} at offset {offset})") from None
-
-
-def _line_of(text: str, pos: int) -> int:
-    return text.count("\n", 0, pos) + 1
-
-
-def _json_error(path: Path, exc: json.JSONDecodeError, text: str = "", start: int | None = None) -> UsageError:
-    """One line: the file, the line and column of the error, and the line its document began on (from `start`,
-    when there is one) if that is another line."""
-    began = exc.lineno if start is None else _line_of(text, start)
-    where = "" if began == exc.lineno else f", in the document from line {began}"
-    return UsageError(f"{path}: line {exc.lineno}: not valid JSON: {exc.msg} (column {exc.colno}{where})")
-
-
 JSON_SPACE = re.compile(r"[ \t\n\r]*")
 LAYOUTS = "a JSON array, JSON Lines or documents one after another"
+READ_CHUNK = 1 << 20  # bytes read at a time: an export is parsed as a stream, never held whole
+
+
+class ExportText:
+    """An export's text, read and decoded a chunk at a time. `buf` holds what is not parsed yet;
+    positions in it map back to the file's lines and columns for error messages."""
+
+    def __init__(self, path: Path, handle: BinaryIO):
+        self.path, self.handle = path, handle
+        self.decoder = codecs.getincrementaldecoder("utf-8-sig")()
+        self.buf = ""
+        self.eof = False
+        self.bytes_read = 0
+        self.lines_dropped = 0  # newlines in the text already dropped from buf
+        self.column_dropped = 0  # characters of buf's first line dropped with it
+
+    def more(self) -> bool:
+        """Read the next chunk into buf; False at the end of the file."""
+        if self.eof:
+            return False
+        chunk = self.handle.read(READ_CHUNK)
+        pending = self.decoder.getstate()[0]  # the bytes of a character cut by the last chunk
+        try:
+            text = self.decoder.decode(chunk, final=not chunk)
+        except UnicodeDecodeError as exc:
+            data = len(pending) + len(chunk)  # exc.object is that, less a BOM
+            raise self.utf8_error(self.bytes_read - len(pending) + data - len(exc.object) + exc.start) from None
+        self.bytes_read += len(chunk)
+        self.eof = not chunk
+        self.buf += text
+        return bool(chunk) or bool(text)
+
+    def utf8_error(self, offset: int) -> UsageError:
+        self.handle.seek(0)
+        head = self.handle.read(offset + 1)
+        line = head.count(b"\n", 0, offset) + 1
+        return UsageError(f"{self.path}: line {line}: not valid UTF-8 "
+                          f"(byte {head[offset]:#04x} at offset {offset})")
+
+    def drop(self, pos: int) -> int:
+        """Forget the text before `pos` (parsed); returns where `pos` is now."""
+        newlines = self.buf.count("\n", 0, pos)
+        if newlines:
+            self.lines_dropped += newlines
+            self.column_dropped = pos - self.buf.rfind("\n", 0, pos) - 1
+        else:
+            self.column_dropped += pos
+        self.buf = self.buf[pos:]
+        return 0
+
+    def line(self, pos: int) -> int:
+        return self.lines_dropped + self.buf.count("\n", 0, pos) + 1
+
+    def column(self, pos: int) -> int:
+        newline = self.buf.rfind("\n", 0, pos)
+        return pos - newline if newline >= 0 else self.column_dropped + pos + 1
+
+    def skip_space(self, pos: int) -> int:
+        """The position of the next character that is not whitespace (len(buf) at the end)."""
+        while True:
+            pos = JSON_SPACE.match(self.buf, pos).end()
+            if pos < len(self.buf) or not self.more():
+                return pos
+
+    def value(self, pos: int, raw_decode: Callable[[str, int], tuple[Any, int]], began: int | None) -> tuple[Any, int]:
+        """The JSON value at `pos` and where it ends, reading on while it is cut by the chunk's end.
+        An error names the line its document began on (`began`), when that is another line."""
+        while True:
+            try:
+                return raw_decode(self.buf, pos)
+            except json.JSONDecodeError as exc:
+                if self.more():
+                    continue
+                raise self.json_error(exc.msg, exc.pos, began) from None
+
+    def json_error(self, message: str, pos: int, began: int | None = None) -> UsageError:
+        line = self.line(pos)
+        start = line if began is None else self.line(began)
+        where = "" if start == line else f", in the document from line {start}"
+        return UsageError(f"{self.path}: line {line}: not valid JSON: {message} (column {self.column(pos)}{where})")
+
+
+def iter_documents(path: Path, handle: BinaryIO) -> Iterator[dict]:
+    """The documents of an export, one at a time, with Extended JSON unwrapped as they are parsed:
+    a JSON array, or documents one after another separated by whitespace (JSON Lines, or
+    mongoexport --pretty). Only the document being parsed and one chunk of text are in memory."""
+    for doc, _ in iter_documents_text(path, handle):
+        yield doc
+
+
+def iter_documents_text(path: Path, handle: BinaryIO, unwrap: bool = True) -> Iterator[tuple[dict, str]]:
+    """iter_documents, each document with its JSON text as the file has it. With `unwrap` False
+    only a document that is itself a wrapper is unwrapped (it is then no document): the values
+    inside keep their Extended JSON, for a pass that checks the file and reads the ids (a
+    third faster than unwrapping every value)."""
+    text = ExportText(path, handle)
+    raw_decode = json.JSONDecoder(object_hook=unwrap_wrapper).raw_decode if unwrap else _checking_decode
+    pos = text.skip_space(0)
+    if pos == len(text.buf):
+        raise UsageError(f"{path}: file is empty (expected {LAYOUTS})")
+    if text.buf[pos] == "[":
+        yield from _array(text, pos + 1, raw_decode)
+    elif text.buf[pos] == "{":
+        yield from _documents(text, pos, raw_decode)
+    else:
+        raise UsageError(f"{path}: expected a JSON array or JSON Lines (or documents one after another), "
+                         f"found {text.buf[pos:pos + 20]!r}")
+
+
+PLAIN_DECODE = json.JSONDecoder().raw_decode
+
+
+def _checking_decode(text: str, pos: int) -> tuple[Any, int]:
+    doc, end = PLAIN_DECODE(text, pos)
+    if doc.__class__ is dict and any(key[:1] == "$" for key in doc):  # a wrapper, as the object_hook sees it
+        doc = unwrap_extended_json(doc)
+    return doc, end
+
+
+def _array(text: ExportText, pos: int, raw_decode: Callable[[str, int], tuple[Any, int]]) -> Iterator[tuple[dict, str]]:
+    """The elements of a JSON array, each parsed in place; json's own messages for its errors."""
+    pos = text.skip_space(pos)
+    n = 0
+    if text.buf[pos:pos + 1] != "]":
+        while True:
+            if pos > READ_CHUNK:
+                pos = text.drop(pos)
+            if pos == len(text.buf):
+                raise text.json_error("Expecting value", pos)
+            start = pos
+            doc, pos = text.value(pos, raw_decode, None)
+            n += 1
+            if doc.__class__ is not dict:
+                raise UsageError(f"{text.path}: record {n} is not a JSON object ({type(doc).__name__})")
+            yield doc, text.buf[start:pos]
+            pos = text.skip_space(pos)
+            if text.buf[pos:pos + 1] == "]":
+                break
+            if text.buf[pos:pos + 1] != ",":
+                raise text.json_error("Expecting ',' delimiter", pos)
+            pos = text.skip_space(pos + 1)
+    pos = text.skip_space(pos + 1)
+    if pos < len(text.buf):
+        raise text.json_error("Extra data", pos)
+
+
+def _documents(text: ExportText, pos: int, raw_decode: Callable[[str, int], tuple[Any, int]]) -> Iterator[tuple[dict, str]]:
+    """Documents one after another, each parsed in place from the buffered text."""
+    while pos < len(text.buf):
+        if pos > READ_CHUNK:
+            pos = text.drop(pos)
+        doc, after = text.value(pos, raw_decode, pos)
+        if doc.__class__ is not dict:
+            raise UsageError(f"{text.path}: line {text.line(pos)} is not a JSON object ({type(doc).__name__})")
+        yield doc, text.buf[pos:after]
+        pos = text.skip_space(after)
+        if pos == after < len(text.buf):
+            raise UsageError(f"{text.path}: line {text.line(pos)}: not valid JSON: a document follows the previous "
+                             f"one without whitespace between them (column {text.column(pos)})")
 
 
 def parse_export(path: Path, raw: bytes) -> list[dict]:
-    """A JSON array of documents, or documents one after another separated by whitespace (JSON Lines,
-    or mongoexport --pretty), with Extended JSON unwrapped as it is parsed."""
-    return parse_export_text(path, _decode(path, raw))
-
-
-def parse_export_text(path: Path, text: str) -> list[dict]:
-    start = JSON_SPACE.match(text).end()
-    if start == len(text):
-        raise UsageError(f"{path}: file is empty (expected {LAYOUTS})")
-    decoder = json.JSONDecoder(object_hook=unwrap_wrapper)
-    if text[start] == "[":
-        try:
-            docs = decoder.decode(text)
-        except json.JSONDecodeError as exc:
-            raise _json_error(path, exc) from None
-        for n, doc in enumerate(docs, 1):
-            if doc.__class__ is not dict:
-                raise UsageError(f"{path}: record {n} is not a JSON object ({type(doc).__name__})")
-        return docs
-    if text[start] == "{":
-        return _documents(path, text, start, decoder.raw_decode)
-    raise UsageError(f"{path}: expected a JSON array or JSON Lines (or documents one after another), "
-                     f"found {text[start:start + 20]!r}")
-
-
-def _documents(path: Path, text: str, pos: int, raw_decode: Callable[[str, int], tuple[Any, int]]) -> list[dict]:
-    """Documents one after another, each parsed in place from the one text (no copy of a line or a document)."""
-    docs = []
-    end = len(text)
-    skip_space = JSON_SPACE.match
-    while pos < end:
-        try:
-            doc, after = raw_decode(text, pos)
-        except json.JSONDecodeError as exc:
-            raise _json_error(path, exc, text, pos) from None
-        if doc.__class__ is not dict:
-            raise UsageError(f"{path}: line {_line_of(text, pos)} is not a JSON object ({type(doc).__name__})")
-        docs.append(doc)
-        pos = skip_space(text, after).end()
-        if pos == after < end:
-            line = _line_of(text, pos)
-            column = pos - text.rfind("\n", 0, pos)
-            raise UsageError(f"{path}: line {line}: not valid JSON: a document follows the previous one "
-                             f"without whitespace between them (column {column})")
-    return docs
+    """An export's documents from its bytes (iter_documents)."""
+    return list(iter_documents(path, io.BytesIO(raw)))
 
 
 def mongo_id_of(doc: dict) -> str | None:
@@ -1962,21 +2240,98 @@ def mongo_id_of(doc: dict) -> str | None:
     return None
 
 
-def load_export(path: Path, limit: int | None) -> list[ExportRecord] | None:
-    """The export's records, None when the file is missing."""
+class ExportSpool:
+    """An export's records, parsed once and kept on disk, not in memory: each document's JSON
+    text, as the file has it, in an unnamed temporary file in the cache dir (mode 0600, gone when
+    closed), so a parse error still stops the run before any request. In memory: each record's
+    Mongo id, where its text is, and a digest of it, by which the plan skips a record unchanged
+    since a run that found it in sync without parsing it again (PlanMemo)."""
+
+    def __init__(self, directory: Path | None = None):
+        if directory is not None:
+            directory.mkdir(parents=True, exist_ok=True)
+        self.file = scratch_file(directory)
+        self.mongo_ids: list[str | None] = []
+        self.offsets = array("q", [0])  # record i's text is offsets[i]:offsets[i + 1]
+        self.digests = array("q")  # 64-bit digests of the texts
+        self.carried: set[str] = set()  # every Mongo field some record carries
+        self.decode = json.JSONDecoder(object_hook=unwrap_wrapper).decode
+
+    def add(self, doc: dict, text: str) -> None:
+        """A document as the first pass parsed it (its values still Extended JSON), and its text."""
+        self.carried.update(doc)
+        data = text.encode("utf-8", "surrogatepass")
+        self.file.write(data)
+        self.offsets.append(self.offsets[-1] + len(data))
+        self.digests.append(int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big", signed=True))
+        self.mongo_ids.append(mongo_id_of({k: unwrap_extended_json(doc[k]) for k in ("id", "_id") if k in doc}))
+
+    def __len__(self) -> int:
+        return len(self.mongo_ids)
+
+    def load(self, index: int) -> ExportRecord:
+        """Record `index`, its document parsed again from its text."""
+        self.file.seek(self.offsets[index])
+        text = self.file.read(self.offsets[index + 1] - self.offsets[index]).decode("utf-8", "surrogatepass")
+        return ExportRecord(index, self.mongo_ids[index], self.decode(text))
+
+    def __iter__(self) -> Iterator[ExportRecord]:
+        for index in range(len(self)):
+            yield self.load(index)
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class ExportList:
+    """Records in memory (tests, --check) with ExportSpool's interface, without digests."""
+
+    def __init__(self, records: Sequence[ExportRecord]):
+        self.records = records
+        self.mongo_ids = [r.mongo_id for r in records]
+        self.digests = None
+        self.carried = {k for r in records for k in r.doc}
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def load(self, index: int) -> ExportRecord:
+        return self.records[index]
+
+    def __iter__(self) -> Iterator[ExportRecord]:
+        return iter(self.records)
+
+
+def spool_export(path: Path, limit: int | None, directory: Path | None = None) -> ExportSpool | None:
+    """The export's records, spooled; None when the file is missing. The whole file is parsed
+    even past `limit`, so that a bad file fails the same with --limit."""
     try:
-        raw = path.read_bytes()
+        handle = open(path, "rb")
     except FileNotFoundError:
         return None
     except OSError as exc:
         raise UsageError(f"{path}: cannot read ({exc.strerror})") from None
-    text = _decode(path, raw)
-    del raw  # parse with the text alone in memory, not the bytes too
-    docs = parse_export_text(path, text)
-    del text
-    if limit is not None:
-        docs = docs[:limit]
-    return [ExportRecord(index, mongo_id_of(doc), doc) for index, doc in enumerate(docs)]
+    spool = ExportSpool(directory)
+    try:
+        with handle:
+            for doc, text in iter_documents_text(path, handle, unwrap=False):
+                if limit is None or len(spool) < limit:
+                    spool.add(doc, text)
+    except BaseException:
+        spool.close()
+        raise
+    return spool
+
+
+def load_export(path: Path, limit: int | None) -> list[ExportRecord] | None:
+    """The export's records in memory (small exports: --check and tests), None when the file is missing."""
+    spool = spool_export(path, limit)
+    if spool is None:
+        return None
+    try:
+        return list(spool)
+    finally:
+        spool.close()
 
 
 # ---------------------------------------------------------------------------
@@ -2005,6 +2360,48 @@ class Match:
     how: str  # "id", "key" or "new"
 
 
+class Matcher:
+    """The two passes of matching, as claims one export record at a time: by the `id` field
+    (`id_field`, its key in the records; None when the table has none), then by normalised
+    natural key (`key_field`), first come first served. The caller makes every id claim before
+    any key claim, in export order."""
+
+    def __init__(self, airtable_records: TableSnapshot, key_field: str | None, id_field: str | None):
+        # Record ids only: a claimed record is read from the snapshot when it is planned.
+        self.records = airtable_records
+        self.claimed: set[str] = set()
+        self.by_id: dict[str, str] = {}  # Mongo id -> the first record that holds it
+        self.candidates: dict[str, deque[str]] = defaultdict(deque)  # natural key -> records without an id
+        keys = [k for k in (id_field, key_field) if k is not None]
+        for rec_id, values in airtable_records.cells(keys) if keys else ():
+            cells = dict(zip(keys, values))
+            value = cells.get(id_field) if id_field is not None else None
+            if value not in (None, ""):
+                self.by_id.setdefault(str(value), rec_id)
+            elif key_field is not None and (key := normalize_key(cells.get(key_field))):
+                self.candidates[key].append(rec_id)
+
+    def claim_by_id(self, mongo_id: str | None) -> str | None:
+        rec_id = self.by_id.get(mongo_id) if mongo_id is not None else None
+        if rec_id is None or rec_id in self.claimed:
+            return None
+        self.claimed.add(rec_id)
+        return rec_id
+
+    def claim_by_key(self, key: str) -> str | None:
+        queue = self.candidates.get(key) if key else None
+        while queue and queue[0] in self.claimed:
+            queue.popleft()
+        if not queue:
+            return None
+        rec_id = queue.popleft()
+        self.claimed.add(rec_id)
+        return rec_id
+
+    def orphans(self) -> list[dict]:
+        return [self.records.get(rec_id) for rec_id in self.records.ids() if rec_id not in self.claimed]  # type: ignore[misc]
+
+
 def match_records(
     exported: Sequence[ExportRecord],
     airtable_records: Sequence[dict],
@@ -2012,46 +2409,19 @@ def match_records(
     key_field: str | None,
     id_field: str | None,
 ) -> tuple[list[Match], list[dict]]:
-    """Two passes: by the `id` field (`id_field`, its key in the records; None when the table has
-    none), then by normalised natural key (`key_field`), first come first served. Returns the
-    matches (export order) and the orphans."""
-    claimed: set[str] = set()
-    by_id: dict[str, dict] = {}
-    if id_field is not None:
-        for rec in airtable_records:
-            value = rec["fields"].get(id_field)
-            if value not in (None, "") and str(value) not in by_id:
-                by_id[str(value)] = rec
-    matches: list[Match | None] = []
-    for record in exported:
-        rec = by_id.get(record.mongo_id) if record.mongo_id is not None else None
-        if rec is not None and rec["id"] not in claimed:
-            claimed.add(rec["id"])
-            matches.append(Match(record, rec, "id"))
+    """Both passes over records in memory (Matcher): the matches (export order) and the orphans."""
+    records = as_snapshot(airtable_records)
+    matcher = Matcher(records, key_field, id_field)
+    by_id = [matcher.claim_by_id(record.mongo_id) for record in exported]
+    matches = []
+    for record, rec_id in zip(exported, by_id):
+        if rec_id is not None:
+            matches.append(Match(record, records.get(rec_id), "id"))
+        elif (rec_id := matcher.claim_by_key(natural_key(record.doc, key_fields))) is not None:
+            matches.append(Match(record, records.get(rec_id), "key"))
         else:
-            matches.append(None)
-    candidates: dict[str, deque[dict]] = defaultdict(deque)
-    for rec in airtable_records if key_field is not None else ():
-        if id_field is not None and rec["fields"].get(id_field) not in (None, ""):
-            continue
-        key = normalize_key(rec["fields"].get(key_field))
-        if key:
-            candidates[key].append(rec)
-    for i, record in enumerate(exported):
-        if matches[i] is not None:
-            continue
-        key = natural_key(record.doc, key_fields)
-        queue = candidates.get(key) if key else None
-        while queue and queue[0]["id"] in claimed:
-            queue.popleft()
-        if queue:
-            rec = queue.popleft()
-            claimed.add(rec["id"])
-            matches[i] = Match(record, rec, "key")
-        else:
-            matches[i] = Match(record, None, "new")
-    orphans = [rec for rec in airtable_records if rec["id"] not in claimed]
-    return [m for m in matches if m is not None], orphans
+            matches.append(Match(record, None, "new"))
+    return matches, matcher.orphans()
 
 
 # ---------------------------------------------------------------------------
@@ -2377,10 +2747,22 @@ class TablePlan:
     invalid_values: int = 0
     unresolved_links: int = 0
     planned: dict[str, int] = field(default_factory=dict)  # counts per action, as planned
+    # Unchanged records are counted, not kept: a quiet night's plan holds no write objects.
+    skipped: int = 0
+    skipped_with_id: int = 0  # of those, the ones with a Mongo id (the deletion cap counts them)
+    skipped_ids: dict[str, str] = field(default_factory=dict)  # Mongo id -> record id, when the table has no id field
+    airtable_ids: dict[str, str] | None = None  # Mongo id -> Airtable record id, as matching found them
 
     @property
     def has_id_field(self) -> bool:
         return self.id_key is not None
+
+    def count_skip(self, mongo_id: str | None, record_id: str) -> None:
+        self.skipped += 1
+        if mongo_id is not None:
+            self.skipped_with_id += 1
+            if self.id_key is None:  # the links to it find it only through the plan
+                self.skipped_ids[mongo_id] = record_id
 
     def of(self, action: str) -> list[PlannedWrite]:
         return [w for w in self.writes if w.action == action]
@@ -2396,73 +2778,164 @@ def link_reference(doc: dict, link: LinkSpec) -> str | None:
 
 def plan_table(
     spec: TableSpec,
-    exported: Sequence[ExportRecord],
-    airtable_records: Sequence[dict],
+    exported: ExportSpool | ExportList | Sequence[ExportRecord],
+    airtable_records: TableSnapshot | Sequence[dict],
     columns: TableColumns,
     link_index: Mapping[str, Mapping[str, str]],
+    memo: PlanMemo | None = None,
 ) -> TablePlan:
-    """What to create, update and skip for one table: pure, no I/O. Records and writes name the
-    fields by their keys in `columns` (field ids, once bound)."""
+    """What to create, update and skip for one table: pure but for reading the spool and the
+    snapshot. Records and writes name the fields by their keys in `columns` (field ids, once
+    bound). An export record is parsed when it is planned, and a record that `memo` knows to be
+    in sync is not parsed at all; an unchanged record leaves nothing in the plan but a count."""
+    airtable_records = as_snapshot(airtable_records)
+    if not isinstance(exported, (ExportSpool, ExportList)):
+        exported = ExportList(exported)
     types, read_only = field_types(spec, columns, airtable_records, exported)
     id_key = columns.id_key if columns.id_key in types else None
-    carried = {k for r in exported for k in r.doc}
+    carried = exported.carried
     plan = TablePlan(spec, columns, types, id_key, [], [], sorted(carried - spec.consumed_mongo_fields),
-                     list(columns.missing), read_only, absent_in_export(spec, carried) if exported else [])
+                     list(columns.missing), read_only, absent_in_export(spec, carried) if carried else [])
     has_id_field = plan.has_id_field
-    # Records that cannot be matched safely fail before matching, so they claim no Airtable record.
-    usable, seen_ids = [], set()
-    for record in exported:
-        if record.mongo_id is None and not natural_key(record.doc, spec.key_fields):
-            plan.writes.append(PlannedWrite(record, "error", error=f"record #{record.index + 1} has no id "
-                                            f"and no {'/'.join(spec.key_fields)}"))
-        elif not has_id_field and not natural_key(record.doc, spec.key_fields):
+    matcher = Matcher(airtable_records, columns.key(spec.airtable_key), id_key)
+    converting = mapped_columns(spec, columns, types)
+    if memo is not None and (exported.digests is None or not has_id_field):
+        memo = None
+    if memo is not None:
+        memo.sign(spec, columns, types, id_key, link_index)
+    # Pass one: records that cannot be matched safely fail before matching, so they claim no
+    # Airtable record; the rest are matched by id and planned at once.
+    unmatched, seen_ids = [], set()
+    for index, mongo_id in enumerate(exported.mongo_ids):
+        record = exported.load(index) if mongo_id is None or not has_id_field else None  # the key is needed
+        if mongo_id is None and not natural_key(record.doc, spec.key_fields):  # type: ignore[union-attr]
+            plan.writes.append(PlannedWrite(ExportRecord(index, mongo_id, {}), "error", error=f"record #{index + 1} "
+                                            f"has no id and no {'/'.join(spec.key_fields)}"))
+        elif not has_id_field and not natural_key(record.doc, spec.key_fields):  # type: ignore[union-attr]
             # With no `id` field in Airtable only the key finds a record again: created, it
             # would be created again on every run.
-            plan.writes.append(PlannedWrite(record, "error", error=f"no {'/'.join(spec.key_fields)}, and the "
-                                            "Airtable table has no id field to find it by"))
-        elif record.mongo_id is not None and record.mongo_id in seen_ids:
-            plan.writes.append(PlannedWrite(record, "error", error="duplicate id in the export; "
-                                            "its first record is synced"))
+            plan.writes.append(PlannedWrite(ExportRecord(index, mongo_id, {}), "error", error=f"no "
+                                            f"{'/'.join(spec.key_fields)}, and the Airtable table has no id field "
+                                            "to find it by"))
+        elif mongo_id is not None and mongo_id in seen_ids:
+            plan.writes.append(PlannedWrite(ExportRecord(index, mongo_id, {}), "error", error="duplicate id in the "
+                                            "export; its first record is synced"))
         else:
-            seen_ids.add(record.mongo_id)
-            usable.append(record)
-    matches, orphans = match_records(usable, airtable_records, spec.key_fields, columns.key(spec.airtable_key), id_key)
-    plan.orphans = orphans
-    converting = mapped_columns(spec, columns, types)
-    for match in matches:
-        record = match.record
-        converted, invalid, problem = convert_record(record, converting, id_key)
-        plan.invalid_values += len(invalid)
-        if invalid:
-            log.debug("%s %s: invalid values left out: %s", spec.key, record.mongo_id,
-                      ", ".join(columns.mapped_name(k) for k in invalid))
-        for link in spec.links:
-            link_key = columns.key(link.airtable_field)
-            if link_key not in types:
-                continue
-            ref = link_reference(record.doc, link)
-            if ref is None:
-                continue
-            target = link_index.get(link.target, {}).get(ref)
-            if target is None:
-                plan.unresolved_links += 1
+            seen_ids.add(mongo_id)
+            if (rec_id := matcher.claim_by_id(mongo_id)) is not None:
+                line: bytes = airtable_records.line(rec_id)  # type: ignore[assignment]
+                known = memo.key(mongo_id, exported.digests[index], line) if memo is not None else None  # type: ignore[index,arg-type]
+                if known is not None and memo.has(known):  # type: ignore[union-attr]
+                    plan.count_skip(mongo_id, rec_id)
+                    continue
+                record = record or exported.load(index)
+                if plan_record(plan, record, _cache_line(line), "id", converting, link_index) and known is not None:
+                    memo.keep(known)  # type: ignore[union-attr]
+            elif not matcher.candidates:  # nothing to match by key (a first sync): a create, at once
+                plan_record(plan, record or exported.load(index), None, "new", converting, link_index)
             else:
-                converted[link_key] = [target if target != PENDING else LinkRef(link.target, ref)]
-        if problem:
-            plan.writes.append(PlannedWrite(record, "error", error=problem))
-            continue
-        if match.airtable is None:
-            # Blank values are not sent on a create (is_blank, inlined: it runs per value).
-            fields = {k: v for k, v in converted.items() if v is not None and v is not False and v != "" and v != []}
-            plan.writes.append(PlannedWrite(record, "create", fields=fields))
-            continue
-        changes = changed_fields(converted, match.airtable["fields"], types)
-        action = "update" if changes else "skip"
-        plan.writes.append(PlannedWrite(record, action, record_id=match.airtable["id"], fields=changes,
-                                        matched_by=match.how, sent_fields=tuple(changes)))
+                unmatched.append(index)
+    # Pass two, in export order: by natural key, else a create.
+    for index in unmatched:
+        record = exported.load(index)
+        rec_id = matcher.claim_by_key(natural_key(record.doc, spec.key_fields))
+        current = airtable_records.get(rec_id) if rec_id is not None else None
+        plan_record(plan, record, current, "key" if current is not None else "new", converting, link_index)
+    plan.orphans = matcher.orphans()
+    plan.airtable_ids = matcher.by_id if id_key is not None else {}
     plan.writes.sort(key=lambda w: w.record.index)
     plan.planned = {a: sum(1 for w in plan.writes if w.action == a) for a in ("create", "update", "skip", "error")}
+    plan.planned["skip"] += plan.skipped
     return plan
+
+
+def plan_record(plan: TablePlan, record: ExportRecord, current: dict | None, how: str,
+                converting: Sequence[tuple[str, str, str]], link_index: Mapping[str, Mapping[str, str]]) -> bool:
+    """One matched (or new) record's write, added to the plan; an unchanged one is only counted.
+    True when the record is in sync with nothing invalid or unresolved in it (PlanMemo keeps those)."""
+    spec, columns, types = plan.spec, plan.columns, plan.types
+    converted, invalid, problem = convert_record(record, converting, plan.id_key)
+    plan.invalid_values += len(invalid)
+    if invalid:
+        log.debug("%s %s: invalid values left out: %s", spec.key, record.mongo_id,
+                  ", ".join(columns.mapped_name(k) for k in invalid))
+    unresolved = plan.unresolved_links
+    for link in spec.links:
+        link_key = columns.key(link.airtable_field)
+        if link_key not in types:
+            continue
+        ref = link_reference(record.doc, link)
+        if ref is None:
+            continue
+        target = link_index.get(link.target, {}).get(ref)
+        if target is None:
+            plan.unresolved_links += 1
+        else:
+            converted[link_key] = [target if target != PENDING else LinkRef(link.target, ref)]
+    if problem:
+        plan.writes.append(PlannedWrite(record.bare(), "error", error=problem))
+    elif current is None:
+        # Blank values are not sent on a create (is_blank, inlined: it runs per value).
+        fields = {k: v for k, v in converted.items() if v is not None and v is not False and v != "" and v != []}
+        plan.writes.append(PlannedWrite(record.bare(), "create", fields=fields))
+    elif changes := changed_fields(converted, current["fields"], types):
+        plan.writes.append(PlannedWrite(record.bare(), "update", record_id=current["id"], fields=changes,
+                                        matched_by=how, sent_fields=tuple(changes)))
+    else:
+        plan.count_skip(record.mongo_id, current["id"])
+        return not invalid and plan.unresolved_links == unresolved
+    return False
+
+
+class PlanMemo:
+    """The records a run found in sync, remembered as one 64-bit digest each of everything their
+    plan depended on: the export document's text, the Airtable record's line in the snapshot, and
+    the table's signature (this tool's own code, the mapping, the bound fields and their types,
+    and the link targets' ids). A record whose digest the last run kept is in sync again, since
+    the plan is a function of those alone: a quiet night neither parses nor converts it. Kept in
+    `airtable_<table>.memo` (8 bytes a record, no personal data); a missing or stale file only
+    costs a full plan."""
+
+    def __init__(self, known: array | None = None):
+        self.known: set[int] = set(known or ())
+        self.kept = array("q")
+        self.signature = b""
+
+    @classmethod
+    def load(cls, path: Path) -> "PlanMemo":
+        known = array("q")
+        try:
+            with open(path, "rb") as handle:
+                known.frombytes(handle.read())
+        except (OSError, ValueError):
+            known = array("q")
+        return cls(known)
+
+    def sign(self, spec: TableSpec, columns: TableColumns, types: Mapping[str, str], id_key: str | None,
+             link_index: Mapping[str, Mapping[str, str]]) -> None:
+        digest = hashlib.blake2b(SOURCE_DIGEST, digest_size=16)
+        digest.update(repr((spec.key, spec.mapping, spec.key_fields, spec.links, id_key, sorted(types.items()),
+                            sorted((c.mapped, c.key, c.type) for c in columns.by_mapped.values()))).encode())
+        for link in spec.links:
+            digest.update("\x1f".join(f"{k}\x1e{v}" for k, v in link_index.get(link.target, {}).items()).encode())
+        self.signature = digest.digest()
+
+    def key(self, mongo_id: str, text_digest: int, line: bytes) -> int:
+        digest = hashlib.blake2b(self.signature, digest_size=8)
+        digest.update(mongo_id.encode("utf-8", "surrogatepass") + text_digest.to_bytes(8, "big", signed=True) + line)
+        return int.from_bytes(digest.digest(), "big", signed=True)
+
+    def has(self, key: int) -> bool:
+        if key in self.known:
+            self.kept.append(key)
+            return True
+        return False
+
+    def keep(self, key: int) -> None:
+        self.kept.append(key)
+
+    def save(self, path: Path) -> None:
+        write_private(path, [self.kept.tobytes()])
 
 
 def absent_in_export(spec: TableSpec, carried: set[str]) -> list[str]:
@@ -2473,14 +2946,18 @@ def absent_in_export(spec: TableSpec, carried: set[str]) -> list[str]:
     return [name for name in mapped if name not in carried]
 
 
-def build_link_index(airtable_records: Sequence[dict], plan: TablePlan | None, id_key: str | None) -> dict[str, str]:
+def build_link_index(airtable_records: Iterable[dict], plan: TablePlan | None, id_key: str | None) -> dict[str, str]:
     """Mongo id -> Airtable record id (or PENDING) of a link target table after its planned sync."""
     index: dict[str, str] = {}
-    for rec in airtable_records if id_key is not None else ():
-        value = rec["fields"].get(id_key)
-        if value not in (None, ""):
-            index.setdefault(str(value), rec["id"])
+    if plan is not None and plan.airtable_ids is not None:
+        index.update(plan.airtable_ids)  # the plan's matching read them already
+    else:
+        for rec in airtable_records if id_key is not None else ():
+            value = rec["fields"].get(id_key)
+            if value not in (None, ""):
+                index.setdefault(str(value), rec["id"])
     if plan is not None:
+        index.update(plan.skipped_ids)
         for write in plan.writes:
             if write.record.mongo_id is None:
                 continue
@@ -2540,7 +3017,7 @@ def plan_deletions(plans: Mapping[str, TablePlan], exported_ids: Mapping[str, se
         if not gone:
             continue
         # After this run's creates, and the legacy rows it gives an id: the cap's denominator.
-        with_id = sum(1 for w in plan.writes if w.record.mongo_id is not None and (
+        with_id = plan.skipped_with_id + sum(1 for w in plan.writes if w.record.mongo_id is not None and (
             w.action == "create" or w.matched_by is not None)) + sum(
             1 for r in plan.orphans if r["fields"].get(plan.id_key) not in (None, ""))
         # Exact: 29 of 100 at 0.29 is at the cap, not over it (in floats 0.29 * 100 < 29).
@@ -2581,13 +3058,14 @@ class Applier:
     """Sends a table's planned writes in batches of ten and records what became of each."""
 
     def __init__(self, airtable: Airtable, plan: TablePlan, created_ids: dict[str, dict[str, str]],
-                 stop: threading.Event):
+                 stop: threading.Event, records: TableSnapshot):
         self.airtable = airtable
         self.table = airtable.table(plan.spec.key)
         self.plan = plan
         self.created_ids = created_ids
         self.stop = stop
-        self.written: list[dict] = []  # Airtable's copy of every record written
+        self.records = records  # the snapshot: Airtable's copy of each record written goes in
+        self.written = 0
 
     # -- fields -----------------------------------------------------------------
 
@@ -2646,7 +3124,9 @@ class Applier:
 
     def succeed(self, batch: Sequence[tuple[PlannedWrite, dict]], records: list[dict],
                 created: set[str] | None = None) -> None:
-        self.written.extend(records)
+        for rec in records:
+            self.records.put(rec)
+        self.written += len(records)
         if len(records) != len(batch):
             raise AirtableAccessError(f"Airtable answered {len(records)} records for {len(batch)} written")
         id_key = self.plan.id_key or "id"
@@ -2667,7 +3147,7 @@ class Applier:
             if log.isEnabledFor(logging.DEBUG):  # the dump costs more than the write itself
                 log.debug("%s %s: %s %s %s", self.plan.spec.key, write.record.mongo_id, write.action,
                           rec["id"], json.dumps(jsonable(write.fields), ensure_ascii=False, default=str))
-            write.fields = {}  # written: Airtable's copy, in self.written, is what the cache keeps
+            write.fields = {}  # written: Airtable's copy, in the snapshot, is what the cache keeps
 
     def write_batch(self, action: str, batch: list[tuple[PlannedWrite, dict]]) -> None:
         """One request; a 422 is retried record by record so only the bad records fail.
@@ -2921,7 +3401,7 @@ def summarize(plan: TablePlan, dry_run: bool, deletion: DeletionPlan | None = No
     deleted = [] if deletion is None else (deletion.records if dry_run and not deletion.held else deletion.deleted)
     gone = {rec["id"] for rec in deleted}
     result = TableResult(
-        total=len(writes),
+        total=len(writes) + plan.skipped,
         orphans=len(plan.orphans) - len(gone),
         deleted=len(deleted),
         deletions_held=len(deletion.records) if deletion is not None and deletion.held else 0,
@@ -2943,7 +3423,7 @@ def summarize(plan: TablePlan, dry_run: bool, deletion: DeletionPlan | None = No
         result.created = sum(1 for w in writes if w.action == "create" and w.outcome == "done")
         result.updated = sum(1 for w in writes if w.action == "update" and w.outcome == "done")
         result.not_attempted = sum(1 for w in writes if w.outcome == "not attempted")
-    result.skipped = sum(1 for w in writes if w.action == "skip")
+    result.skipped = plan.skipped + sum(1 for w in writes if w.action == "skip")
     result.errors = sum(1 for w in writes if w.failed) + (deletion.errors if deletion is not None else 0)
     return result
 
@@ -4020,12 +4500,15 @@ class Sync:
     report: RunReport
     plans: dict[str, TablePlan] = field(default_factory=dict)
     deletions: dict[str, DeletionPlan] = field(default_factory=dict)
+    exports: dict[str, ExportSpool] = field(default_factory=dict)  # closed once planned
+    memos: dict[str, PlanMemo] = field(default_factory=dict)
 
-    def load_exports(self) -> dict[str, list[ExportRecord]]:
-        exports = {}
+    def load_exports(self) -> dict[str, ExportSpool]:
+        """Every export parsed, before any request, into a spool on disk that the plan reads."""
+        exports = self.exports
         for key in self.settings.tables:
             path = self.settings.mongo_dir / TABLE_SPECS[key].export_file
-            records = load_export(path, self.settings.limit)
+            records = spool_export(path, self.settings.limit, self.settings.cache_dir)
             if records is None:
                 log.warning("%s not found: table %s is not synced", path, key)
                 self.report.tables[key] = TableResult(note=f"{path.name} not found: not synced")
@@ -4034,18 +4517,19 @@ class Sync:
             log.info("%s: %d records in %s", key, len(records), path.name)
         return exports
 
-    def plan(self, exports: dict[str, list[ExportRecord]], read: BaseRead, airtable: Airtable) -> dict[str, TablePlan]:
+    def plan(self, exports: dict[str, ExportSpool], read: BaseRead, airtable: Airtable) -> dict[str, TablePlan]:
         plans: dict[str, TablePlan] = {}
         pulled = read.records
         for key in TABLE_ORDER:
             if key not in exports:
                 continue
             spec = TABLE_SPECS[key]
-            link_index = {link.target: build_link_index(pulled.get(link.target, []), plans.get(link.target),
+            link_index = {link.target: build_link_index(pulled.get(link.target, ()), plans.get(link.target),
                                                         read.columns[link.target].id_key)
                           for link in spec.links}
             columns = read.columns[key]
-            plans[key] = plan_table(spec, exports[key], pulled[key], columns, link_index)
+            self.memos[key] = memo = PlanMemo.load(memo_path(self.settings, key))
+            plans[key] = plan_table(spec, exports[key], pulled[key], columns, link_index, memo)
             if key in read.from_cache and any(w.matched_by == "key" for w in plans[key].writes):
                 # A natural-key match claims a record for good: a stale cache could hand it to the
                 # wrong Mongo record, so those are only ever made against a fresh read.
@@ -4053,17 +4537,19 @@ class Sync:
                 pulled[key] = pull_table(airtable, key, self.stop, by_id=columns.by_id)
                 read.from_cache.discard(key)
                 read.dirty.add(key)
-                plans[key] = plan_table(spec, exports[key], pulled[key], columns, link_index)
+                self.memos[key] = memo = PlanMemo.load(memo_path(self.settings, key))
+                plans[key] = plan_table(spec, exports[key], pulled[key], columns, link_index, memo)
             if plans[key].absent_in_export:
                 log.warning("%s: mapped Mongo fields that no exported record carries (renamed or dropped by the "
                             "exporter?): %s; Airtable keeps their values", key, ", ".join(plans[key].absent_in_export))
-            for record in exports[key]:
-                record.doc = {}  # planned: the document is no longer needed, and it is the bulk of memory
             counts = plans[key].planned
             log.info("%s: plan: %d to create, %d to update, %d unchanged, %d failing, %d orphans", key,
                      counts["create"], counts["update"], counts["skip"], counts["error"], len(plans[key].orphans))
-        exported_ids = {key: {r.mongo_id for r in records if r.mongo_id is not None} for key, records in exports.items()}
+        exported_ids = {key: {r.mongo_id for r in records if r.mongo_id is not None} for key, records in exports.items()
+                        } if self.settings.delete_missing else {}
         self.deletions = plan_deletions(plans, exported_ids, self.settings)
+        for spool in exports.values():
+            spool.close()  # planned: the writes keep what they need of their records
         for deletion in self.deletions.values():
             log.info("%s: plan: %d to delete%s", deletion.key, len(deletion.records),
                      " (held back by the safety cap)" if deletion.held else "")
@@ -4072,12 +4558,11 @@ class Sync:
     def apply(self, airtable: Airtable, read: BaseRead) -> None:
         created_ids: dict[str, dict[str, str]] = {}
         for key, plan in self.plans.items():
-            applier = Applier(airtable, plan, created_ids, self.stop)
+            applier = Applier(airtable, plan, created_ids, self.stop, read.records[key])
             try:
                 applier.apply()
             finally:
                 if applier.written:
-                    merge_written(read.records[key], applier.written)
                     read.dirty.add(key)
         archive = self.settings.reports_dir / f"deleted_{self.report.started:%Y%m%d_%H%M%S}.jsonl"
         deleter = Deleter(airtable, archive, self.stop, read.schema)
@@ -4088,8 +4573,8 @@ class Sync:
                 deleter.apply(deletion)
             finally:
                 if deletion.deleted:
-                    gone = {rec["id"] for rec in deletion.deleted}
-                    read.records[deletion.key] = [r for r in read.records[deletion.key] if r["id"] not in gone]
+                    for rec in deletion.deleted:
+                        read.records[deletion.key].pop(rec["id"])
                     read.dirty.add(deletion.key)
 
     def run(self) -> int:
@@ -4135,6 +4620,10 @@ class Sync:
             # it wrote (or may have) comes back in the feed, so the next run settles it.
             if not settings.dry_run and not crashed:
                 save_snapshot(settings, read)
+                for key, memo in self.memos.items():
+                    memo.save(memo_path(settings, key))
+            for snapshot in read.records.values():
+                snapshot.close()  # its temporary file goes with it
         held = [d for d in self.deletions.values() if d.held]
         for deletion in held:
             log.error("%s: %d records left Mongo, over the safety cap of %d (AIRTABLE_MAX_DELETE_FRACTION=%g of "
@@ -4180,17 +4669,6 @@ def prune_archives(reports_dir: Path, days: float, now: datetime) -> None:
             with contextlib.suppress(OSError):
                 os.remove(reports_dir / name)
                 log.info("removed the deletion archive %s (older than %g days)", name, days)
-
-
-def merge_written(records: list[dict], written: Iterable[dict]) -> None:
-    """Fold Airtable's answers into the pulled records, so the cache is the base after the run."""
-    position = {rec["id"]: i for i, rec in enumerate(records)}
-    for rec in written:
-        if rec["id"] in position:
-            records[position[rec["id"]]] = rec
-        else:
-            position[rec["id"]] = len(records)
-            records.append(rec)
 
 
 def run_check(settings: Settings, out=None, stats: RequestStats | None = None) -> int:
@@ -4249,12 +4727,13 @@ def check_export(settings: Settings, spec: TableSpec) -> list[str]:
     """--check: the mapped Mongo fields that no record of the table's export carries, when the
     export is there (an unreadable one is left to the sync to report)."""
     try:
-        records = load_export(settings.mongo_dir / spec.export_file, None)
+        spool = spool_export(settings.mongo_dir / spec.export_file, None, settings.cache_dir)
     except UsageError:
         return []
-    if not records:
+    if spool is None:
         return []
-    return absent_in_export(spec, {k for r in records for k in r.doc})
+    spool.close()
+    return absent_in_export(spec, spool.carried) if spool.carried else []
 
 
 def change_tracking_status(airtable: Airtable, schema: BaseSchema | None) -> str:
@@ -4294,7 +4773,8 @@ def execute(settings: Settings, started: datetime) -> tuple[int, RunReport, Path
     try:
         with run_lock(settings.cache_dir), interruptible(stop) as caught:
             try:
-                code = sync.run()
+                with scratch_files(settings.cache_dir):
+                    code = sync.run()
                 report.ended = "ok" if code == EXIT_OK else "finished with failed records"
             except UsageError as exc:
                 code, report.ended, report.message = EXIT_USAGE, "input error", str(exc)

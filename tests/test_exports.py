@@ -426,3 +426,43 @@ def test_a_large_pretty_export_loads(tmp_path):
     records = load(tmp_path, LAYOUTS["pretty"](docs, "canonical"))
     assert len(records) == 20_000 and records[-1].doc["n"] == 19_999
     assert records[-1].doc["user_id"] == str(docs[-1]["user_id"])
+
+
+# -- a stream, not a whole file ------------------------------------------------------------
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_documents_cut_by_every_chunk_boundary_load_the_same(tmp_path, monkeypatch, layout):
+    """The export is read a chunk at a time: a document, a string, a number or a UTF-8 character
+    cut by a chunk's end is read whole, for chunks of any size."""
+    docs = [{"_id": ObjectId(), "n": Int64(i), "name": "José 北京菜 café", "at": MOMENT} for i in range(4)]
+    path = tmp_path / "users.json"
+    path.write_text(LAYOUTS[layout](docs, "canonical"), encoding="utf-8")
+    whole = sync.load_export(path, limit=None)
+    for chunk in (1, 2, 3, 7, 64):
+        monkeypatch.setattr(sync, "READ_CHUNK", chunk)
+        assert sync.load_export(path, limit=None) == whole
+    assert [r.doc["n"] for r in whole] == [0, 1, 2, 3] and whole[0].doc["name"] == "José 北京菜 café"
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 1 << 20])
+def test_errors_name_the_same_line_and_column_whatever_the_chunk(tmp_path, monkeypatch, chunk):
+    monkeypatch.setattr(sync, "READ_CHUNK", chunk)
+    path = tmp_path / "users.json"
+    assert error_of(path, '[\n  {"a": 1},\n  {"a": 2,}\n]\n') == \
+        f"{path}: line 3: not valid JSON: Expecting property name enclosed in double quotes (column 11)"
+    assert error_of(path, '[{"a": 1} {"a": 2}]') == f"{path}: line 1: not valid JSON: Expecting ',' delimiter (column 11)"
+    assert error_of(path, '[{"a": 1}] x') == f"{path}: line 1: not valid JSON: Extra data (column 12)"
+    assert error_of(path, '{"a": 1} {"a": 2}{"a": 3}\n').endswith(
+        ": line 1: not valid JSON: a document follows the previous one without whitespace between them (column 18)")
+    message = error_of(tmp_path / "messages.json", '{"id": "m1"}\n{"id": "m2"\n{"id": "m3"}\n')
+    assert ": line 3: not valid JSON: Expecting ',' delimiter (column 1, in the document from line 2)" in message
+    path.write_bytes(b'\xef\xbb\xbf{"a": 1}\n{"a": "Jos\xe9"}\n')
+    with pytest.raises(sync.UsageError, match=r"users.json: line 2: not valid UTF-8 \(byte 0xe9 at offset 22\)$"):
+        sync.load_export(path, limit=None)
+
+
+def test_the_export_is_parsed_whole_even_past_the_limit(tmp_path):
+    path = tmp_path / "users.json"
+    path.write_text('{"id": "a"}\n{"id": "b"}\n{"id": \n')
+    with pytest.raises(sync.UsageError, match="line 4: not valid JSON: Expecting value .column 1, in the document from line 3."):
+        sync.load_export(path, limit=1)

@@ -384,6 +384,23 @@ def test_a_full_disk_exits_74_naming_the_file_and_the_next_run_recovers(harness,
     assert harness.run() == 0 and emulator.count(kind="write") == 0
 
 
+def test_a_full_disk_under_the_runs_temporary_files_exits_74_before_any_request(harness, emulator):
+    """An export past SCRATCH_IN_MEMORY_BYTES is kept in a temporary file in the cache dir; when
+    that file cannot grow, the run stops there, before its first request."""
+    users = harness.read_export("users.json")
+    for user in users:
+        user["summary"] = "x" * 30_000
+    harness.write_export("users.json", users)
+    assert (harness.mongo_dir / "users.json").stat().st_size > sync.SCRATCH_IN_MEMORY_BYTES
+    done = spawn_with_file_limit(harness, 200_000)
+    assert done.returncode == sync.EXIT_IOERR, done.stderr
+    [line] = lines_with(done.stderr, "cannot write")
+    assert f"cannot write {harness.cache_dir / '(a temporary file of this run)'}: File too large" in line
+    assert "Traceback" not in done.stderr and emulator.requests == []
+    assert stray_files(harness.cache_dir, harness.reports_dir) == []
+    assert [p.name for p in harness.cache_dir.iterdir()] == [".airtable_sync.lock"]  # no cache, no state
+
+
 def test_a_month_spent_midway_on_a_full_disk_says_both(harness, emulator):
     without_u12(harness)
     emulator.set_monthly_calls_left(2 + 3 + 2 + 1)  # as above: the second Events write is refused

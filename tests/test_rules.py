@@ -266,9 +266,11 @@ def test_plan_resolves_links_to_existing_pending_and_unknown_records():
                 rec("recM3", id="m3", message="c", status="sent")]
     link_index = {"users": {"u1": "recU1", "u-new": PENDING}, "events": {"e1": "recE1"}}
     plan = sync.plan_table(TABLE_SPECS["messages"], docs, airtable, MESSAGE_SCHEMA, link_index)
-    assert [(w.record.mongo_id, w.action) for w in plan.writes] == [("m1", "skip"), ("m2", "create"), ("m3", "update")]
-    assert plan.writes[1].fields == {"id": "m2", "message": "b", "Users": [LinkRef("users", "u-new")]}
-    assert plan.writes[2].fields == {"status": None}
+    # m1 is unchanged: counted, not kept
+    assert [(w.record.mongo_id, w.action) for w in plan.writes] == [("m2", "create"), ("m3", "update")]
+    assert plan.skipped == 1 and plan.planned["skip"] == 1
+    assert plan.writes[0].fields == {"id": "m2", "message": "b", "Users": [LinkRef("users", "u-new")]}
+    assert plan.writes[1].fields == {"status": None}
     assert plan.unresolved_links == 1 and plan.invalid_values == 1
     assert plan.read_only == ["character_count"]
     assert set(plan.missing_in_airtable) >= {"user_name", "updatedAt"}
@@ -364,8 +366,8 @@ def test_duplicate_ids_fail_before_matching_and_claim_no_legacy_record():
     schema = columns("users", {"id": "singleLineText", "email": "email"})
     plan = sync.plan_table(TABLE_SPECS["users"], docs, airtable, schema, {})
     assert [(w.record.mongo_id, w.action, w.record_id) for w in plan.writes] == [
-        ("u1", "skip", "recOwn"), ("u1", "error", None), ("u2", "update", "recLegacy")]
-    assert plan.orphans == []
+        ("u1", "error", None), ("u2", "update", "recLegacy")]
+    assert plan.skipped == 1 and plan.orphans == []  # u1 matched recOwn by id, unchanged
 
 
 # -- settings -----------------------------------------------------------------------

@@ -131,10 +131,14 @@ def snapshot():
 
 def apply_payloads(records, payloads, schema):
     """The snapshot patched with every payload, as the change feed applies them one at a time."""
-    patch = sync.SnapshotPatch(records, schema)
+    snapshots = {key: sync.TableSnapshot.of(recs) for key, recs in records.items()}  # on disk, as a run keeps it
+    patch = sync.SnapshotPatch(snapshots, schema)
     for p in payloads:
         patch.apply(p)
-    return patch.finish()
+    result = patch.finish()
+    for key, recs in records.items():
+        recs[:] = list(snapshots[key])
+    return result
 
 
 def payload(cursor, tables, source="client"):
@@ -269,6 +273,7 @@ def test_drift_counts_records_that_differ_in_mapped_fields_only_and_skips_later_
     fresh["users"][1]["fields"]["fldUnotes"] = "unmapped"  # not drift
     fresh["messages"].append({"id": "recM2", "createdTime": "x", "fields": {"fldMid": "m2"}})  # missing from the feed
     columns = sync.table_bindings(schema(), BOUND, TABLES)
+    patched, fresh = ({k: sync.TableSnapshot.of(v) for k, v in tables.items()} for tables in (patched, fresh))
     assert sync.count_drift(patched, fresh, columns, {}) == 2
     assert "recU1" in caplog.text and "in email" in caplog.text and "z@x.io" not in caplog.text
     assert sync.count_drift(patched, fresh, columns, {"users": {"recU1"}, "messages": {"recM2"}}) == 0
@@ -436,3 +441,23 @@ def test_the_new_settings_defaults_and_values():
                       AIRTABLE_MAX_DELETE_FRACTION="0", AIRTABLE_ARCHIVE_DAYS="90")
     assert (chosen.change_tracking, chosen.full_sync_days, chosen.max_delete_fraction, chosen.archive_days) == \
         (False, 1.5, 0.0, 90.0)
+
+
+def test_a_snapshot_reads_matching_cells_from_its_lines_as_a_parse_would(tmp_path):
+    records = [{"id": "rec1", "createdTime": "x", "fields": {"fldId": "u1", "fldKey": 'Qu"o\\te é \ud83d'}},
+               {"id": "rec2", "createdTime": "x", "fields": {"fldId": 7, "fldKey": ["a"]}},  # not text: parsed
+               {"id": "rec3", "createdTime": "x", "fields": {"fldOther": '"fldId": "fake"'}},  # escaped: not a cell
+               {"id": "rec4", "createdTime": "x", "fields": {}}]
+    path = tmp_path / "airtable_users.json"
+    sync.write_cache(path, records)
+    snapshot = sync.TableSnapshot.from_cache(path, tmp_path)
+    assert list(snapshot.cells(["fldId", "fldKey"])) == [(r["id"], [r["fields"].get("fldId"), r["fields"].get("fldKey")])
+                                                          for r in records]
+    assert list(snapshot) == records
+    snapshot.put({**records[0], "fields": {"fldId": "u9"}})  # put again: the spill, same place in the order
+    assert [rec_id for rec_id, _ in snapshot.cells(["fldId"])] == ["rec1", "rec2", "rec3", "rec4"]
+    assert snapshot.get("rec1")["fields"] == {"fldId": "u9"} and snapshot.pop("rec3")["id"] == "rec3"
+    sync.write_cache(path, snapshot)
+    assert [r["id"] for r in sync.read_cache(path)] == ["rec1", "rec2", "rec4"]
+    snapshot.close()
+    assert [p.name for p in tmp_path.iterdir()] == ["airtable_users.json"]  # the spill left nothing behind
