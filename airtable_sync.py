@@ -1252,17 +1252,6 @@ def pull_table(airtable: Airtable, key: str, stop: threading.Event, by_id: bool)
     return records
 
 
-def read_cache(path: Path) -> list[dict] | None:
-    """A cache's records in memory (small caches: tests), None if missing or unreadable."""
-    snapshot = TableSnapshot.from_cache(path)
-    if snapshot is None:
-        return None
-    try:
-        return list(snapshot)
-    finally:
-        snapshot.close()
-
-
 # A scratch file stays in memory up to this size, then moves to the cache dir: a small base
 # never touches the disk for it, a large one never holds it in memory.
 SCRATCH_IN_MEMORY_BYTES = 512 * 1024
@@ -1297,7 +1286,7 @@ def write_private(path: Path, text: str | Iterable[str | bytes]) -> None:
         raise LocalWriteError(path, exc) from None
     try:
         # surrogatepass: a cell may hold half an emoji (a lone surrogate, valid in JSON text),
-        # which strict UTF-8 refuses; read_cache reads it back the same way.
+        # which strict UTF-8 refuses; the snapshot reads it back the same way (_cache_line).
         with os.fdopen(fd, "wb") as handle:
             for piece in [text] if isinstance(text, str) else text:
                 handle.write(piece.encode("utf-8", "surrogatepass") if isinstance(piece, str) else piece)
