@@ -1049,6 +1049,20 @@ def warn_schema_changes(key: str, columns: TableColumns) -> None:
                         "that one now", key, mapped)
 
 
+def state_bindings(airtable: Airtable, state: "ChangeState | None") -> dict[str, dict[str, str]]:
+    """The state's bindings of the tables the settings still name as they did; their table ids
+    then serve the run's requests (a table set up by name may have been renamed since)."""
+    settings = airtable.settings
+    if state is None or (state.endpoint_url, state.base_id) != (settings.endpoint_url, settings.base_id):
+        return {}
+    bound = {}
+    for key, setting in state.tables.items():
+        if setting == settings.table_ids.get(key) and key in state.schema.table_ids:
+            airtable.table_ids[key] = state.schema.table_ids[key]
+            bound[key] = dict(state.bindings.get(key, {}))
+    return bound
+
+
 def table_bindings(schema: BaseSchema | None, bound: Mapping[str, Mapping[str, str]],
                    keys: Iterable[str]) -> dict[str, TableColumns]:
     """Every table's columns this run, from the schema and the bindings of the state."""
@@ -1676,7 +1690,7 @@ class BaseReader:
 
     def read(self, needed: Sequence[str]) -> BaseRead:
         state = load_state(state_path(self.settings))
-        self.bound = self.bindings_of(state)
+        self.bound = state_bindings(self.airtable, state)
         read = self.read_caches(needed, state) if self.settings.use_cache else self.read_base(needed, state)
         read.columns = table_bindings(read.schema, self.bound, needed)
         for key, columns in read.columns.items():
@@ -1684,19 +1698,6 @@ class BaseReader:
         if read.state is not None:  # the bindings are saved with the state (a dry run saves none)
             read.state.bindings = {**self.bound, **{k: c.bindings for k, c in read.columns.items() if c.by_id}}
         return read
-
-    def bindings_of(self, state: ChangeState | None) -> dict[str, dict[str, str]]:
-        """The state's bindings of the tables the settings still name as they did, whose table
-        ids then serve this run's requests (a table set up by name may have been renamed)."""
-        settings = self.settings
-        if state is None or (state.endpoint_url, state.base_id) != (settings.endpoint_url, settings.base_id):
-            return {}
-        bound = {}
-        for key, setting in state.tables.items():
-            if setting == settings.table_ids.get(key) and key in state.schema.table_ids:
-                self.airtable.table_ids[key] = state.schema.table_ids[key]
-                bound[key] = dict(state.bindings.get(key, {}))
-        return bound
 
     def read_base(self, needed: Sequence[str], state: ChangeState | None) -> BaseRead:
         settings = self.settings
@@ -4286,7 +4287,7 @@ class Restore:
         airtable = connect(settings, self.stop)
         self.report.requests = airtable.stats
         # The sync's bindings: its mapped fields (never refilled) and `id` whatever they are called now.
-        bound = BaseReader(airtable, self.stop, datetime.now(timezone.utc)).bindings_of(load_state(state_path(settings)))
+        bound = state_bindings(airtable, load_state(state_path(settings)))
         tables = live_tables(airtable, bound)
         archive = {rec.record_id: archived_cells(rec, tables[rec.table])
                    for rec in records if rec.table in tables}  # a record archived twice: its last line
@@ -4665,8 +4666,7 @@ def run_check(settings: Settings, out=None, stats: RequestStats | None = None) -
     `stats` counts its requests (main() adds them to the budget when Airtable fails midway)."""
     out = out or sys.stdout
     airtable = connect(settings, threading.Event(), stats)
-    reader = BaseReader(airtable, threading.Event(), datetime.now(timezone.utc))
-    bound = reader.bindings_of(load_state(state_path(settings)))  # the tables' ids too
+    bound = state_bindings(airtable, load_state(state_path(settings)))  # the tables' ids too
     schema = fetch_schema(airtable)
     print(f"Airtable base {settings.base_id} at {settings.endpoint_url}", file=out)
     if schema is None:
