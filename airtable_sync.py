@@ -1278,7 +1278,7 @@ def scratch_file(directory: Path | None) -> Any:
 
 @contextlib.contextmanager
 def scratch_files(directory: Path) -> Iterator[None]:
-    """A run's temporary files (the exports' spools, the snapshots' spill files) live in the cache
+    """A run's temporary files (the snapshots' spill files) live in the cache
     dir: when the disk there is full they fail as any local file does (exit 74), naming the folder."""
     try:
         yield
@@ -2035,9 +2035,9 @@ def _hyphenated(hex32: str) -> str:
 def unwrap_extended_json(value: Any) -> Any:
     """MongoDB Extended JSON wrappers -> plain Python values, recursively."""
     if isinstance(value, dict):
-        return unwrap_wrapper({k: unwrap_extended_json(v) for k, v in value.items()})
+        return unwrap_wrapper({k: unwrap_extended_json(v) if isinstance(v, (dict, list)) else v for k, v in value.items()})
     if isinstance(value, list):
-        return [unwrap_extended_json(v) for v in value]
+        return [unwrap_extended_json(v) if isinstance(v, (dict, list)) else v for v in value]
     return value
 
 
@@ -2068,7 +2068,8 @@ class ExportText:
         self.buf = ""
         self.eof = False
         self.bytes_read = 0
-        self.lines_dropped = 0  # newlines in the text already dropped from buf
+        self.chars_dropped = 0  # characters of the text already dropped from buf
+        self.lines_dropped = 0  # newlines among them
         self.column_dropped = 0  # characters of buf's first line dropped with it
 
     def more(self) -> bool:
@@ -2097,6 +2098,7 @@ class ExportText:
     def drop(self, pos: int) -> int:
         """Forget the text before `pos` (parsed); returns where `pos` is now."""
         newlines = self.buf.count("\n", 0, pos)
+        self.chars_dropped += pos
         if newlines:
             self.lines_dropped += newlines
             self.column_dropped = pos - self.buf.rfind("\n", 0, pos) - 1
@@ -2141,12 +2143,13 @@ def iter_documents(path: Path, handle: BinaryIO) -> Iterator[dict]:
     """The documents of an export, one at a time, with Extended JSON unwrapped as they are parsed:
     a JSON array, or documents one after another separated by whitespace (JSON Lines, or
     mongoexport --pretty). Only the document being parsed and one chunk of text are in memory."""
-    for doc, _ in iter_documents_text(path, handle):
+    for doc, _, _ in iter_documents_text(path, handle):
         yield doc
 
 
-def iter_documents_text(path: Path, handle: BinaryIO, unwrap: bool = True) -> Iterator[tuple[dict, str]]:
-    """iter_documents, each document with its JSON text as the file has it. With `unwrap` False
+def iter_documents_text(path: Path, handle: BinaryIO, unwrap: bool = True) -> Iterator[tuple[dict, str, int]]:
+    """iter_documents, each document with its JSON text as the file has it and the position of
+    that text's first character among the file's characters (after a BOM). With `unwrap` False
     only a document that is itself a wrapper is unwrapped (it is then no document): the values
     inside keep their Extended JSON, for a pass that checks the file and reads the ids (a
     third faster than unwrapping every value)."""
@@ -2169,12 +2172,13 @@ PLAIN_DECODE = json.JSONDecoder().raw_decode
 
 def _checking_decode(text: str, pos: int) -> tuple[Any, int]:
     doc, end = PLAIN_DECODE(text, pos)
-    if doc.__class__ is dict and any(key[:1] == "$" for key in doc):  # a wrapper, as the object_hook sees it
+    # A wrapper, as the object_hook sees it (unwrap_wrapper: wrappers have one or two keys).
+    if doc.__class__ is dict and len(doc) <= 2 and any(key[:1] == "$" for key in doc):
         doc = unwrap_extended_json(doc)
     return doc, end
 
 
-def _array(text: ExportText, pos: int, raw_decode: Callable[[str, int], tuple[Any, int]]) -> Iterator[tuple[dict, str]]:
+def _array(text: ExportText, pos: int, raw_decode: Callable[[str, int], tuple[Any, int]]) -> Iterator[tuple[dict, str, int]]:
     """The elements of a JSON array, each parsed in place; json's own messages for its errors."""
     pos = text.skip_space(pos)
     n = 0
@@ -2189,7 +2193,7 @@ def _array(text: ExportText, pos: int, raw_decode: Callable[[str, int], tuple[An
             n += 1
             if doc.__class__ is not dict:
                 raise UsageError(f"{text.path}: record {n} is not a JSON object ({type(doc).__name__})")
-            yield doc, text.buf[start:pos]
+            yield doc, text.buf[start:pos], text.chars_dropped + start
             pos = text.skip_space(pos)
             if text.buf[pos:pos + 1] == "]":
                 break
@@ -2201,7 +2205,7 @@ def _array(text: ExportText, pos: int, raw_decode: Callable[[str, int], tuple[An
         raise text.json_error("Extra data", pos)
 
 
-def _documents(text: ExportText, pos: int, raw_decode: Callable[[str, int], tuple[Any, int]]) -> Iterator[tuple[dict, str]]:
+def _documents(text: ExportText, pos: int, raw_decode: Callable[[str, int], tuple[Any, int]]) -> Iterator[tuple[dict, str, int]]:
     """Documents one after another, each parsed in place from the buffered text."""
     while pos < len(text.buf):
         if pos > READ_CHUNK:
@@ -2209,7 +2213,7 @@ def _documents(text: ExportText, pos: int, raw_decode: Callable[[str, int], tupl
         doc, after = text.value(pos, raw_decode, pos)
         if doc.__class__ is not dict:
             raise UsageError(f"{text.path}: line {text.line(pos)} is not a JSON object ({type(doc).__name__})")
-        yield doc, text.buf[pos:after]
+        yield doc, text.buf[pos:after], text.chars_dropped + pos
         pos = text.skip_space(after)
         if pos == after < len(text.buf):
             raise UsageError(f"{text.path}: line {text.line(pos)}: not valid JSON: a document follows the previous "
@@ -2222,59 +2226,79 @@ def parse_export(path: Path, raw: bytes) -> list[dict]:
 
 
 def mongo_id_of(doc: dict) -> str | None:
-    """`id`, else `_id`, as text (as a text field would hold it: an unwrapped ObjectId or UUID is its string)."""
+    """`id`, else `_id`, as text (as a text field would hold it: an unwrapped ObjectId or UUID is its string).
+    The document's values may still be Extended JSON (the first pass leaves them wrapped)."""
     for key in ("id", "_id"):
         value = doc.get(key)
+        if value.__class__ is dict or value.__class__ is list:
+            value = unwrap_extended_json(value)  # a no-op on a value unwrapped already
         if value not in (None, ""):
             return value if value.__class__ is str else to_text(value)
     return None
 
 
-class ExportSpool:
-    """An export's records, parsed once and kept on disk, not in memory: each document's JSON
-    text, as the file has it, in an unnamed temporary file in the cache dir (mode 0600, gone when
-    closed), so a parse error still stops the run before any request. In memory: each record's
-    Mongo id, where its text is, and a digest of it, by which the plan skips a record unchanged
-    since a run that found it in sync without parsing it again (PlanMemo)."""
+def text_digest(data: bytes) -> int:
+    """A record's text -> a 64-bit digest (signed, as array("q") holds it)."""
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big", signed=True)
 
-    def __init__(self, directory: Path | None = None):
-        if directory is not None:
-            directory.mkdir(parents=True, exist_ok=True)
-        self.file = scratch_file(directory)
+
+class ExportIndex:
+    """An export's records, checked in one pass and read again one at a time. The run keeps the
+    file open and holds, per record, only its Mongo id, where its text is in the file and a digest
+    of that text: the export is never copied, and a record is parsed again when the plan needs
+    it. A text that no longer matches its digest means the file was rewritten while the run read
+    it; the run stops there (exit 2), before it writes anything. A record that a run found in sync
+    is skipped by its digest without being read again (PlanMemo)."""
+
+    def __init__(self, path: Path, handle: BinaryIO):
+        self.path, self.handle = path, handle
         self.mongo_ids: list[str | None] = []
-        self.offsets = array("q", [0])  # record i's text is offsets[i]:offsets[i + 1]
-        self.digests = array("q")  # 64-bit digests of the texts
+        self.offsets = array("q")  # record i's text is offsets[i]:offsets[i] + sizes[i] in the file
+        self.sizes = array("q")
+        self.digests = array("q")
         self.carried: set[str] = set()  # every Mongo field some record carries
         self.decode = json.JSONDecoder(object_hook=unwrap_wrapper).decode
+        # The file's bytes and characters at the end of the last record. What lies between two
+        # records ("[", ",", whitespace) is ASCII, one byte a character: the first byte of a
+        # record is the last one's end plus the characters since.
+        self.end_byte = len(codecs.BOM_UTF8) if handle.read(len(codecs.BOM_UTF8)) == codecs.BOM_UTF8 else 0
+        self.end_char = 0
+        handle.seek(0)
 
-    def add(self, doc: dict, text: str) -> None:
-        """A document as the first pass parsed it (its values still Extended JSON), and its text."""
+    def add(self, doc: dict, text: str, start: int) -> None:
+        """A document as the first pass parsed it (its values still Extended JSON), its text, and
+        the position of the text's first character in the file."""
         self.carried.update(doc)
         data = text.encode("utf-8", "surrogatepass")
-        self.file.write(data)
-        self.offsets.append(self.offsets[-1] + len(data))
-        self.digests.append(int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big", signed=True))
-        self.mongo_ids.append(mongo_id_of({k: unwrap_extended_json(doc[k]) for k in ("id", "_id") if k in doc}))
+        offset = self.end_byte + start - self.end_char
+        self.offsets.append(offset)
+        self.sizes.append(len(data))
+        self.digests.append(text_digest(data))
+        self.mongo_ids.append(mongo_id_of(doc))
+        self.end_byte, self.end_char = offset + len(data), start + len(text)
 
     def __len__(self) -> int:
         return len(self.mongo_ids)
 
     def load(self, index: int) -> ExportRecord:
-        """Record `index`, its document parsed again from its text."""
-        self.file.seek(self.offsets[index])
-        text = self.file.read(self.offsets[index + 1] - self.offsets[index]).decode("utf-8", "surrogatepass")
-        return ExportRecord(index, self.mongo_ids[index], self.decode(text))
+        """Record `index`, its document parsed again from the file."""
+        self.handle.seek(self.offsets[index])
+        data = self.handle.read(self.sizes[index])
+        if text_digest(data) != self.digests[index]:
+            raise UsageError(f"{self.path}: the file changed while this run read it (record {index + 1} is not "
+                             "what it was); nothing was written: run again once the export is written")
+        return ExportRecord(index, self.mongo_ids[index], self.decode(data.decode("utf-8", "surrogatepass")))
 
     def __iter__(self) -> Iterator[ExportRecord]:
         for index in range(len(self)):
             yield self.load(index)
 
     def close(self) -> None:
-        self.file.close()
+        self.handle.close()
 
 
 class ExportList:
-    """Records in memory (tests, --check) with ExportSpool's interface, without digests."""
+    """Records in memory (tests, --check) with ExportIndex's interface, without digests."""
 
     def __init__(self, records: Sequence[ExportRecord]):
         self.records = records
@@ -2292,36 +2316,35 @@ class ExportList:
         return iter(self.records)
 
 
-def spool_export(path: Path, limit: int | None, directory: Path | None = None) -> ExportSpool | None:
-    """The export's records, spooled; None when the file is missing. The whole file is parsed
-    even past `limit`, so that a bad file fails the same with --limit."""
+def index_export(path: Path, limit: int | None) -> ExportIndex | None:
+    """The export checked and indexed (the file stays open); None when it is missing. The whole
+    file is parsed even past `limit`, so that a bad file fails the same with --limit."""
     try:
         handle = open(path, "rb")
     except FileNotFoundError:
         return None
     except OSError as exc:
         raise UsageError(f"{path}: cannot read ({exc.strerror})") from None
-    spool = ExportSpool(directory)
     try:
-        with handle:
-            for doc, text in iter_documents_text(path, handle, unwrap=False):
-                if limit is None or len(spool) < limit:
-                    spool.add(doc, text)
+        index = ExportIndex(path, handle)
+        for doc, text, start in iter_documents_text(path, handle, unwrap=False):
+            if limit is None or len(index) < limit:
+                index.add(doc, text, start)
     except BaseException:
-        spool.close()
+        handle.close()
         raise
-    return spool
+    return index
 
 
 def load_export(path: Path, limit: int | None) -> list[ExportRecord] | None:
     """The export's records in memory (small exports: --check and tests), None when the file is missing."""
-    spool = spool_export(path, limit)
-    if spool is None:
+    index = index_export(path, limit)
+    if index is None:
         return None
     try:
-        return list(spool)
+        return list(index)
     finally:
-        spool.close()
+        index.close()
 
 
 # ---------------------------------------------------------------------------
@@ -2768,18 +2791,18 @@ def link_reference(doc: dict, link: LinkSpec) -> str | None:
 
 def plan_table(
     spec: TableSpec,
-    exported: ExportSpool | ExportList | Sequence[ExportRecord],
+    exported: ExportIndex | ExportList | Sequence[ExportRecord],
     airtable_records: TableSnapshot | Sequence[dict],
     columns: TableColumns,
     link_index: Mapping[str, Mapping[str, str]],
     memo: PlanMemo | None = None,
 ) -> TablePlan:
-    """What to create, update and skip for one table: pure but for reading the spool and the
+    """What to create, update and skip for one table: pure but for reading the export and the
     snapshot. Records and writes name the fields by their keys in `columns` (field ids, once
     bound). An export record is parsed when it is planned, and a record that `memo` knows to be
     in sync is not parsed at all; an unchanged record leaves nothing in the plan but a count."""
     airtable_records = as_snapshot(airtable_records)
-    if not isinstance(exported, (ExportSpool, ExportList)):
+    if not isinstance(exported, (ExportIndex, ExportList)):
         exported = ExportList(exported)
     types, read_only = field_types(spec, columns, airtable_records, exported)
     id_key = columns.id_key if columns.id_key in types else None
@@ -4490,15 +4513,15 @@ class Sync:
     report: RunReport
     plans: dict[str, TablePlan] = field(default_factory=dict)
     deletions: dict[str, DeletionPlan] = field(default_factory=dict)
-    exports: dict[str, ExportSpool] = field(default_factory=dict)  # closed once planned
+    exports: dict[str, ExportIndex] = field(default_factory=dict)  # closed once planned
     memos: dict[str, PlanMemo] = field(default_factory=dict)
 
-    def load_exports(self) -> dict[str, ExportSpool]:
-        """Every export parsed, before any request, into a spool on disk that the plan reads."""
+    def load_exports(self) -> dict[str, ExportIndex]:
+        """Every export checked and indexed before any request; the plan reads its records again."""
         exports = self.exports
         for key in self.settings.tables:
             path = self.settings.mongo_dir / TABLE_SPECS[key].export_file
-            records = spool_export(path, self.settings.limit, self.settings.cache_dir)
+            records = index_export(path, self.settings.limit)
             if records is None:
                 log.warning("%s not found: table %s is not synced", path, key)
                 self.report.tables[key] = TableResult(note=f"{path.name} not found: not synced")
@@ -4507,7 +4530,7 @@ class Sync:
             log.info("%s: %d records in %s", key, len(records), path.name)
         return exports
 
-    def plan(self, exports: dict[str, ExportSpool], read: BaseRead, airtable: Airtable) -> dict[str, TablePlan]:
+    def plan(self, exports: dict[str, ExportIndex], read: BaseRead, airtable: Airtable) -> dict[str, TablePlan]:
         plans: dict[str, TablePlan] = {}
         pulled = read.records
         for key in TABLE_ORDER:
@@ -4538,8 +4561,8 @@ class Sync:
         exported_ids = {key: {r.mongo_id for r in records if r.mongo_id is not None} for key, records in exports.items()
                         } if self.settings.delete_missing else {}
         self.deletions = plan_deletions(plans, exported_ids, self.settings)
-        for spool in exports.values():
-            spool.close()  # planned: the writes keep what they need of their records
+        for export in exports.values():
+            export.close()  # planned: the writes keep what they need of their records
         for deletion in self.deletions.values():
             log.info("%s: plan: %d to delete%s", deletion.key, len(deletion.records),
                      " (held back by the safety cap)" if deletion.held else "")
@@ -4716,13 +4739,13 @@ def check_export(settings: Settings, spec: TableSpec) -> list[str]:
     """--check: the mapped Mongo fields that no record of the table's export carries, when the
     export is there (an unreadable one is left to the sync to report)."""
     try:
-        spool = spool_export(settings.mongo_dir / spec.export_file, None, settings.cache_dir)
+        index = index_export(settings.mongo_dir / spec.export_file, None)
     except UsageError:
         return []
-    if spool is None:
+    if index is None:
         return []
-    spool.close()
-    return absent_in_export(spec, spool.carried) if spool.carried else []
+    index.close()
+    return absent_in_export(spec, index.carried) if index.carried else []
 
 
 def change_tracking_status(airtable: Airtable, schema: BaseSchema | None) -> str:

@@ -430,18 +430,20 @@ def test_a_large_pretty_export_loads(tmp_path):
 
 # -- a stream, not a whole file ------------------------------------------------------------
 
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-8-sig"])
 @pytest.mark.parametrize("layout", list(LAYOUTS))
-def test_documents_cut_by_every_chunk_boundary_load_the_same(tmp_path, monkeypatch, layout):
+def test_documents_cut_by_every_chunk_boundary_load_the_same(tmp_path, monkeypatch, layout, encoding):
     """The export is read a chunk at a time: a document, a string, a number or a UTF-8 character
-    cut by a chunk's end is read whole, for chunks of any size."""
-    docs = [{"_id": ObjectId(), "n": Int64(i), "name": "José 北京菜 café", "at": MOMENT} for i in range(4)]
+    cut by a chunk's end is read whole, for chunks of any size. Each record is read again from
+    where the first pass found it in the file, after a BOM and characters of 2 to 4 bytes."""
+    docs = [{"_id": ObjectId(), "n": Int64(i), "name": "José 北京菜 café 🍜", "at": MOMENT} for i in range(4)]
     path = tmp_path / "users.json"
-    path.write_text(LAYOUTS[layout](docs, "canonical"), encoding="utf-8")
+    path.write_text(LAYOUTS[layout](docs, "canonical"), encoding=encoding)
     whole = sync.load_export(path, limit=None)
     for chunk in (1, 2, 3, 7, 64):
         monkeypatch.setattr(sync, "READ_CHUNK", chunk)
         assert sync.load_export(path, limit=None) == whole
-    assert [r.doc["n"] for r in whole] == [0, 1, 2, 3] and whole[0].doc["name"] == "José 北京菜 café"
+    assert [r.doc["n"] for r in whole] == [0, 1, 2, 3] and whole[0].doc["name"] == "José 北京菜 café 🍜"
 
 
 @pytest.mark.parametrize("chunk", [1, 5, 1 << 20])
@@ -469,3 +471,51 @@ def test_the_export_is_parsed_whole_even_past_the_limit(tmp_path):
     path.write_text('{"id": "a"}\n{"id": "b"}\n{"id": \n')
     with pytest.raises(sync.UsageError, match="line 4: not valid JSON: Expecting value .column 1, in the document from line 3."):
         sync.load_export(path, limit=1)
+
+
+# -- read again from the file, which must not change meanwhile -------------------------------
+
+def test_records_are_read_again_from_the_export_itself_with_only_where_they_are_in_memory(tmp_path):
+    text = LAYOUTS["jsonArray-pretty"]([{"_id": ObjectId(), "name": "Zoë 北京", "n": i} for i in range(3)], "relaxed")
+    path = tmp_path / "users.json"
+    path.write_text(text, encoding="utf-8-sig")
+    index = sync.index_export(path, limit=None)
+    try:
+        raw = path.read_bytes()
+        texts = [raw[o:o + n] for o, n in zip(index.offsets, index.sizes)]
+        assert [json.loads(t)["n"] for t in texts] == [0, 1, 2]  # each is exactly one document's bytes
+        assert [index.load(i).doc["name"] for i in range(3)] == ["Zoë 北京"] * 3
+        assert list(tmp_path.iterdir()) == [path]  # no copy of the export anywhere
+    finally:
+        index.close()
+
+
+def test_an_export_rewritten_while_the_run_reads_it_stops_before_anything_is_written(tmp_path):
+    """An exporter that rewrites the file in place while a run reads it would hand the plan other
+    records than the ones checked: the record's digest says so, and the run stops (exit 2)."""
+    path = tmp_path / "messages.json"
+    path.write_text("".join(json.dumps({"id": f"m{i}", "status": "sent"}) + "\n" for i in range(3)))
+    index = sync.index_export(path, limit=None)
+    try:
+        with open(path, "r+b") as rewrite:  # same inode, same length, other content
+            rewrite.seek(index.offsets[1] + index.sizes[1] - 7)
+            rewrite.write(b"draft\"}")
+        assert index.load(0).doc == {"id": "m0", "status": "sent"}
+        with pytest.raises(sync.UsageError, match=r"messages.json: the file changed while this run read it \(record 2 "):
+            index.load(1)
+    finally:
+        index.close()
+
+
+def test_an_export_replaced_by_a_new_file_meanwhile_is_read_as_it_was(tmp_path):
+    """An exporter that writes a new file and renames it over the old one leaves the run its own
+    open file: the run syncs the export it checked."""
+    path = tmp_path / "messages.json"
+    path.write_text('{"id": "m0", "status": "sent"}\n')
+    index = sync.index_export(path, limit=None)
+    try:
+        (tmp_path / "new.json").write_text('{"id": "m0", "status": "draft"}\n')
+        (tmp_path / "new.json").replace(path)
+        assert index.load(0).doc == {"id": "m0", "status": "sent"}
+    finally:
+        index.close()

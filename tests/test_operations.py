@@ -384,21 +384,54 @@ def test_a_full_disk_exits_74_naming_the_file_and_the_next_run_recovers(harness,
     assert harness.run() == 0 and emulator.count(kind="write") == 0
 
 
-def test_a_full_disk_under_the_runs_temporary_files_exits_74_before_any_request(harness, emulator):
-    """An export past SCRATCH_IN_MEMORY_BYTES is kept in a temporary file in the cache dir; when
-    that file cannot grow, the run stops there, before its first request."""
+def test_a_full_disk_under_the_runs_temporary_files_exits_74_and_the_next_run_recovers(harness, emulator):
+    """An export is never copied: one far larger than the room on the disk is read where it is.
+    The records a run writes are kept in a temporary file in the cache dir past
+    SCRATCH_IN_MEMORY_BYTES; when that file cannot grow, the run stops with exit 74 naming the
+    folder, and the next run finishes with no duplicate."""
+    without_u12(harness)
     users = harness.read_export("users.json")
     for user in users:
         user["summary"] = "x" * 30_000
     harness.write_export("users.json", users)
-    assert (harness.mongo_dir / "users.json").stat().st_size > sync.SCRATCH_IN_MEMORY_BYTES
+    assert (harness.mongo_dir / "users.json").stat().st_size > 2 * 200_000 > 2 * sync.SCRATCH_IN_MEMORY_BYTES / 5
+    before = Counter(r["fields"].get("id") for r in emulator.records(USERS))
     done = spawn_with_file_limit(harness, 200_000)
     assert done.returncode == sync.EXIT_IOERR, done.stderr
     [line] = lines_with(done.stderr, "cannot write")
     assert f"cannot write {harness.cache_dir / '(a temporary file of this run)'}: File too large" in line
-    assert "Traceback" not in done.stderr and emulator.requests == []
+    assert "Traceback" not in done.stderr
+    assert emulator.count(kind="write", table=USERS) > 0  # past the exports and the reads: failed on what it wrote
     assert stray_files(harness.cache_dir, harness.reports_dir) == []
-    assert [p.name for p in harness.cache_dir.iterdir()] == [".airtable_sync.lock"]  # no cache, no state
+    assert harness.run() == 0
+    after = Counter(r["fields"].get("id") for r in emulator.records(USERS))
+    assert all(after[sync.mongo_id_of(sync.unwrap_extended_json(u))] == max(1, before[sync.mongo_id_of(
+        sync.unwrap_extended_json(u))]) for u in users)  # each once (the fixture's base has one twice)
+
+
+def test_an_export_rewritten_in_place_during_a_run_stops_it_before_any_write(harness, emulator, monkeypatch):
+    """The plan reads each record again from the export: an exporter rewriting the file in place
+    meanwhile would hand it records other than the ones checked. The run stops with exit 2 and
+    writes nothing; a rerun syncs the export as it then is."""
+    without_u12(harness)
+    users = harness.read_export("users.json")
+    users[0]["firstName"] = "Before"
+    harness.write_export("users.json", users)
+    path = harness.mongo_dir / "users.json"
+    read = sync.BaseReader.read
+
+    def rewrite_then_read(self, *args, **kwargs):
+        path.write_bytes(path.read_bytes().replace(b'"Before"', b'"Later!"'))  # same inode, same length
+        return read(self, *args, **kwargs)
+
+    monkeypatch.setattr(sync.BaseReader, "read", rewrite_then_read)
+    assert harness.run() == sync.EXIT_USAGE
+    report = harness.report()
+    assert report["ended"] == "input error" and emulator.count(kind="write") == 0
+    assert report["message"].startswith(f"{path}: the file changed while this run read it (record 1 is not what it was)")
+    monkeypatch.setattr(sync.BaseReader, "read", read)
+    assert harness.run() == 0
+    assert any(r["fields"].get("firstName") == "Later!" for r in emulator.records(USERS))
 
 
 def test_a_month_spent_midway_on_a_full_disk_says_both(harness, emulator):

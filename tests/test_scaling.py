@@ -106,9 +106,9 @@ def test_a_record_in_sync_since_the_last_run_is_skipped_unparsed_and_a_change_on
     benchmark.empty_base(tmp_path / "base.json")
     argv = ["--mongo-dir", str(tmp_path / "mongo"), "--cache-dir", str(tmp_path / "data"),
             "--reports-dir", str(tmp_path / "reports")]
-    parsed = []  # the Mongo ids of the export records a plan parsed again from the spool
-    load = sync.ExportSpool.load
-    monkeypatch.setattr(sync.ExportSpool, "load", lambda self, i: parsed.append(self.mongo_ids[i]) or load(self, i))
+    parsed = []  # the Mongo ids of the export records a plan parsed again from the file
+    load = sync.ExportIndex.load
+    monkeypatch.setattr(sync.ExportIndex, "load", lambda self, i: parsed.append(self.mongo_ids[i]) or load(self, i))
     with Emulator(tmp_path / "base.json", token=TOKEN, rps=None) as emulator:
         env = {**make_env(emulator), "AIRTABLE_CHANGE_TRACKING": tracking}
         assert sync.main(argv, environ=env) == 0  # the first sync: every record created, none in sync yet
