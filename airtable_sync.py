@@ -1083,6 +1083,10 @@ def memo_path(settings: Settings, key: str) -> Path:
     return settings.cache_dir / f"airtable_{key}.memo"
 
 
+def export_index_path(settings: Settings, key: str) -> Path:
+    return settings.cache_dir / f"export_{key}.index"
+
+
 class TableSnapshot:
     """A table's records as Airtable has them, kept on disk one record a line, as the cache holds
     them, and in memory only as where each line is: a 500,000-record base fits a small machine.
@@ -1184,30 +1188,34 @@ class TableSnapshot:
         return rec
 
     def cells(self, keys: Sequence[str]) -> Iterator[tuple[str, list[Any]]]:
-        """Each record's id and its cells under `keys` (None where absent), for matching. Where
-        the keys are field ids and the cells text, they are read from the line without parsing
-        it: an unescaped `"fld…": ` in a record's JSON can only be one of its cells (quotes in a
-        string are escaped, and no cell holds field ids as keys)."""
+        """Each record's id and its cells under `keys` (None where absent), up to the first cell
+        that is not blank: the ones after it are None (matching needs a natural key only where
+        there is no id). Where the keys are field ids and the cells text, they are read from the
+        line without parsing it: an unescaped `"fld…": ` in a record's JSON can only be one of
+        its cells (quotes in a string are escaped, and no cell holds field ids as keys)."""
         if not all(FIELD_ID.fullmatch(k) for k in keys):
             for rec in self:  # cells by name (the schema is unreadable): "id" is also the record's own key
-                yield rec["id"], [rec["fields"].get(k) for k in keys]
+                yield rec["id"], first_cells([rec["fields"].get(k) for k in keys])
             return
         markers = [b'"' + k.encode() + b'": ' for k in keys]
-        texts = [re.compile(re.escape(m) + rb'"((?:[^"\\]|\\.)*)"') for m in markers]
         for rec_id in list(self.where):
             line: bytes = self.line(rec_id)  # type: ignore[assignment]
             values: list[Any] = []
-            for marker, text in zip(markers, texts):
-                if marker not in line:
+            for marker in markers:
+                at = line.find(marker)
+                if at < 0:
                     values.append(None)
-                elif found := text.search(line):
+                    continue
+                if found := JSON_STRING.match(line, at + len(marker)):
                     raw = found.group(1).decode("utf-8", "surrogatepass")
                     values.append(json.loads(f'"{raw}"') if "\\" in raw else raw)
                 else:  # not text: parsed
                     fields = _cache_line(line)["fields"]
-                    values = [fields.get(k) for k in keys]
+                    values = first_cells([fields.get(k) for k in keys])
                     break
-            yield rec_id, values
+                if values[-1] != "":
+                    break
+            yield rec_id, values + [None] * (len(keys) - len(values))
 
     def __iter__(self) -> Iterator[dict]:
         for rec_id in list(self.where):
@@ -1237,6 +1245,15 @@ def _source_digest() -> bytes:
 SOURCE_DIGEST = _source_digest()
 RECORD_ID = re.compile(rb'\{"id": "([^"\\]+)"')  # a cache line as write_cache writes it begins with the record id
 FIELD_ID = re.compile(r"fld[A-Za-z0-9]+")
+JSON_STRING = re.compile(rb'"([^"\\]*(?:\\.[^"\\]*)*)"')  # its text, as group 1
+
+
+def first_cells(values: list[Any]) -> list[Any]:
+    """`values` up to the first that is not blank (None or ""), the rest None."""
+    for i, value in enumerate(values):
+        if value not in (None, ""):
+            return values[:i + 1] + [None] * (len(values) - i - 1)
+    return values
 
 
 def as_snapshot(records: TableSnapshot | Iterable[dict]) -> TableSnapshot:
@@ -2062,8 +2079,9 @@ class ExportText:
     """An export's text, read and decoded a chunk at a time. `buf` holds what is not parsed yet;
     positions in it map back to the file's lines and columns for error messages."""
 
-    def __init__(self, path: Path, handle: BinaryIO):
+    def __init__(self, path: Path, handle: BinaryIO, file_digest: Any = None):
         self.path, self.handle = path, handle
+        self.file_digest = file_digest  # a hashlib object given every byte read, when given
         self.decoder = codecs.getincrementaldecoder("utf-8-sig")()
         self.buf = ""
         self.eof = False
@@ -2077,6 +2095,8 @@ class ExportText:
         if self.eof:
             return False
         chunk = self.handle.read(READ_CHUNK)
+        if self.file_digest is not None:
+            self.file_digest.update(chunk)
         pending = self.decoder.getstate()[0]  # the bytes of a character cut by the last chunk
         try:
             text = self.decoder.decode(chunk, final=not chunk)
@@ -2147,13 +2167,14 @@ def iter_documents(path: Path, handle: BinaryIO) -> Iterator[dict]:
         yield doc
 
 
-def iter_documents_text(path: Path, handle: BinaryIO, unwrap: bool = True) -> Iterator[tuple[dict, str, int]]:
+def iter_documents_text(path: Path, handle: BinaryIO, unwrap: bool = True,
+                        file_digest: Any = None) -> Iterator[tuple[dict, str, int]]:
     """iter_documents, each document with its JSON text as the file has it and the position of
     that text's first character among the file's characters (after a BOM). With `unwrap` False
     only a document that is itself a wrapper is unwrapped (it is then no document): the values
     inside keep their Extended JSON, for a pass that checks the file and reads the ids (a
     third faster than unwrapping every value)."""
-    text = ExportText(path, handle)
+    text = ExportText(path, handle, file_digest)
     raw_decode = json.JSONDecoder(object_hook=unwrap_wrapper).raw_decode if unwrap else _checking_decode
     pos = text.skip_space(0)
     if pos == len(text.buf):
@@ -2248,10 +2269,18 @@ class ExportIndex:
     of that text: the export is never copied, and a record is parsed again when the plan needs
     it. A text that no longer matches its digest means the file was rewritten while the run read
     it; the run stops there (exit 2), before it writes anything. A record that a run found in sync
-    is skipped by its digest without being read again (PlanMemo)."""
+    is skipped by its digest without being read again (PlanMemo).
+
+    The index is kept in the cache dir with a digest of the whole file: the next run that finds
+    the very same bytes (an export not run again since, or a quiet night whose export came out
+    identical) takes the index instead of parsing the file again, since the same bytes pass the
+    same checks. The digests of the records read are checked all the same."""
 
     def __init__(self, path: Path, handle: BinaryIO):
         self.path, self.handle = path, handle
+        self.file_digest = hashlib.blake2b(digest_size=16)  # of every byte, as the first pass reads them
+        self.reused = False  # True when taken from a run that checked the same bytes
+        self.size = 0  # the bytes the first pass read (and file_digest covers)
         self.mongo_ids: list[str | None] = []
         self.offsets = array("q")  # record i's text is offsets[i]:offsets[i] + sizes[i] in the file
         self.sizes = array("q")
@@ -2279,6 +2308,35 @@ class ExportIndex:
 
     def __len__(self) -> int:
         return len(self.mongo_ids)
+
+    def saved(self, limit: int | None) -> str:
+        """The index as the next run takes it (reuse)."""
+        return json.dumps({
+            "source": SOURCE_DIGEST.hex(), "bytes": self.size,
+            "file": self.file_digest.hexdigest(), "limit": limit, "carried": sorted(self.carried),
+            "mongo_ids": self.mongo_ids,
+            **{name: base64.b64encode(getattr(self, name).tobytes()).decode() for name in ("offsets", "sizes", "digests")},
+        }, ensure_ascii=False)
+
+    def reuse(self, saved: Path, limit: int | None) -> bool:
+        """Take the index an earlier run saved of the same bytes (same size and digest), read with
+        the same rules (this tool's source) and limit; False, and nothing taken, otherwise."""
+        try:
+            data = json.loads(saved.read_bytes())
+            if (data["source"], data["bytes"], data["limit"]) != (SOURCE_DIGEST.hex(), os.fstat(self.handle.fileno()).st_size, limit):
+                return False
+            self.handle.seek(0)
+            same = hashlib.file_digest(self.handle, lambda: hashlib.blake2b(digest_size=16)).hexdigest() == data["file"]  # type: ignore[arg-type]
+            self.handle.seek(0)
+            arrays = [array("q", base64.b64decode(data[name], validate=True)) for name in ("offsets", "sizes", "digests")]
+            mongo_ids, carried = list(data["mongo_ids"]), set(data["carried"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+        if not same or any(len(a) != len(mongo_ids) for a in arrays):
+            return False
+        self.offsets, self.sizes, self.digests = arrays
+        self.mongo_ids, self.carried, self.reused = mongo_ids, carried, True
+        return True
 
     def load(self, index: int) -> ExportRecord:
         """Record `index`, its document parsed again from the file."""
@@ -2316,9 +2374,10 @@ class ExportList:
         return iter(self.records)
 
 
-def index_export(path: Path, limit: int | None) -> ExportIndex | None:
-    """The export checked and indexed (the file stays open); None when it is missing. The whole
-    file is parsed even past `limit`, so that a bad file fails the same with --limit."""
+def index_export(path: Path, limit: int | None, saved: Path | None = None) -> ExportIndex | None:
+    """The export checked and indexed (the file stays open), or the index `saved` by a run that
+    checked the same bytes; None when it is missing. The whole file is parsed even past `limit`,
+    so that a bad file fails the same with --limit."""
     try:
         handle = open(path, "rb")
     except FileNotFoundError:
@@ -2327,9 +2386,12 @@ def index_export(path: Path, limit: int | None) -> ExportIndex | None:
         raise UsageError(f"{path}: cannot read ({exc.strerror})") from None
     try:
         index = ExportIndex(path, handle)
-        for doc, text, start in iter_documents_text(path, handle, unwrap=False):
+        if saved is not None and index.reuse(saved, limit):
+            return index
+        for doc, text, start in iter_documents_text(path, handle, unwrap=False, file_digest=index.file_digest):
             if limit is None or len(index) < limit:
                 index.add(doc, text, start)
+        index.size = handle.tell()
     except BaseException:
         handle.close()
         raise
@@ -4521,7 +4583,7 @@ class Sync:
         exports = self.exports
         for key in self.settings.tables:
             path = self.settings.mongo_dir / TABLE_SPECS[key].export_file
-            records = index_export(path, self.settings.limit)
+            records = index_export(path, self.settings.limit, export_index_path(self.settings, key))
             if records is None:
                 log.warning("%s not found: table %s is not synced", path, key)
                 self.report.tables[key] = TableResult(note=f"{path.name} not found: not synced")
@@ -4635,6 +4697,9 @@ class Sync:
                 save_snapshot(settings, read)
                 for key, memo in self.memos.items():
                     memo.save(memo_path(settings, key))
+                for key, export in self.exports.items():
+                    if not export.reused:
+                        write_private(export_index_path(settings, key), export.saved(settings.limit))
             for snapshot in read.records.values():
                 snapshot.close()  # its temporary file goes with it
         held = [d for d in self.deletions.values() if d.held]

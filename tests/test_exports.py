@@ -519,3 +519,57 @@ def test_an_export_replaced_by_a_new_file_meanwhile_is_read_as_it_was(tmp_path):
         assert index.load(0).doc == {"id": "m0", "status": "sent"}
     finally:
         index.close()
+
+
+# -- an export checked before, byte for byte ---------------------------------------------------
+
+def saved_index(tmp_path: Path, text: str, limit: int | None = None) -> tuple[Path, Path, sync.ExportIndex]:
+    path, saved = tmp_path / "messages.json", tmp_path / "export_messages.index"
+    path.write_text(text, encoding="utf-8")
+    index = sync.index_export(path, limit)
+    saved.write_text(index.saved(limit))
+    index.close()
+    return path, saved, index
+
+
+MESSAGES = "".join(json.dumps({"_id": {"$oid": f"66000000000000000000000{i}"}, "status": "sent", "text": "Zoë 🍜"},
+                              ensure_ascii=False) + "\n" for i in range(5))
+
+
+def test_the_index_of_an_export_checked_before_is_taken_instead_of_a_parse(tmp_path, monkeypatch):
+    path, saved, first = saved_index(tmp_path, MESSAGES)
+    monkeypatch.setattr(sync, "iter_documents_text", lambda *a, **k: pytest.fail("parsed again"))
+    again = sync.index_export(path, None, saved)
+    try:
+        assert again.reused and again.mongo_ids == first.mongo_ids == [f"66000000000000000000000{i}" for i in range(5)]
+        assert (again.offsets, again.sizes, again.digests, again.carried) == \
+               (first.offsets, first.sizes, first.digests, first.carried)
+        assert again.load(4).doc == {"_id": "660000000000000000000004", "status": "sent", "text": "Zoë 🍜"}
+    finally:
+        again.close()
+
+
+@pytest.mark.parametrize("change", ["a byte", "the limit", "the tool", "a broken index", "an index of other records"])
+def test_an_export_is_parsed_again_unless_its_bytes_rules_and_limit_are_those_indexed(tmp_path, monkeypatch, change):
+    path, saved, _ = saved_index(tmp_path, MESSAGES)
+    limit = None
+    if change == "a byte":  # same size, one status changed: only the whole file's digest tells
+        path.write_text(MESSAGES.replace('"sent"', '"SENT"', 1), encoding="utf-8")
+    elif change == "the limit":
+        limit = 2
+    elif change == "the tool":
+        monkeypatch.setattr(sync, "SOURCE_DIGEST", b"another version")
+    elif change == "a broken index":
+        saved.write_bytes(saved.read_bytes()[:-40])
+    else:
+        data = json.loads(saved.read_text())
+        saved.write_text(json.dumps({**data, "mongo_ids": data["mongo_ids"][:3]}))
+    parsed = []
+    first_pass = sync.iter_documents_text
+    monkeypatch.setattr(sync, "iter_documents_text", lambda *a, **k: parsed.append(1) or first_pass(*a, **k))
+    index = sync.index_export(path, limit, saved)
+    try:
+        assert parsed == [1] and not index.reused and len(index) == (2 if limit else 5)
+        assert index.load(0).doc["status"] == ("SENT" if change == "a byte" else "sent")
+    finally:
+        index.close()

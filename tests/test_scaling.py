@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import stat
 import sys
 import threading
 from pathlib import Path
@@ -139,3 +140,34 @@ def test_a_record_in_sync_since_the_last_run_is_skipped_unparsed_and_a_change_on
         by_id = {r["fields"].get("id"): r["fields"] for r in emulator.records("Users")}
         assert by_id[benchmark.mongo_id(data["users"][mongo])]["summary"] == "changed in Mongo"
         assert by_id[benchmark.mongo_id(data["users"][edited])]["summary"] == data["users"][edited]["summary"]
+
+
+def test_an_export_with_the_same_bytes_as_last_run_is_not_parsed_again_and_a_changed_one_is(tmp_path, monkeypatch):
+    """An export that came out byte for byte as the one the last run checked (a quiet night, or a
+    run more frequent than the exporter) passes the same checks: its saved index is taken instead
+    of a parse. A dry run saves none; a changed export is parsed again."""
+    data = generated(50)
+    benchmark.write_exports(data, tmp_path / "mongo")
+    benchmark.empty_base(tmp_path / "base.json")
+    argv = ["--mongo-dir", str(tmp_path / "mongo"), "--cache-dir", str(tmp_path / "data"),
+            "--reports-dir", str(tmp_path / "reports")]
+    parsed = []  # the exports the runs parsed
+    first_pass = sync.iter_documents_text
+    monkeypatch.setattr(sync, "iter_documents_text", lambda path, *a, **k: parsed.append(path.name) or first_pass(path, *a, **k))
+    saved = [tmp_path / "data" / f"export_{k}.index" for k in data]
+    with Emulator(tmp_path / "base.json", token=TOKEN, rps=None) as emulator:
+        env = make_env(emulator)
+        assert sync.main(argv + ["--dry-run"], environ=env) == 0
+        assert sorted(parsed) == ["events.json", "messages.json", "users.json"] and not any(p.exists() for p in saved)
+        assert sync.main(argv, environ=env) == 0
+        assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in saved)
+        parsed.clear()
+        assert sync.main(argv, environ=env) == 0
+        assert parsed == []
+        data["events"][0]["description"] = "changed in Mongo"
+        benchmark.write_exports(data, tmp_path / "mongo")
+        assert sync.main(argv, environ=env) == 0
+        assert parsed == ["events.json"]
+        report = json.loads(sorted((tmp_path / "reports").glob("*.json"))[-1].read_text())
+        assert report["tables"]["events"]["updated"] == 1 and report["tables"]["users"]["updated"] == 0
+        assert any(r["fields"].get("description") == "changed in Mongo" for r in emulator.records("Events"))

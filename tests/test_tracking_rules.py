@@ -462,13 +462,19 @@ def test_a_snapshot_reads_matching_cells_from_its_lines_as_a_parse_would(tmp_pat
     path = tmp_path / "airtable_users.json"
     sync.write_cache(path, records)
     snapshot = sync.TableSnapshot.from_cache(path, tmp_path)
-    assert list(snapshot.cells(["fldId", "fldKey"])) == [(r["id"], [r["fields"].get("fldId"), r["fields"].get("fldKey")])
-                                                          for r in records]
-    assert list(snapshot) == records
+    # Up to the first cell that is not blank: a record with an id is matched by it, not its key.
+    assert list(snapshot.cells(["fldId", "fldKey"])) == [("rec1", ["u1", None]), ("rec2", [7, None]),
+                                                          ("rec3", [None, None]), ("rec4", [None, None])]
+    assert list(snapshot.cells(["fldKey", "fldId"])) == [("rec1", ['Qu"o\\te é \ud83d', None]), ("rec2", [["a"], None]),
+                                                          ("rec3", [None, None]), ("rec4", [None, None])]
+    blank_id = {"id": "rec5", "createdTime": "x", "fields": {"fldId": "", "fldKey": "k"}}
+    snapshot.put(blank_id)
+    assert list(snapshot.cells(["fldId", "fldKey"]))[-1] == ("rec5", ["", "k"])
+    assert list(snapshot) == records + [blank_id]
     snapshot.put({**records[0], "fields": {"fldId": "u9"}})  # put again: the spill, same place in the order
-    assert [rec_id for rec_id, _ in snapshot.cells(["fldId"])] == ["rec1", "rec2", "rec3", "rec4"]
+    assert [rec_id for rec_id, _ in snapshot.cells(["fldId"])] == ["rec1", "rec2", "rec3", "rec4", "rec5"]
     assert snapshot.get("rec1")["fields"] == {"fldId": "u9"} and snapshot.pop("rec3")["id"] == "rec3"
     sync.write_cache(path, snapshot)
-    assert [r["id"] for r in read_cache(path)] == ["rec1", "rec2", "rec4"]
+    assert [r["id"] for r in read_cache(path)] == ["rec1", "rec2", "rec4", "rec5"]
     snapshot.close()
     assert [p.name for p in tmp_path.iterdir()] == ["airtable_users.json"]  # the spill left nothing behind
