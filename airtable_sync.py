@@ -2052,7 +2052,8 @@ def _hyphenated(hex32: str) -> str:
 def unwrap_extended_json(value: Any) -> Any:
     """MongoDB Extended JSON wrappers -> plain Python values, recursively."""
     if isinstance(value, dict):
-        return unwrap_wrapper({k: unwrap_extended_json(v) if isinstance(v, (dict, list)) else v for k, v in value.items()})
+        return unwrap_wrapper({k: unwrap_extended_json(v) if isinstance(v, (dict, list)) else v
+                               for k, v in value.items()})
     if isinstance(value, list):
         return [unwrap_extended_json(v) if isinstance(v, (dict, list)) else v for v in value]
     return value
@@ -2258,6 +2259,12 @@ def mongo_id_of(doc: dict) -> str | None:
     return None
 
 
+def index_rules() -> str:
+    """What decides how an export is checked and indexed: this tool's source, and the Python that
+    parses (its version, and its limit on the digits of an integer)."""
+    return f"{SOURCE_DIGEST.hex()} Python {sys.version} int digits {sys.get_int_max_str_digits()}"
+
+
 def text_digest(data: bytes) -> int:
     """A record's text -> a 64-bit digest (signed, as array("q") holds it)."""
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big", signed=True)
@@ -2310,32 +2317,36 @@ class ExportIndex:
         return len(self.mongo_ids)
 
     def saved(self, limit: int | None) -> str:
-        """The index as the next run takes it (reuse)."""
-        return json.dumps({
-            "source": SOURCE_DIGEST.hex(), "bytes": self.size,
-            "file": self.file_digest.hexdigest(), "limit": limit, "carried": sorted(self.carried),
-            "mongo_ids": self.mongo_ids,
+        """The index as the next run takes it (reuse): a digest of the rest, then the rest."""
+        body = json.dumps({
+            "rules": index_rules(), "bytes": self.size, "file": self.file_digest.hexdigest(), "limit": limit,
+            "carried": sorted(self.carried), "mongo_ids": self.mongo_ids,
             **{name: base64.b64encode(getattr(self, name).tobytes()).decode() for name in ("offsets", "sizes", "digests")},
         }, ensure_ascii=False)
+        return hashlib.blake2b(body.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest() + "\n" + body
 
     def reuse(self, saved: Path, limit: int | None) -> bool:
-        """Take the index an earlier run saved of the same bytes (same size and digest), read with
-        the same rules (this tool's source) and limit; False, and nothing taken, otherwise."""
+        """Take the index an earlier run saved of the same bytes (same size and digest), read by
+        the same rules (this tool's source, the same Python) and limit; False, and nothing taken,
+        otherwise, or when the saved index is not whole (its own digest)."""
         try:
-            data = json.loads(saved.read_bytes())
-            if (data["source"], data["bytes"], data["limit"]) != (SOURCE_DIGEST.hex(), os.fstat(self.handle.fileno()).st_size, limit):
+            check, body = saved.read_bytes().split(b"\n", 1)
+            if hashlib.blake2b(body, digest_size=16).hexdigest().encode() != check:
+                return False
+            data = json.loads(body)
+            if (data["rules"], data["bytes"], data["limit"]) != (index_rules(), os.fstat(self.handle.fileno()).st_size, limit):
                 return False
             self.handle.seek(0)
-            same = hashlib.file_digest(self.handle, lambda: hashlib.blake2b(digest_size=16)).hexdigest() == data["file"]  # type: ignore[arg-type]
+            whole = hashlib.file_digest(self.handle, lambda: hashlib.blake2b(digest_size=16))  # type: ignore[arg-type]
             self.handle.seek(0)
-            arrays = [array("q", base64.b64decode(data[name], validate=True)) for name in ("offsets", "sizes", "digests")]
+            if whole.hexdigest() != data["file"]:
+                return False
+            offsets, sizes, digests = (array("q", base64.b64decode(data[name])) for name in ("offsets", "sizes", "digests"))
             mongo_ids, carried = list(data["mongo_ids"]), set(data["carried"])
         except (OSError, ValueError, KeyError, TypeError):
             return False
-        if not same or any(len(a) != len(mongo_ids) for a in arrays):
-            return False
-        self.offsets, self.sizes, self.digests = arrays
-        self.mongo_ids, self.carried, self.reused = mongo_ids, carried, True
+        self.offsets, self.sizes, self.digests, self.mongo_ids, self.carried = offsets, sizes, digests, mongo_ids, carried
+        self.reused = True
         return True
 
     def load(self, index: int) -> ExportRecord:
@@ -4620,7 +4631,7 @@ class Sync:
             counts = plans[key].planned
             log.info("%s: plan: %d to create, %d to update, %d unchanged, %d failing, %d orphans", key,
                      counts["create"], counts["update"], counts["skip"], counts["error"], len(plans[key].orphans))
-        exported_ids = {key: {r.mongo_id for r in records if r.mongo_id is not None} for key, records in exports.items()
+        exported_ids = {key: {i for i in records.mongo_ids if i is not None} for key, records in exports.items()
                         } if self.settings.delete_missing else {}
         self.deletions = plan_deletions(plans, exported_ids, self.settings)
         for export in exports.values():

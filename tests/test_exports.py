@@ -549,7 +549,7 @@ def test_the_index_of_an_export_checked_before_is_taken_instead_of_a_parse(tmp_p
         again.close()
 
 
-@pytest.mark.parametrize("change", ["a byte", "the limit", "the tool", "a broken index", "an index of other records"])
+@pytest.mark.parametrize("change", ["a byte", "the limit", "the tool", "the Python", "a broken index", "an index changed"])
 def test_an_export_is_parsed_again_unless_its_bytes_rules_and_limit_are_those_indexed(tmp_path, monkeypatch, change):
     path, saved, _ = saved_index(tmp_path, MESSAGES)
     limit = None
@@ -559,11 +559,14 @@ def test_an_export_is_parsed_again_unless_its_bytes_rules_and_limit_are_those_in
         limit = 2
     elif change == "the tool":
         monkeypatch.setattr(sync, "SOURCE_DIGEST", b"another version")
+    elif change == "the Python":
+        monkeypatch.setattr(sync.sys, "version", "3.99.0")
     elif change == "a broken index":
         saved.write_bytes(saved.read_bytes()[:-40])
-    else:
-        data = json.loads(saved.read_text())
-        saved.write_text(json.dumps({**data, "mongo_ids": data["mongo_ids"][:3]}))
+    else:  # the ids swapped: the index no longer matches its own digest
+        check, body = saved.read_text().split("\n", 1)
+        data = json.loads(body)
+        saved.write_text(check + "\n" + json.dumps({**data, "mongo_ids": data["mongo_ids"][::-1]}))
     parsed = []
     first_pass = sync.iter_documents_text
     monkeypatch.setattr(sync, "iter_documents_text", lambda *a, **k: parsed.append(1) or first_pass(*a, **k))
