@@ -3140,6 +3140,19 @@ def rejected_field(kind: str, message: str) -> tuple[str, str] | None:
     return None
 
 
+def write_failure(exc: BaseException) -> tuple[str, int | None]:
+    """How a write request that raised ended, and its HTTP status: "refused" for its content (404,
+    422: its records can be tried apart), "failed" (another 4xx, which no retry mends), or "lost"
+    (an outage, a refused token, a 429 left after the retries: the run stops, and whether the
+    write landed is not known)."""
+    status = exc.response.status_code if isinstance(exc, requests.HTTPError) else None
+    if status in (404, 422):
+        return "refused", status
+    if status is not None and status < 500 and status not in (401, 403, 429):
+        return "failed", status
+    return "lost", status
+
+
 class Applier:
     """Sends a table's planned writes in batches of ten and records what became of each."""
 
@@ -3241,10 +3254,10 @@ class Applier:
         try:
             records, created = self.send(action, batch)
         except AIRTABLE_FAILURES as exc:
-            status = exc.response.status_code if isinstance(exc, requests.HTTPError) else None
-            if status in (404, 422):
+            how, status = write_failure(exc)
+            if how == "refused":
                 self.write_refused(action, batch, *airtable_error(exc))  # type: ignore[arg-type]
-            elif status is not None and status < 500 and status not in (401, 403, 429):
+            elif how == "failed":
                 kind, message = airtable_error(exc)  # type: ignore[arg-type]
                 self.fail(batch, f"HTTP {status} {kind}: {message}")
             else:
@@ -3663,13 +3676,15 @@ def write_report(report: RunReport, reports_dir: Path, secret: str) -> Path:
 def summary_line(report: RunReport) -> str:
     if isinstance(report, RestoreReport):
         return restore_summary_line(report)
-    parts = []
-    for key, t in report.tables.items():
-        deleted = f", {t.deleted} deleted" if t.deleted else ""
-        held = f", {t.deletions_held} deletions held" if t.deletions_held else ""
-        parts.append(f"{key}: {t.created} created, {t.updated} updated, {t.skipped} skipped, {t.errors} failed"
-                     f"{deleted}{held}")
-    return "; ".join(parts) or "no table synced"
+    return counts_line(report.tables, lambda t: (
+        f"{t.created} created, {t.updated} updated, {t.skipped} skipped, {t.errors} failed"
+        + (f", {t.deleted} deleted" if t.deleted else "")
+        + (f", {t.deletions_held} deletions held" if t.deletions_held else "")), "no table synced")
+
+
+def counts_line(tables: Mapping[str, Any], counts: Callable[[Any], str], nothing: str) -> str:
+    """'users: …; events: …', each table's counts as `counts` words them; `nothing` when no table ran."""
+    return "; ".join(f"{key}: {counts(t)}" for key, t in tables.items()) or nothing
 
 
 ATTENTION_FIELDS_NAMED = 3  # a table's fields of one kind named in the attention line; more are counted
@@ -4203,11 +4218,11 @@ class RestoreWriter:
         try:
             records = self.send(table, action, batch)
         except AIRTABLE_FAILURES as exc:
-            status = exc.response.status_code if isinstance(exc, requests.HTTPError) else None
-            if status in (404, 422) and len(batch) > 1:
+            how, _ = write_failure(exc)
+            if how == "refused" and len(batch) > 1:
                 for item in batch:
                     self.write_batch(table, action, [item])
-            elif status is not None and status < 500 and status not in (401, 403, 429):
+            elif how != "lost":
                 kind, message = airtable_error(exc)  # type: ignore[arg-type]
                 self.fail(batch, f"{kind}: {message}")
             else:
@@ -4290,18 +4305,10 @@ class RestoreReport(RunReport):
     tables: dict[str, RestoreResult] = field(default_factory=dict)  # type: ignore[assignment]
 
     def as_dict(self) -> dict:
-        return {
-            "restore": self.archive,
-            "dry_run": self.dry_run,
-            "started": self.started.isoformat(timespec="seconds"),
-            "ended": self.ended,
-            "exit_code": self.exit_code,
-            "message": self.message,
-            "tables": {k: dataclasses.asdict(v) for k, v in self.tables.items()},
-            "requests": self.requests.as_dict(),
-            "errors": self.errors,
-            "duration_s": round(self.duration_s, 3),
-        }
+        """The run report's fields, the archive first; a restore reads no change feed."""
+        data = {"restore": self.archive, **super().as_dict()}
+        del data["change_tracking"]
+        return data
 
 
 def render_restore_markdown(report: RestoreReport) -> str:
@@ -4352,13 +4359,10 @@ def render_restore_markdown(report: RestoreReport) -> str:
 
 
 def restore_summary_line(report: RestoreReport) -> str:
-    parts = []
-    for key, t in report.tables.items():
-        left_out = f", {t.links_left_out} links left out" if t.links_left_out else ""
-        fields = f", {len(t.fields_left_out)} fields left out" if t.fields_left_out else ""
-        parts.append(f"{key}: {t.restored} restored, {t.refilled} refilled, {t.skipped} skipped, "
-                     f"{t.errors} failed{left_out}{fields}")
-    return "; ".join(parts) or "no table restored"
+    return counts_line(report.tables, lambda t: (
+        f"{t.restored} restored, {t.refilled} refilled, {t.skipped} skipped, {t.errors} failed"
+        + (f", {t.links_left_out} links left out" if t.links_left_out else "")
+        + (f", {len(t.fields_left_out)} fields left out" if t.fields_left_out else "")), "no table restored")
 
 
 @dataclass
