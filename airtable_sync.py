@@ -1333,6 +1333,43 @@ def write_private(path: Path, text: str | Iterable[str | bytes]) -> None:
         raise
 
 
+def append_whole(fd: int, data: bytes, sync: bool = False) -> None:
+    """Appends `data` (whole lines) to an open file, or nothing: when it cannot all be written (a
+    full disk) the file is cut back to where it was, so no half line stays, and the OSError rises."""
+    start = os.lseek(fd, 0, os.SEEK_END)
+    try:
+        done = 0
+        while done < len(data):
+            done += os.write(fd, data[done:])
+        if sync:
+            os.fsync(fd)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, start)
+        raise
+
+
+def append_archive(path: Path, lines: Iterable[dict]) -> None:
+    """JSON objects appended to an archive (mode 0600), one a line, and on disk before the request
+    they precede is sent: LocalWriteError (exit 74) when they cannot be, and the request is not."""
+    data = "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines).encode("utf-8", "surrogatepass")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    except OSError as exc:
+        raise LocalWriteError(path, exc) from None
+    try:
+        new = os.fstat(fd).st_size == 0
+        append_whole(fd, data, sync=True)
+    except OSError as exc:
+        if new:
+            with contextlib.suppress(OSError):
+                os.remove(path)
+        raise LocalWriteError(path, exc) from None
+    finally:
+        os.close(fd)
+
+
 def write_cache(path: Path, records: Iterable[dict] | TableSnapshot) -> None:
     # One record a line, streamed: still a JSON array, written by json's C encoder
     # (indent= falls back to pure Python) without the whole file in memory at once. A snapshot's
@@ -3386,32 +3423,16 @@ class Deleter:
     def archive_records(self, key: str, batch: Sequence[dict]) -> None:
         """Appended and flushed to disk before the delete request: nothing is lost for good. The
         cells by field name, as a person reads them, and each name's field id (fieldIds), by which
-        --restore finds the field even if it was renamed since. If the lines cannot all be written
-        (a full disk), the file is cut back to where it was, so no half line stays, and
-        LocalWriteError stops the run before the delete."""
+        --restore finds the field even if it was renamed since."""
         names = {f.id: f.name for f in (self.schema.get(key) or {}).values()} if self.schema is not None else {}
-        try:
-            self.archive.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.archive, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        except OSError as exc:
-            raise LocalWriteError(self.archive, exc) from None
-        start = os.fstat(fd).st_size
-        try:
-            with os.fdopen(fd, "a", encoding="utf-8", errors="surrogatepass") as handle:  # as write_private
-                for rec in batch:
-                    line = {"table": key, "id": rec["id"], "createdTime": rec.get("createdTime"),
-                            "fields": {names.get(k, k): v for k, v in rec["fields"].items()}}
-                    if names:
-                        line["fieldIds"] = {names.get(k, k): k for k in rec["fields"]}
-                    handle.write(json.dumps(line, ensure_ascii=False) + "\n")
-                handle.flush()
-                os.fsync(handle.fileno())
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                os.truncate(self.archive, start)
-                if start == 0:
-                    os.remove(self.archive)
-            raise LocalWriteError(self.archive, exc) from None
+        lines = []
+        for rec in batch:
+            line = {"table": key, "id": rec["id"], "createdTime": rec.get("createdTime"),
+                    "fields": {names.get(k, k): v for k, v in rec["fields"].items()}}
+            if names:
+                line["fieldIds"] = {names.get(k, k): k for k in rec["fields"]}
+            lines.append(line)
+        append_archive(self.archive, lines)
 
     def delete_batch(self, table: Any, deletion: DeletionPlan, batch: Sequence[dict]) -> None:
         ids = [rec["id"] for rec in batch]
@@ -4487,17 +4508,10 @@ class LogFile(logging.Handler):
         except Exception:
             self.handleError(record)
             return
-        start = None
         try:
-            start = os.lseek(self.fd, 0, os.SEEK_END)
-            done = 0
-            while done < len(line):
-                done += os.write(self.fd, line[done:])
+            append_whole(self.fd, line)
         except OSError as exc:
             self.failure = LocalWriteError(self.path, exc)
-            if start is not None:
-                with contextlib.suppress(OSError):
-                    os.ftruncate(self.fd, start)
 
     def close(self) -> None:
         if self.fd is not None:
