@@ -21,6 +21,7 @@ import base64
 import codecs
 import contextlib
 import dataclasses
+import enum
 import errno
 import fcntl
 import hashlib
@@ -46,7 +47,7 @@ from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, ClassVar
 
 import requests
 from dotenv import dotenv_values
@@ -73,6 +74,21 @@ RECORDS_PER_WRITE = 10
 RECORDS_PER_PAGE = 100
 TEXT_LIMIT = 100_000
 RATE_LIMIT_PENALTY_S = 30.0
+
+
+class Outcome(enum.StrEnum):
+    """What became of one planned write or deletion."""
+
+    PLANNED = "planned"
+    DONE = "done"
+    SKIPPED = "skipped"  # nothing left to send (a rejected field, an unresolvable link), or a deletion kept
+    FAILED = "failed"
+    UNKNOWN = "unknown"  # the answer was lost: the next run (or restore) settles it
+    NOT_ATTEMPTED = "not attempted"  # the run stopped before its request
+
+    @property
+    def failed(self) -> bool:
+        return self in (Outcome.FAILED, Outcome.UNKNOWN, Outcome.NOT_ATTEMPTED)
 
 
 class UsageError(Exception):
@@ -538,6 +554,8 @@ def save_recent_requests(settings: Settings) -> None:
 REQUEST_BUDGET_FILE = ".requests_30_days.json"
 BUDGET_DAYS = 30
 BUDGET_WARNING_SHARE = 0.8
+BUDGET_ADVICE = ("once the workspace's monthly calls are spent, Airtable refuses every request until the month "
+                 "turns: run less often, or move the workspace to a plan with more calls")
 
 
 def budget_counts(counts: Mapping[str, int], today: date, add: int = 0) -> dict[str, int]:
@@ -783,6 +801,11 @@ class Airtable:
     def table(self, key: str):
         return self.api.table(self.settings.base_id, self.table_ids.get(key) or self.settings.table_ids[key])
 
+    def use_tables(self, source: "BaseSchema | dict[str, str] | None") -> None:
+        """Requests go to these table ids (from the schema, or the state's bindings) from now on."""
+        if source is not None:
+            self.table_ids.update(source.table_ids if isinstance(source, BaseSchema) else source)
+
 
 class BearerToken(requests.auth.AuthBase):
     """The token as requests' auth, not only a session header: requests documents that a
@@ -850,7 +873,8 @@ def link_options(f: Any) -> tuple[str, str]:
 
 
 def fetch_schema(airtable: Airtable) -> BaseSchema | None:
-    """Field types per table key, or None when the token may not read the schema."""
+    """Field types per table key, or None when the token may not read the schema. Its table ids
+    are the connection's to use (Airtable.use_tables): a table set up by name may be renamed."""
     settings = airtable.settings
     try:
         schema = airtable.api.base(settings.base_id).schema()
@@ -868,7 +892,7 @@ def fetch_schema(airtable: Airtable) -> BaseSchema | None:
         table = next((t for t in schema.tables if t.id == airtable.table_ids.get(key)), None) \
             or next((t for t in schema.tables if setting in (t.id, t.name)), None)
         if table is not None:
-            result.table_ids[key] = airtable.table_ids[key] = table.id
+            result.table_ids[key] = table.id
             result.fields[key] = {f.name: FieldInfo(f.name, str(getattr(f.type, "value", f.type)), f.id,
                                                     *link_options(f)) for f in table.fields}
     return result
@@ -983,7 +1007,7 @@ class TableColumns:
     renamed: list[dict] = field(default_factory=list)  # [{"mapped", "airtable"}]
     gone: list[str] = field(default_factory=list)  # mapped names whose bound field was deleted
     shadowed: set[str] = field(default_factory=set)  # renamed mapped names another field now carries (not synced)
-    by_id: bool = True  # records and writes name fields by id (False: the schema is unreadable)
+    by_field_id: bool = True  # records and writes name fields by id (False: the schema is unreadable)
 
     def key(self, mapped: str) -> str | None:
         column = self.by_mapped.get(mapped)
@@ -996,7 +1020,7 @@ class TableColumns:
 
     @property
     def bindings(self) -> dict[str, str]:
-        return {c.mapped: c.key for c in self.by_mapped.values()} if self.by_id else {}
+        return {c.mapped: c.key for c in self.by_mapped.values()} if self.by_field_id else {}
 
     def mapped_name(self, key: str) -> str:
         """The mapped name of a field key (for reports and logs); a key no mapping has stays as it is."""
@@ -1008,14 +1032,14 @@ def bind_columns(spec: TableSpec, fields: Mapping[str, FieldInfo] | None, bound:
     field with the mapped name, unless another mapped name is bound to it (a field renamed to
     another mapped field's name keeps serving the one it is bound to). Pure."""
     if fields is None:  # the schema is unreadable: the names, as the mappings say
-        return TableColumns({m: Column(m, m, m, "") for m in spec.airtable_fields}, by_id=False)
-    by_id = {f.id: f for f in fields.values()}
-    taken = {fid for fid in bound.values() if fid in by_id}  # fields that serve a mapped name already
+        return TableColumns({m: Column(m, m, m, "") for m in spec.airtable_fields}, by_field_id=False)
+    by_field_id = {f.id: f for f in fields.values()}
+    taken = {fid for fid in bound.values() if fid in by_field_id}  # fields that serve a mapped name already
     bound_here = set(taken)
     columns = TableColumns({})
     for mapped in spec.airtable_fields:
         bound_id = bound.get(mapped)
-        info = by_id.get(bound_id) if bound_id else None
+        info = by_field_id.get(bound_id) if bound_id else None
         if bound_id and info is None:
             columns.gone.append(mapped)
         named = fields.get(mapped)
@@ -1049,18 +1073,15 @@ def warn_schema_changes(key: str, columns: TableColumns) -> None:
                         "that one now", key, mapped)
 
 
-def state_bindings(airtable: Airtable, state: "ChangeState | None") -> dict[str, dict[str, str]]:
-    """The state's bindings of the tables the settings still name as they did; their table ids
-    then serve the run's requests (a table set up by name may have been renamed since)."""
-    settings = airtable.settings
+def state_bindings(settings: Settings, state: "ChangeState | None") -> tuple[dict[str, dict[str, str]], dict[str, str]]:
+    """The state's bindings of the tables the settings still name as they did, and those tables'
+    ids, which then serve the run's requests (a table set up by name may have been renamed since)."""
     if state is None or (state.endpoint_url, state.base_id) != (settings.endpoint_url, settings.base_id):
-        return {}
-    bound = {}
-    for key, setting in state.tables.items():
-        if setting == settings.table_ids.get(key) and key in state.schema.table_ids:
-            airtable.table_ids[key] = state.schema.table_ids[key]
-            bound[key] = dict(state.bindings.get(key, {}))
-    return bound
+        return {}, {}
+    kept = [key for key, setting in state.tables.items()
+            if setting == settings.table_ids.get(key) and key in state.schema.table_ids]
+    return ({key: dict(state.bindings.get(key, {})) for key in kept},
+            {key: state.schema.table_ids[key] for key in kept})
 
 
 def table_bindings(schema: BaseSchema | None, bound: Mapping[str, Mapping[str, str]],
@@ -1266,13 +1287,13 @@ def _cache_line(line: bytes) -> Any:
     return json.loads((line[:-1] if line.endswith(b",") else line).decode("utf-8", "surrogatepass"))
 
 
-def pull_table(airtable: Airtable, key: str, stop: threading.Event, by_id: bool) -> TableSnapshot:
-    """Every record of a table, its cells keyed by field id (`by_id`, returnFieldsByFieldId) or,
+def pull_table(airtable: Airtable, key: str, stop: threading.Event, by_field_id: bool) -> TableSnapshot:
+    """Every record of a table, its cells keyed by field id (`by_field_id`, returnFieldsByFieldId) or,
     when the schema is unreadable, by name; each page goes to disk as it comes."""
     records = TableSnapshot(airtable.settings.cache_dir)
     try:
         with Progress(f"{key}: pull") as progress:  # 100 records a page at 5 a second: say how far
-            for page in airtable.table(key).iterate(page_size=RECORDS_PER_PAGE, use_field_ids=by_id):
+            for page in airtable.table(key).iterate(page_size=RECORDS_PER_PAGE, use_field_ids=by_field_id):
                 for rec in page:
                     records.put(rec)
                 progress.update(len(page))
@@ -1528,11 +1549,11 @@ def record_cell(value: Any, field_type: str) -> Any:
     return value
 
 
-def set_cells(fields: dict, cells: Mapping[str, Any], by_id: Mapping[str, FieldInfo]) -> None:
+def set_cells(fields: dict, cells: Mapping[str, Any], fields_by_id: Mapping[str, FieldInfo]) -> None:
     """Patch a record's fields (keyed by field id, as the snapshot reads them) with payload cells;
     the records API leaves empty cells out, and so does the snapshot."""
     for field_id, value in cells.items():
-        info = by_id.get(field_id)
+        info = fields_by_id.get(field_id)
         if info is None:
             continue  # a field this run's schema does not know (created since): not synced
         value = record_cell(value, info.type)
@@ -1603,13 +1624,13 @@ class SnapshotPatch:
             key = keys_by_table.get(table_id)
             if key is None:
                 continue
-            table, by_id = self.index[key], {f.id: f for f in self.schema.fields[key].values()}
+            table, fields_by_id = self.index[key], {f.id: f for f in self.schema.fields[key].values()}
             before = self.before[key]
             # A record's cells before the payloads first changed them. Only a real change is
             # remembered: the tool's own writes, replayed, change nothing and cost nothing.
             for rec_id, created in (change.get("createdRecordsById") or {}).items():
                 fields: dict = {}
-                set_cells(fields, created.get("cellValuesByFieldId") or {}, by_id)
+                set_cells(fields, created.get("cellValuesByFieldId") or {}, fields_by_id)
                 old = table.get(rec_id)
                 if old is not None and old["fields"] == fields:
                     continue
@@ -1624,7 +1645,7 @@ class SnapshotPatch:
                     log.debug("%s %s: a payload changes a record the snapshot lacks", key, rec_id)
                     continue  # a full read finds it; drift counts it
                 fields = dict(rec["fields"])
-                set_cells(fields, ((changed.get("current") or {}).get("cellValuesByFieldId") or {}), by_id)
+                set_cells(fields, ((changed.get("current") or {}).get("cellValuesByFieldId") or {}), fields_by_id)
                 if fields != rec["fields"]:
                     before.setdefault(rec_id, rec["fields"])
                     table.put({**rec, "fields": fields})
@@ -1727,6 +1748,13 @@ class BaseRead:
     def as_report(self) -> dict:
         return {"mode": self.mode, "reason": self.reason, "payloads": self.payloads, "drift": self.drift}
 
+    def read_again(self, key: str, records: TableSnapshot) -> None:
+        """A table planned against a cache, read from Airtable after all."""
+        self.records[key].close()
+        self.records[key] = records
+        self.from_cache.discard(key)
+        self.dirty.add(key)
+
 
 class BaseReader:
     """The read phase: the change feed when the state allows it, else every record."""
@@ -1744,13 +1772,14 @@ class BaseReader:
 
     def read(self, needed: Sequence[str]) -> BaseRead:
         state = load_state(state_path(self.settings))
-        self.bound = state_bindings(self.airtable, state)
+        self.bound, table_ids = state_bindings(self.settings, state)
+        self.airtable.use_tables(table_ids)
         read = self.read_caches(needed, state) if self.settings.use_cache else self.read_base(needed, state)
         read.columns = table_bindings(read.schema, self.bound, needed)
         for key, columns in read.columns.items():
             warn_schema_changes(key, columns)
         if read.state is not None:  # the bindings are saved with the state (a dry run saves none)
-            read.state.bindings = {**self.bound, **{k: c.bindings for k, c in read.columns.items() if c.by_id}}
+            read.state.bindings = {**self.bound, **{k: c.bindings for k, c in read.columns.items() if c.by_field_id}}
         return read
 
     def read_base(self, needed: Sequence[str], state: ChangeState | None) -> BaseRead:
@@ -1804,6 +1833,7 @@ class BaseReader:
                     return None, why
                 if reread and patch.schema is state.schema:  # fields added or changed elsewhere: once
                     patch.schema = fetch_schema(self.airtable)  # type: ignore[assignment]
+                    self.airtable.use_tables(patch.schema)
                     if patch.schema is None:
                         return None, "the schema cannot be read any more"
                     if changed := mapped_fields_changed(state.schema, patch.schema, self.bound):
@@ -1858,6 +1888,7 @@ class BaseReader:
         settings = self.settings
         log.info("reading every record: %s", reason)
         schema = fetch_schema(self.airtable)
+        self.airtable.use_tables(schema)
         hook_id, cursor = None, None
         if settings.change_tracking and self.unavailable is not None:
             log.warning("change tracking unavailable: %s; every run reads in full", self.unavailable)
@@ -1873,7 +1904,7 @@ class BaseReader:
                     log.warning("change tracking unavailable: %s; every run reads in full", exc)
                     if not reason.startswith("the token"):
                         reason = f"{reason}; {exc}"
-        records = {key: pull_table(self.airtable, key, self.stop, by_id=schema is not None) for key in needed}
+        records = {key: pull_table(self.airtable, key, self.stop, schema is not None) for key in needed}
         for key in needed:
             log.info("%s: read %d Airtable records", key, len(records[key]))
         read = BaseRead(records, schema, "full", reason, payloads=self.payloads_read, dirty=set(needed))
@@ -1973,6 +2004,7 @@ class BaseReader:
         """--use-cache: the caches where there are any, read in full where not; the state keeps
         its cursor (the run's own writes come back in the feed and change nothing)."""
         schema = fetch_schema(self.airtable)
+        self.airtable.use_tables(schema)
         records, from_cache = {}, set()
         for key in needed:
             cached = TableSnapshot.from_cache(cache_path(self.settings, key), self.settings.cache_dir)
@@ -1985,7 +2017,7 @@ class BaseReader:
                 log.info("%s: %d Airtable records from the cache", key, len(cached))
                 records[key], _ = cached, from_cache.add(key)
             else:
-                records[key] = pull_table(self.airtable, key, self.stop, by_id=schema is not None)
+                records[key] = pull_table(self.airtable, key, self.stop, schema is not None)
         # The state takes the rewritten caches only if the ones read were its own: a foreign or
         # hand-edited cache must not become the snapshot the change feed patches.
         own = state is not None and all(
@@ -1996,10 +2028,10 @@ class BaseReader:
                         from_cache=from_cache, dirty=set(needed) - from_cache)
 
 
-def save_snapshot(settings: Settings, read: BaseRead) -> None:
+def save_snapshot(settings: Settings, read: BaseRead, changed: set[str]) -> None:
     """The caches that changed, then the state that names them: the state is written last, so a
     run that dies in between leaves caches the state does not match, and the next run reads in full."""
-    for key in sorted(read.dirty):
+    for key in sorted(changed):
         if key in read.records:
             path = cache_path(settings, key)
             write_cache(path, read.records[key])
@@ -2493,19 +2525,19 @@ class Matcher:
         # Record ids only: a claimed record is read from the snapshot when it is planned.
         self.records = airtable_records
         self.claimed: set[str] = set()
-        self.by_id: dict[str, str] = {}  # Mongo id -> the first record that holds it
+        self.holding: dict[str, str] = {}  # Mongo id -> the first record that holds it
         self.candidates: dict[str, deque[str]] = defaultdict(deque)  # natural key -> records without an id
         keys = [k for k in (id_field, key_field) if k is not None]
         for rec_id, values in airtable_records.cells(keys) if keys else ():
             cells = dict(zip(keys, values))
             value = cells.get(id_field) if id_field is not None else None
             if value not in (None, ""):
-                self.by_id.setdefault(str(value), rec_id)
+                self.holding.setdefault(str(value), rec_id)
             elif key_field is not None and (key := normalize_key(cells.get(key_field))):
                 self.candidates[key].append(rec_id)
 
     def claim_by_id(self, mongo_id: str | None) -> str | None:
-        rec_id = self.by_id.get(mongo_id) if mongo_id is not None else None
+        rec_id = self.holding.get(mongo_id) if mongo_id is not None else None
         if rec_id is None or rec_id in self.claimed:
             return None
         self.claimed.add(rec_id)
@@ -2748,7 +2780,7 @@ def field_types(spec: TableSpec, columns: TableColumns, airtable_records: Sequen
     types, read_only = {}, []
     links = {link.airtable_field for link in spec.links}
     for column in columns.by_mapped.values():
-        if not columns.by_id:  # the schema is unreadable: the type from the values
+        if not columns.by_field_id:  # the schema is unreadable: the type from the values
             if column.mapped in links:
                 types[column.key] = "multipleRecordLinks"
                 continue
@@ -2839,7 +2871,7 @@ class LinkRef:
     mongo_id: str
 
 
-@dataclass
+@dataclass(eq=False)  # one write is one key of the apply step's results
 class PlannedWrite:
     record: ExportRecord
     action: str  # create | update | skip | error
@@ -2847,12 +2879,6 @@ class PlannedWrite:
     matched_by: str | None = None  # "id" or "key" (pass 1 or 2) for an update or skip
     fields: dict = field(default_factory=dict)  # values to send (links as LinkRef lists)
     error: str | None = None
-    outcome: str = "planned"  # planned | done | failed | unknown (answer lost) | not attempted
-    sent_fields: tuple[str, ...] = ()  # the names of the fields an update changes (fields is emptied once sent)
-
-    @property
-    def failed(self) -> bool:
-        return self.action == "error" or self.outcome in ("failed", "unknown", "not attempted")
 
 
 @dataclass
@@ -2965,7 +2991,7 @@ def plan_table(
         current = airtable_records.get(rec_id) if rec_id is not None else None
         plan_record(plan, record, current, "key" if current is not None else "new", converting, link_index)
     plan.orphans = matcher.orphans()
-    plan.airtable_ids = matcher.by_id if id_key is not None else {}
+    plan.airtable_ids = matcher.holding if id_key is not None else {}
     plan.writes.sort(key=lambda w: w.record.index)
     plan.planned = {a: sum(1 for w in plan.writes if w.action == a) for a in ("create", "update", "skip", "error")}
     plan.planned["skip"] += plan.skipped
@@ -3003,7 +3029,7 @@ def plan_record(plan: TablePlan, record: ExportRecord, current: dict | None, how
         plan.writes.append(PlannedWrite(record.bare(), "create", fields=fields))
     elif changes := changed_fields(converted, current["fields"], types):
         plan.writes.append(PlannedWrite(record.bare(), "update", record_id=current["id"], fields=changes,
-                                        matched_by=how, sent_fields=tuple(changes)))
+                                        matched_by=how))
     else:
         plan.count_skip(record.mongo_id, current["id"])
         return not invalid and plan.unresolved_links == unresolved
@@ -3104,16 +3130,7 @@ class DeletionPlan:
     limit: int  # how many the cap allows
     held: bool
     exported_ids: set[str] = field(default_factory=set, repr=False)  # the Mongo ids the export has
-    outcome: dict[str, str] = field(default_factory=dict)  # record id -> deleted | failed | unknown | kept
     id_key: str = "id"  # the key of the `id` field in the records
-
-    @property
-    def deleted(self) -> list[dict]:
-        return [r for r in self.records if self.outcome.get(r["id"]) == "deleted"]
-
-    @property
-    def errors(self) -> int:
-        return sum(1 for outcome in self.outcome.values() if outcome in ("failed", "unknown"))
 
     def still_gone(self, rec: dict) -> bool:
         """Whether a record, as Airtable has it now, still holds a Mongo id the export lacks."""
@@ -3190,230 +3207,336 @@ def write_failure(exc: BaseException) -> tuple[str, int | None]:
     return "lost", status
 
 
-class Applier:
-    """Sends a table's planned writes in batches of ten and records what became of each."""
+@dataclass
+class Written:
+    """What became of one planned write: the apply step's result, kept beside the plan it leaves
+    as it was."""
 
-    def __init__(self, airtable: Airtable, plan: TablePlan, created_ids: dict[str, dict[str, str]],
-                 stop: threading.Event, records: TableSnapshot):
+    outcome: Outcome = Outcome.PLANNED
+    record_id: str | None = None  # the record written (a create's once made)
+    note: str = ""  # why it failed, or was not attempted
+    existed: bool = False  # a create the upsert found in Airtable already: it updated it
+    links_left_out: list[dict] = field(default_factory=list)  # [{"field", "target"}]: the target's create failed
+
+
+class BatchWriter:
+    """Sends writes ten records a request and keeps what became of each in `results`, for the sync
+    and the restore alike; each supplies its own `send` (and what it makes of an answer).
+
+    A request refused for its content (404, 422) is tried record by record, so only the bad
+    records fail; another 4xx fails its records; an outage, a refused token or a 429 left after
+    the retries stops the run (AirtableAccessError), unless only a plain create is in doubt: that
+    is never re-sent, since it could duplicate, and the run goes on."""
+
+    VERB = "writing"
+    SETTLES = "the next run settles it"
+
+    def __init__(self, airtable: Airtable, stop: threading.Event, results: dict[Any, Written]):
         self.airtable = airtable
-        self.table = airtable.table(plan.spec.key)
-        self.plan = plan
-        self.created_ids = created_ids
         self.stop = stop
-        self.records = records  # the snapshot: Airtable's copy of each record written goes in
-        self.written = 0
+        self.results = results
 
-    # -- fields -----------------------------------------------------------------
+    def result(self, write: Any) -> Written:
+        return self.results.setdefault(write, Written())
 
-    def materialize(self, write: PlannedWrite) -> dict:
-        """The fields to send, with links to records created earlier in this run filled in."""
-        fields = {}
-        for name, value in write.fields.items():
-            if isinstance(value, list) and value and isinstance(value[0], LinkRef):
-                target = self.created_ids.get(value[0].target, {}).get(value[0].mongo_id)
-                if target is None:
-                    self.plan.unresolved_links += 1  # its create failed
-                    continue
-                value = [target]
-            fields[name] = value
-        return fields
+    # -- what each command supplies ------------------------------------------------------
 
-    def drop_field(self, key: str, reason: str) -> None:
-        """Airtable rejected the field itself (deleted or made computed since the schema was read):
-        stop writing it for the rest of the run."""
-        name = self.plan.columns.mapped_name(key)
-        log.warning("%s: Airtable rejects field %r (%s); it is left out for the rest of the run",
-                    self.plan.spec.key, name, "unknown" if reason == "missing" else "computed")
-        (self.plan.missing_in_airtable if reason == "missing" else self.plan.read_only).append(name)
-        self.plan.types.pop(key, None)
-        if key == self.plan.id_key:
-            self.plan.id_key = None
-        for write in self.plan.writes:
-            write.fields.pop(key, None)
+    def send(self, action: str, batch: list[tuple[Any, dict]]) -> tuple[list[dict], set[str] | None]:
+        """Airtable's copy of the records written, and which were new (None: not known)."""
+        raise NotImplementedError
 
-    # -- requests ---------------------------------------------------------------
+    def key_of(self, write: Any) -> str:
+        raise NotImplementedError
 
-    def upserts(self, action: str, batch: Sequence[tuple[PlannedWrite, dict]]) -> bool:
-        id_key = self.plan.id_key
-        return action == "create" and id_key is not None and all(id_key in f for _, f in batch)
+    def name_of(self, write: Any) -> str:
+        """The record, for the log: its Mongo id, never a value."""
+        raise NotImplementedError
 
-    def send(self, action: str, batch: list[tuple[PlannedWrite, dict]]) -> tuple[list[dict], set[str] | None]:
-        """Airtable's copy of the records written (cells keyed as the plan keys them), and which
-        were new (None: all of them were)."""
-        by_id = self.plan.columns.by_id
-        if action == "update":
-            return self.table.batch_update([{"id": w.record_id, "fields": f} for w, f in batch], typecast=True,
-                                           use_field_ids=by_id), None
-        if self.upserts(action, batch):
-            # Merged on `id`, a create re-sent after a lost answer updates the record it made.
-            result = self.table.batch_upsert([{"fields": f} for _, f in batch], key_fields=[self.plan.id_key],
-                                             typecast=True, use_field_ids=by_id)
-            return result["records"], set(result["createdRecords"])
-        return self.table.batch_create([f for _, f in batch], typecast=True, use_field_ids=by_id), None
+    def label(self, write: Any) -> str:
+        return f"{self.key_of(write)} {self.name_of(write)}"
 
-    def fail(self, batch: Sequence[tuple[PlannedWrite, dict]], message: str, outcome: str = "failed") -> None:
-        for write, _ in batch:
-            write.outcome = outcome
-            write.error = message
-            log.warning("%s %s: %s", self.plan.spec.key, write.record.mongo_id or f"#{write.record.index + 1}",
-                        without_values(message) if outcome == "failed" else f"outcome {outcome}")
+    def unknown_create(self, batch: list[tuple[Any, dict]], cause: str) -> str:
+        raise NotImplementedError
 
-    def succeed(self, batch: Sequence[tuple[PlannedWrite, dict]], records: list[dict],
-                created: set[str] | None = None) -> None:
-        for rec in records:
-            self.records.put(rec)
-        self.written += len(records)
-        if len(records) != len(batch):
-            raise AirtableAccessError(f"Airtable answered {len(records)} records for {len(batch)} written")
-        id_key = self.plan.id_key or "id"
-        by_key = {r["id"]: r for r in records} | {r["fields"][id_key]: r for r in records if r["fields"].get(id_key)}
-        if all((w.record_id or f.get(id_key)) in by_key for w, f in batch):
-            # Airtable answers in request order; matching by id does not depend on it.
-            records = [by_key[w.record_id] if w.record_id in by_key else by_key[f[id_key]] for w, f in batch]
+    def landed(self, action: str, batch: list[tuple[Any, dict]], records: list[dict], created: set[str] | None) -> None:
+        """Airtable answers in request order."""
         for (write, _), rec in zip(batch, records):
-            write.outcome = "done"
-            write.record_id = rec["id"]
-            if write.action == "create" and created is not None and rec["id"] not in created:
-                # The upsert found the record already there (a stale cache, or this create's
-                # earlier attempt): it was updated, and the report says so.
-                log.info("%s %s: already in Airtable, updated", self.plan.spec.key, write.record.mongo_id)
-                write.action = "update"
-            if write.action == "create" and write.record.mongo_id is not None:
-                self.created_ids.setdefault(self.plan.spec.key, {})[write.record.mongo_id] = rec["id"]
-            if log.isEnabledFor(logging.DEBUG):  # the dump costs more than the write itself
-                log.debug("%s %s: %s %s %s", self.plan.spec.key, write.record.mongo_id, write.action,
-                          rec["id"], json.dumps(jsonable(write.fields), ensure_ascii=False, default=str))
-            write.fields = {}  # written: Airtable's copy, in the snapshot, is what the cache keeps
+            result = self.result(write)
+            result.outcome, result.record_id = Outcome.DONE, rec["id"]
 
-    def write_batch(self, action: str, batch: list[tuple[PlannedWrite, dict]]) -> None:
-        """One request; a 422 is retried record by record so only the bad records fail.
-        An outage or a refused token stops the run (AirtableAccessError)."""
+    def plain_create(self, action: str) -> bool:
+        return action == "create"
+
+    # -- the requests ---------------------------------------------------------------------
+
+    def send_all(self, description: str, action: str, writes: Sequence[Any],
+                 cells: Callable[[Any], dict | None]) -> None:
+        """`cells` gives each write's cells to send when its batch is made (links to records
+        written earlier filled in), or None when nothing is left to send."""
+        if not writes:
+            return
+        batch: list[tuple[Any, dict]] = []
+        with Progress(description, len(writes)) as progress:
+            for done, write in enumerate(writes, 1):
+                fields = cells(write)
+                if fields is None:
+                    self.result(write).outcome = Outcome.SKIPPED
+                else:
+                    batch.append((write, fields))
+                if batch and (len(batch) == RECORDS_PER_WRITE or done == len(writes)):
+                    if self.stop.is_set():
+                        raise RunInterrupted()
+                    self.write_batch(action, batch)
+                    batch = []
+                if not batch:
+                    progress.update(done - progress.done)
+
+    def write_batch(self, action: str, batch: list[tuple[Any, dict]]) -> None:
+        """One request, and what became of each of its records."""
+        retried = self.airtable.stats.retried
         try:
             records, created = self.send(action, batch)
         except AIRTABLE_FAILURES as exc:
             how, status = write_failure(exc)
+            kind, message = airtable_error(exc) if isinstance(exc, requests.HTTPError) else ("", "")
             if how == "refused":
-                self.write_refused(action, batch, *airtable_error(exc))  # type: ignore[arg-type]
+                self.refused(action, batch, kind, message)
             elif how == "failed":
-                kind, message = airtable_error(exc)  # type: ignore[arg-type]
                 self.fail(batch, f"HTTP {status} {kind}: {message}")
             else:
-                self.write_lost(action, batch, exc)
+                self.lost(action, batch, exc)
             return
-        if self.airtable.transport.last_retried:
+        if len(records) != len(batch):
+            raise AirtableAccessError(f"Airtable answered {len(records)} records for {len(batch)} written")
+        if self.airtable.stats.retried != retried:
             created = None  # a retried upsert finds what its own lost first attempt made
-        self.succeed(batch, records, created)
+        self.landed(action, batch, records, created)
 
-    def write_refused(self, action: str, batch: list[tuple[PlannedWrite, dict]], kind: str, message: str) -> None:
-        """Airtable refused the request for its content: drop a rejected field, or find the bad records."""
-        if rejected := rejected_field(kind, message):
-            self.write_without_field(action, batch, *rejected)
-        elif len(batch) > 1:
+    def refused(self, action: str, batch: list[tuple[Any, dict]], kind: str, message: str) -> None:
+        if len(batch) > 1:
             for item in batch:
                 self.write_batch(action, [item])
         else:
             self.fail(batch, f"{kind}: {message}")
 
-    def write_lost(self, action: str, batch: list[tuple[PlannedWrite, dict]], exc: Exception) -> None:
-        """Retries are spent (or the token refused): the run stops, unless only a plain create
-        is in doubt. A 5xx or a lost connection may have been applied: its records say so."""
-        error = access_error(exc, self.airtable.settings, f"writing {self.plan.spec.key}")
+    def lost(self, action: str, batch: list[tuple[Any, dict]], exc: Exception) -> None:
+        """Retries are spent (or the token refused): the run stops, unless only a plain create is
+        in doubt. A 5xx or a lost connection may have been applied: its records say so."""
+        error = access_error(exc, self.airtable.settings, f"{self.VERB} {self.key_of(batch[0][0])}")
         status = exc.response.status_code if isinstance(exc, requests.HTTPError) else None
         if status in (401, 403, 429) or (status is None and _never_sent(exc)):
-            raise error from None  # not applied: mark_not_attempted reports these records
-        cause = f"HTTP {status} {airtable_error(exc)[0]}" if status else type(exc).__name__  # type: ignore[arg-type]
-        if action == "create" and not self.upserts(action, batch):
-            self.fail(batch, f"outcome unknown ({cause}); not re-sent, since a plain create could duplicate it: "
-                      "the next run finds the record by its natural key if it was created", outcome="unknown")
+            raise error from None  # not applied: reported as not attempted
+        if self.plain_create(action):
+            cause = f"HTTP {status} {airtable_error(exc)[0]}" if status else type(exc).__name__  # type: ignore[arg-type]
+            self.fail(batch, self.unknown_create(batch, cause), Outcome.UNKNOWN)
             return  # only this batch is in doubt; the run goes on
-        self.fail(batch, f"outcome unknown ({error}); the next run settles it", outcome="unknown")
+        self.fail(batch, f"outcome unknown ({error}); {self.SETTLES}", Outcome.UNKNOWN)
         raise error from None
 
-    def write_without_field(self, action: str, batch: list[tuple[PlannedWrite, dict]], name: str, reason: str) -> None:
+    def fail(self, batch: Sequence[tuple[Any, dict]], message: str, outcome: Outcome = Outcome.FAILED) -> None:
+        for write, _ in batch:
+            result = self.result(write)
+            note = message
+            if result.outcome is Outcome.DONE:  # a restore's links, sent after the record
+                note = f"written as {result.record_id}, but not its links to records written after it: {message}"
+            result.outcome, result.note = outcome, note
+            log.warning("%s: %s", self.label(write), without_values(note) if outcome is Outcome.FAILED
+                        else f"outcome {outcome}")
+
+
+def not_attempted(writes: Iterable[Any], results: dict[Any, Written], reason: str) -> None:
+    """The writes a run that stopped midway never sent: not failed, and the next run makes them."""
+    for write in writes:
+        result = results.setdefault(write, Written())
+        if result.outcome is Outcome.PLANNED:
+            result.outcome, result.note = Outcome.NOT_ATTEMPTED, reason
+
+
+@dataclass
+class Applied:
+    """What the apply step made of the sync's plans."""
+
+    results: dict[PlannedWrite, Written] = field(default_factory=dict)
+    created_ids: dict[str, dict[str, str]] = field(default_factory=dict)  # table -> Mongo id -> record made
+    dropped: dict[str, dict[str, str]] = field(default_factory=dict)  # table -> field key -> missing | read_only
+    written: set[str] = field(default_factory=set)  # tables whose snapshot took records written
+    deleted: dict[str, dict[str, Outcome]] = field(default_factory=dict)  # table -> record id -> outcome
+
+    def of(self, write: PlannedWrite) -> Written:
+        return self.results.get(write) or Written()
+
+    def failed(self, write: PlannedWrite) -> bool:
+        return write.action == "error" or self.of(write).outcome.failed
+
+    @property
+    def anything_written(self) -> bool:
+        landed = (Outcome.DONE, Outcome.UNKNOWN)
+        return any(r.outcome in landed for r in self.results.values()) or any(
+            o in landed for outcomes in self.deleted.values() for o in outcomes.values())
+
+
+class SyncWriter(BatchWriter):
+    """A table's planned creates and updates: creates that carry an id are upserted on it (a
+    create re-sent after a lost answer updates the record it made), the rest created plainly
+    (never mixed in one request), then the updates."""
+
+    def __init__(self, airtable: Airtable, stop: threading.Event, plan: TablePlan, applied: Applied,
+                 records: TableSnapshot):
+        super().__init__(airtable, stop, applied.results)
+        self.plan, self.applied = plan, applied
+        self.key = plan.spec.key
+        self.table = airtable.table(self.key)
+        self.records = records  # the snapshot: Airtable's copy of each record written goes in
+        self.dropped = applied.dropped.setdefault(self.key, {})
+
+    @property
+    def id_key(self) -> str | None:
+        return None if self.plan.id_key in self.dropped else self.plan.id_key
+
+    def apply(self) -> None:
+        creates, id_key = self.plan.of("create"), self.plan.id_key
+        for action, writes in (("upsert", [w for w in creates if id_key in w.fields]),
+                               ("create", [w for w in creates if id_key not in w.fields]),
+                               ("update", self.plan.of("update"))):
+            self.send_all(f"{self.key}: {'create' if action == 'upsert' else action}", action, writes, self.cells)
+        log.info("%s: applied", self.key)
+
+    def cells(self, write: PlannedWrite) -> dict | None:
+        """The cells to send, less fields Airtable rejected this run, with links to records created
+        earlier in this run filled in; None for an update left with nothing to send."""
+        fields = {}
+        for key, value in write.fields.items():
+            if key in self.dropped:
+                continue
+            if isinstance(value, list) and value and isinstance(value[0], LinkRef):
+                target = self.applied.created_ids.get(value[0].target, {}).get(value[0].mongo_id)
+                if target is None:  # its create failed
+                    self.result(write).links_left_out.append({"field": key, "target": value[0].mongo_id})
+                    continue
+                value = [target]
+            fields[key] = value
+        return fields if fields or write.action != "update" else None
+
+    def key_of(self, write: PlannedWrite) -> str:
+        return self.key
+
+    def name_of(self, write: PlannedWrite) -> str:
+        return write.record.mongo_id or f"#{write.record.index + 1}"
+
+    def plain_create(self, action: str) -> bool:
+        return action == "create" or (action == "upsert" and self.id_key is None)
+
+    def unknown_create(self, batch: list[tuple[Any, dict]], cause: str) -> str:
+        return (f"outcome unknown ({cause}); not re-sent, since a plain create could duplicate it: the next run "
+                "finds the record by its natural key if it was created")
+
+    def send(self, action: str, batch: list[tuple[PlannedWrite, dict]]) -> tuple[list[dict], set[str] | None]:
+        by_field_id = self.plan.columns.by_field_id
+        if action == "update":
+            return self.table.batch_update([{"id": w.record_id, "fields": f} for w, f in batch], typecast=True,
+                                           use_field_ids=by_field_id), None
+        if not self.plain_create(action):
+            result = self.table.batch_upsert([{"fields": f} for _, f in batch], key_fields=[self.id_key],
+                                             typecast=True, use_field_ids=by_field_id)
+            return result["records"], set(result["createdRecords"])
+        return self.table.batch_create([f for _, f in batch], typecast=True, use_field_ids=by_field_id), None
+
+    def refused(self, action: str, batch: list[tuple[PlannedWrite, dict]], kind: str, message: str) -> None:
+        """A field Airtable rejects as a whole (deleted or made computed since the schema was read)
+        is left out for the rest of the run; otherwise the bad records are found."""
+        rejected = rejected_field(kind, message)
+        if rejected is None:
+            super().refused(action, batch, kind, message)
+            return
+        name, reason = rejected
         if not any(name in f for _, f in batch):
             self.fail(batch, f"Airtable rejected field {name} ({reason}), which this request did not send")
             return
-        self.drop_field(name, reason)
-        remaining = [(w, {k: v for k, v in f.items() if k != name}) for w, f in batch]
-        if action == "update":
-            for write, fields in remaining:
-                if not fields:
-                    write.action, write.outcome = "skip", "done"
-            remaining = [(w, f) for w, f in remaining if f]
+        log.warning("%s: Airtable rejects field %r (%s); it is left out for the rest of the run",
+                    self.key, self.plan.columns.mapped_name(name), "unknown" if reason == "missing" else "computed")
+        self.dropped[name] = reason
+        remaining = []
+        for write, fields in batch:
+            fields = {k: v for k, v in fields.items() if k != name}
+            if fields or action != "update":
+                remaining.append((write, fields))
+            else:
+                self.result(write).outcome = Outcome.SKIPPED
         if remaining:
             self.write_batch(action, remaining)
 
-    def apply(self) -> None:
-        spec = self.plan.spec
-        creates = self.plan.of("create")
-        # Creates that carry an id are upserted; the rest cannot be: never mix them in one request.
-        id_key = self.plan.id_key
-        groups = (("create", [w for w in creates if id_key in w.fields]),
-                  ("create", [w for w in creates if id_key not in w.fields]),
-                  ("update", self.plan.of("update")))
-        for action, pending in groups:
-            if not pending:
-                continue
-            batch: list[tuple[PlannedWrite, dict]] = []
-            with Progress(f"{spec.key}: {action}", len(pending)) as progress:
-                for done, write in enumerate(pending, 1):
-                    fields = self.materialize(write) if write.action == action else None
-                    if action == "update" and fields == {}:
-                        write.action, write.outcome = "skip", "done"  # only an unresolvable link had changed
-                    elif fields is not None:
-                        batch.append((write, fields))
-                    if batch and (len(batch) == RECORDS_PER_WRITE or done == len(pending)):
-                        if self.stop.is_set():
-                            raise RunInterrupted()
-                        self.write_batch(action, batch)
-                        batch = []
-                    if not batch:
-                        progress.update(done - progress.done)
-        log.info("%s: applied", spec.key)
+    def landed(self, action: str, batch: list[tuple[PlannedWrite, dict]], records: list[dict],
+               created: set[str] | None) -> None:
+        for rec in records:
+            self.records.put(rec)
+        self.applied.written.add(self.key)
+        id_key = self.id_key or "id"
+        by_key = {r["id"]: r for r in records} | {r["fields"][id_key]: r for r in records if r["fields"].get(id_key)}
+        if all((w.record_id or f.get(id_key)) in by_key for w, f in batch):
+            # Airtable answers in request order; matching by id does not depend on it.
+            records = [by_key[w.record_id] if w.record_id in by_key else by_key[f[id_key]] for w, f in batch]
+        for (write, fields), rec in zip(batch, records):
+            result = self.result(write)
+            result.outcome, result.record_id = Outcome.DONE, rec["id"]
+            if write.action == "create" and created is not None and rec["id"] not in created:
+                # The upsert found the record already there (a stale cache, or this create's
+                # earlier attempt): it was updated, and the report says so.
+                log.info("%s: already in Airtable, updated", self.label(write))
+                result.existed = True
+            elif write.action == "create" and write.record.mongo_id is not None:
+                self.applied.created_ids.setdefault(self.key, {})[write.record.mongo_id] = rec["id"]
+            if log.isEnabledFor(logging.DEBUG):  # the dump costs more than the write itself
+                log.debug("%s: %s %s %s", self.label(write), "update" if result.existed else write.action,
+                          rec["id"], json.dumps(jsonable(fields), ensure_ascii=False, default=str))
 
 
 class Deleter:
     """--delete-missing: archives each batch, then deletes it, ten records a request."""
 
-    def __init__(self, airtable: Airtable, archive: Path, stop: threading.Event, schema: BaseSchema | None):
+    def __init__(self, airtable: Airtable, archive: Path, stop: threading.Event, schema: BaseSchema | None,
+                 applied: Applied):
         self.airtable = airtable
         self.archive = archive
         self.stop = stop
         self.schema = schema  # None: the records name their fields by name, not id
+        self.applied = applied
 
     def apply(self, deletion: DeletionPlan) -> None:
         table = self.airtable.table(deletion.key)
+        outcomes = self.applied.deleted.setdefault(deletion.key, {})
         with Progress(f"{deletion.key}: delete", len(deletion.records)) as progress:
             for start in range(0, len(deletion.records), RECORDS_PER_PAGE):
                 if self.stop.is_set():
                     raise RunInterrupted()
-                batch = self.as_airtable_has_them(table, deletion, deletion.records[start:start + RECORDS_PER_PAGE])
+                batch = self.as_airtable_has_them(table, deletion, deletion.records[start:start + RECORDS_PER_PAGE],
+                                                  outcomes)
                 for first in range(0, len(batch), RECORDS_PER_WRITE):
                     if self.stop.is_set():
                         raise RunInterrupted()
                     self.archive_records(deletion.key, batch[first:first + RECORDS_PER_WRITE])
-                    self.delete_batch(table, deletion, batch[first:first + RECORDS_PER_WRITE])
+                    self.delete_batch(table, deletion, batch[first:first + RECORDS_PER_WRITE], outcomes)
                 progress.update(min(RECORDS_PER_PAGE, len(deletion.records) - start))
-        done = len(deletion.deleted)
+        done = sum(1 for o in outcomes.values() if o is Outcome.DONE)
         log.info("%s: deleted %d of %d records that left Mongo", deletion.key, done, len(deletion.records))
 
-    def as_airtable_has_them(self, table: Any, deletion: DeletionPlan, records: Sequence[dict]) -> list[dict]:
+    def as_airtable_has_them(self, table: Any, deletion: DeletionPlan, records: Sequence[dict],
+                             outcomes: dict[str, Outcome]) -> list[dict]:
         """The candidates read again (one request a hundred) just before they are deleted: since
         the run's read a person may have cleared a row's id to keep it, or deleted it, or typed
         into it. A row whose id still names a record that left Mongo is archived as Airtable
         has it now, then deleted; a row without one is kept."""
-        formula = "OR(" + ",".join(f"RECORD_ID()='{rec['id']}'" for rec in records) + ")"
+        formula = formulas.OR(*(formulas.EQ(formulas.RECORD_ID(), rec["id"]) for rec in records))
         try:
-            fresh = {rec["id"]: rec for rec in table.all(formula=formula, use_field_ids=self.schema is not None)}
+            fresh = {rec["id"]: rec for rec in table.all(formula=str(formula), use_field_ids=self.schema is not None)}
         except AIRTABLE_FAILURES as exc:
             raise access_error(exc, self.airtable.settings, f"reading {deletion.key} before deleting") from None
         batch = []
         for rec in records:
             now = fresh.get(rec["id"])
             if now is None:
-                deletion.outcome[rec["id"]] = "deleted"  # already gone: counts as deleted
+                outcomes[rec["id"]] = Outcome.DONE  # already gone: counts as deleted
             elif not deletion.still_gone(now):
-                deletion.outcome[rec["id"]] = "kept"
+                outcomes[rec["id"]] = Outcome.SKIPPED
                 log.info("%s %s: its id was cleared or changed in Airtable since the read; not deleted",
                          deletion.key, rec["id"])
             else:
@@ -3434,31 +3557,30 @@ class Deleter:
             lines.append(line)
         append_archive(self.archive, lines)
 
-    def delete_batch(self, table: Any, deletion: DeletionPlan, batch: Sequence[dict]) -> None:
+    def delete_batch(self, table: Any, deletion: DeletionPlan, batch: Sequence[dict],
+                     outcomes: dict[str, Outcome]) -> None:
         ids = [rec["id"] for rec in batch]
         try:
             answered = table.batch_delete(ids)
         except AIRTABLE_FAILURES as exc:
-            status = exc.response.status_code if isinstance(exc, requests.HTTPError) else None
-            if status in (404, 422) and len(ids) > 1:
+            how, status = write_failure(exc)
+            if how == "refused" and len(ids) > 1:
                 for rec in batch:  # one of them is gone already: the others one by one
-                    self.delete_batch(table, deletion, [rec])
+                    self.delete_batch(table, deletion, [rec], outcomes)
                 return
             if status == 404:  # already gone (a person, or this delete's own lost answer): deleted
-                deletion.outcome[ids[0]] = "deleted"
+                outcomes[ids[0]] = Outcome.DONE
                 return
             error = access_error(exc, self.airtable.settings, f"deleting from {deletion.key}")
-            if status is not None and status < 500 and status not in (401, 403, 429):
-                for rec_id in ids:
-                    deletion.outcome[rec_id] = "failed"
+            if how != "lost":
+                outcomes.update(dict.fromkeys(ids, Outcome.FAILED))
                 log.warning("%s: delete of %s failed: %s", deletion.key, ", ".join(ids), without_values(str(error)))
                 return
-            for rec_id in ids:  # lost answer or outage: the next run's read settles it
-                deletion.outcome[rec_id] = "unknown"
+            outcomes.update(dict.fromkeys(ids, Outcome.UNKNOWN))  # lost answer or outage: the next read settles it
             raise error from None
         for rec in answered:
             if rec.get("deleted"):
-                deletion.outcome[rec["id"]] = "deleted"
+                outcomes[rec["id"]] = Outcome.DONE
 
 
 # ---------------------------------------------------------------------------
@@ -3499,39 +3621,45 @@ def record_ref(rec: dict, id_key: str | None) -> dict:
     return {"record_id": rec["id"], "mongo_id": None if mongo_id in (None, "") else str(mongo_id)}
 
 
-def set_back(plan: TablePlan, edited: Mapping[str, set[str]] | None, dry_run: bool) -> int | None:
+def set_back(plan: TablePlan, edited: Mapping[str, set[str]] | None, applied: Applied) -> int | None:
     """Records whose mapped cells someone else changed since the last run and this run set back
-    to Mongo's value (logged by record id and field names)."""
+    to Mongo's value (logged by record id and field names). A dry run counts what it would."""
     if edited is None:
         return None
     count = 0
-    for write in plan.writes:
-        keys = edited.get(write.record_id or "", set()) & set(write.sent_fields)
-        if write.action == "update" and keys and (dry_run or write.outcome == "done"):
+    for write in plan.of("update"):
+        keys = edited.get(write.record_id or "", set()) & write.fields.keys()
+        if keys and applied.of(write).outcome in (Outcome.PLANNED, Outcome.DONE):
             count += 1
             log.info("%s %s (record %s): set back %s, edited in Airtable", plan.spec.key, write.record.mongo_id,
                      write.record_id, ", ".join(sorted(plan.columns.mapped_name(k) for k in keys)))
     return count
 
 
-def summarize(plan: TablePlan, dry_run: bool, deletion: DeletionPlan | None = None,
+def summarize(plan: TablePlan, applied: Applied, dry_run: bool, deletion: DeletionPlan | None = None,
               edited: Mapping[str, set[str]] | None = None) -> TableResult:
-    writes = plan.writes
-    count = plan.planned
-    deleted = [] if deletion is None else (deletion.records if dry_run and not deletion.held else deletion.deleted)
+    """A table's figures: the plan, and what the apply step made of it (a dry run: as planned)."""
+    key, writes, count = plan.spec.key, plan.writes, plan.planned
+    outcomes = applied.deleted.get(key, {})
+    deleted = [] if deletion is None else [r for r in deletion.records if (
+        not deletion.held if dry_run else outcomes.get(r["id"]) is Outcome.DONE)]
     gone = {rec["id"] for rec in deleted}
+    dropped = applied.dropped.get(key, {})
+    results = [applied.of(w) for w in writes]
     result = TableResult(
         total=len(writes) + plan.skipped,
         orphans=len(plan.orphans) - len(gone),
         deleted=len(deleted),
         deletions_held=len(deletion.records) if deletion is not None and deletion.held else 0,
-        reverted_edits=set_back(plan, edited, dry_run),
+        reverted_edits=set_back(plan, edited, applied),
         orphan_records=[record_ref(r, plan.columns.id_key) for r in plan.orphans if r["id"] not in gone],
         deleted_records=[record_ref(r, plan.columns.id_key) for r in deleted],
-        unresolved_links=plan.unresolved_links,
+        unresolved_links=plan.unresolved_links + sum(len(r.links_left_out) for r in results),
         unmapped_fields=plan.unmapped_fields,
-        missing_in_airtable=sorted(set(plan.missing_in_airtable)),
-        read_only=sorted(set(plan.read_only)),
+        missing_in_airtable=sorted({*plan.missing_in_airtable, *(plan.columns.mapped_name(k) for k, why
+                                                                 in dropped.items() if why == "missing")}),
+        read_only=sorted({*plan.read_only, *(plan.columns.mapped_name(k) for k, why in dropped.items()
+                                             if why == "read_only")}),
         renamed_fields=plan.columns.renamed,
         absent_in_export=plan.absent_in_export,
         invalid_values=plan.invalid_values,
@@ -3540,11 +3668,13 @@ def summarize(plan: TablePlan, dry_run: bool, deletion: DeletionPlan | None = No
     if dry_run:
         result.created, result.updated = count["create"], count["update"]
     else:
-        result.created = sum(1 for w in writes if w.action == "create" and w.outcome == "done")
-        result.updated = sum(1 for w in writes if w.action == "update" and w.outcome == "done")
-        result.not_attempted = sum(1 for w in writes if w.outcome == "not attempted")
-    result.skipped = plan.skipped + sum(1 for w in writes if w.action == "skip")
-    result.errors = sum(1 for w in writes if w.failed) + (deletion.errors if deletion is not None else 0)
+        done = [(w, r) for w, r in zip(writes, results) if r.outcome is Outcome.DONE]
+        result.created = sum(1 for w, r in done if w.action == "create" and not r.existed)
+        result.updated = sum(1 for w, r in done if w.action == "update" or r.existed)
+        result.not_attempted = sum(1 for r in results if r.outcome is Outcome.NOT_ATTEMPTED)
+    result.skipped = plan.skipped + sum(1 for r in results if r.outcome is Outcome.SKIPPED)
+    result.errors = sum(1 for w, r in zip(writes, results) if w.action == "error" or r.outcome.failed) + sum(
+        1 for o in outcomes.values() if o in (Outcome.FAILED, Outcome.UNKNOWN))
     return result
 
 
@@ -3577,6 +3707,62 @@ class RunReport:
             "duration_s": round(self.duration_s, 3),
         }
 
+    NAME: ClassVar[str | None] = "sync_report"  # its files' name; None: it writes none
+
+    def markdown(self) -> str:
+        return render_markdown(self)
+
+    def summary(self) -> str:
+        return counts_line(self.tables, lambda t: (
+            f"{t.created} created, {t.updated} updated, {t.skipped} skipped, {t.errors} failed"
+            + (f", {t.deleted} deleted" if t.deleted else "")
+            + (f", {t.deletions_held} deletions held" if t.deletions_held else "")), "no table synced")
+
+    def how_read(self) -> str:
+        tracking = self.change_tracking
+        return (f"change feed, {tracking['payloads']} payloads" if tracking["mode"] == "webhook"
+                else f"full read: {tracking['reason']}")
+
+    def attention_items(self) -> list[str]:
+        """What needs a person, beyond failed records and the budget (attention_line)."""
+        tables = self.tables.values()
+        items = counted(sum(t.deletions_held for t in tables), "deletion held by the safety cap",
+                        "deletions held by the safety cap")
+        items += counted(sum(t.reverted_edits or 0 for t in tables), "reverted edit")
+        items += counted(self.change_tracking.get("drift") or 0, "drifted record")
+        items += counted(sum(t.unresolved_links for t in tables), "unresolved link")
+        for key, t in self.tables.items():
+            for names, what in ((t.missing_in_airtable, "missing in Airtable"),
+                                ([f"{r['mapped']} renamed to '{r['airtable']}'" for r in t.renamed_fields], ""),
+                                (t.absent_in_export, "absent from the export")):
+                if len(names) > ATTENTION_FIELDS_NAMED:
+                    items.append(f"{len(names)} {key} fields {what or 'renamed in Airtable'}")
+                else:
+                    items += [f"{key}.{name}" + (f" {what}" if what else "") for name in names]
+        return items
+
+    def closing_lines(self, path: Path | None) -> list[str]:
+        """What main() prints last, for the console and cron's mail."""
+        return [f"{self.ended}: {self.summary()}; {requests_line(self)}; report: {path or 'not written'}"]
+
+
+@dataclass
+class CheckReport(RunReport):
+    """--check prints as it goes: no report files, and its last lines say what it cost."""
+
+    NAME = None
+
+    def summary(self) -> str:
+        return "checked " + ",".join(self.tables) if self.tables else "checked"
+
+    def how_read(self) -> str:
+        return "check"
+
+    def closing_lines(self, path: Path | None) -> list[str]:
+        return [f"\n{self.requests.total} requests, nothing written",
+                f"API budget: {budget_text(self.requests.last_30_days, self.monthly_calls)} to this base by this "
+                "tool, this check included"]
+
 
 MARKDOWN_ERROR_ROWS = 200  # the JSON twin lists every failed record
 MARKDOWN_RECORD_REFS = 5  # orphans and deletions named in the Markdown; the JSON names them all
@@ -3603,8 +3789,7 @@ def render_markdown(report: RunReport) -> str:
               "share the workspace's monthly calls).", ""]
     if budget_high(report.requests.last_30_days, report.monthly_calls):
         lines += [f"> **Warning**: this tool alone has used {BUDGET_WARNING_SHARE:.0%} or more of the workspace's "
-                  "monthly API calls in 30 days; when they are spent Airtable refuses every request until "
-                  "the month turns. Run less often, or move the workspace to a plan with more calls.", ""]
+                  f"monthly API calls in 30 days; {BUDGET_ADVICE}.", ""]
     tracking = report.change_tracking
     how = "the change feed" if tracking["mode"] == "webhook" else "every record"
     drift = "" if tracking.get("drift") is None else f"; drift {tracking['drift']}"
@@ -3670,23 +3855,23 @@ def markdown_requests(requests: Mapping[str, int]) -> list[str]:
             "| " + " | ".join(str(v) for v in requests.values()) + " |", ""]
 
 
-def write_report(report: RunReport, reports_dir: Path, secret: str) -> Path:
+def write_report(report: RunReport, reports_dir: Path, secret: str) -> Path | None:
     """The Markdown report and its JSON twin; the token is masked even where Airtable's
     (or a proxy's) error text quoted it."""
     def masked(text: str) -> str:
         return text.replace(secret, "[token]") if secret else text
 
-    restore = isinstance(report, RestoreReport)
-    name = "restore_report" if restore else "sync_report"
+    if report.NAME is None:
+        return None
     stamp = report.started.strftime("%Y%m%d_%H%M%S")
-    path = reports_dir / f"{name}_{stamp}.md"
+    path = reports_dir / f"{report.NAME}_{stamp}.md"
     n = 1
     while path.exists() or path.with_suffix(".json").exists():
         n += 1
-        path = reports_dir / f"{name}_{stamp}_{n}.md"
+        path = reports_dir / f"{report.NAME}_{stamp}_{n}.md"
     write_private(path.with_suffix(".json"), masked(json.dumps(report.as_dict(), indent=2, ensure_ascii=False)))
     try:
-        write_private(path, masked(render_restore_markdown(report) if restore else render_markdown(report)))
+        write_private(path, masked(report.markdown()))
     except LocalWriteError:
         with contextlib.suppress(OSError):  # a report is the two files or none
             os.remove(path.with_suffix(".json"))
@@ -3694,18 +3879,13 @@ def write_report(report: RunReport, reports_dir: Path, secret: str) -> Path:
     return path
 
 
-def summary_line(report: RunReport) -> str:
-    if isinstance(report, RestoreReport):
-        return restore_summary_line(report)
-    return counts_line(report.tables, lambda t: (
-        f"{t.created} created, {t.updated} updated, {t.skipped} skipped, {t.errors} failed"
-        + (f", {t.deleted} deleted" if t.deleted else "")
-        + (f", {t.deletions_held} deletions held" if t.deletions_held else "")), "no table synced")
-
-
 def counts_line(tables: Mapping[str, Any], counts: Callable[[Any], str], nothing: str) -> str:
     """'users: …; events: …', each table's counts as `counts` words them; `nothing` when no table ran."""
     return "; ".join(f"{key}: {counts(t)}" for key, t in tables.items()) or nothing
+
+
+def counted(n: int, what: str, plural: str | None = None) -> list[str]:
+    return [f"{n:,} {what if n == 1 else plural or what + 's'}"] if n else []
 
 
 ATTENTION_FIELDS_NAMED = 3  # a table's fields of one kind named in the attention line; more are counted
@@ -3716,36 +3896,11 @@ def attention_line(report: RunReport) -> str:
     'attention: 1 failed record, 31 reverted edits, users.occupation missing in Airtable',
     or '' when nothing does."""
     tables = report.tables.values()
-
-    def counted(n: int, what: str, plural: str | None = None) -> list[str]:
-        return [f"{n:,} {what if n == 1 else plural or what + 's'}"] if n else []
-
     # Writes a run that stopped midway (an outage, a spent month) never made are counted apart:
     # they did not fail, and the next run makes them.
     items = counted(sum(t.errors - t.not_attempted for t in tables), "failed record")
     items += counted(sum(t.not_attempted for t in tables), "write not attempted", "writes not attempted")
-    if isinstance(report, RestoreReport):
-        items += counted(sum(t.links_left_out for t in report.tables.values()), "link left out", "links left out")
-        items += [f"{key}.{name} not restored" for key, t in report.tables.items() for name in t.fields_left_out]
-        return attention_of(items, report)
-    items += counted(sum(t.deletions_held for t in tables), "deletion held by the safety cap",
-                     "deletions held by the safety cap")
-    items += counted(sum(t.reverted_edits or 0 for t in tables), "reverted edit")
-    items += counted(report.change_tracking.get("drift") or 0, "drifted record")
-    items += counted(sum(t.unresolved_links for t in tables), "unresolved link")
-    for key, t in report.tables.items():
-        for names, what in ((t.missing_in_airtable, "missing in Airtable"),
-                            ([f"{r['mapped']} renamed to '{r['airtable']}'" for r in t.renamed_fields], ""),
-                            (t.absent_in_export, "absent from the export")):
-            if len(names) > ATTENTION_FIELDS_NAMED:
-                kind = what or "renamed in Airtable"
-                items.append(f"{len(names)} {key} fields {kind}")
-            else:
-                items += [f"{key}.{name}" + (f" {what}" if what else "") for name in names]
-    return attention_of(items, report)
-
-
-def attention_of(items: list[str], report: RunReport) -> str:
+    items += report.attention_items()
     last_30_days, cap = report.requests.last_30_days, report.monthly_calls
     if budget_high(last_30_days, cap):
         items.append(f"API budget at {last_30_days / cap:.0%} of AIRTABLE_MONTHLY_CALLS={cap}")  # type: ignore[operator]
@@ -3754,11 +3909,30 @@ def attention_of(items: list[str], report: RunReport) -> str:
 
 def requests_line(report: RunReport) -> str:
     """How the run read Airtable and what it cost, for the console."""
-    tracking, stats = report.change_tracking, report.requests
-    how = ("restore" if isinstance(report, RestoreReport) else f"change feed, {tracking['payloads']} payloads"
-           if tracking["mode"] == "webhook" else f"full read: {tracking['reason']}")
+    stats = report.requests
     plural = "" if stats.total == 1 else "s"
-    return f"{stats.total} request{plural} ({stats.read} read, {stats.write} write; {how})"
+    return f"{stats.total} request{plural} ({stats.read} read, {stats.write} write; {report.how_read()})"
+
+
+@dataclass
+class Command:
+    """A peer command behind the runner (execute): it runs, says whether it wrote anything, and
+    its report renders itself. The runner owns the lock, signals, exit codes and request counts."""
+
+    settings: Settings
+    stop: threading.Event
+    report: RunReport
+
+    def run(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def anything_written(self) -> bool:
+        return False
+
+
+def stop_reason(exc: BaseException) -> str:
+    return "interrupted" if isinstance(exc, RunInterrupted) else str(exc)
 
 
 # ---------------------------------------------------------------------------
@@ -3879,6 +4053,7 @@ def live_tables(airtable: Airtable, bound: Mapping[str, Mapping[str, str]]) -> d
     without it (which fields are computed, where links lead): without schema.bases:read, exit 3."""
     settings = airtable.settings
     schema = fetch_schema(airtable)
+    airtable.use_tables(schema)
     if schema is None:
         raise AirtableAccessError("a restore needs the base's schema (which fields are computed, where links "
                                   "lead): give the token the scope schema.bases:read")
@@ -3987,7 +4162,7 @@ class Pending:
     archived_id: str
 
 
-@dataclass
+@dataclass(eq=False)  # one write is one key of the apply step's results
 class RestoreWrite:
     """What becomes of one archived record."""
 
@@ -3999,8 +4174,6 @@ class RestoreWrite:
     #                                                             the records it names exist
     slot: tuple[int, int, int] = (0, 0, 0)  # (table, group, batch): the order the writes are sent in
     note: str = ""  # why skipped, or why it failed
-    outcome: str = "planned"  # planned | done | failed | unknown | not attempted
-    links_left_out: int = 0
     left_out_links: list[dict] = field(default_factory=list)  # [{"field": field id, "target": archived record id}]
 
     @property
@@ -4016,10 +4189,6 @@ class RestoreWrite:
     def ref(self) -> str | Pending | None:
         """How a link names this record in the plan."""
         return Pending(self.cells.record.record_id) if self.action == "restore" else self.record_id
-
-    @property
-    def failed(self) -> bool:
-        return self.action == "error" or self.outcome in ("failed", "unknown", "not attempted")
 
 
 @dataclass
@@ -4135,7 +4304,6 @@ def map_links(write: RestoreWrite, tables: Mapping[str, LiveTable], exists: Mapp
             else:
                 new = None
             if new is None:
-                write.links_left_out += 1
                 write.left_out_links.append({"field": field_id, "target": old})
             elif new not in targets:
                 targets.append(new)
@@ -4167,114 +4335,70 @@ def defer_links(write: RestoreWrite, tables: Mapping[str, LiveTable], created_by
             del write.fields[field_id]
 
 
-class RestoreWriter:
+class RestoreWriter(BatchWriter):
     """Sends a restore plan, ten records a request: per table, the re-creations, then the
     refills; last, the link cells that waited for records written after theirs."""
 
+    VERB = "restoring"
+    SETTLES = "a second restore settles it"
     VERBS = {"upsert": "restore", "create": "restore", "update": "refill"}
 
-    def __init__(self, airtable: Airtable, plan: RestorePlan, created_by: Mapping[str, RestoreWrite],
-                 stop: threading.Event):
-        self.airtable = airtable
+    def __init__(self, airtable: Airtable, stop: threading.Event, plan: RestorePlan, results: dict[Any, Written]):
+        super().__init__(airtable, stop, results)
         self.plan = plan
-        self.created_by = created_by
-        self.stop = stop
+        self.table: Any = None
 
     def apply(self) -> None:
         for key, writes in self.plan.writes.items():
-            table = self.airtable.table(key)
+            self.table = self.airtable.table(key)
             for action, group in zip(("upsert", "create", "update"), restore_groups(writes)):
                 for write in group:
                     if action == "update" and not write.fields:
                         # Only link cells, sent last, or filled by Airtable as the inverse of links sent later.
-                        write.outcome = "done"
-                group = [w for w in group if w.outcome == "planned"]
-                self.send_all(table, action, group, lambda w: w.fields, f"{key}: {self.VERBS[action]}")
+                        self.result(write).outcome = Outcome.DONE
+                group = [w for w in group if self.result(w).outcome is Outcome.PLANNED]
+                self.send_all(f"{key}: {self.VERBS[action]}", action, group, lambda w: self.cells(w, w.fields))
         for key, writes in self.plan.writes.items():
-            waiting = [w for w in writes if w.links_later and w.outcome == "done"]
-            self.send_all(self.airtable.table(key), "update", waiting, lambda w: w.links_later, f"{key}: links")
+            self.table = self.airtable.table(key)
+            waiting = [w for w in writes if w.links_later and self.result(w).outcome is Outcome.DONE]
+            self.send_all(f"{key}: links", "update", waiting, lambda w: self.cells(w, w.links_later))
 
-    def send_all(self, table: Any, action: str, writes: Sequence[RestoreWrite],
-                 cells: Callable[[RestoreWrite], dict], description: str) -> None:
-        if not writes:
-            return
-        with Progress(description, len(writes)) as progress:
-            for start in range(0, len(writes), RECORDS_PER_WRITE):
-                if self.stop.is_set():
-                    raise RunInterrupted()
-                batch = [(w, self.materialize(w, cells(w))) for w in writes[start:start + RECORDS_PER_WRITE]]
-                self.write_batch(table, action, batch)
-                progress.update(len(batch))
-
-    def materialize(self, write: RestoreWrite, cells: dict) -> dict:
+    def cells(self, write: RestoreWrite, cells: dict) -> dict:
         """The cells to send, with links to records re-created earlier in this run filled in."""
         fields = {}
         for field_id, value in cells.items():
             if isinstance(value, list) and any(isinstance(t, Pending) for t in value):
-                made = [t if isinstance(t, str) else self.created_by[t.archived_id].record_id for t in value]
+                made = [t if isinstance(t, str) else self.result(self.plan.created_by[t.archived_id]).record_id
+                        for t in value]
                 for target, new in zip(value, made):
                     if new is None:  # its re-creation failed
-                        write.links_left_out += 1
-                        write.left_out_links.append({"field": field_id, "target": target.archived_id})
+                        self.result(write).links_left_out.append({"field": field_id, "target": target.archived_id})
                 value = [t for t in made if t is not None]
             fields[field_id] = value
         return fields
 
-    def send(self, table: Any, action: str, batch: list[tuple[RestoreWrite, dict]]) -> list[dict]:
+    def key_of(self, write: RestoreWrite) -> str:
+        return write.key
+
+    def name_of(self, write: RestoreWrite) -> str:
+        return write.name
+
+    def unknown_create(self, batch: list[tuple[Any, dict]], cause: str) -> str:
+        key_name = batch[0][0].cells.key_field.name
+        return f"outcome unknown; a second restore finds the record by its {key_name} if it was made"
+
+    def send(self, action: str, batch: list[tuple[RestoreWrite, dict]]) -> tuple[list[dict], set[str] | None]:
         # Field ids as keys, and in fieldsToMergeOn: the API takes an id wherever it takes a name
         # (airtable.com/developers/web/api/update-multiple-records), and a field renamed since the
         # read still gets its cells.
         if action == "upsert":
             merge_on = batch[0][0].cells.key_field.id  # type: ignore[union-attr]
-            return table.batch_upsert([{"fields": f} for _, f in batch], key_fields=[merge_on], typecast=True,
-                                      use_field_ids=True)["records"]
+            return self.table.batch_upsert([{"fields": f} for _, f in batch], key_fields=[merge_on], typecast=True,
+                                           use_field_ids=True)["records"], None
         if action == "create":
-            return table.batch_create([f for _, f in batch], typecast=True, use_field_ids=True)
-        return table.batch_update([{"id": w.record_id, "fields": f} for w, f in batch], typecast=True,
-                                  use_field_ids=True)
-
-    def write_batch(self, table: Any, action: str, batch: list[tuple[RestoreWrite, dict]]) -> None:
-        """One request; a refused one is retried record by record, so only the bad records fail.
-        An outage or a refused token stops the run (AirtableAccessError), as in a sync."""
-        try:
-            records = self.send(table, action, batch)
-        except AIRTABLE_FAILURES as exc:
-            how, _ = write_failure(exc)
-            if how == "refused" and len(batch) > 1:
-                for item in batch:
-                    self.write_batch(table, action, [item])
-            elif how != "lost":
-                kind, message = airtable_error(exc)  # type: ignore[arg-type]
-                self.fail(batch, f"{kind}: {message}")
-            else:
-                self.write_lost(action, batch, exc)
-            return
-        if len(records) != len(batch):
-            raise AirtableAccessError(f"Airtable answered {len(records)} records for {len(batch)} written")
-        for (write, _), rec in zip(batch, records):  # Airtable answers in request order
-            write.outcome, write.record_id = "done", rec["id"]
-            log.debug("%s %s: %s as %s", write.key, write.name, write.action, rec["id"])
-
-    def write_lost(self, action: str, batch: list[tuple[RestoreWrite, dict]], exc: Exception) -> None:
-        error = access_error(exc, self.airtable.settings, f"restoring {batch[0][0].key}")
-        status = exc.response.status_code if isinstance(exc, requests.HTTPError) else None
-        if status in (401, 403, 429) or (status is None and _never_sent(exc)):
-            raise error from None  # not applied: reported as not attempted
-        if action == "create":  # the transport never re-sends a plain create: it could duplicate
-            key_name = batch[0][0].cells.key_field.name  # type: ignore[union-attr]
-            self.fail(batch, f"outcome unknown; a second restore finds the record by its {key_name} if it was made",
-                      outcome="unknown")
-            return
-        self.fail(batch, f"outcome unknown ({error}); a second restore settles it", outcome="unknown")
-        raise error from None
-
-    def fail(self, batch: Sequence[tuple[RestoreWrite, dict]], message: str, outcome: str = "failed") -> None:
-        for write, _ in batch:
-            if write.outcome == "done":  # its links sent last
-                message = f"written as {write.record_id}, but not its links to records written after it: {message}"
-            write.outcome, write.note = outcome, message
-            log.warning("%s %s: %s", write.key, write.name,
-                        without_values(message) if outcome == "failed" else f"outcome {outcome}")
+            return self.table.batch_create([f for _, f in batch], typecast=True, use_field_ids=True), None
+        return self.table.batch_update([{"id": self.result(w).record_id or w.record_id, "fields": f} for w, f in batch],
+                                       typecast=True, use_field_ids=True), None
 
 
 @dataclass
@@ -4294,25 +4418,27 @@ class RestoreResult:
     refilled_records: list[dict] = field(default_factory=list)  # [{record_id, mongo_id, fields}]
 
 
-def summarize_restore(writes: Sequence[RestoreWrite], table: LiveTable, dry_run: bool) -> RestoreResult:
-    def happened(w: RestoreWrite) -> bool:
-        return w.outcome == "planned" if dry_run else w.outcome == "done"
+def summarize_restore(writes: Sequence[RestoreWrite], results: Mapping[RestoreWrite, Written], table: LiveTable,
+                      dry_run: bool) -> RestoreResult:
+    def written(w: RestoreWrite) -> Written:
+        return results.get(w) or Written()
 
-    restored = [w for w in writes if w.action == "restore" and happened(w)]
-    refilled = [w for w in writes if w.action == "refill" and happened(w)]
+    happened = Outcome.PLANNED if dry_run else Outcome.DONE
+    restored = [w for w in writes if w.action == "restore" and written(w).outcome is happened]
+    refilled = [w for w in writes if w.action == "refill" and written(w).outcome is happened]
+    left_out = [(w, link) for w in writes for link in w.left_out_links + written(w).links_left_out]
     return RestoreResult(
         archived=len(writes),
         restored=len(restored),
         refilled=len(refilled),
         skipped=sum(1 for w in writes if w.action == "skip"),
-        errors=sum(1 for w in writes if w.failed),
-        not_attempted=sum(1 for w in writes if w.outcome == "not attempted"),
-        links_left_out=sum(w.links_left_out for w in writes),
+        errors=sum(1 for w in writes if w.action == "error" or written(w).outcome.failed),
+        not_attempted=sum(1 for w in writes if written(w).outcome is Outcome.NOT_ATTEMPTED),
+        links_left_out=len(left_out),
         left_out_links=[{"archived_id": w.cells.record.record_id, "mongo_id": w.cells.mongo_id,
-                         "field": table.fields[link["field"]].name, "target": link["target"]}
-                        for w in writes for link in w.left_out_links],
+                         "field": table.fields[link["field"]].name, "target": link["target"]} for w, link in left_out],
         fields_left_out=sorted({name for w in writes for name in w.cells.left_out}),
-        restored_records=[{"archived_id": w.cells.record.record_id, "record_id": w.record_id,
+        restored_records=[{"archived_id": w.cells.record.record_id, "record_id": written(w).record_id,
                            "mongo_id": w.cells.mongo_id} for w in restored],
         refilled_records=[{"record_id": w.record_id, "mongo_id": w.cells.mongo_id,
                            "fields": sorted(table.fields[f].name for f in {**w.fields, **w.links_later})}
@@ -4330,6 +4456,24 @@ class RestoreReport(RunReport):
         data = {"restore": self.archive, **super().as_dict()}
         del data["change_tracking"]
         return data
+
+    NAME = "restore_report"
+
+    def markdown(self) -> str:
+        return render_restore_markdown(self)
+
+    def summary(self) -> str:
+        return counts_line(self.tables, lambda t: (
+            f"{t.restored} restored, {t.refilled} refilled, {t.skipped} skipped, {t.errors} failed"
+            + (f", {t.links_left_out} links left out" if t.links_left_out else "")
+            + (f", {len(t.fields_left_out)} fields left out" if t.fields_left_out else "")), "no table restored")
+
+    def how_read(self) -> str:
+        return "restore"
+
+    def attention_items(self) -> list[str]:
+        items = counted(sum(t.links_left_out for t in self.tables.values()), "link left out", "links left out")
+        return items + [f"{key}.{name} not restored" for key, t in self.tables.items() for name in t.fields_left_out]
 
 
 def render_restore_markdown(report: RestoreReport) -> str:
@@ -4379,21 +4523,12 @@ def render_restore_markdown(report: RestoreReport) -> str:
     return "\n".join(lines)
 
 
-def restore_summary_line(report: RestoreReport) -> str:
-    return counts_line(report.tables, lambda t: (
-        f"{t.restored} restored, {t.refilled} refilled, {t.skipped} skipped, {t.errors} failed"
-        + (f", {t.links_left_out} links left out" if t.links_left_out else "")
-        + (f", {len(t.fields_left_out)} fields left out" if t.fields_left_out else "")), "no table restored")
-
-
 @dataclass
-class Restore:
+class Restore(Command):
     """One --restore run: the archive checked whole, then what Airtable has of it, the plan, the writes."""
 
-    settings: Settings
-    stop: threading.Event
-    report: RestoreReport
     plan: RestorePlan | None = None
+    results: dict[RestoreWrite, Written] = field(default_factory=dict)
 
     def run(self) -> int:
         settings = self.settings
@@ -4405,10 +4540,10 @@ class Restore:
         self.report.tables = {key: RestoreResult() for key in settings.tables}
         if not chosen:
             return EXIT_OK
-        airtable = connect(settings, self.stop)
-        self.report.requests = airtable.stats
+        airtable = connect(settings, self.stop, self.report.requests)
         # The sync's bindings: its mapped fields (never refilled) and `id` whatever they are called now.
-        bound = state_bindings(airtable, load_state(state_path(settings)))
+        bound, table_ids = state_bindings(settings, load_state(state_path(settings)))
+        airtable.use_tables(table_ids)
         tables = live_tables(airtable, bound)
         archive = {rec.record_id: archived_cells(rec, tables[rec.table])
                    for rec in records if rec.table in tables}  # a record archived twice: its last line
@@ -4420,20 +4555,18 @@ class Restore:
                      count["restore"], count["refill"], count["skip"], count["error"])
         try:
             if not settings.dry_run:
-                RestoreWriter(airtable, plan, plan.created_by, self.stop).apply()
+                RestoreWriter(airtable, self.stop, plan, self.results).apply()
         except (AirtableAccessError, RunInterrupted) as exc:
-            reason = "interrupted" if isinstance(exc, RunInterrupted) else str(exc)
-            for writes in plan.writes.values():
-                for write in writes:
-                    if write.action in ("restore", "refill") and write.outcome == "planned":
-                        write.outcome, write.note = "not attempted", f"not restored: {reason}"
+            not_attempted((w for writes in plan.writes.values() for w in writes if w.action in ("restore", "refill")),
+                          self.results, f"not restored: {stop_reason(exc)}")
             raise
         finally:
             for key, writes in plan.writes.items():
-                self.report.tables[key] = summarize_restore(writes, tables[key], settings.dry_run)
-                self.report.errors += [{"table": key, "mongo_id": w.cells.mongo_id,
-                                        "archived_id": w.cells.record.record_id, "message": w.note}
-                                       for w in writes if w.failed]
+                self.report.tables[key] = summarize_restore(writes, self.results, tables[key], settings.dry_run)
+                self.report.errors += [
+                    {"table": key, "mongo_id": w.cells.mongo_id, "archived_id": w.cells.record.record_id,
+                     "message": w.note or self.results[w].note}
+                    for w in writes if w.action == "error" or w in self.results and self.results[w].outcome.failed]
         return EXIT_RECORD_FAILED if self.report.errors else EXIT_OK
 
     def look_up(self, airtable: Airtable, formulas: Mapping[str, Sequence[str]]) -> dict[str, list[dict]]:
@@ -4455,10 +4588,9 @@ class Restore:
 
     @property
     def anything_written(self) -> bool:
-        made = ("done", "unknown")  # or a re-creation whose links, sent last, failed: it has its new id
-        return self.plan is not None and any(
-            w.outcome in made and w.action == "refill" or (w.outcome in made or w.record_id) and w.action == "restore"
-            for writes in self.plan.writes.values() for w in writes)
+        # A re-creation whose links, sent last, failed has its new id: it was written.
+        return any(r.outcome in (Outcome.DONE, Outcome.UNKNOWN) or r.record_id and w.action == "restore"
+                   for w, r in self.results.items())
 
 
 # ---------------------------------------------------------------------------
@@ -4487,6 +4619,7 @@ LOCAL_WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.E
                                 errno.EFBIG, errno.EIO})
 # Lines for the log file only: the console gets them from main()'s last print instead.
 LOG_FILE_ONLY = {"log_file_only": True}
+LOG_NAME = "airtable_sync.log"  # in the reports dir
 
 
 class LogFile(logging.Handler):
@@ -4596,16 +4729,14 @@ def interruptible(stop: threading.Event) -> Iterator[dict]:
 
 
 @dataclass
-class Sync:
+class Sync(Command):
     """One run of the pipeline, from loaded settings to the report."""
 
-    settings: Settings
-    stop: threading.Event
-    report: RunReport
     plans: dict[str, TablePlan] = field(default_factory=dict)
     deletions: dict[str, DeletionPlan] = field(default_factory=dict)
     exports: dict[str, ExportIndex] = field(default_factory=dict)  # closed once planned
     memos: dict[str, PlanMemo] = field(default_factory=dict)
+    applied: Applied = field(default_factory=Applied)
 
     def load_exports(self) -> dict[str, ExportIndex]:
         """Every export checked and indexed before any request; the plan reads its records again."""
@@ -4623,26 +4754,23 @@ class Sync:
 
     def plan(self, exports: dict[str, ExportIndex], read: BaseRead, airtable: Airtable) -> dict[str, TablePlan]:
         plans: dict[str, TablePlan] = {}
-        pulled = read.records
         for key in TABLE_ORDER:
             if key not in exports:
                 continue
             spec = TABLE_SPECS[key]
-            link_index = {link.target: build_link_index(pulled.get(link.target, ()), plans.get(link.target),
+            link_index = {link.target: build_link_index(read.records.get(link.target, ()), plans.get(link.target),
                                                         read.columns[link.target].id_key)
                           for link in spec.links}
             columns = read.columns[key]
             self.memos[key] = memo = PlanMemo.load(memo_path(self.settings, key))
-            plans[key] = plan_table(spec, exports[key], pulled[key], columns, link_index, memo)
+            plans[key] = plan_table(spec, exports[key], read.records[key], columns, link_index, memo)
             if key in read.from_cache and any(w.matched_by == "key" for w in plans[key].writes):
                 # A natural-key match claims a record for good: a stale cache could hand it to the
                 # wrong Mongo record, so those are only ever made against a fresh read.
                 log.info("%s: natural-key matches are not made against a cache: reading the table", key)
-                pulled[key] = pull_table(airtable, key, self.stop, by_id=columns.by_id)
-                read.from_cache.discard(key)
-                read.dirty.add(key)
+                read.read_again(key, pull_table(airtable, key, self.stop, columns.by_field_id))
                 self.memos[key] = memo = PlanMemo.load(memo_path(self.settings, key))
-                plans[key] = plan_table(spec, exports[key], pulled[key], columns, link_index, memo)
+                plans[key] = plan_table(spec, exports[key], read.records[key], columns, link_index, memo)
             if plans[key].absent_in_export:
                 log.warning("%s: mapped Mongo fields that no exported record carries (renamed or dropped by the "
                             "exporter?): %s; Airtable keeps their values", key, ", ".join(plans[key].absent_in_export))
@@ -4660,34 +4788,20 @@ class Sync:
         return plans
 
     def apply(self, airtable: Airtable, read: BaseRead) -> None:
-        created_ids: dict[str, dict[str, str]] = {}
         for key, plan in self.plans.items():
-            applier = Applier(airtable, plan, created_ids, self.stop, read.records[key])
-            try:
-                applier.apply()
-            finally:
-                if applier.written:
-                    read.dirty.add(key)
+            SyncWriter(airtable, self.stop, plan, self.applied, read.records[key]).apply()
         archive = self.settings.reports_dir / f"deleted_{self.report.started:%Y%m%d_%H%M%S}.jsonl"
-        deleter = Deleter(airtable, archive, self.stop, read.schema)
+        deleter = Deleter(airtable, archive, self.stop, read.schema, self.applied)
         for deletion in self.deletions.values():
-            if deletion.held:
-                continue
-            try:
+            if not deletion.held:
                 deleter.apply(deletion)
-            finally:
-                if deletion.deleted:
-                    for rec in deletion.deleted:
-                        read.records[deletion.key].pop(rec["id"])
-                    read.dirty.add(deletion.key)
 
     def run(self) -> int:
         settings = self.settings
         exports = self.load_exports()
         if not exports:
             log.warning("no export found in %s: nothing to sync", settings.mongo_dir)
-        airtable = connect(settings, self.stop)
-        self.report.requests = airtable.stats
+        airtable = connect(settings, self.stop, self.report.requests)
         # Messages link to Users and Events: those are read even when not synced.
         needed = [k for k in TABLE_ORDER if k in exports or any(
             link.target == k for e in exports for link in TABLE_SPECS[e].links)]
@@ -4700,35 +4814,19 @@ class Sync:
                 prune_archives(settings.reports_dir, settings.archive_days, self.report.started)
                 self.apply(airtable, read)
         except (AirtableAccessError, RunInterrupted, LocalWriteError) as exc:
-            self.mark_not_attempted(plans, exc)
+            not_attempted((w for plan in plans.values() for w in plan.writes if w.action in ("create", "update")),
+                          self.applied.results, f"not synced: {stop_reason(exc)}")
             raise
         except BaseException:
             crashed = True
             raise
         finally:
-            edited = read.edited or {}
-            for key, plan in plans.items():
-                self.report.tables[key] = summarize(plan, settings.dry_run, self.deletions.get(key),
-                                                    None if read.edited is None else edited.get(key, {}))
-                self.report.errors += [{"table": key, "mongo_id": w.record.mongo_id, "message": w.error}
-                                       for w in plan.writes if w.failed]
-            for deletion in self.deletions.values():
-                for rec in deletion.records:
-                    outcome = deletion.outcome.get(rec["id"])
-                    if outcome in ("failed", "unknown"):
-                        settles = "; the next run settles it" if outcome == "unknown" else ""
-                        self.report.errors.append({"table": deletion.key, "mongo_id": record_ref(rec, deletion.id_key)["mongo_id"],
-                                                   "message": f"delete {outcome}{settles}"})
+            self.summarize(read)
             # A dry run leaves the snapshot and the state as they were, and so does a bug. An
             # interrupted or refused run saves them: its cursor precedes all its writes, and what
             # it wrote (or may have) comes back in the feed, so the next run settles it.
             if not settings.dry_run and not crashed:
-                save_snapshot(settings, read)
-                for key, memo in self.memos.items():
-                    memo.save(memo_path(settings, key))
-                for key, export in self.exports.items():
-                    if not export.reused:
-                        write_private(export_index_path(settings, key), export.saved(settings.limit))
+                self.save(read)
             for snapshot in read.records.values():
                 snapshot.close()  # its temporary file goes with it
         held = [d for d in self.deletions.values() if d.held]
@@ -4740,18 +4838,40 @@ class Sync:
         failed = any(t.errors for t in self.report.tables.values())
         return EXIT_RECORD_FAILED if failed or held else EXIT_OK
 
-    def mark_not_attempted(self, plans: dict[str, TablePlan], exc: Exception) -> None:
-        reason = "interrupted" if isinstance(exc, RunInterrupted) else str(exc)
-        for plan in plans.values():
-            for write in plan.writes:
-                if write.action in ("create", "update") and write.outcome == "planned":
-                    write.outcome, write.error = "not attempted", f"not synced: {reason}"
+    def summarize(self, read: BaseRead) -> None:
+        applied, report = self.applied, self.report
+        for key, plan in self.plans.items():
+            edited = None if read.edited is None else read.edited.get(key, {})
+            report.tables[key] = summarize(plan, applied, self.settings.dry_run, self.deletions.get(key), edited)
+            report.errors += [{"table": key, "mongo_id": w.record.mongo_id, "message": w.error or applied.of(w).note}
+                              for w in plan.writes if applied.failed(w)]
+        for deletion in self.deletions.values():
+            outcomes = applied.deleted.get(deletion.key, {})
+            for rec in deletion.records:
+                outcome = outcomes.get(rec["id"])
+                if outcome in (Outcome.FAILED, Outcome.UNKNOWN):
+                    settles = "; the next run settles it" if outcome is Outcome.UNKNOWN else ""
+                    report.errors.append({"table": deletion.key, "mongo_id": record_ref(rec, deletion.id_key)["mongo_id"],
+                                          "message": f"delete {outcome}{settles}"})
+
+    def save(self, read: BaseRead) -> None:
+        """The snapshot as this run left Airtable, the state, the memos and the export indexes."""
+        settings, changed = self.settings, set(self.applied.written)
+        for key, outcomes in self.applied.deleted.items():
+            for rec_id, outcome in outcomes.items():
+                if outcome is Outcome.DONE:
+                    read.records[key].pop(rec_id)
+                    changed.add(key)
+        save_snapshot(settings, read, read.dirty | changed)
+        for key, memo in self.memos.items():
+            memo.save(memo_path(settings, key))
+        for key, export in self.exports.items():
+            if not export.reused:
+                write_private(export_index_path(settings, key), export.saved(settings.limit))
 
     @property
     def anything_written(self) -> bool:
-        return any(w.outcome in ("done", "unknown") and w.action in ("create", "update")
-                   for plan in self.plans.values() for w in plan.writes) or any(
-            outcome in ("deleted", "unknown") for d in self.deletions.values() for outcome in d.outcome.values())
+        return self.applied.anything_written
 
 
 ARCHIVE_NAME = re.compile(r"deleted_(\d{8}_\d{6})\.jsonl")
@@ -4778,55 +4898,58 @@ def prune_archives(reports_dir: Path, days: float, now: datetime) -> None:
                 log.info("removed the deletion archive %s (older than %g days)", name, days)
 
 
-def run_check(settings: Settings, out=None, stats: RequestStats | None = None) -> int:
-    """--check: is each table readable, and how do the mappings compare with the schema.
-    `stats` counts its requests (main() adds them to the budget when Airtable fails midway)."""
-    out = out or sys.stdout
-    airtable = connect(settings, threading.Event(), stats)
-    bound = state_bindings(airtable, load_state(state_path(settings)))  # the tables' ids too
-    schema = fetch_schema(airtable)
-    print(f"Airtable base {settings.base_id} at {settings.endpoint_url}", file=out)
-    if schema is None:
-        print("schema: not readable (the token lacks schema.bases:read); types would be inferred", file=out)
-    for key in settings.tables:
-        spec = TABLE_SPECS[key]
-        try:
-            airtable.table(key).first()
-        except AIRTABLE_FAILURES as exc:
-            raise access_error(exc, settings, f"reading table {key}") from None
-        table_schema = None if schema is None else schema.get(key)
-        print(f"\n{key} ({settings.table_ids[key]}): reachable", file=out)
-        absent = check_export(settings, spec)
-        if absent:
-            print(f"  mapped Mongo fields no exported record carries: {', '.join(absent)}", file=out)
-        if table_schema is None:
-            continue
-        columns = bind_columns(spec, table_schema, bound.get(key, {}))
-        width = max(len(n) for n in spec.airtable_fields) + 2
-        for name in spec.airtable_fields:
-            column = columns.by_mapped.get(name)
-            if column is None:
-                status = "missing in Airtable" + (" (its field was deleted)" if name in columns.gone else "")
-            elif column.type in COMPUTED_TYPES:
-                status = f"read-only ({column.type})"
-            elif column.type in WRITABLE_TYPES:
-                status = f"ok ({column.type})"
-            else:
-                status = f"not written: unsupported type ({column.type})"
-            if column is not None and column.name != name:
-                status += f", renamed to '{column.name}' (still synced by its field id)"
-            print(f"  {name:<{width}}{status}", file=out)
-    print(f"\nchange tracking: {change_tracking_status(airtable, schema)}", file=out)
-    last_30_days = count_requests(settings, airtable.stats)
-    print(f"\n{airtable.stats.total} requests, nothing written", file=out)
-    print(f"API budget: {budget_text(last_30_days, settings.monthly_calls)} to this base by this tool, "
-          "this check included", file=out)
-    if budget_high(last_30_days, settings.monthly_calls):
-        log.warning("API budget: this tool alone has used %s of AIRTABLE_MONTHLY_CALLS=%d in 30 days; once the "
-                    "workspace's monthly calls are spent, Airtable refuses every request until the month "
-                    "turns: run less often, or change plan", f"{last_30_days / settings.monthly_calls:.0%}",
-                    settings.monthly_calls)
-    return EXIT_OK
+@dataclass
+class Check(Command):
+    """--check: is each table readable, and how do the mappings compare with the schema. Prints
+    as it goes; writes nothing to Airtable."""
+
+    out: Any = None
+
+    def run(self) -> int:
+        settings, out = self.settings, self.out or sys.stdout
+        airtable = connect(settings, self.stop, self.report.requests)
+        bound, table_ids = state_bindings(settings, load_state(state_path(settings)))
+        airtable.use_tables(table_ids)
+        schema = fetch_schema(airtable)
+        airtable.use_tables(schema)
+        print(f"Airtable base {settings.base_id} at {settings.endpoint_url}", file=out)
+        if schema is None:
+            print("schema: not readable (the token lacks schema.bases:read); types would be inferred", file=out)
+        for key in settings.tables:
+            spec = TABLE_SPECS[key]
+            try:
+                airtable.table(key).first()
+            except AIRTABLE_FAILURES as exc:
+                raise access_error(exc, settings, f"reading table {key}") from None
+            table_schema = None if schema is None else schema.get(key)
+            print(f"\n{key} ({settings.table_ids[key]}): reachable", file=out)
+            absent = check_export(settings, spec)
+            if absent:
+                print(f"  mapped Mongo fields no exported record carries: {', '.join(absent)}", file=out)
+            if table_schema is None:
+                continue
+            columns = bind_columns(spec, table_schema, bound.get(key, {}))
+            width = max(len(n) for n in spec.airtable_fields) + 2
+            for name in spec.airtable_fields:
+                print(f"  {name:<{width}}{column_status(name, columns)}", file=out)
+        print(f"\nchange tracking: {change_tracking_status(airtable, schema)}", file=out)
+        return EXIT_OK
+
+
+def column_status(name: str, columns: TableColumns) -> str:
+    """--check: a mapped field as the schema has it."""
+    column = columns.by_mapped.get(name)
+    if column is None:
+        return "missing in Airtable" + (" (its field was deleted)" if name in columns.gone else "")
+    if column.type in COMPUTED_TYPES:
+        status = f"read-only ({column.type})"
+    elif column.type in WRITABLE_TYPES:
+        status = f"ok ({column.type})"
+    else:
+        status = f"not written: unsupported type ({column.type})"
+    if column.name != name:
+        status += f", renamed to '{column.name}' (still synced by its field id)"
+    return status
 
 
 def check_export(settings: Settings, spec: TableSpec) -> list[str]:
@@ -4865,22 +4988,28 @@ def change_tracking_status(airtable: Airtable, schema: BaseSchema | None) -> str
             f"{webhook}; {len(hooks)} of {WEBHOOKS_PER_BASE} webhooks on the base")
 
 
-def execute(settings: Settings, started: datetime) -> tuple[int, RunReport, Path | None]:
-    """The whole run under the lock, with the report written however it ends."""
-    stop = threading.Event()
+def command_for(settings: Settings, stop: threading.Event, started: datetime) -> Command:
+    if settings.check:
+        return Check(settings, stop, CheckReport(dry_run=True, started=started))
     if settings.restore is not None:
-        report: RunReport = RestoreReport(dry_run=settings.dry_run, started=started, archive=str(settings.restore))
-        sync: Sync | Restore = Restore(settings, stop, report)  # type: ignore[arg-type]
-    else:
-        report = RunReport(dry_run=settings.dry_run, started=started)
-        sync = Sync(settings, stop, report)
+        return Restore(settings, stop, RestoreReport(dry_run=settings.dry_run, started=started,
+                                                     archive=str(settings.restore)))
+    return Sync(settings, stop, RunReport(dry_run=settings.dry_run, started=started))
+
+
+def execute(settings: Settings, started: datetime) -> tuple[int, RunReport, Path | None]:
+    """Any command, under the lock, its exceptions made exit codes, its requests counted, and its
+    report written however it ends."""
+    stop = threading.Event()
+    command = command_for(settings, stop, started)
+    report = command.report
     clock = time.monotonic()
     code = EXIT_OK
     try:
         with run_lock(settings.cache_dir), interruptible(stop) as caught:
             try:
                 with scratch_files(settings.cache_dir):
-                    code = sync.run()
+                    code = command.run()
                 report.ended = "ok" if code == EXIT_OK else "finished with failed records"
             except UsageError as exc:
                 code, report.ended, report.message = EXIT_USAGE, "input error", str(exc)
@@ -4895,7 +5024,7 @@ def execute(settings: Settings, started: datetime) -> tuple[int, RunReport, Path
                     log.error("%s", context)
                 code = local_write_failed(code, report, exc)
             except AirtableAccessError as exc:
-                code = EXIT_RECORD_FAILED if sync.anything_written else EXIT_AIRTABLE
+                code = EXIT_RECORD_FAILED if command.anything_written else EXIT_AIRTABLE
                 report.ended, report.message = "Airtable error", str(exc)
                 log.error("%s", exc)
             except RunInterrupted:
@@ -4903,8 +5032,8 @@ def execute(settings: Settings, started: datetime) -> tuple[int, RunReport, Path
             except Exception as exc:  # a bug: still one line, a report, and a code cron can tell apart
                 code, report.ended = EXIT_CRASH, "crashed"
                 report.message = f"internal error: {type(exc).__name__}: {exc}"
-                log.error("%s (traceback with -v)", report.message)
-                log.debug("traceback", exc_info=True)
+                log.error("%s; the traceback is in %s", report.message, settings.reports_dir / LOG_NAME)
+                log.error("traceback", exc_info=True, extra=None if settings.verbose else LOG_FILE_ONLY)
             finally:
                 save_recent_requests(settings)
             try:  # beside the state, under the lock; --check and --dry-run count too
@@ -4927,12 +5056,10 @@ def execute(settings: Settings, started: datetime) -> tuple[int, RunReport, Path
     report.monthly_calls = settings.monthly_calls
     budget = budget_text(report.requests.last_30_days, settings.monthly_calls)
     if budget_high(report.requests.last_30_days, settings.monthly_calls):
-        log.warning("API budget: %s by this tool alone; once the workspace's monthly calls are spent, "
-                    "Airtable refuses every request until the month turns: run less often, or change plan",
-                    budget)
+        log.warning("API budget: %s by this tool alone; %s", budget, BUDGET_ADVICE)
     else:
         log.info("API budget: %s", budget)
-    log.info("%s: %s; %s", report.ended, summary_line(report), requests_line(report), extra=LOG_FILE_ONLY)
+    log.info("%s: %s; %s", report.ended, report.summary(), requests_line(report), extra=LOG_FILE_ONLY)
     if attention := attention_line(report):
         log.warning("%s", attention, extra=LOG_FILE_ONLY)
     if failure := log_file_failure():
@@ -4982,11 +5109,11 @@ def run_demo(verbose: bool) -> int:
         try:
             print(f"Demo: syncing {fixtures} into a local Airtable emulator at {emulator.url}", flush=True)
             code, report, path = execute(settings, datetime.now())
-            print(f"\nFirst run: exit {code}; {summary_line(report)}; {requests_line(report)}", flush=True)
+            print(f"\nFirst run: exit {code}; {report.summary()}; {requests_line(report)}", flush=True)
             if attention := attention_line(report):
                 print(f"  {attention}", flush=True)
             code2, report2, path2 = execute(settings, datetime.now())
-            print(f"Second run, the exports unchanged: exit {code2}; {summary_line(report2)}; "
+            print(f"Second run, the exports unchanged: exit {code2}; {report2.summary()}; "
                   f"{requests_line(report2)}", flush=True)
             if attention := attention_line(report2):
                 print(f"  {attention}", flush=True)
@@ -5012,15 +5139,14 @@ def main(argv: Sequence[str] | None = None, *, environ: Mapping[str, str] | None
     if args.demo:
         return run_demo(args.verbose)
     # Logging first, so that a settings error or the .env warning reaches cron's log file too.
-    log_file = None if args.check else (args.reports_dir or SCRIPT_DIR / "reports") / "airtable_sync.log"
+    log_file = (args.reports_dir or SCRIPT_DIR / "reports") / LOG_NAME
     try:
         handlers = setup_logging(args.verbose, log_file)
     except OSError as exc:
         if exc.errno in LOCAL_WRITE_ERRNOS:  # a full disk or an unwritable folder
-            print(f"airtable_sync: {LocalWriteError(log_file, exc)}", file=sys.stderr)  # type: ignore[arg-type]
+            print(f"airtable_sync: {LocalWriteError(log_file, exc)}", file=sys.stderr)
             return EXIT_IOERR
-        print(f"airtable_sync: reports folder {log_file.parent if log_file else ''}: {exc.strerror}",
-              file=sys.stderr)
+        print(f"airtable_sync: reports folder {log_file.parent}: {exc.strerror}", file=sys.stderr)
         return EXIT_USAGE
     try:
         try:
@@ -5031,29 +5157,13 @@ def main(argv: Sequence[str] | None = None, *, environ: Mapping[str, str] | None
             return EXIT_USAGE
         for handler in handlers:
             handler.addFilter(RedactToken(settings.api_key))
-        if settings.check:
-            stats = RequestStats()
-            try:
-                return run_check(settings, stats=stats)
-            except AirtableAccessError as exc:  # its requests still count
-                log.error("%s", exc)
-                try:
-                    count_requests(settings, stats)
-                except LocalWriteError as write_error:
-                    log.error("%s", write_error)
-                    return EXIT_IOERR
-                return EXIT_AIRTABLE
-            except LocalWriteError as exc:  # the request counts, beside the state
-                log.error("%s", exc)
-                return EXIT_IOERR
-            finally:
-                save_recent_requests(settings)
-        log.info("airtable_sync: base %s, tables %s%s", settings.base_id, ",".join(settings.tables),
-                 " (dry run)" if settings.dry_run else "")
+        if not settings.check:
+            log.info("airtable_sync: base %s, tables %s%s", settings.base_id, ",".join(settings.tables),
+                     " (dry run)" if settings.dry_run else "")
         code, report, path = execute(settings, started)
         if code != EXIT_LOCKED:
-            print(f"{report.ended}: {summary_line(report)}; {requests_line(report)}; "
-                  f"report: {path or 'not written'}")
+            for line in report.closing_lines(path):
+                print(line)
             if attention := attention_line(report):
                 print(attention)  # what needs a person, last: `tail` of a cron log shows it
         return code

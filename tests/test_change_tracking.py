@@ -464,7 +464,7 @@ def test_an_internal_error_leaves_the_previous_state(harness, emulator, monkeypa
     def broken(self):
         raise KeyError("a bug")
 
-    monkeypatch.setattr(sync.Applier, "apply", broken)
+    monkeypatch.setattr(sync.SyncWriter, "apply", broken)
     assert harness.run() == sync.EXIT_CRASH
     assert {p.name: p.read_bytes() for p in harness.cache_dir.glob("airtable_*.json")} == before
 
