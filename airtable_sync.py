@@ -2508,13 +2508,6 @@ def natural_key(doc: dict, key_fields: Sequence[str]) -> str:
     return ""
 
 
-@dataclass
-class Match:
-    record: ExportRecord
-    airtable: dict | None  # the claimed Airtable record, None -> create
-    how: str  # "id", "key" or "new"
-
-
 class Matcher:
     """The two passes of matching, as claims one export record at a time: by the `id` field
     (`id_field`, its key in the records; None when the table has none), then by normalised
@@ -2555,28 +2548,6 @@ class Matcher:
 
     def orphans(self) -> list[dict]:
         return [self.records.get(rec_id) for rec_id in self.records.ids() if rec_id not in self.claimed]  # type: ignore[misc]
-
-
-def match_records(
-    exported: Sequence[ExportRecord],
-    airtable_records: Sequence[dict],
-    key_fields: Sequence[str],
-    key_field: str | None,
-    id_field: str | None,
-) -> tuple[list[Match], list[dict]]:
-    """Both passes over records in memory (Matcher): the matches (export order) and the orphans."""
-    records = as_snapshot(airtable_records)
-    matcher = Matcher(records, key_field, id_field)
-    by_id = [matcher.claim_by_id(record.mongo_id) for record in exported]
-    matches = []
-    for record, rec_id in zip(exported, by_id):
-        if rec_id is not None:
-            matches.append(Match(record, records.get(rec_id), "id"))
-        elif (rec_id := matcher.claim_by_key(natural_key(record.doc, key_fields))) is not None:
-            matches.append(Match(record, records.get(rec_id), "key"))
-        else:
-            matches.append(Match(record, None, "new"))
-    return matches, matcher.orphans()
 
 
 # ---------------------------------------------------------------------------
@@ -5031,7 +5002,8 @@ def execute(settings: Settings, started: datetime) -> tuple[int, RunReport, Path
                 pass
             except Exception as exc:  # a bug: still one line, a report, and a code cron can tell apart
                 code, report.ended = EXIT_CRASH, "crashed"
-                report.message = f"internal error: {type(exc).__name__}: {exc}"
+                first_line = next(iter(str(exc).splitlines()), "")  # pydantic's run to many lines
+                report.message = f"internal error: {type(exc).__name__}: {first_line}"
                 log.error("%s; the traceback is in %s", report.message, settings.reports_dir / LOG_NAME)
                 log.error("traceback", exc_info=True, extra=None if settings.verbose else LOG_FILE_ONLY)
             finally:

@@ -626,3 +626,33 @@ def test_a_restore_after_the_id_column_was_renamed_finds_it_by_the_syncs_binding
     count = len(emulator.records(USERS))
     assert restore(harness, archive) == 0
     assert len(emulator.records(USERS)) == count and writes(emulator) == []
+
+
+def test_a_links_batch_refused_whole_gives_each_record_its_own_note(harness, emulator):
+    """The links sent last for two re-created users fail as one request (HTTP 400): each user's
+    note names its own new id, not the one before it in the batch."""
+    pair_users_with_messages(emulator)
+    emulator.client.create_field(USERS, "Favourite message", "multipleRecordLinks", {"linkedTableId": MESSAGES})
+    emulator.client.delete_field(MESSAGES, "Users 2")  # its inverse: the field is now one-way
+    assert harness.run() == 1
+    pairs = [(GONE_USERS[U25], GONE_MESSAGES[M09]), (GONE_USERS[U26], GONE_MESSAGES[M10])]
+    for user, message in pairs:
+        emulator.client.update(USERS, user, {"Favourite message": [message]})
+    lines = []
+    for user, message in pairs:
+        lines.append({"table": "users", **live(emulator, USERS)[user]})
+    for user, message in pairs:
+        lines.append({"table": "messages", **live(emulator, MESSAGES)[message]})
+    harness.reports_dir.mkdir(exist_ok=True)
+    archive = harness.reports_dir / "deleted_20261201_021500.jsonl"
+    archive.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    emulator.client.delete(USERS, [user for user, _ in pairs])
+    emulator.client.delete(MESSAGES, [message for _, message in pairs])
+
+    emulator.add_fault(kind="write", table=USERS, status=400, skip=1, times=1)  # the links, sent last
+    assert restore(harness, archive) == 1
+    users = by_mongo_id(emulator, USERS)
+    notes = {e["mongo_id"]: e["message"] for e in restore_report(harness)["errors"]}
+    assert set(notes) == {U25, U26}
+    for mongo_id, note in notes.items():
+        assert note.startswith(f"written as {users[mongo_id]['id']}, but not its links") and note.count("written as") == 1

@@ -195,11 +195,23 @@ def exported(*docs):
     return [ExportRecord(i, sync.mongo_id_of(d), d) for i, d in enumerate(docs)]
 
 
+def matched(docs, airtable, key="users", id_field=True):
+    """The matching plan_table does, as (Mongo id, the Airtable record claimed or None, how), and
+    the orphans' ids. Each record changes a cell, so that a matched one is an update, not a skip."""
+    changing = {"users": "firstName", "messages": "status"}[key]
+    types = {"id": "singleLineText", "email": "email", "message": "multilineText", changing: "singleLineText"}
+    if not id_field:
+        del types["id"]
+    docs = [ExportRecord(r.index, r.mongo_id, {**r.doc, changing: "changed"}) for r in docs]
+    plan = sync.plan_table(TABLE_SPECS[key], docs, airtable, columns(key, types), {})
+    return ([(w.record.mongo_id, w.record_id, w.matched_by or w.action) for w in plan.writes],
+            [o["id"] for o in plan.orphans])
+
+
 def test_pass_one_matches_by_id_and_the_first_listed_duplicate_wins():
     airtable = [rec("rec1", id="u1"), rec("rec2", id="u1"), rec("rec3", id="u2")]
-    matches, orphans = sync.match_records(exported({"id": "u1"}, {"id": "u2"}), airtable, ("email",), "email", "id")
-    assert [(m.airtable["id"], m.how) for m in matches] == [("rec1", "id"), ("rec3", "id")]
-    assert [o["id"] for o in orphans] == ["rec2"]
+    writes, orphans = matched(exported({"id": "u1", "firstName": "A"}, {"id": "u2", "firstName": "B"}), airtable)
+    assert writes == [("u1", "rec1", "id"), ("u2", "rec3", "id")] and orphans == ["rec2"]
 
 
 def test_pass_two_matches_normalised_keys_first_come_first_served():
@@ -208,26 +220,34 @@ def test_pass_two_matches_normalised_keys_first_come_first_served():
     docs = exported({"id": "u1", "email": "maria.lopez@EXAMPLE.com"}, {"id": "u2", "email": "Maria.Lopez@example.com"},
                     {"id": "u3", "email": "maria.lopez@example.com"}, {"id": "u4", "email": "sam@x.com"},
                     {"id": "u5", "email": ""}, {"id": "u6"})
-    matches, orphans = sync.match_records(docs, airtable, ("email",), "email", "id")
-    assert [(m.record.mongo_id, m.airtable and m.airtable["id"], m.how) for m in matches] == [
-        ("u1", "recA", "key"), ("u2", "recB", "key"), ("u3", None, "new"),
-        ("u4", None, "new"),  # recC has an id: it is not a pass-two candidate
-        ("u5", None, "new"), ("u6", None, "new")]  # an empty key never matches
-    assert sorted(o["id"] for o in orphans) == ["recC", "recD"]
+    writes, orphans = matched(docs, airtable)
+    assert writes == [
+        ("u1", "recA", "key"), ("u2", "recB", "key"), ("u3", None, "create"),
+        ("u4", None, "create"),  # recC has an id: it is not a pass-two candidate
+        ("u5", None, "create"), ("u6", None, "create")]  # an empty key never matches
+    assert sorted(orphans) == ["recC", "recD"]
 
 
 def test_id_match_takes_precedence_over_an_earlier_key_claim():
     airtable = [rec("recLegacy", email="a@x.com"), rec("recOwn", id="u2", email="a@x.com")]
-    docs = exported({"id": "u1", "email": "a@x.com"}, {"id": "u2", "email": "a@x.com"})
-    matches, orphans = sync.match_records(docs, airtable, ("email",), "email", "id")
-    assert [m.airtable["id"] for m in matches] == ["recLegacy", "recOwn"] and orphans == []
+    writes, orphans = matched(exported({"id": "u1", "email": "a@x.com"}, {"id": "u2", "email": "a@x.com"}), airtable)
+    assert [w[1] for w in writes] == ["recLegacy", "recOwn"] and orphans == []
+
+
+def test_a_second_export_record_with_the_same_id_fails_and_claims_nothing():
+    """Matching it by key would give a typed row the Mongo id the first record's row holds: two
+    rows with one id. It fails alone, and the typed row stays an orphan for a later claim."""
+    airtable = [rec("recOwn", id="u1", email="a@x.com"), rec("recTyped", email="b@x.com")]
+    docs = exported({"id": "u1", "email": "a@x.com"}, {"id": "u1", "email": "b@x.com"})
+    writes, orphans = matched(docs, airtable)
+    assert writes == [("u1", "recOwn", "id"), ("u1", None, "error")] and orphans == ["recTyped"]
 
 
 def test_without_an_id_field_only_pass_two_runs_against_all_records():
     airtable = [rec("rec1", id="zzz", message="Hi Ana"), rec("rec2", message="hi bo")]
     docs = exported({"id": "m1", "message": "HI ANA "}, {"id": "m2", "message_text": "Hi Bo"})
-    matches, _ = sync.match_records(docs, airtable, ("message_text", "message"), "message", None)
-    assert [m.airtable["id"] for m in matches] == ["rec1", "rec2"]
+    writes, _ = matched(docs, airtable, "messages", id_field=False)
+    assert [w[1] for w in writes] == ["rec1", "rec2"]
 
 
 def test_natural_key_falls_back_to_the_next_field():

@@ -457,3 +457,37 @@ def test_a_stale_cache_never_hands_a_legacy_record_to_another_mongo_record(harne
     after = {t: sorted((r["id"], json.dumps(r["fields"], sort_keys=True))
                        for r in emulator.records(TABLE_IDS[t])) for t in TABLE_IDS}
     assert after == before
+
+
+def test_a_second_export_record_with_one_id_fails_alone_and_claims_no_typed_row(harness, emulator):
+    """Two exported users share a Mongo id; the second carries the email of a row a person typed
+    (no id). Matching it by key would write that id into a second row: it fails alone, named by
+    its Mongo id, and the typed row stays an orphan."""
+    without_u12(harness)
+    typed = emulator.client.create(TABLE_IDS["users"], {"email": "typed.by.hand@example.com", "firstName": "Tia"})
+    users = harness.read_export("users.json")
+    users.append({**users[0], "email": "typed.by.hand@example.com", "firstName": "Dup"})
+    harness.write_export("users.json", users)
+    assert harness.run("--tables", "users") == 1
+    report = harness.report()
+    mongo_id = airtable_sync.mongo_id_of(users[0])
+    assert [(e["mongo_id"], "duplicate id" in e["message"]) for e in report["errors"]] == [(mongo_id, True)]
+    assert {"record_id": typed, "mongo_id": None} in report["tables"]["users"]["orphan_records"]
+    holders = [r for r in emulator.records(TABLE_IDS["users"]) if r["fields"].get("id") == mongo_id]
+    assert len(holders) == 1
+    assert next(r for r in emulator.records(TABLE_IDS["users"]) if r["id"] == typed)["fields"].get("id") is None
+
+
+def test_a_bug_under_check_exits_70_in_one_line_with_the_traceback_in_the_log(harness, emulator, capsys):
+    """A metadata answer pydantic cannot read (a field with no name or type) is a bug's path:
+    --check ends as a sync does, not with a traceback and exit 1."""
+    schema = {"tables": [{"id": TABLE_IDS["users"], "name": "Users", "primaryFieldId": "fldX",
+                          "fields": [{"id": "fldX"}], "views": []}]}
+    for flags in (["--check"], []):
+        emulator.add_fault(kind="meta", status=200, body=schema, times=1)
+        assert harness.run(*flags) == airtable_sync.EXIT_CRASH
+        err = capsys.readouterr().err
+        assert "Traceback" not in err
+        [line] = [line for line in err.splitlines() if "ERROR" in line]
+        assert "internal error" in line and str(harness.reports_dir / "airtable_sync.log") in line
+    assert "Traceback" in (harness.reports_dir / "airtable_sync.log").read_text()
