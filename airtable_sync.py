@@ -169,49 +169,25 @@ def _mapping(spec: str) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
-TABLE_SPECS: dict[str, TableSpec] = {
-    "users": TableSpec(
-        key="users",
-        export_file="users.json",
-        mapping=_mapping(
-            "id email firstName lastName phone role gender birthDay occupation "
-            "homeNeighborhood interests tableTypePreference event_count order_count "
-            "total_spent last_active days_inactive engagement_status journey_stage "
-            "value_segment user_segment churn_risk profile_completeness profile_ready "
-            "summary createdAt updatedAt"
-        ),
-        key_fields=("email",),
-        airtable_key="email",
-    ),
-    "events": TableSpec(
-        key="events",
-        export_file="events.json",
-        mapping=_mapping(
-            "id name->Name description startDate endDate location eventType cuisine "
-            "tableType maxCapacity price participantCount participationPercentage "
-            "participant_top_interests participant_top_occupations "
-            "qualifies_seat_newcomers qualifies_fill_the_table summary createdAt updatedAt"
-        ),
-        key_fields=("name",),
-        airtable_key="Name",
-    ),
-    "messages": TableSpec(
-        key="messages",
-        export_file="messages.json",
-        mapping=_mapping(
-            "id user_name event_name user_id event_id user_email user_phone "
-            "user_summary event_summary message_text->message personalization_notes "
-            "character_count similarity_score confidence_percentage reasoning status "
-            "generated_at->createdAt campaign updatedAt"
-        ),
-        key_fields=("message_text", "message"),
-        airtable_key="message",
-        links=(
-            LinkSpec("Users", "users", ("user_id", "senderId")),
-            LinkSpec("Events", "events", ("event_id", "eventId")),
-        ),
-    ),
-}
+TABLE_SPECS: dict[str, TableSpec] = {spec.key: spec for spec in (
+    TableSpec("users", "users.json", _mapping("""
+        id email firstName lastName phone role gender birthDay occupation homeNeighborhood interests
+        tableTypePreference event_count order_count total_spent last_active days_inactive
+        engagement_status journey_stage value_segment user_segment churn_risk profile_completeness
+        profile_ready summary createdAt updatedAt"""), key_fields=("email",), airtable_key="email"),
+    TableSpec("events", "events.json", _mapping("""
+        id name->Name description startDate endDate location eventType cuisine tableType maxCapacity price
+        participantCount participationPercentage participant_top_interests participant_top_occupations
+        qualifies_seat_newcomers qualifies_fill_the_table summary createdAt updatedAt"""),
+              key_fields=("name",), airtable_key="Name"),
+    TableSpec("messages", "messages.json", _mapping("""
+        id user_name event_name user_id event_id user_email user_phone user_summary event_summary
+        message_text->message personalization_notes character_count similarity_score confidence_percentage
+        reasoning status generated_at->createdAt campaign updatedAt"""),
+              key_fields=("message_text", "message"), airtable_key="message",
+              links=(LinkSpec("Users", "users", ("user_id", "senderId")),
+                     LinkSpec("Events", "events", ("event_id", "eventId")))),
+)}
 TABLE_ORDER = ("users", "events", "messages")
 TABLE_ENV = {
     "users": ("AIRTABLE_USERS_TABLE", "tblQ0OHBit2AqaACy"),
@@ -282,7 +258,9 @@ exit codes:
   2    configuration, usage or input error (nothing written to Airtable)
   3    Airtable unreachable, authentication or permission failure, or the
        workspace's monthly API calls spent (1 if records were already written)
-  70   an internal error (a bug): one line, the report marked crashed
+  70   an internal error (a bug): one line naming the log, which has the
+       traceback (so does the console with -v); the report marked crashed.
+       An answer from Airtable the tool cannot read is one too
   74   a local file could not be written (a full disk, an unwritable folder):
        one line naming the path; the next run recovers
   75   another run holds the lock (nothing done)
@@ -290,30 +268,47 @@ exit codes:
 """
 
 
+EXAMPLES = """\
+examples:
+  airtable_sync.py --check              connect, compare the mappings with the base; write nothing
+  airtable_sync.py --dry-run            the whole run and its report, without a write
+  airtable_sync.py                      the nightly sync (cron): what changed, in as few requests
+  airtable_sync.py --delete-missing     also delete what left Mongo (capped, archived first)
+  airtable_sync.py --restore reports/deleted_20261201_021500.jsonl
+                                        put back what a run deleted
+  airtable_sync.py --demo               the whole sync against a local emulator, no account
+"""
+
+
 def build_arg_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="airtable_sync.py",
         description="Sync the MongoDB exports (users, events, messages) into Airtable.",
-        epilog=EXIT_CODES_HELP,
+        epilog=EXAMPLES + "\n" + EXIT_CODES_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--mongo-dir", type=Path, help="folder of users.json, events.json, messages.json")
-    parser.add_argument("--cache-dir", type=Path, help="Airtable caches and the lock (default: data/)")
-    parser.add_argument("--reports-dir", type=Path, help="log and reports (default: reports/)")
-    parser.add_argument("--tables", default=",".join(TABLE_ORDER), help="comma-separated subset of users,events,messages")
-    parser.add_argument("--dry-run", action="store_true", help="plan and report, send no write request")
-    parser.add_argument("--check", action="store_true", help="compare the mappings with Airtable's schema; write nothing")
-    parser.add_argument("--full", action="store_true", help="read every record this run, not the change feed")
-    parser.add_argument("--delete-missing", action="store_true",
-                        help="also delete Airtable records whose Mongo document left the export")
-    parser.add_argument("--force-delete", action="store_true",
-                        help="with --delete-missing: lift the safety cap for this run")
-    parser.add_argument("--restore", type=Path, metavar="ARCHIVE",
-                        help="replay a deletion archive (reports/deleted_<stamp>.jsonl) into Airtable")
-    parser.add_argument("--use-cache", action="store_true", help="reuse data/airtable_<table>.json instead of reading Airtable")
-    parser.add_argument("--limit", type=int, metavar="N", help="sync only the first N exported records of each table")
-    parser.add_argument("--demo", action="store_true", help="sync the sample data into a local Airtable emulator")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging, with field values")
+    modes = parser.add_argument_group("modes (the default is the sync)")
+    modes.add_argument("--check", action="store_true", help="compare the mappings with Airtable's schema; write nothing")
+    modes.add_argument("--dry-run", action="store_true", help="plan and report, send no write request")
+    modes.add_argument("--restore", type=Path, metavar="ARCHIVE",
+                       help="replay a deletion archive (reports/deleted_<stamp>.jsonl) into Airtable")
+    modes.add_argument("--demo", action="store_true", help="sync the sample data into a local Airtable emulator")
+    reading = parser.add_argument_group("reading")
+    reading.add_argument("--mongo-dir", type=Path, help="folder of users.json, events.json, messages.json")
+    reading.add_argument("--tables", default=",".join(TABLE_ORDER), help="comma-separated subset of users,events,messages")
+    reading.add_argument("--full", action="store_true", help="read every record this run, not the change feed")
+    reading.add_argument("--use-cache", action="store_true",
+                         help="reuse data/airtable_<table>.json instead of reading Airtable")
+    reading.add_argument("--limit", type=int, metavar="N", help="sync only the first N exported records of each table")
+    deletion = parser.add_argument_group("deletion")
+    deletion.add_argument("--delete-missing", action="store_true",
+                          help="also delete Airtable records whose Mongo document left the export")
+    deletion.add_argument("--force-delete", action="store_true",
+                          help="with --delete-missing: lift the safety cap for this run")
+    output = parser.add_argument_group("output")
+    output.add_argument("--cache-dir", type=Path, help="Airtable caches and the lock (default: data/)")
+    output.add_argument("--reports-dir", type=Path, help="log and reports (default: reports/)")
+    output.add_argument("-v", "--verbose", action="store_true", help="debug logging, with field values")
     return parser
 
 
@@ -3679,15 +3674,25 @@ class RunReport:
         }
 
     NAME: ClassVar[str | None] = "sync_report"  # its files' name; None: it writes none
+    NOTHING: ClassVar[str] = "no table synced"
 
     def markdown(self) -> str:
         return render_markdown(self)
 
+    # A table's figures in the summary line: (figure, its word, shown when 0).
+    SUMMARY: ClassVar[tuple[tuple[str, str, bool], ...]] = (
+        ("created", "created", True), ("updated", "updated", True), ("skipped", "skipped", True),
+        ("errors", "failed", True), ("deleted", "deleted", False), ("deletions_held", "deletions held", False))
+
     def summary(self) -> str:
-        return counts_line(self.tables, lambda t: (
-            f"{t.created} created, {t.updated} updated, {t.skipped} skipped, {t.errors} failed"
-            + (f", {t.deleted} deleted" if t.deleted else "")
-            + (f", {t.deletions_held} deletions held" if t.deletions_held else "")), "no table synced")
+        """'users: 1 created, 0 updated, …; events: …'."""
+        def figure(t: Any, name: str) -> int:
+            value = getattr(t, name)
+            return len(value) if isinstance(value, list) else value
+
+        return "; ".join(f"{key}: " + ", ".join(f"{figure(t, name)} {word}" for name, word, always in self.SUMMARY
+                                                if always or figure(t, name))
+                         for key, t in self.tables.items()) or self.NOTHING
 
     def how_read(self) -> str:
         tracking = self.change_tracking
@@ -3723,8 +3728,7 @@ class CheckReport(RunReport):
 
     NAME = None
 
-    def summary(self) -> str:
-        return "checked " + ",".join(self.tables) if self.tables else "checked"
+    NOTHING = "checked"
 
     def how_read(self) -> str:
         return "check"
@@ -3848,11 +3852,6 @@ def write_report(report: RunReport, reports_dir: Path, secret: str) -> Path | No
             os.remove(path.with_suffix(".json"))
         raise
     return path
-
-
-def counts_line(tables: Mapping[str, Any], counts: Callable[[Any], str], nothing: str) -> str:
-    """'users: …; events: …', each table's counts as `counts` words them; `nothing` when no table ran."""
-    return "; ".join(f"{key}: {counts(t)}" for key, t in tables.items()) or nothing
 
 
 def counted(n: int, what: str, plural: str | None = None) -> list[str]:
@@ -4429,15 +4428,7 @@ class RestoreReport(RunReport):
         return data
 
     NAME = "restore_report"
-
-    def markdown(self) -> str:
-        return render_restore_markdown(self)
-
-    def summary(self) -> str:
-        return counts_line(self.tables, lambda t: (
-            f"{t.restored} restored, {t.refilled} refilled, {t.skipped} skipped, {t.errors} failed"
-            + (f", {t.links_left_out} links left out" if t.links_left_out else "")
-            + (f", {len(t.fields_left_out)} fields left out" if t.fields_left_out else "")), "no table restored")
+    NOTHING = "no table restored"
 
     def how_read(self) -> str:
         return "restore"
@@ -4445,6 +4436,13 @@ class RestoreReport(RunReport):
     def attention_items(self) -> list[str]:
         items = counted(sum(t.links_left_out for t in self.tables.values()), "link left out", "links left out")
         return items + [f"{key}.{name} not restored" for key, t in self.tables.items() for name in t.fields_left_out]
+
+    SUMMARY = (("restored", "restored", True), ("refilled", "refilled", True), ("skipped", "skipped", True),
+               ("errors", "failed", True), ("links_left_out", "links left out", False),
+               ("fields_left_out", "fields left out", False))
+
+    def markdown(self) -> str:
+        return render_restore_markdown(self)
 
 
 def render_restore_markdown(report: RestoreReport) -> str:
