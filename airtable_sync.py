@@ -430,15 +430,17 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
 
 @dataclass
 class RequestStats:
+    """A run's requests, as the report gives them (`reached` aside)."""
+
     total: int = 0
+    # Of those, the ones that reached Airtable, or may have (a connect that failed never did): what
+    # the workspace's monthly count sees. Kept for the budget, not reported.
+    reached: int = field(default=0, repr=False)
     read: int = 0
     write: int = 0
     retried: int = 0
     rate_limited: int = 0
     last_30_days: int = 0  # the tool's requests to this base in the last 30 days, this run's included
-    # Requests that reached Airtable, or may have (a connect that failed never did): what the
-    # workspace's monthly count sees. Kept for the budget, not reported.
-    reached: int = field(default=0, repr=False)
 
     def as_dict(self) -> dict[str, int]:
         data = dataclasses.asdict(self)
@@ -1321,16 +1323,22 @@ def scratch_files(directory: Path) -> Iterator[None]:
         raise LocalWriteError(directory / "(a temporary file of this run)", exc) from None
 
 
+def open_private(path: Path, flags: int, named: Path | None = None) -> int:
+    """A file only its owner can read, opened, its folder made; LocalWriteError naming `named`
+    (else the file) when it cannot be."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return os.open(path, flags, 0o600)
+    except OSError as exc:
+        raise LocalWriteError(named or path, exc) from None
+
+
 def write_private(path: Path, text: str | Iterable[str | bytes]) -> None:
     """Atomically write a file only its owner can read (it holds personal data): whole or not at
     all. A file that cannot be written (a full disk, an unwritable folder) raises LocalWriteError
     and leaves the previous file as it was, and no tmp file behind."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    except OSError as exc:
-        raise LocalWriteError(path, exc) from None
+    fd = open_private(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, path)
     try:
         # surrogatepass: a cell may hold half an emoji (a lone surrogate, valid in JSON text),
         # which strict UTF-8 refuses; the snapshot reads it back the same way (_cache_line).
@@ -1369,11 +1377,7 @@ def append_archive(path: Path, lines: Iterable[dict]) -> None:
     """JSON objects appended to an archive (mode 0600), one a line, and on disk before the request
     they precede is sent: LocalWriteError (exit 74) when they cannot be, and the request is not."""
     data = "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines).encode("utf-8", "surrogatepass")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    except OSError as exc:
-        raise LocalWriteError(path, exc) from None
+    fd = open_private(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
     try:
         new = os.fstat(fd).st_size == 0
         append_whole(fd, data, sync=True)
