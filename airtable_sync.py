@@ -54,6 +54,7 @@ from dotenv import dotenv_values
 from pyairtable import Api, formulas
 from requests.adapters import HTTPAdapter
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 SCRIPT_DIR = Path(__file__).resolve().parent
 log = logging.getLogger("airtable_sync")
@@ -916,7 +917,7 @@ class Progress:
         self.bar: tqdm | None = None
         self.started = self.logged_at = time.monotonic()
         self.logged = False
-        self.redirected: list[tuple[logging.StreamHandler, Any]] = []
+        self.redirect = contextlib.ExitStack()
 
     def __enter__(self) -> Progress:
         try:
@@ -926,10 +927,9 @@ class Progress:
         if live:
             self.bar = tqdm(total=self.total, desc=self.description, unit=f" {self.unit}", file=self.stream,
                             mininterval=0.5, dynamic_ncols=True)
-            # Log lines to the same terminal go above the live line instead of through it.
-            for handler in logging.getLogger().handlers:
-                if type(handler) is logging.StreamHandler and handler.stream is self.stream:
-                    self.redirected.append((handler, handler.setStream(_AboveTheBar(self.stream))))
+            # Console log lines go above the live line instead of through it (tqdm's own redirect
+            # keeps the console handler's filters: the token stays masked, file-only lines stay out).
+            self.redirect.enter_context(logging_redirect_tqdm())
         return self
 
     def update(self, n: int = 1) -> None:
@@ -954,23 +954,9 @@ class Progress:
     def __exit__(self, exc_type, exc, tb) -> None:
         if self.bar is not None:
             self.bar.close()
-            for handler, stream in self.redirected:
-                handler.setStream(stream)
+            self.redirect.close()
         elif self.logged and exc_type is None:
             self._log(final=True)
-
-
-class _AboveTheBar:
-    """A log handler's stream while a live line is shown: tqdm.write keeps the line below."""
-
-    def __init__(self, stream):
-        self.stream = stream
-
-    def write(self, text: str) -> None:
-        tqdm.write(text, file=self.stream, end="")
-
-    def flush(self) -> None:
-        self.stream.flush()
 
 
 # ---------------------------------------------------------------------------

@@ -35,24 +35,26 @@ def test_on_a_terminal_an_unknown_total_counts_up():
     assert "users: pull" in terminal.getvalue() and "200" in terminal.getvalue()
 
 
-def test_on_a_terminal_log_lines_go_above_the_live_line_through_the_same_handler():
+def test_on_a_terminal_log_lines_go_above_the_live_line_masked_as_before(monkeypatch):
     terminal = FakeTerminal()
-    handler = logging.StreamHandler(terminal)
+    monkeypatch.setattr(sys, "stderr", terminal)
+    handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(airtable_sync.RedactToken("sekrit-token"))
+    handler.addFilter(lambda record: not getattr(record, "log_file_only", False))
     root = logging.getLogger()
     root.addHandler(handler)
     try:
-        with Progress("users: update", 20, stream=terminal) as progress:
+        with Progress("users: update", 20) as progress:
             progress.update(10)
             logging.getLogger("airtable_sync").warning("a warning naming sekrit-token")
-            assert handler.stream is not terminal
+            logging.getLogger("airtable_sync").warning("for the log file", extra=airtable_sync.LOG_FILE_ONLY)
             progress.update(10)
-        assert handler.stream is terminal  # given back
+        assert root.handlers[-1] is handler  # given back
     finally:
         root.removeHandler(handler)
     out = terminal.getvalue()
-    assert "a warning naming [token]\n" in out and "sekrit-token" not in out
-    assert "20/20" in out
+    assert "a warning naming [token]\n" in out and "sekrit-token" not in out and "for the log file" not in out
+    assert "20/20" in out and out.index("a warning") < out.rindex("20/20")
 
 
 def test_without_a_terminal_it_logs_lines_and_writes_nothing_else(caplog):
