@@ -697,7 +697,6 @@ class AirtableTransport(HTTPAdapter):
         self.throttle = shared_throttle(settings, stop)
         self.stats = stats
         self.stop = stop
-        self.last_retried = False  # whether the last request needed more than one attempt
         self.calls_spent = False  # Airtable said the month's calls are spent: send nothing more
 
     def send(self, request, **kwargs):  # type: ignore[override]
@@ -705,7 +704,6 @@ class AirtableTransport(HTTPAdapter):
         method, path = request.method or "GET", request.path_url
         kind = request_kind(method, path)
         attempt = 0
-        self.last_retried = False
         while True:
             if self.stop.is_set():
                 raise RunInterrupted()
@@ -746,7 +744,6 @@ class AirtableTransport(HTTPAdapter):
             if response is not None:
                 response.close()
             attempt += 1
-            self.last_retried = True
             if self.stop.wait(delay):
                 raise RunInterrupted()
 
