@@ -2293,11 +2293,6 @@ def _documents(text: ExportText, pos: int, raw_decode: Callable[[str, int], tupl
                              f"one without whitespace between them (column {text.column(pos)})")
 
 
-def parse_export(path: Path, raw: bytes) -> list[dict]:
-    """An export's documents from its bytes (iter_documents)."""
-    return list(iter_documents(path, io.BytesIO(raw)))
-
-
 def mongo_id_of(doc: dict) -> str | None:
     """`id`, else `_id`, as text (as a text field would hold it: an unwrapped ObjectId or UUID is its string).
     The document's values may still be Extended JSON (the first pass leaves them wrapped)."""
@@ -2458,17 +2453,6 @@ def index_export(path: Path, limit: int | None, saved: Path | None = None) -> Ex
         handle.close()
         raise
     return index
-
-
-def load_export(path: Path, limit: int | None) -> list[ExportRecord] | None:
-    """The export's records in memory (small exports: --check and tests), None when the file is missing."""
-    index = index_export(path, limit)
-    if index is None:
-        return None
-    try:
-        return list(index)
-    finally:
-        index.close()
 
 
 # ---------------------------------------------------------------------------

@@ -63,6 +63,25 @@ class SyncHarness:
         return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
+def parse_export(path: Path, raw: bytes) -> list[dict]:
+    """An export's documents from its bytes, as the tool reads them."""
+    import io
+    import airtable_sync
+    return list(airtable_sync.iter_documents(path, io.BytesIO(raw)))
+
+
+def load_export(path: Path, limit: int | None) -> list | None:
+    """An export's records in memory, as the tool indexes them; None when the file is missing."""
+    import airtable_sync
+    index = airtable_sync.index_export(path, limit)
+    if index is None:
+        return None
+    try:
+        return list(index)
+    finally:
+        index.close()
+
+
 def field_ids(emulator, table: str) -> dict[str, str]:
     """A table's field name -> field id, from the emulator's schema (the tool reads and writes by id)."""
     meta = next(t for t in emulator.schema()["tables"] if table in (t["id"], t["name"]))

@@ -28,6 +28,7 @@ from bson.datetime_ms import DatetimeMS
 from bson.json_util import CANONICAL_JSON_OPTIONS, LEGACY_JSON_OPTIONS, RELAXED_JSON_OPTIONS
 
 import airtable_sync as sync
+from conftest import load_export, parse_export
 from airtable_sync import Invalid
 
 UTC = timezone.utc
@@ -134,7 +135,7 @@ COMBINATIONS = [(w, layout) for w in WRITERS for layout in LAYOUTS]
 def load(tmp_path: Path, text: str, name: str = "users.json") -> list[sync.ExportRecord]:
     path = tmp_path / name
     path.write_text(text, encoding="utf-8")
-    return sync.load_export(path, limit=None)
+    return load_export(path, limit=None)
 
 
 # Fields and the Airtable types they are compared through: unwrapped values must convert the same
@@ -295,7 +296,7 @@ B64 = base64.b64encode(USER_UUID.bytes).decode()
 ])
 def test_every_uuid_form_becomes_the_lowercase_hyphenated_string(wrapper):
     assert sync.unwrap_extended_json({"v": wrapper}) == {"v": HYPHENATED}
-    assert sync.parse_export(Path("u.json"), json.dumps({"v": wrapper}).encode()) == [{"v": HYPHENATED}]
+    assert parse_export(Path("u.json"), json.dumps({"v": wrapper}).encode()) == [{"v": HYPHENATED}]
 
 
 @pytest.mark.parametrize("wrapper", [
@@ -321,7 +322,7 @@ def test_non_finite_doubles_in_every_spelling():
     out = sync.unwrap_extended_json({"a": {"$numberDouble": "Infinity"}, "b": {"$numberDouble": "-Infinity"},
                                      "c": {"$numberDouble": "NaN"}})
     assert out["a"] == math.inf and out["b"] == -math.inf and math.isnan(out["c"])
-    legacy = sync.parse_export(Path("l.json"), b'{"a": NaN, "b": -Infinity, "c": Infinity}\n')
+    legacy = parse_export(Path("l.json"), b'{"a": NaN, "b": -Infinity, "c": Infinity}\n')
     assert math.isnan(legacy[0]["a"]) and legacy[0]["b"] == -math.inf and legacy[0]["c"] == math.inf
 
 
@@ -335,7 +336,7 @@ def test_dates_in_milliseconds_are_exact():
 
 def test_documents_one_after_another_on_one_line_or_spread_over_many():
     raw = b'{"a": 1} {"a": 2}\n\n  {\n  "a": 3\n}\r\n{"a":\n4}'
-    assert sync.parse_export(Path("x.json"), raw) == [{"a": 1}, {"a": 2}, {"a": 3}, {"a": 4}]
+    assert parse_export(Path("x.json"), raw) == [{"a": 1}, {"a": 2}, {"a": 3}, {"a": 4}]
 
 
 def pretty_file(tmp_path: Path) -> tuple[Path, str]:
@@ -354,7 +355,7 @@ def line_of(text: str, needle: str, occurrence: int = 1) -> int:
 def error_of(path: Path, text: str) -> str:
     path.write_text(text)
     with pytest.raises(sync.UsageError) as caught:
-        sync.load_export(path, limit=None)
+        load_export(path, limit=None)
     message = str(caught.value)
     assert message.startswith(f"{path}: ") and "\n" not in message
     return message
@@ -362,7 +363,7 @@ def error_of(path: Path, text: str) -> str:
 
 def test_an_error_in_a_pretty_file_names_its_line_and_column(tmp_path):
     path, text = pretty_file(tmp_path)
-    assert len(sync.parse_export(path, text.encode())) == 3
+    assert len(parse_export(path, text.encode())) == 3
     broken = text.replace('"n": 1,', '"n": 1', 1)  # the second document loses a comma
     line = line_of(broken, '"email": "u1@')
     assert re.search(rf": line {line}: not valid JSON: Expecting ',' delimiter \(column 2, "
@@ -410,15 +411,15 @@ def test_bad_utf8_names_its_line_and_offset_after_a_bom(tmp_path):
     path = tmp_path / "users.json"
     path.write_bytes(b'\xef\xbb\xbf{"a": 1}\n{"a": "Jos\xe9"}\n')
     with pytest.raises(sync.UsageError, match=r"users.json: line 2: not valid UTF-8 \(byte 0xe9 at offset 22\)$"):
-        sync.load_export(path, limit=None)
+        load_export(path, limit=None)
     path.write_bytes(b'\xef\xbb\xbf{"a": 1}\n')
-    assert sync.load_export(path, limit=None)[0].doc == {"a": 1}
+    assert load_export(path, limit=None)[0].doc == {"a": 1}
 
 
 def test_the_limit_applies_to_pretty_files(tmp_path):
     path, text = pretty_file(tmp_path)
     path.write_text(text)
-    assert [r.doc["n"] for r in sync.load_export(path, limit=2)] == [0, 1]
+    assert [r.doc["n"] for r in load_export(path, limit=2)] == [0, 1]
 
 
 def test_a_large_pretty_export_loads(tmp_path):
@@ -439,10 +440,10 @@ def test_documents_cut_by_every_chunk_boundary_load_the_same(tmp_path, monkeypat
     docs = [{"_id": ObjectId(), "n": Int64(i), "name": "José 北京菜 café 🍜", "at": MOMENT} for i in range(4)]
     path = tmp_path / "users.json"
     path.write_text(LAYOUTS[layout](docs, "canonical"), encoding=encoding)
-    whole = sync.load_export(path, limit=None)
+    whole = load_export(path, limit=None)
     for chunk in (1, 2, 3, 7, 64):
         monkeypatch.setattr(sync, "READ_CHUNK", chunk)
-        assert sync.load_export(path, limit=None) == whole
+        assert load_export(path, limit=None) == whole
     assert [r.doc["n"] for r in whole] == [0, 1, 2, 3] and whole[0].doc["name"] == "José 北京菜 café 🍜"
 
 
@@ -463,14 +464,14 @@ def test_errors_name_the_same_line_and_column_whatever_the_chunk(tmp_path, monke
     assert ": line 3: not valid JSON: Expecting ',' delimiter (column 1, in the document from line 2)" in message
     path.write_bytes(b'\xef\xbb\xbf{"a": 1}\n{"a": "Jos\xe9"}\n')
     with pytest.raises(sync.UsageError, match=r"users.json: line 2: not valid UTF-8 \(byte 0xe9 at offset 22\)$"):
-        sync.load_export(path, limit=None)
+        load_export(path, limit=None)
 
 
 def test_the_export_is_parsed_whole_even_past_the_limit(tmp_path):
     path = tmp_path / "users.json"
     path.write_text('{"id": "a"}\n{"id": "b"}\n{"id": \n')
     with pytest.raises(sync.UsageError, match="line 4: not valid JSON: Expecting value .column 1, in the document from line 3."):
-        sync.load_export(path, limit=1)
+        load_export(path, limit=1)
 
 
 # -- read again from the file, which must not change meanwhile -------------------------------

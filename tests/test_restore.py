@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import airtable_sync as sync
-from conftest import FIXTURES, field_ids
+from conftest import FIXTURES, field_ids, parse_export
 from test_faults import settle
 from test_deletion import (
     EVENTS, GONE_EVENTS, GONE_MESSAGES, GONE_USERS, LOOSE, MESSAGES, TABLE_OF, TO_DELETE, USERS, archived,
@@ -321,7 +321,7 @@ def test_the_next_sync_takes_the_restore_from_the_change_feed_and_links_records_
     messages = by_mongo_id(emulator, MESSAGES)
     relinked = 0
     path = harness.mongo_dir / "messages.json"
-    for doc in sync.parse_export(path, path.read_bytes()):
+    for doc in parse_export(path, path.read_bytes()):
         for link in sync.TABLE_SPECS["messages"].links:
             if (ref := sync.link_reference(doc, link)) in restored:
                 assert messages[sync.mongo_id_of(doc)]["fields"][link.airtable_field] == [restored[ref]]

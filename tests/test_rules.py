@@ -12,6 +12,7 @@ import pytest
 import requests
 
 import airtable_sync as sync
+from conftest import load_export, parse_export
 from airtable_sync import ExportRecord, Invalid, LinkRef, PENDING, TABLE_SPECS
 
 UTC = timezone.utc
@@ -61,8 +62,8 @@ def test_parses_a_json_array_and_json_lines_alike():
     path = Path("x.json")
     array = b'[{"_id": {"$oid": "a1"}}, {"id": "b2"}]'
     lines = b'{"_id": {"$oid": "a1"}}\n\n{"id": "b2"}\n'
-    assert sync.parse_export(path, array) == sync.parse_export(path, lines)
-    assert sync.parse_export(path, b"\xef\xbb\xbf[]") == []  # a UTF-8 BOM is not an error
+    assert parse_export(path, array) == parse_export(path, lines)
+    assert parse_export(path, b"\xef\xbb\xbf[]") == []  # a UTF-8 BOM is not an error
 
 
 @pytest.mark.parametrize("raw, message", [
@@ -77,16 +78,16 @@ def test_parses_a_json_array_and_json_lines_alike():
 ])
 def test_unusable_exports_get_a_one_line_error_naming_the_file(raw, message):
     with pytest.raises(sync.UsageError) as caught:
-        sync.parse_export(Path("data/users.json"), raw)
+        parse_export(Path("data/users.json"), raw)
     text = str(caught.value)
     assert text.startswith("data/users.json: ") and message in text and "\n" not in text
 
 
 def test_load_export_applies_the_limit_and_reports_a_missing_file(tmp_path):
     (tmp_path / "users.json").write_text('[{"id": "a"}, {"id": "b"}, {"id": "c"}]')
-    records = sync.load_export(tmp_path / "users.json", limit=2)
+    records = load_export(tmp_path / "users.json", limit=2)
     assert [r.mongo_id for r in records] == ["a", "b"]
-    assert sync.load_export(tmp_path / "missing.json", limit=None) is None
+    assert load_export(tmp_path / "missing.json", limit=None) is None
 
 
 # -- conversion --------------------------------------------------------------------
@@ -485,7 +486,7 @@ def test_only_a_computed_field_error_drops_a_field():
 
 def test_a_null_line_in_json_lines_is_not_a_document():
     with pytest.raises(sync.UsageError, match="line 2 is not a JSON object"):
-        sync.parse_export(Path("m.json"), b'{"id": "m1"}\nnull\n')
+        parse_export(Path("m.json"), b'{"id": "m1"}\nnull\n')
 
 
 def test_without_an_id_field_a_keyless_record_fails_instead_of_doubling_each_run():
