@@ -3144,7 +3144,7 @@ def write_failure(exc: BaseException) -> tuple[str, int | None]:
     return "lost", status
 
 
-@dataclass
+@dataclass(slots=True)  # one a write: a first sync holds tens of thousands
 class Written:
     """What became of one planned write: the apply step's result, kept beside the plan it leaves
     as it was."""
@@ -3153,7 +3153,7 @@ class Written:
     record_id: str | None = None  # the record written (a create's once made)
     note: str = ""  # why it failed, or was not attempted
     existed: bool = False  # a create the upsert found in Airtable already: it updated it
-    links_left_out: list[dict] = field(default_factory=list)  # [{"field", "target"}]: the target's create failed
+    links_left_out: tuple[dict, ...] = ()  # ({"field", "target"}, ...): the target's create failed
 
 
 class BatchWriter:
@@ -3348,7 +3348,7 @@ class SyncWriter(BatchWriter):
             if isinstance(value, list) and value and isinstance(value[0], LinkRef):
                 target = self.applied.created_ids.get(value[0].target, {}).get(value[0].mongo_id)
                 if target is None:  # its create failed
-                    self.result(write).links_left_out.append({"field": key, "target": value[0].mongo_id})
+                    self.result(write).links_left_out += ({"field": key, "target": value[0].mongo_id},)
                     continue
                 value = [target]
             fields[key] = value
@@ -4313,7 +4313,7 @@ class RestoreWriter(BatchWriter):
                         for t in value]
                 for target, new in zip(value, made):
                     if new is None:  # its re-creation failed
-                        self.result(write).links_left_out.append({"field": field_id, "target": target.archived_id})
+                        self.result(write).links_left_out += ({"field": field_id, "target": target.archived_id},)
                 value = [t for t in made if t is not None]
             fields[field_id] = value
         return fields
@@ -4367,7 +4367,7 @@ def summarize_restore(writes: Sequence[RestoreWrite], results: Mapping[RestoreWr
     happened = Outcome.PLANNED if dry_run else Outcome.DONE
     restored = [w for w in writes if w.action == "restore" and written(w).outcome is happened]
     refilled = [w for w in writes if w.action == "refill" and written(w).outcome is happened]
-    left_out = [(w, link) for w in writes for link in w.left_out_links + written(w).links_left_out]
+    left_out = [(w, link) for w in writes for link in [*w.left_out_links, *written(w).links_left_out]]
     return RestoreResult(
         archived=len(writes),
         restored=len(restored),
