@@ -54,7 +54,6 @@ from dotenv import dotenv_values
 from pyairtable import Api, formulas
 from requests.adapters import HTTPAdapter
 from tqdm import tqdm
-from tqdm.contrib.logging import logging_redirect_tqdm
 
 SCRIPT_DIR = Path(__file__).resolve().parent
 log = logging.getLogger("airtable_sync")
@@ -926,6 +925,8 @@ class Progress:
                             mininterval=0.5, dynamic_ncols=True)
             # Console log lines go above the live line instead of through it (tqdm's own redirect
             # keeps the console handler's filters: the token stays masked, file-only lines stay out).
+            # Imported here: tqdm.contrib brings in asyncio and ssl, 2.3 MB a run that cron's never use.
+            from tqdm.contrib.logging import logging_redirect_tqdm
             self.redirect.enter_context(logging_redirect_tqdm())
         return self
 
