@@ -189,6 +189,7 @@ TABLE_SPECS: dict[str, TableSpec] = {spec.key: spec for spec in (
                      LinkSpec("Events", "events", ("event_id", "eventId")))),
 )}
 TABLE_ORDER = ("users", "events", "messages")
+LINK_TARGETS = {link.target for spec in TABLE_SPECS.values() for link in spec.links}
 TABLE_ENV = {
     "users": ("AIRTABLE_USERS_TABLE", "tblQ0OHBit2AqaACy"),
     "events": ("AIRTABLE_EVENTS_TABLE", "tblrscr87h8fbtQTk"),
@@ -2029,7 +2030,7 @@ def save_snapshot(settings: Settings, read: BaseRead, changed: set[str]) -> None
 # ---------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(slots=True)  # a planned write keeps one: a first sync holds tens of thousands
 class ExportRecord:
     index: int  # position in the export, 0-based
     mongo_id: str | None
@@ -2809,7 +2810,7 @@ class LinkRef:
     mongo_id: str
 
 
-@dataclass(eq=False)  # one write is one key of the apply step's results
+@dataclass(eq=False, slots=True)  # one write is one key of the apply step's results; a first sync has many
 class PlannedWrite:
     record: ExportRecord
     action: str  # create | update | skip | error
@@ -3145,7 +3146,7 @@ def write_failure(exc: BaseException) -> tuple[str, int | None]:
     return "lost", status
 
 
-@dataclass(slots=True)  # one a write: a first sync holds tens of thousands
+@dataclass(frozen=True, slots=True)
 class Written:
     """What became of one planned write: the apply step's result, kept beside the plan it leaves
     as it was."""
@@ -3155,6 +3156,12 @@ class Written:
     note: str = ""  # why it failed, or was not attempted
     existed: bool = False  # a create the upsert found in Airtable already: it updated it
     links_left_out: tuple[dict, ...] = ()  # ({"field", "target"}, ...): the target's create failed
+
+
+PLANNED = Written()
+# A first sync holds a result for each of tens of thousands of writes: where nothing but the
+# outcome is worth keeping, they all share one.
+LANDED, LANDED_EXISTING = Written(Outcome.DONE), Written(Outcome.DONE, existed=True)
 
 
 class BatchWriter:
@@ -3175,7 +3182,10 @@ class BatchWriter:
         self.results = results
 
     def result(self, write: Any) -> Written:
-        return self.results.setdefault(write, Written())
+        return self.results.get(write, PLANNED)
+
+    def record(self, write: Any, **changes: Any) -> None:
+        self.results[write] = dataclasses.replace(self.result(write), **changes)
 
     # -- what each command supplies ------------------------------------------------------
 
@@ -3199,8 +3209,7 @@ class BatchWriter:
     def landed(self, action: str, batch: list[tuple[Any, dict]], records: list[dict], created: set[str] | None) -> None:
         """Airtable answers in request order."""
         for (write, _), rec in zip(batch, records):
-            result = self.result(write)
-            result.outcome, result.record_id = Outcome.DONE, rec["id"]
+            self.record(write, outcome=Outcome.DONE, record_id=rec["id"])
 
     def plain_create(self, action: str) -> bool:
         return action == "create"
@@ -3218,7 +3227,7 @@ class BatchWriter:
             for done, write in enumerate(writes, 1):
                 fields = cells(write)
                 if fields is None:
-                    self.result(write).outcome = Outcome.SKIPPED
+                    self.record(write, outcome=Outcome.SKIPPED)
                 else:
                     batch.append((write, fields))
                 if batch and (len(batch) == RECORDS_PER_WRITE or done == len(writes)):
@@ -3273,11 +3282,10 @@ class BatchWriter:
 
     def fail(self, batch: Sequence[tuple[Any, dict]], message: str, outcome: Outcome = Outcome.FAILED) -> None:
         for write, _ in batch:
-            result = self.result(write)
             note = message
-            if result.outcome is Outcome.DONE:  # a restore's links, sent after the record
-                note = f"written as {result.record_id}, but not its links to records written after it: {message}"
-            result.outcome, result.note = outcome, note
+            if self.result(write).outcome is Outcome.DONE:  # a restore's links, sent after the record
+                note = f"written as {self.result(write).record_id}, but not its links to records written after it: {message}"
+            self.record(write, outcome=outcome, note=note)
             log.warning("%s: %s", self.label(write), without_values(note) if outcome is Outcome.FAILED
                         else f"outcome {outcome}")
 
@@ -3285,9 +3293,8 @@ class BatchWriter:
 def not_attempted(writes: Iterable[Any], results: dict[Any, Written], reason: str) -> None:
     """The writes a run that stopped midway never sent: not failed, and the next run makes them."""
     for write in writes:
-        result = results.setdefault(write, Written())
-        if result.outcome is Outcome.PLANNED:
-            result.outcome, result.note = Outcome.NOT_ATTEMPTED, reason
+        if results.get(write, PLANNED).outcome is Outcome.PLANNED:
+            results[write] = Written(Outcome.NOT_ATTEMPTED, note=reason)
 
 
 @dataclass
@@ -3301,7 +3308,7 @@ class Applied:
     deleted: dict[str, dict[str, Outcome]] = field(default_factory=dict)  # table -> record id -> outcome
 
     def of(self, write: PlannedWrite) -> Written:
-        return self.results.get(write) or Written()
+        return self.results.get(write, PLANNED)
 
     def failed(self, write: PlannedWrite) -> bool:
         return write.action == "error" or self.of(write).outcome.failed
@@ -3349,7 +3356,8 @@ class SyncWriter(BatchWriter):
             if isinstance(value, list) and value and isinstance(value[0], LinkRef):
                 target = self.applied.created_ids.get(value[0].target, {}).get(value[0].mongo_id)
                 if target is None:  # its create failed
-                    self.result(write).links_left_out += ({"field": key, "target": value[0].mongo_id},)
+                    self.record(write, links_left_out=(*self.result(write).links_left_out,
+                                                       {"field": key, "target": value[0].mongo_id}))
                     continue
                 value = [target]
             fields[key] = value
@@ -3399,7 +3407,7 @@ class SyncWriter(BatchWriter):
             if fields or action != "update":
                 remaining.append((write, fields))
             else:
-                self.result(write).outcome = Outcome.SKIPPED
+                self.record(write, outcome=Outcome.SKIPPED)
         if remaining:
             self.write_batch(action, remaining)
 
@@ -3414,17 +3422,19 @@ class SyncWriter(BatchWriter):
             # Airtable answers in request order; matching by id does not depend on it.
             records = [by_key[w.record_id] if w.record_id in by_key else by_key[f[id_key]] for w, f in batch]
         for (write, fields), rec in zip(batch, records):
-            result = self.result(write)
-            result.outcome, result.record_id = Outcome.DONE, rec["id"]
-            if write.action == "create" and created is not None and rec["id"] not in created:
-                # The upsert found the record already there (a stale cache, or this create's
-                # earlier attempt): it was updated, and the report says so.
+            # An upsert that found the record already there (a stale cache, or this create's
+            # earlier attempt) updated it, and the report says so.
+            existed = write.action == "create" and created is not None and rec["id"] not in created
+            if self.result(write).links_left_out:
+                self.record(write, outcome=Outcome.DONE, existed=existed)
+            else:
+                self.results[write] = LANDED_EXISTING if existed else LANDED
+            if existed:
                 log.info("%s: already in Airtable, updated", self.label(write))
-                result.existed = True
-            elif write.action == "create" and write.record.mongo_id is not None:
+            if write.action == "create" and write.record.mongo_id is not None and self.key in LINK_TARGETS:
                 self.applied.created_ids.setdefault(self.key, {})[write.record.mongo_id] = rec["id"]
             if log.isEnabledFor(logging.DEBUG):  # the dump costs more than the write itself
-                log.debug("%s: %s %s %s", self.label(write), "update" if result.existed else write.action,
+                log.debug("%s: %s %s %s", self.label(write), "update" if existed else write.action,
                           rec["id"], json.dumps(jsonable(fields), ensure_ascii=False, default=str))
 
 
@@ -4297,7 +4307,7 @@ class RestoreWriter(BatchWriter):
                 for write in group:
                     if action == "update" and not write.fields:
                         # Only link cells, sent last, or filled by Airtable as the inverse of links sent later.
-                        self.result(write).outcome = Outcome.DONE
+                        self.record(write, outcome=Outcome.DONE)
                 group = [w for w in group if self.result(w).outcome is Outcome.PLANNED]
                 self.send_all(f"{key}: {self.VERBS[action]}", action, group, lambda w: self.cells(w, w.fields))
         for key, writes in self.plan.writes.items():
@@ -4314,7 +4324,8 @@ class RestoreWriter(BatchWriter):
                         for t in value]
                 for target, new in zip(value, made):
                     if new is None:  # its re-creation failed
-                        self.result(write).links_left_out += ({"field": field_id, "target": target.archived_id},)
+                        self.record(write, links_left_out=(*self.result(write).links_left_out,
+                                                           {"field": field_id, "target": target.archived_id}))
                 value = [t for t in made if t is not None]
             fields[field_id] = value
         return fields
@@ -4363,7 +4374,7 @@ class RestoreResult:
 def summarize_restore(writes: Sequence[RestoreWrite], results: Mapping[RestoreWrite, Written], table: LiveTable,
                       dry_run: bool) -> RestoreResult:
     def written(w: RestoreWrite) -> Written:
-        return results.get(w) or Written()
+        return results.get(w, PLANNED)
 
     happened = Outcome.PLANNED if dry_run else Outcome.DONE
     restored = [w for w in writes if w.action == "restore" and written(w).outcome is happened]
