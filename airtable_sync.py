@@ -1433,6 +1433,9 @@ class ChangeState:
     # Table key -> mapped Airtable field name -> the field id it is bound to (kept with change
     # tracking off too). The table ids are bound in schema.table_ids, to the settings in `tables`.
     bindings: dict[str, dict[str, str]] = field(default_factory=dict)
+    # Table key -> mapped name -> the share of the table's records that the updates of the last
+    # run that wrote the field wrote it in: a field is volatile after two such runs.
+    writes: dict[str, dict[str, float]] = field(default_factory=dict)
     version: int = STATE_VERSION
 
     def as_json(self) -> dict:
@@ -1728,6 +1731,7 @@ class BaseRead:
     state: ChangeState | None = None  # saved with the snapshot at the end of the run
     from_cache: set[str] = field(default_factory=set)  # tables planned against --use-cache caches
     columns: dict[str, TableColumns] = field(default_factory=dict)  # each table's mapped fields, bound
+    previous: ChangeState | None = None  # the state the last run of this base left, as it left it
 
     def as_report(self) -> dict:
         return {"mode": self.mode, "reason": self.reason, "payloads": self.payloads, "drift": self.drift}
@@ -1759,6 +1763,8 @@ class BaseReader:
         self.bound, table_ids = state_bindings(self.settings, state)
         self.airtable.use_tables(table_ids)
         read = self.read_caches(needed, state) if self.settings.use_cache else self.read_base(needed, state)
+        if state is not None and (state.endpoint_url, state.base_id) == (self.settings.endpoint_url, self.settings.base_id):
+            read.previous = state
         read.columns = table_bindings(read.schema, self.bound, needed)
         for key, columns in read.columns.items():
             warn_schema_changes(key, columns)
@@ -2840,6 +2846,7 @@ class TablePlan:
     skipped_with_id: int = 0  # of those, the ones with a Mongo id (the deletion cap counts them)
     skipped_ids: dict[str, str] = field(default_factory=dict)  # Mongo id -> record id, when the table has no id field
     airtable_ids: dict[str, str] | None = None  # Mongo id -> Airtable record id, as matching found them
+    days: DayTally | None = None  # what the updates tell of day counters
 
     @property
     def has_id_field(self) -> bool:
@@ -2871,6 +2878,7 @@ def plan_table(
     columns: TableColumns,
     link_index: Mapping[str, Mapping[str, str]],
     memo: PlanMemo | None = None,
+    days: RunDays | None = None,
 ) -> TablePlan:
     """What to create, update and skip for one table: pure but for reading the export and the
     snapshot. Records and writes name the fields by their keys in `columns` (field ids, once
@@ -2884,6 +2892,7 @@ def plan_table(
     carried = exported.carried
     plan = TablePlan(spec, columns, types, id_key, [], [], sorted(carried - spec.consumed_mongo_fields),
                      list(columns.missing), read_only, absent_in_export(spec, carried) if carried else [])
+    plan.days = DayTally(days, types) if days is not None else None
     has_id_field = plan.has_id_field
     matcher = Matcher(airtable_records, columns.key(spec.airtable_key), id_key)
     converting = mapped_columns(spec, columns, types)
@@ -2967,6 +2976,8 @@ def plan_record(plan: TablePlan, record: ExportRecord, current: dict | None, how
         fields = {k: v for k, v in converted.items() if v is not None and v is not False and v != "" and v != []}
         plan.writes.append(PlannedWrite(record.bare(), "create", fields=fields))
     elif changes := changed_fields(converted, current["fields"], types):
+        if plan.days is not None:
+            plan.days.add(changes, current["fields"], converted)
         plan.writes.append(PlannedWrite(record.bare(), "update", record_id=current["id"], fields=changes,
                                         matched_by=how))
     else:
@@ -3555,6 +3566,8 @@ class TableResult:
     read_only: list[str] = field(default_factory=list)
     renamed_fields: list[dict] = field(default_factory=list)  # [{"mapped", "airtable"}]
     absent_in_export: list[str] = field(default_factory=list)  # mapped Mongo fields no record carries
+    writes_by_field: dict[str, dict[str, int]] = field(default_factory=dict)  # mapped name -> {"cells", "alone"}
+    volatile_fields: list[VolatileField] = field(default_factory=list)
     invalid_values: int = 0
     not_attempted: int = 0
     planned: dict[str, int] = field(default_factory=dict)
@@ -3610,6 +3623,7 @@ def summarize(plan: TablePlan, applied: Applied, dry_run: bool, deletion: Deleti
                                              if why == "read_only")}),
         renamed_fields=plan.columns.renamed,
         absent_in_export=plan.absent_in_export,
+        writes_by_field=writes_by_field(plan, applied),
         invalid_values=plan.invalid_values,
         planned=count,
     )
@@ -3624,6 +3638,171 @@ def summarize(plan: TablePlan, applied: Applied, dry_run: bool, deletion: Deleti
     result.errors = sum(1 for w, r in zip(writes, results) if w.action == "error" or r.outcome.failed) + sum(
         1 for o in outcomes.values() if o in (Outcome.FAILED, Outcome.UNKNOWN))
     return result
+
+
+# ---------------------------------------------------------------------------
+# What a night's writes were for
+# ---------------------------------------------------------------------------
+#
+# An exporter that computes a value from today (days_inactive, from last_active) rewrites it in
+# every record every night: ceil(records/10) write requests a night, and no night is ever quiet.
+# A field is volatile when this run's updates wrote it in nearly every record and so did those of
+# the last earlier run that wrote it at all (an hourly cron's other runs don't count against it);
+# a day counter among them gets the formula that lets Airtable compute it for free. All of it is
+# counted from what planning has in hand: a few counters a field, nothing kept per record.
+
+VOLATILE_SHARE = 0.9  # of a table's synced records written, this run and the last that wrote the field
+VOLATILE_MIN_RECORDS = 100  # below this a rewritten column costs too little to ask a person
+DAY_COUNTER_SHARE = 0.9  # of the records it changed (or that carry the date) that must tell a day counter
+
+
+@dataclass(frozen=True)
+class RunDays:
+    """The dates a day counter is told by: it counts to the run's date, and it rose by the days
+    since the previous run."""
+
+    today: date  # the run's date, UTC
+    elapsed: int | None  # whole days since the previous run (None: there was none)
+
+
+def run_days(previous: ChangeState | None, now: datetime) -> RunDays:
+    today = now.astimezone(timezone.utc).date()
+    return RunDays(today, None if previous is None else (today - previous.last_run.astimezone(timezone.utc).date()).days)
+
+
+def day_of(value: Any) -> date | None:
+    """The UTC date of a date or dateTime cell (`YYYY-MM-DD...`), None if it has none."""
+    try:
+        return date.fromisoformat(value[:10]) if isinstance(value, str) else None
+    except ValueError:
+        return None
+
+
+class DayTally:
+    """Over one table's planned updates, how many changed each numeric field, how many of those rose
+    by the days since the previous run, and, per date field, how many hold the days from that date
+    to today: counters a field, never anything per record."""
+
+    def __init__(self, days: RunDays, types: Mapping[str, str]):
+        self.days = days
+        self.numbers = frozenset(k for k, t in types.items() if t in NUMBER_TYPES)
+        self.dates = tuple(k for k, t in types.items() if t in ("date", "dateTime"))
+        self.changed: dict[str, int] = defaultdict(int)
+        self.rose: dict[str, int] = defaultdict(int)
+        self.carried: dict[tuple[str, str], int] = defaultdict(int)  # (number, date) -> updates carrying both
+        self.counted: dict[tuple[str, str], int] = defaultdict(int)  # of those, the days from the date (within one)
+
+    def add(self, changes: Mapping[str, Any], old: Mapping[str, Any], converted: Mapping[str, Any]) -> None:
+        """One planned update: its changed cells, Airtable's cells before, and all its converted values."""
+        today, elapsed = self.days.today, self.days.elapsed
+        for key in self.numbers.intersection(changes):
+            new, before = changes[key], old.get(key)
+            if not isinstance(new, (int, float)):
+                continue  # a clear
+            self.changed[key] += 1
+            if elapsed is not None and isinstance(before, (int, float)) and 0 < new - before and \
+                    abs(new - before - elapsed) <= 1:
+                self.rose[key] += 1
+            for date_key in self.dates:
+                start = day_of(converted.get(date_key, old.get(date_key)))
+                if start is not None:
+                    self.carried[key, date_key] += 1
+                    if abs((today - start).days - new) <= 1:
+                        self.counted[key, date_key] += 1
+
+    def counts_days(self, key: str) -> bool:
+        return self.changed[key] > 0 and self.rose[key] >= DAY_COUNTER_SHARE * self.changed[key]
+
+    def counts_from(self, key: str) -> str | None:
+        """The date field whose days to today the field holds in most records carrying both, if enough do."""
+        best = max(((self.counted[key, d] / self.carried[key, d], d) for d in self.dates if self.carried[key, d]),
+                   default=None)
+        return best[1] if best is not None and best[0] >= DAY_COUNTER_SHARE else None
+
+
+@dataclass
+class VolatileField:
+    """A mapped field this run's updates, and those of the last earlier run that wrote it, wrote in
+    nearly every record of its table."""
+
+    field: str  # mapped name
+    share: float  # of the table's synced records that this run's updates wrote it in
+    requests: int  # what writing it alone cost this run: ceil(alone / 10)
+    counts_days: bool  # it rose by the days since the previous run
+    counts_days_since: str | None  # the Airtable name of the date field it counts days from
+
+
+def writes_by_field(plan: TablePlan, applied: Applied) -> dict[str, dict[str, int]]:
+    """Per mapped field, in how many of this run's updates it was written (`cells`) and in how many
+    it was the only field written (`alone`), largest first: the updates done (a dry run: planned).
+    Creates are not counted; a field that Airtable rejected midway (dropped) was not written."""
+    cells: dict[str, int] = defaultdict(int)
+    alone: dict[str, int] = defaultdict(int)
+    dropped = applied.dropped.get(plan.spec.key, {})
+    for write in plan.of("update"):
+        if applied.of(write).outcome in (Outcome.PLANNED, Outcome.DONE):
+            keys = [k for k in write.fields if k not in dropped]
+            for key in keys:
+                cells[key] += 1
+            if len(keys) == 1:
+                alone[keys[0]] += 1
+    return {plan.columns.mapped_name(k): {"cells": n, "alone": alone[k]}
+            for k, n in sorted(cells.items(), key=lambda item: -item[1])}
+
+
+def volatile_fields(written: Mapping[str, Mapping[str, int]], total: int, earlier: Mapping[str, float],
+                    tally: DayTally | None, columns: TableColumns) -> list[VolatileField]:
+    """The fields of `written` (writes_by_field) that are volatile, given `earlier`: each field's
+    share in the last earlier run that wrote it. Pure."""
+    found = []
+    for name, counts in written.items():
+        share = counts["cells"] / total if total else 0.0
+        if counts["cells"] < VOLATILE_MIN_RECORDS or share < VOLATILE_SHARE or earlier.get(name, 0.0) < VOLATILE_SHARE:
+            continue
+        key = columns.key(name) or name
+        since = tally.counts_from(key) if tally is not None else None
+        found.append(VolatileField(name, round(share, 4), math.ceil(counts["alone"] / RECORDS_PER_WRITE),
+                                   tally is not None and tally.counts_days(key),
+                                   None if since is None else columns.by_mapped[columns.mapped_name(since)].name))
+    return found
+
+
+def written_shares(result: TableResult) -> dict[str, float]:
+    """What the next run needs of this one to tell volatile fields: each written field's share."""
+    return {name: round(c["cells"] / result.total, 4) for name, c in result.writes_by_field.items() if result.total}
+
+
+def volatile_text(key: str, volatile: VolatileField) -> str:
+    """The WARNING and attention item: the field, its cost and, for a day counter, the remedy."""
+    n = volatile.requests
+    cost = f"{n:,} request{'' if n == 1 else 's'} a night"
+    name = f"{key}.{volatile.field}"
+    if volatile.counts_days and volatile.counts_days_since:
+        since = volatile.counts_days_since
+        return (f"{name} counts days since {since}: {cost}; make it a formula in Airtable: "
+                f"DATETIME_DIFF(TODAY(), {{{since}}}, 'days')")
+    if volatile.counts_days:
+        return (f"{name} counts days: {cost}; a formula field in Airtable counting from the date it starts "
+                "at would cost none")
+    return f"{name} is rewritten in {volatile.share:.0%} of the records each night: {cost}"
+
+
+def note_volatile_fields(results: Mapping[str, TableResult], plans: Mapping[str, TablePlan], read: BaseRead) -> None:
+    """Names this run's volatile fields in the report, one WARNING each, and leaves in the state
+    (saved with the snapshot, so never by a dry run) each written field's share for the next run.
+    A table whose writes stopped midway keeps the shares it had: a part of a run tells nothing."""
+    earlier = read.previous.writes if read.previous is not None else {}
+    shares = {key: dict(fields) for key, fields in earlier.items()}
+    for key, plan in plans.items():
+        result = results[key]
+        result.volatile_fields = volatile_fields(result.writes_by_field, result.total, earlier.get(key, {}),
+                                                 plan.days, plan.columns)
+        for volatile in result.volatile_fields:
+            log.warning("%s", volatile_text(key, volatile))
+        if not result.not_attempted:
+            shares.setdefault(key, {}).update(written_shares(result))
+    if read.state is not None:
+        read.state.writes = shares
 
 
 @dataclass
@@ -3697,6 +3876,7 @@ class RunReport:
                     items.append(f"{len(names)} {key} fields {what or 'renamed in Airtable'}")
                 else:
                     items += [f"{key}.{name}" + (f" {what}" if what else "") for name in names]
+            items += [volatile_text(key, volatile) for volatile in t.volatile_fields]
         return items
 
     def closing_lines(self, path: Path | None) -> list[str]:
@@ -3785,9 +3965,24 @@ def render_markdown(report: RunReport) -> str:
                          "look with --dry-run, then --force-delete if they should go")
         if notes:
             lines += [f"### {key}", ""] + [f"- {n}" for n in notes] + [""]
+    lines += markdown_writes(report.tables)
     lines += markdown_failed_records(report.errors, ("table", "mongo_id", "message"))
     lines += markdown_requests(data["requests"])
     return "\n".join(lines)
+
+
+def markdown_writes(tables: Mapping[str, TableResult]) -> list[str]:
+    """'What the writes were for': every table's updated fields, largest first, then the volatile ones."""
+    rows = sorted(((c["cells"], c["alone"], key, name) for key, t in tables.items()
+                   for name, c in t.writes_by_field.items()), key=lambda row: -row[0])
+    if not rows:
+        return []
+    lines = ["## What the writes were for", "", "Updates only (creates are not counted): in how many records each "
+             "field was written, and in how many it was the only field written.", "",
+             "| table | field | records | only field |", "|---|---|---|---|"]
+    lines += [f"| {key} | {name} | {cells} | {alone} |" for cells, alone, key, name in rows]
+    return lines + [""] + [f"- **Volatile**: {volatile_text(key, v)}" for key, t in tables.items()
+                           for v in t.volatile_fields] + [""]
 
 
 MARKDOWN_HEADINGS = {"table": "table", "mongo_id": "mongo id", "archived_id": "archived record", "message": "message"}
@@ -4706,6 +4901,7 @@ class Sync(Command):
 
     def plan(self, exports: dict[str, ExportIndex], read: BaseRead, airtable: Airtable) -> dict[str, TablePlan]:
         plans: dict[str, TablePlan] = {}
+        days = run_days(read.previous, datetime.now(timezone.utc))
         for key in TABLE_ORDER:
             if key not in exports:
                 continue
@@ -4715,14 +4911,14 @@ class Sync(Command):
                           for link in spec.links}
             columns = read.columns[key]
             self.memos[key] = memo = PlanMemo.load(memo_path(self.settings, key))
-            plans[key] = plan_table(spec, exports[key], read.records[key], columns, link_index, memo)
+            plans[key] = plan_table(spec, exports[key], read.records[key], columns, link_index, memo, days)
             if key in read.from_cache and any(w.matched_by == "key" for w in plans[key].writes):
                 # A natural-key match claims a record for good: a stale cache could hand it to the
                 # wrong Mongo record, so those are only ever made against a fresh read.
                 log.info("%s: natural-key matches are not made against a cache: reading the table", key)
                 read.read_again(key, pull_table(airtable, key, self.stop, columns.by_field_id))
                 self.memos[key] = memo = PlanMemo.load(memo_path(self.settings, key))
-                plans[key] = plan_table(spec, exports[key], read.records[key], columns, link_index, memo)
+                plans[key] = plan_table(spec, exports[key], read.records[key], columns, link_index, memo, days)
             if plans[key].absent_in_export:
                 log.warning("%s: mapped Mongo fields that no exported record carries (renamed or dropped by the "
                             "exporter?): %s; Airtable keeps their values", key, ", ".join(plans[key].absent_in_export))
@@ -4797,6 +4993,7 @@ class Sync(Command):
             report.tables[key] = summarize(plan, applied, self.settings.dry_run, self.deletions.get(key), edited)
             report.errors += [{"table": key, "mongo_id": w.record.mongo_id, "message": w.error or applied.of(w).note}
                               for w in plan.writes if applied.failed(w)]
+        note_volatile_fields(report.tables, self.plans, read)
         for deletion in self.deletions.values():
             outcomes = applied.deleted.get(deletion.key, {})
             for rec in deletion.records:
@@ -4894,7 +5091,7 @@ def column_status(name: str, columns: TableColumns) -> str:
     if column is None:
         return "missing in Airtable" + (" (its field was deleted)" if name in columns.gone else "")
     if column.type in COMPUTED_TYPES:
-        status = f"read-only ({column.type})"
+        status = f"computed ({column.type}): never written"
     elif column.type in WRITABLE_TYPES:
         status = f"ok ({column.type})"
     else:

@@ -277,7 +277,7 @@ def test_check_compares_the_mapping_with_the_schema_and_writes_nothing(harness, 
     assert harness.run("--check") == 0
     out = capsys.readouterr().out
     assert "users (tblQ0OHBit2AqaACy): reachable" in out
-    assert "updatedAt" in out and "read-only (lastModifiedTime)" in out
+    assert "updatedAt" in out and "computed (lastModifiedTime): never written" in out
     assert "participant_top_occupations" in out and "missing in Airtable" in out
     assert "ok (email)" in out and "character_count" in out
     assert writes(emulator) == 0
