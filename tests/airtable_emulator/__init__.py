@@ -39,6 +39,7 @@ Test controls beyond the request log and faults (see each method):
     emu.client.rename_field(table, field, new_name)
     emu.client.delete_field(table, field)
     emu.client.change_field_type(table, field, type, options=None)
+    emu.client.change_field_to_formula(table, field, formula)  # a person's "Edit field": computed from now on
     emu.client.rename_table(table, new_name)    # the old name is then unknown to the API
     emu.webhooks() -> [dict]                    # as GET .../webhooks lists them
     emu.payloads(webhook_id) -> [dict]          # every stored payload

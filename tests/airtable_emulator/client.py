@@ -278,6 +278,35 @@ class ClientActions:
             t.link_indexes.clear()
             emu._txn_end(before, "client")
 
+    def change_field_to_formula(self, table: str, field: str, formula: str) -> None:
+        """Turn a field into a formula field, as a person does in its "Edit field" dialog (the Web
+        API cannot create or convert to formula fields: field-model, Formula, "not writable"):
+        its stored cells go and from then on its values are computed from ``formula``, which may
+        name other fields as {name}.  The field keeps its id and name.  options: formula,
+        isValid, referencedFieldIds and result (field-model, Formula; result {type: "number"},
+        which is what the emulator's formulas give a field they count with; UNCONFIRMED for other
+        results).  Payload: changedFieldsById {fid: {current: {type: "formula"}, previous: {type}}}
+        and, in the same payload, every cell whose value the change altered (webhooks-payload,
+        "a Formula field ... the field change and the records affected")."""
+        emu = self._emu
+        with emu._lock:
+            t = emu._require_table(table)
+            f = self._field(t, field)
+            if f["id"] == t.primary_field_id or f["type"] in COMPUTED_TYPES or f["type"] == "multipleRecordLinks":
+                raise ValueError(f"cannot convert a {f['type']} field to a formula here")
+            ast = emu._parse_formula(t, formula)  # refuses a formula that does not parse or names no field
+            before = emu._txn_begin(whole_base=True)
+            new = {"id": f["id"], "name": f["name"], "type": "formula",
+                   "options": {"formula": formula, "isValid": True, "referencedFieldIds": _field_refs(ast),
+                               "result": {"type": "number", "options": {"precision": 0}}}}
+            f.clear()
+            f.update(new)
+            for rec in t.records:
+                rec.fields.pop(f["id"], None)
+                rec.modified.pop(f["id"], None)
+            t.merge_indexes.clear()
+            emu._txn_end(before, "client")
+
     # ---- helpers ---------------------------------------------------------------------
 
     @staticmethod
@@ -318,6 +347,14 @@ class ClientActions:
             fid = new_id("fld")
             if fid not in taken:
                 return fid
+
+
+def _field_refs(node: tuple) -> list[str]:
+    """The field ids a parsed formula reads, in order, once each."""
+    if node[0] == "field":
+        return [node[1]]
+    children = node[2] if node[0] == "call" else [n for n in node[1:] if isinstance(n, tuple)]
+    return list(dict.fromkeys(fid for child in children for fid in _field_refs(child)))
 
 
 def _formulas_by_id(t: "_Table", f: dict) -> list[dict]:

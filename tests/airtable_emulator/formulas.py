@@ -3,11 +3,12 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 import re
 from typing import TYPE_CHECKING, Any
 
-from .common import MSG_BAD_FORMULA, NUMERIC_RE, ApiError, clean_number
+from .common import MSG_BAD_FORMULA, NUMERIC_RE, ApiError, clean_number, format_datetime
 
 if TYPE_CHECKING:
     from .records import _Record, _Table
@@ -31,6 +32,7 @@ _FUNCTIONS: dict[str, tuple[int, int | None]] = {
     "TRUE": (0, 0), "FALSE": (0, 0), "BLANK": (0, 0), "RECORD_ID": (0, 0),
     "LOWER": (1, 1), "UPPER": (1, 1), "LEN": (1, 1), "TRIM": (1, 1), "VALUE": (1, 1),
     "FIND": (2, 3), "SEARCH": (2, 3), "CONCATENATE": (1, None),
+    "NOW": (0, 0), "TODAY": (0, 0), "DATETIME_DIFF": (2, 3),
 }
 _TOKEN_RE = re.compile(
     r"""\s*(?:
@@ -230,6 +232,44 @@ def _compare(op: str, a: Any, b: Any) -> bool:
 
 
 
+# Date functions.  Airtable's formula field reference (support.airtable.com/docs/formula-field-reference,
+# as recalled: the stored copies searched did not show that page, UNCONFIRMED): NOW() is the current
+# date and time, TODAY() the current date (its time 00:00, in GMT), both recomputed as time passes;
+# DATETIME_DIFF([date1], [date2], 'units') is date1 minus date2 in the units, negative when date2
+# is later.  Units and their abbreviations, from
+# https://support.airtable.com/docs/supported-unit-specifiers-for-datetime-diff: 'milliseconds'
+# 'ms', 'seconds' 's', 'minutes' 'm', 'hours' 'h', 'days' 'd', 'weeks' 'w', 'months' 'M',
+# 'quarters' 'Q', 'years' 'y'; with no unit the result is in seconds, and with a unit it does
+# not recognise, in milliseconds (that page's notes).  The result is a whole number of units,
+# cut toward zero (moment.js's diff, which Airtable's formulas are built on: UNCONFIRMED).
+_DIFF_UNITS = {"milliseconds": "ms", "seconds": "s", "minutes": "m", "hours": "h", "days": "d", "weeks": "w",
+               "months": "M", "quarters": "Q", "years": "y"}
+_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
+
+
+def _to_datetime(v: Any) -> dt.datetime:
+    """A date or dateTime cell (ISO text, as the API renders them) as a UTC datetime."""
+    text = _to_str(v).strip()
+    try:
+        value = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise _EvalError("not a date") from None
+    return value.replace(tzinfo=dt.timezone.utc) if value.tzinfo is None else value.astimezone(dt.timezone.utc)
+
+
+def _datetime_diff(a: dt.datetime, b: dt.datetime, unit: str | None) -> int:
+    unit = "s" if unit is None else _DIFF_UNITS.get(unit, unit)
+    if unit in ("M", "Q", "y"):
+        sign = 1 if a >= b else -1
+        late, early = (a, b) if sign > 0 else (b, a)
+        months = (late.year - early.year) * 12 + late.month - early.month
+        if (late.day, late.time()) < (early.day, early.time()):
+            months -= 1  # a month not yet whole
+        return sign * (months // {"M": 1, "Q": 3, "y": 12}[unit])
+    delta_ms = round((a - b) / dt.timedelta(milliseconds=1))
+    return int(delta_ms / _UNIT_MS.get(unit, 1))  # an unknown unit: milliseconds
+
+
 def _display(value: Any) -> str:
     if isinstance(value, dict):
         if "filename" in value:
@@ -295,6 +335,9 @@ class FormulaMixin:
             return None
         if name == "RECORD_ID":
             return rec.id
+        if name in ("NOW", "TODAY"):
+            now = self._now()
+            return format_datetime(now if name == "NOW" else now.replace(hour=0, minute=0, second=0, microsecond=0))
         values = [ev(a) for a in args]
         if name == "LOWER":
             return _to_str(values[0]).lower()
@@ -308,6 +351,11 @@ class FormulaMixin:
             return _to_num(values[0])
         if name == "CONCATENATE":
             return "".join(_to_str(v) for v in values)
+        if name == "DATETIME_DIFF":
+            if values[0] in (None, "") or values[1] in (None, ""):
+                return None  # an empty date: an empty cell
+            return _datetime_diff(_to_datetime(values[0]), _to_datetime(values[1]),
+                                  _to_str(values[2]) if len(values) > 2 else None)
         needle, hay = _to_str(values[0]), _to_str(values[1])
         start = int(_to_num(values[2])) - 1 if len(values) > 2 else 0
         if name == "SEARCH":
