@@ -30,6 +30,7 @@ docs/BENCHMARK.md has the figures and how to read them.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import math
 import os
@@ -286,7 +287,22 @@ def oid(ts: int, n: int, salt: int) -> str:
     return f"{ts:08x}{salt:010x}{n % (1 << 24):06x}"
 
 
-def make_users(rng: random.Random, n: int) -> list[dict]:
+def days_since(doc: dict, exported: dt.date) -> int:
+    """The seed's exporter (mongodb_pull.py): days_inactive is the whole days from last_active to
+    the export's date, so every user's value rises by one every night."""
+    return (exported - dt.date.fromisoformat(doc["last_active"]["$date"][:10])).days
+
+
+def export_days_inactive(users: list[dict], exported: dt.date) -> None:
+    """The users as exported on `exported` (the value's type varies as make_users made it)."""
+    for i, doc in enumerate(users):
+        days = days_since(doc, exported)
+        doc["days_inactive"] = {"$numberInt": str(days)} if i % 50 else str(days)
+
+
+def make_users(rng: random.Random, n: int, exported: dt.date | None = None) -> list[dict]:
+    """`exported`: the export's date, which days_inactive counts to (default today, UTC)."""
+    exported = exported or dt.datetime.now(dt.timezone.utc).date()
     users = []
     for i in range(n):
         first, last = rng.choice(FIRST), rng.choice(LAST)
@@ -328,7 +344,9 @@ def make_users(rng: random.Random, n: int) -> list[dict]:
         doc["total_spent"] = {"$numberDecimal": f"{events * rng.choice([45, 75, 85, 145])}.{rng.choice(['00', '50'])}"}
         active = created + rng.randrange(30 * 86400)
         doc["last_active"] = {"$date": iso(active, rng.randrange(1000))}
-        doc["days_inactive"] = {"$numberInt": str(rng.randrange(0, 120))} if i % 50 else str(rng.randrange(0, 120))
+        rng.randrange(0, 120)  # drawn as before days_inactive was modelled, so the rest of the data is as it was
+        days = days_since(doc, exported)
+        doc["days_inactive"] = {"$numberInt": str(days)} if i % 50 else str(days)
         doc["engagement_status"] = rng.choice(["new", "active", "at_risk", "dormant"])
         doc["journey_stage"] = rng.choice(["signed_up", "first_event", "repeat_guest", "ambassador"])
         doc["value_segment"] = rng.choice(["low", "medium", "high"])
@@ -499,10 +517,19 @@ def write_exports(data: dict[str, list[dict]], mongo_dir: Path) -> None:
             out.write("\n")
 
 
-def empty_base(path: Path) -> str:
+# What a person makes of the day counter once a night's report names it (issue 21).
+DAYS_INACTIVE_FORMULA = "DATETIME_DIFF(TODAY(), {last_active}, 'days')"
+
+
+def empty_base(path: Path, days_inactive_formula: bool = False) -> str:
+    """The fixtures' schema with no records; with `days_inactive_formula`, Users' days_inactive is
+    the formula field a person made of it, which the sync never writes."""
     base = json.loads((FIXTURES / "base.json").read_text(encoding="utf-8"))
     for table in base["tables"]:
         table["records"] = []
+        for f in table["fields"]:
+            if days_inactive_formula and f["name"] == "days_inactive":
+                f.update(type="formula", options={"formula": DAYS_INACTIVE_FORMULA})
     path.write_text(json.dumps(base), encoding="utf-8")
     return base["id"]
 
@@ -655,9 +682,18 @@ NIGHTS = [
 QUIET, CHANGED = 2, (3, 4)  # indexes into NIGHTS
 
 
-def bench_size(size: str, rps: float, rerun_rps: float, work: Path, out) -> dict:
+# The nights run minutes apart, and the sync tells a day counter by the run's date (within a day):
+# night k is exported as of today + (k - COUNTER_DAY) days, so the nights after the first rewrite
+# (2, 3, 4) are within a day of the run's date and each export is one day later than the last.
+COUNTER_DAY = 3
+FIRST_NAMED = 2  # the second night whose updates write the counter: the first that may name it
+
+
+def bench_size(size: str, rps: float, rerun_rps: float, work: Path, out, days_inactive: str = "exported") -> dict:
     """The five nights, each run on two bases side by side: one with change tracking, one with full
-    reads, the same exports and the same people's edits applied to both."""
+    reads, the same exports and the same people's edits applied to both. `days_inactive`:
+    "exported" (a number column the sync fills, as the seed's base has it) or "formula" (the
+    column a person made a formula, as the report advises)."""
     n_users, n_events, n_messages = SIZES[size]
     say = lambda *a: print(*a, file=out, flush=True)  # noqa: E731
     say(f"\n== size {size}: {n_users:,} users, {n_events:,} events, {n_messages:,} messages; "
@@ -678,15 +714,19 @@ def bench_size(size: str, rps: float, rerun_rps: float, work: Path, out) -> dict
     try:
         for arm in ARMS:
             (root / arm).mkdir()
-            empty_base(root / arm / "BASE.json")
+            empty_base(root / arm / "BASE.json", days_inactive_formula=days_inactive == "formula")
             emulators[arm] = EmulatorProcess(root / arm / "BASE.json", rps, root / arm / "emulator.log")
         airtable_count = {arm: {k: 0 for k in TABLES} for arm in ARMS}
         for night, (name, change_at, edit_seed) in enumerate(NIGHTS):
             touched = {k: set() for k in TABLES}
+            export_days_inactive(data["users"], dt.datetime.now(dt.timezone.utc).date()
+                                 + dt.timedelta(days=night - COUNTER_DAY))
+            if night and days_inactive == "exported":  # every user's counter rose by one
+                touched["users"] = {mongo_id(doc) for doc in data["users"]}
             if change_at is not None:
                 for k, ids in change_one_percent(data, change_at).items():
                     touched[k] |= ids
-                write_exports(data, mongo)
+            write_exports(data, mongo)
             edited: dict[str, dict] = {}
             if edit_seed is not None:
                 edited = {arm: emulators[arm].edit(EDIT_FRACTION, edit_seed) for arm in ARMS}
@@ -735,7 +775,7 @@ def bench_size(size: str, rps: float, rerun_rps: float, work: Path, out) -> dict
         for emulator in emulators.values():
             emulator.close()
     return {"size": size, "rps": rps, "rerun_rps": rerun_rps, "runs": runs, "totals": totals, "root": root,
-            "bases_equal": bases_equal}
+            "bases_equal": bases_equal, "days_inactive": days_inactive}
 
 
 # ---------------------------------------------------------------------------
@@ -849,14 +889,17 @@ def verdicts(result: dict, check_absolute: bool) -> list[Verdict]:
             out.append(Verdict(f"[{size}] {run.name} [{run.arm}]: wall / (requests/rps) <= {MAX_WALL_RATIO:.2f}",
                                run.wall_ratio() <= MAX_WALL_RATIO,
                                f"{run.child.wall_s:.1f} s / {run.ideal_s():.1f} s = {run.wall_ratio():.3f}"))
-    for arm in ARMS:
-        for run in arms[arm][1:QUIET + 1]:
-            out.append(Verdict(f"[{size}] {run.name} [{arm}]: zero write requests", run.requests["write"] == 0,
-                               f"{run.requests['write']} write requests"))
     quiet, quiet_full = arms["webhook"][QUIET], arms["off"][QUIET]
-    out.append(Verdict(f"[{size}] a quiet night makes at most {MAX_QUIET_REQUESTS} requests",
-                       quiet.requests["total"] <= MAX_QUIET_REQUESTS,
-                       f"{quiet.requests['total']} requests (full reads: {quiet_full.requests['total']})"))
+    if result["days_inactive"] == "exported":  # no night is quiet: the report must say why, and give the formula
+        out += counter_verdicts(result)
+    else:
+        for arm in ARMS:
+            for run in arms[arm][1:QUIET + 1]:
+                out.append(Verdict(f"[{size}] {run.name} [{arm}]: zero write requests", run.requests["write"] == 0,
+                                   f"{run.requests['write']} write requests"))
+        out.append(Verdict(f"[{size}] a quiet night makes at most {MAX_QUIET_REQUESTS} requests",
+                           quiet.requests["total"] <= MAX_QUIET_REQUESTS,
+                           f"{quiet.requests['total']} requests (full reads: {quiet_full.requests['total']})"))
     for night in CHANGED:
         run = arms["webhook"][night]
         out.append(Verdict(f"[{size}] {run.name}: requests <= {MAX_CHANGED_BOUND:g} x the lower bound",
@@ -864,9 +907,10 @@ def verdicts(result: dict, check_absolute: bool) -> list[Verdict]:
                            f"{run.requests['total']} vs {run.lower_bound()} (1 + max(1, ceil({run.payloads}/50)) + "
                            f"{run.min_writes()} writes) = {run.requests['total'] / run.lower_bound():.3f}"))
     ratio = quiet.child.wall_s / quiet_full.child.wall_s
-    out.append(Verdict(f"[{size}] a quiet night's wall time <= {MAX_QUIET_WALL:.0%} of the full-read quiet night's "
-                       f"(at {quiet.rps:g} requests/s)", ratio <= MAX_QUIET_WALL,
-                       f"{quiet.child.wall_s:.2f} s vs {quiet_full.child.wall_s:.2f} s = {ratio:.1%}"))
+    if result["days_inactive"] == "formula":
+        out.append(Verdict(f"[{size}] a quiet night's wall time <= {MAX_QUIET_WALL:.0%} of the full-read quiet night's "
+                           f"(at {quiet.rps:g} requests/s)", ratio <= MAX_QUIET_WALL,
+                           f"{quiet.child.wall_s:.2f} s vs {quiet_full.child.wall_s:.2f} s = {ratio:.1%}"))
     edited_night = arms["webhook"][CHANGED[-1]]
     reverted = sum(t.get("reverted_edits") or 0 for t in edited_night.tables.values())
     out.append(Verdict(f"[{size}] {edited_night.name}: reverted_edits = the records people edited",
@@ -894,6 +938,38 @@ def verdicts(result: dict, check_absolute: bool) -> list[Verdict]:
         out.append(Verdict(f"[{size}] {quiet.name} [webhook]: CPU <= {MAX_QUIET_CPU_S[size]:g} s",
                            quiet.child.cpu_s <= MAX_QUIET_CPU_S[size], f"{quiet.child.cpu_s:.2f} s"))
     return out
+
+
+def counter_verdicts(result: dict) -> list[Verdict]:
+    """Issue 21: the counter's first rewrite is not named; from the second on, every night's report
+    names users.days_inactive as a day counter since last_active (its formula on the attention line)."""
+    out = []
+    for arm in ARMS:
+        for night, run in enumerate(result["runs"][arm][1:], 1):
+            named = [v for v in run.tables["users"].get("volatile_fields", []) if v["field"] == "days_inactive"]
+            want = night >= FIRST_NAMED
+            ok = (bool(named) == want and (not want or (named[0]["counts_days"]
+                                                        and named[0]["counts_days_since"] == "last_active")))
+            out.append(Verdict(f"[{result['size']}] {run.name} [{arm}]: users.days_inactive "
+                               + ("named as a day counter since last_active" if want else "not named yet"), ok,
+                               json.dumps(named) if named else "not named"))
+    return out
+
+
+def month_lines(result: dict) -> list[str]:
+    """Each night after the first sync at Airtable's 5 requests/s, and a month of such nights
+    against Team's 100,000 calls: requests, and wall time = requests / 5 + the sync's CPU."""
+    lines = []
+    for run in result["runs"]["webhook"][1:]:
+        wall = run.requests["total"] / REAL_RPS + run.child.cpu_s
+        month = 30 * run.requests["total"]
+        lines.append(f"  {run.name}: {run.requests['total']:,} requests ({run.requests['write']:,} write), "
+                     f"{wall:.1f} s at {REAL_RPS} requests/s; 30 such nights {month:,} calls, "
+                     f"{month / TEAM_MONTHLY_CALLS:.1%} of Team's {TEAM_MONTHLY_CALLS:,}")
+    return lines
+
+
+TEAM_MONTHLY_CALLS = 100_000
 
 
 def figures(result: dict) -> dict:
@@ -957,6 +1033,10 @@ def main(argv: list[str] | None = None) -> int:
                         f"(default {DEFAULT_RPS['10k']} for small/10k, {DEFAULT_RPS['100k']} for 100k)")
     parser.add_argument("--rerun-rps", type=float, help="requests/s for the nights after the first sync (default "
                         f"{REAL_RPS}, Airtable's own, for small/10k; {DEFAULT_RERUN_RPS['100k']} for 100k)")
+    parser.add_argument("--days-inactive", choices=("exported", "formula"), default="exported",
+                        help="exported (default): Users' days_inactive is a number column the sync fills, and the "
+                        "export moves it every night, as the seed's exporter does; formula: the column is the "
+                        f"formula {DAYS_INACTIVE_FORMULA}, which the sync never writes")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (exports, reports, logs)")
     parser.add_argument("--figures", metavar="PATH", help="write each size's peak RSS, CPU and wall time per night "
                         "to PATH (JSON), for --slope-against")
@@ -972,7 +1052,8 @@ def main(argv: list[str] | None = None) -> int:
     out = sys.stdout
     print(f"Machine: {machine()}", flush=True)
     print(f"Command: python tests/benchmark.py --size {args.size}" + (f" --rps {args.rps:g}" if args.rps else "")
-          + (f" --rerun-rps {args.rerun_rps:g}" if args.rerun_rps else ""), flush=True)
+          + (f" --rerun-rps {args.rerun_rps:g}" if args.rerun_rps else "")
+          + f" --days-inactive {args.days_inactive}", flush=True)
     print(f"Work folder: {work}", flush=True)
     results = {}
     try:
@@ -981,7 +1062,7 @@ def main(argv: list[str] | None = None) -> int:
               f"(included in every run's figures)", flush=True)
         for size in sizes:
             results[size] = bench_size(size, args.rps or DEFAULT_RPS[size],
-                                       args.rerun_rps or DEFAULT_RERUN_RPS[size], work, out)
+                                       args.rerun_rps or DEFAULT_RERUN_RPS[size], work, out, args.days_inactive)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
@@ -996,6 +1077,8 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(table_rows(result)))
         print()
         print("\n".join(detail_rows(result)))
+        print(f"\nThe nights at Airtable's {REAL_RPS} requests/s, days_inactive {result['days_inactive']}:")
+        print("\n".join(month_lines(result)))
         print()
         for arm in ARMS:
             for run in result["runs"][arm]:
