@@ -1763,8 +1763,9 @@ class BaseReader:
         self.bound, table_ids = state_bindings(self.settings, state)
         self.airtable.use_tables(table_ids)
         read = self.read_caches(needed, state) if self.settings.use_cache else self.read_base(needed, state)
-        if state is not None and (state.endpoint_url, state.base_id) == (self.settings.endpoint_url, self.settings.base_id):
-            read.previous = state
+        if state is not None and (state.endpoint_url, state.base_id) == (self.settings.endpoint_url,
+                                                                          self.settings.base_id):
+            read.previous = state  # what the last run of this base wrote, for the volatile fields
         read.columns = table_bindings(read.schema, self.bound, needed)
         for key, columns in read.columns.items():
             warn_schema_changes(key, columns)
@@ -3667,7 +3668,8 @@ class RunDays:
 
 def run_days(previous: ChangeState | None, now: datetime) -> RunDays:
     today = now.astimezone(timezone.utc).date()
-    return RunDays(today, None if previous is None else (today - previous.last_run.astimezone(timezone.utc).date()).days)
+    last = None if previous is None else previous.last_run.astimezone(timezone.utc).date()
+    return RunDays(today, None if last is None else (today - last).days)
 
 
 def day_of(value: Any) -> date | None:
