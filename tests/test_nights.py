@@ -273,14 +273,18 @@ def test_the_warning_gives_the_cost_and_the_formula_as_the_contract_words_it():
 
 
 def test_writes_by_field_counts_updates_done_and_alone_largest_first():
-    cols = columns("a", "b", "c")
     record = sync.ExportRecord(0, "m", {})
 
-    def update(*keys: str, outcome: str = "done", action: str = "update") -> sync.PlannedWrite:
-        return sync.PlannedWrite(record, action, sent_fields=tuple(f"fld{k}" for k in keys), outcome=outcome)
+    def write(*keys: str, action: str = "update") -> sync.PlannedWrite:
+        return sync.PlannedWrite(record, action, fields={f"fld{k}": 1 for k in keys})
 
-    plan = sync.TablePlan(sync.TABLE_SPECS["users"], cols, {"flda": "number", "fldb": "number"}, None,
-                          [update("a"), update("a", "b"), update("b", outcome="failed"), update("a", action="create"),
-                           update("c")], [], [], [], [])
-    assert sync.writes_by_field(plan, dry_run=False) == {"a": {"cells": 2, "alone": 1}, "b": {"cells": 1, "alone": 0}}
-    assert sync.writes_by_field(plan, dry_run=True)["b"] == {"cells": 2, "alone": 1}
+    a, ab, b, ac, create = write("a"), write("a", "b"), write("b"), write("a", "c"), write("a", action="create")
+    plan = sync.TablePlan(sync.TABLE_SPECS["users"], columns("a", "b", "c"), {}, None, [a, ab, b, ac, create],
+                          [], [], [], [])
+    planned = sync.writes_by_field(plan, sync.Applied())  # a dry run: every update as planned
+    assert planned == {"a": {"cells": 3, "alone": 1}, "b": {"cells": 2, "alone": 1}, "c": {"cells": 1, "alone": 0}}
+    assert list(planned) == ["a", "b", "c"]  # largest first
+    applied = sync.Applied(dropped={"users": {"fldc": "read_only"}})  # Airtable refused c midway
+    applied.results.update({w: sync.Written(sync.Outcome.DONE) for w in (a, ab, ac, create)})
+    applied.results[b] = sync.Written(sync.Outcome.FAILED)
+    assert sync.writes_by_field(plan, applied) == {"a": {"cells": 3, "alone": 2}, "b": {"cells": 1, "alone": 0}}
