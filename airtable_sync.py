@@ -2879,7 +2879,7 @@ def plan_table(
     columns: TableColumns,
     link_index: Mapping[str, Mapping[str, str]],
     memo: PlanMemo | None = None,
-    days: RunDays | None = None,
+    days_since_last_run: int | None = None,
 ) -> TablePlan:
     """What to create, update and skip for one table: pure but for reading the export and the
     snapshot. Records and writes name the fields by their keys in `columns` (field ids, once
@@ -2893,7 +2893,7 @@ def plan_table(
     carried = exported.carried
     plan = TablePlan(spec, columns, types, id_key, [], [], sorted(carried - spec.consumed_mongo_fields),
                      list(columns.missing), read_only, absent_in_export(spec, carried) if carried else [])
-    plan.days = DayTally(days, types) if days is not None else None
+    plan.days = DayTally(days_since_last_run, types)
     has_id_field = plan.has_id_field
     matcher = Matcher(airtable_records, columns.key(spec.airtable_key), id_key)
     converting = mapped_columns(spec, columns, types)
@@ -3657,19 +3657,11 @@ VOLATILE_MIN_RECORDS = 100  # below this a rewritten column costs too little to 
 DAY_COUNTER_SHARE = 0.9  # of the records it changed (or that carry the date) that must tell a day counter
 
 
-@dataclass(frozen=True)
-class RunDays:
-    """The dates a day counter is told by: it counts to the run's date, and it rose by the days
-    since the previous run."""
-
-    today: date  # the run's date, UTC
-    elapsed: int | None  # whole days since the previous run (None: there was none)
-
-
-def run_days(previous: ChangeState | None, now: datetime) -> RunDays:
-    today = now.astimezone(timezone.utc).date()
-    last = None if previous is None else previous.last_run.astimezone(timezone.utc).date()
-    return RunDays(today, None if last is None else (today - last).days)
+def days_since_last_run(previous: ChangeState | None, now: datetime) -> int | None:
+    """Whole days (UTC dates) since the run that left `previous`: what a day counter rose by."""
+    if previous is None:
+        return None
+    return (now.astimezone(timezone.utc).date() - previous.last_run.astimezone(timezone.utc).date()).days
 
 
 def day_of(value: Any) -> date | None:
@@ -3680,23 +3672,31 @@ def day_of(value: Any) -> date | None:
         return None
 
 
+DAYS_COUNTED_TO_KEPT = 16  # distinct dates a field may count to, kept per date field: a counter needs 1 to 3
+
+
 class DayTally:
     """Over one table's planned updates, how many changed each numeric field, how many of those rose
-    by the days since the previous run, and, per date field, how many hold the days from that date
-    to today: counters a field, never anything per record."""
+    by the days since the previous run, and, per date field, the dates the field counts days to
+    from it (the date plus the value): counters a field, never anything per record.
 
-    def __init__(self, days: RunDays, types: Mapping[str, str]):
-        self.days = days
+    A counter counts to the run's date. An export written on another day counts to that day
+    instead (the exporter computed it then; a test's nights a day apart in minutes do too): the
+    formula is the remedy all the same, so any one date that nine in ten records count to will do."""
+
+    def __init__(self, elapsed: int | None, types: Mapping[str, str]):
+        self.elapsed = elapsed  # whole days since the previous run (None: there was none)
         self.numbers = frozenset(k for k, t in types.items() if t in NUMBER_TYPES)
         self.dates = tuple(k for k, t in types.items() if t in ("date", "dateTime"))
         self.changed: dict[str, int] = defaultdict(int)
         self.rose: dict[str, int] = defaultdict(int)
         self.carried: dict[tuple[str, str], int] = defaultdict(int)  # (number, date) -> updates carrying both
-        self.counted: dict[tuple[str, str], int] = defaultdict(int)  # of those, the days from the date (within one)
+        # (number, date) -> the date it counts to (an ordinal) -> updates that do
+        self.counted_to: dict[tuple[str, str], dict[int, int]] = defaultdict(dict)
 
     def add(self, changes: Mapping[str, Any], old: Mapping[str, Any], converted: Mapping[str, Any]) -> None:
         """One planned update: its changed cells, Airtable's cells before, and all its converted values."""
-        today, elapsed = self.days.today, self.days.elapsed
+        elapsed = self.elapsed
         for key in self.numbers.intersection(changes):
             new, before = changes[key], old.get(key)
             if not isinstance(new, (int, float)):
@@ -3709,16 +3709,20 @@ class DayTally:
                 start = day_of(converted.get(date_key, old.get(date_key)))
                 if start is not None:
                     self.carried[key, date_key] += 1
-                    if abs((today - start).days - new) <= 1:
-                        self.counted[key, date_key] += 1
+                    ends, end = self.counted_to[key, date_key], start.toordinal() + round(new)
+                    if end in ends or len(ends) < DAYS_COUNTED_TO_KEPT:
+                        ends[end] = ends.get(end, 0) + 1
 
     def counts_days(self, key: str) -> bool:
         return self.changed[key] > 0 and self.rose[key] >= DAY_COUNTER_SHARE * self.changed[key]
 
     def counts_from(self, key: str) -> str | None:
-        """The date field whose days to today the field holds in most records carrying both, if enough do."""
-        best = max(((self.counted[key, d] / self.carried[key, d], d) for d in self.dates if self.carried[key, d]),
-                   default=None)
+        """The date field the field counts days from: the one whose records carrying both most count
+        to one date (within a day), if enough do."""
+        def share(date_key: str) -> float:
+            ends = self.counted_to[key, date_key]
+            return max(sum(ends.get(end + d, 0) for d in (-1, 0, 1)) for end in ends) / self.carried[key, date_key]
+        best = max(((share(d), d) for d in self.dates if self.carried[key, d]), default=None)
         return best[1] if best is not None and best[0] >= DAY_COUNTER_SHARE else None
 
 
@@ -4903,7 +4907,7 @@ class Sync(Command):
 
     def plan(self, exports: dict[str, ExportIndex], read: BaseRead, airtable: Airtable) -> dict[str, TablePlan]:
         plans: dict[str, TablePlan] = {}
-        days = run_days(read.previous, datetime.now(timezone.utc))
+        elapsed = days_since_last_run(read.previous, datetime.now(timezone.utc))
         for key in TABLE_ORDER:
             if key not in exports:
                 continue
@@ -4913,14 +4917,14 @@ class Sync(Command):
                           for link in spec.links}
             columns = read.columns[key]
             self.memos[key] = memo = PlanMemo.load(memo_path(self.settings, key))
-            plans[key] = plan_table(spec, exports[key], read.records[key], columns, link_index, memo, days)
+            plans[key] = plan_table(spec, exports[key], read.records[key], columns, link_index, memo, elapsed)
             if key in read.from_cache and any(w.matched_by == "key" for w in plans[key].writes):
                 # A natural-key match claims a record for good: a stale cache could hand it to the
                 # wrong Mongo record, so those are only ever made against a fresh read.
                 log.info("%s: natural-key matches are not made against a cache: reading the table", key)
                 read.read_again(key, pull_table(airtable, key, self.stop, columns.by_field_id))
                 self.memos[key] = memo = PlanMemo.load(memo_path(self.settings, key))
-                plans[key] = plan_table(spec, exports[key], read.records[key], columns, link_index, memo, days)
+                plans[key] = plan_table(spec, exports[key], read.records[key], columns, link_index, memo, elapsed)
             if plans[key].absent_in_export:
                 log.warning("%s: mapped Mongo fields that no exported record carries (renamed or dropped by the "
                             "exporter?): %s; Airtable keeps their values", key, ", ".join(plans[key].absent_in_export))

@@ -220,8 +220,8 @@ def columns(*names: str, renamed: dict | None = None) -> sync.TableColumns:
 
 
 def tally(elapsed: int | None = 1) -> sync.DayTally:
-    return sync.DayTally(sync.RunDays(date(2025, 3, 10), elapsed),
-                         {"fldcount": "number", "fldscore": "percent", "fldseen": "dateTime", "fldborn": "date"})
+    return sync.DayTally(elapsed, {"fldcount": "number", "fldscore": "percent", "fldseen": "dateTime",
+                                   "fldborn": "date"})
 
 
 def test_a_day_counter_is_told_from_counts_alone():
@@ -234,6 +234,18 @@ def test_a_day_counter_is_told_from_counts_alone():
     assert days.counts_days("fldcount") and days.counts_from("fldcount") == "fldseen"
     assert not days.counts_days("fldscore") and days.counts_from("fldscore") is None
     assert vars(days)["changed"] == {"fldcount": 100, "fldscore": 100}  # counters a field, nothing per record
+    assert all(len(ends) <= sync.DAYS_COUNTED_TO_KEPT for ends in days.counted_to.values())  # however scattered
+
+
+def test_a_counter_from_an_export_of_another_day_counts_from_its_date_and_one_in_ten_off_is_too_many():
+    stale, scattered = tally(), tally()
+    for i in range(100):
+        seen = f"2025-01-{1 + i % 28:02d}"
+        count = (date(2025, 2, 1) - date(2025, 1, 1 + i % 28)).days  # exported on 1 February, or the next day
+        stale.add({"fldcount": count + i % 2}, {"fldseen": seen}, {})
+        scattered.add({"fldcount": count + (5 if i % 9 == 0 else 0)}, {"fldseen": seen}, {})
+    assert stale.counts_from("fldcount") == "fldseen"
+    assert scattered.counts_from("fldcount") is None  # 88 of 100 within a day
 
 
 def test_a_day_counter_needs_nine_in_ten_and_a_previous_run():
