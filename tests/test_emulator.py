@@ -1035,3 +1035,31 @@ def test_standalone_subprocess(tmp_path):
         _, stderr = proc.communicate(timeout=10)
     assert f"serving base {BASE_ID}" in stderr
     assert "GET /v0/appEmulatorTest01/Contacts/recAda00000000001 -> 200 (read)" in stderr
+
+
+def test_a_field_made_a_formula_is_computed_by_date_functions_and_refuses_writes(contacts, emu):
+    import datetime as dt
+    today = dt.datetime.now(dt.timezone.utc).date()
+    seen = dt.datetime.combine(today - dt.timedelta(days=3), dt.time(22, 41), tzinfo=dt.timezone.utc)
+    contacts.update(ADA, {"LastSeen": seen.isoformat().replace("+00:00", "Z"), "Age": 7})
+    emu.client.change_field_to_formula("Contacts", "Age", "DATETIME_DIFF(TODAY(), {LastSeen}, 'days')")
+    age = next(f for f in emu.schema()["tables"][0]["fields"] if f["name"] == "Age")
+    assert age["id"] == "fldAge00000000001" and age["type"] == "formula"
+    assert age["options"]["referencedFieldIds"] == ["fldSeen0000000001"]
+    # TODAY() is today at 00:00 UTC: 2 days and 1 h 19 min after LastSeen, cut to whole days.
+    assert contacts.get(ADA)["fields"]["Age"] == 2
+    emu.advance_clock(days=1)
+    assert contacts.get(ADA)["fields"]["Age"] == 3
+    expect_error(lambda: contacts.update(ADA, {"Age": 5}), 422, "INVALID_VALUE_FOR_COLUMN")
+
+
+@pytest.mark.parametrize("unit, expected", [("days", 2), ("d", 2), ("hours", 49), ("weeks", 0), ("months", 0),
+                                            (None, 177540), ("bogus", 177540000)])
+def test_datetime_diff_units(unit, expected):
+    import datetime as dt
+    from airtable_emulator.formulas import _datetime_diff
+    utc = dt.timezone.utc
+    later, earlier = dt.datetime(2025, 3, 1, tzinfo=utc), dt.datetime(2025, 2, 26, 22, 41, tzinfo=utc)
+    assert _datetime_diff(later, earlier, unit) == expected
+    assert _datetime_diff(earlier, later, unit) == -expected
+    assert _datetime_diff(dt.datetime(2025, 3, 31, tzinfo=utc), dt.datetime(2024, 1, 31, tzinfo=utc), "Q") == 4
