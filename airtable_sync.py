@@ -40,7 +40,7 @@ import tempfile
 import threading
 import time
 from array import array
-from collections import defaultdict, deque
+from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
@@ -224,6 +224,8 @@ class Settings:
     delete_missing: bool = False
     force_delete: bool = False
     max_delete_fraction: float = 0.05
+    force_clear: bool = False  # --force-clear: lift the clear cap for this run
+    max_clear_fraction: float = 0.05
     archive_days: float = 30.0
     monthly_calls: int | None = None  # AIRTABLE_MONTHLY_CALLS: the workspace's monthly API call cap
     restore: Path | None = None  # --restore: the deletion archive to replay
@@ -246,7 +248,10 @@ settings (environment, or .env beside the script; the environment wins):
   AIRTABLE_FULL_SYNC_DAYS  a full read at least this often, default 7 (days)
   AIRTABLE_MAX_DELETE_FRACTION  --delete-missing deletes at most this share of a
                            table's records with an id, default 0.05
-  AIRTABLE_ARCHIVE_DAYS    days a deletion archive is kept, default 30
+  AIRTABLE_MAX_CLEAR_FRACTION  a run empties at most this share of a table's cells
+                           holding a value in one mapped field, default 0.05 (and
+                           always 10)
+  AIRTABLE_ARCHIVE_DAYS    days a deletion or changes archive is kept, default 30
   AIRTABLE_MONTHLY_CALLS   the workspace's monthly API call cap (Free 1000, Team 100000),
                            unset by default; when set, reports give the share of it this
                            tool used in the last 30 days, with a warning at 80%
@@ -254,8 +259,8 @@ settings (environment, or .env beside the script; the environment wins):
 
 exit codes:
   0    every record synced or skipped
-  1    the run finished but at least one record failed, or deletions were
-       held back by the safety cap
+  1    the run finished but at least one record failed, or deletions or
+       clears were held back by a safety cap
   2    configuration, usage or input error (nothing written to Airtable)
   3    Airtable unreachable, authentication or permission failure, or the
        workspace's monthly API calls spent (1 if records were already written)
@@ -306,6 +311,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
                           help="also delete Airtable records whose Mongo document left the export")
     deletion.add_argument("--force-delete", action="store_true",
                           help="with --delete-missing: lift the safety cap for this run")
+    deletion.add_argument("--force-clear", action="store_true",
+                          help="lift the clear cap for this run: write the clears it would hold back")
     output = parser.add_argument_group("output")
     output.add_argument("--cache-dir", type=Path, help="Airtable caches and the lock (default: data/)")
     output.add_argument("--reports-dir", type=Path, help="log and reports (default: reports/)")
@@ -383,6 +390,7 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
     if args.restore is not None:
         clash = [flag for flag, on in (("--check", args.check), ("--delete-missing", args.delete_missing),
                                        ("--full", args.full), ("--use-cache", args.use_cache),
+                                       ("--force-clear", args.force_clear),
                                        ("--limit", args.limit is not None)) if on]
         if clash:
             raise UsageError(f"--restore replays an archive and does not go with {', '.join(clash)}")
@@ -392,6 +400,9 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
     max_delete_fraction = _number_setting(env, "AIRTABLE_MAX_DELETE_FRACTION", 0.05, zero_ok=True)
     if max_delete_fraction > 1:
         raise UsageError(f"AIRTABLE_MAX_DELETE_FRACTION={max_delete_fraction!r} must be between 0 and 1")
+    max_clear_fraction = _number_setting(env, "AIRTABLE_MAX_CLEAR_FRACTION", 0.05, zero_ok=True)
+    if max_clear_fraction > 1:
+        raise UsageError(f"AIRTABLE_MAX_CLEAR_FRACTION={max_clear_fraction!r} must be between 0 and 1")
     mongo_dir = args.mongo_dir or Path(env.get("MONGODB_DATA_DIR", "").strip() or SCRIPT_DIR / "../mongodb_pull/data")
     if not Path(mongo_dir).is_dir() and not args.check and args.restore is None:
         raise UsageError(f"Mongo data folder {mongo_dir} does not exist (set --mongo-dir or MONGODB_DATA_DIR)")
@@ -418,6 +429,8 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
         delete_missing=args.delete_missing,
         force_delete=args.force_delete,
         max_delete_fraction=max_delete_fraction,
+        force_clear=args.force_clear,
+        max_clear_fraction=max_clear_fraction,
         archive_days=_number_setting(env, "AIRTABLE_ARCHIVE_DAYS", 30),
         monthly_calls=_optional_count(env, "AIRTABLE_MONTHLY_CALLS"),
         restore=args.restore,
@@ -2777,6 +2790,11 @@ def is_blank(value: Any, field_type: str) -> bool:
     return value is None or value == "" or value == [] or (value is False and field_type == "checkbox")
 
 
+def is_clear(value: Any) -> bool:
+    """Whether a changed value empties its cell (Mongo's null, "" or []): a clear, which the cap counts."""
+    return value is None or value == "" or value == []
+
+
 def values_equal(new: Any, old: Any, field_type: str) -> bool:
     """The contract's equality: blank forms are equal, numbers as numbers,
     dates as instants at whole seconds, lists in order."""
@@ -2825,6 +2843,7 @@ class PlannedWrite:
     matched_by: str | None = None  # "id" or "key" (pass 1 or 2) for an update or skip
     fields: dict = field(default_factory=dict)  # values to send (links as LinkRef lists)
     error: str | None = None
+    before: dict = field(default_factory=dict)  # an update's changed cells as Airtable had them (the changes archive's)
 
 
 @dataclass
@@ -2848,6 +2867,8 @@ class TablePlan:
     skipped_ids: dict[str, str] = field(default_factory=dict)  # Mongo id -> record id, when the table has no id field
     airtable_ids: dict[str, str] | None = None  # Mongo id -> Airtable record id, as matching found them
     days: DayTally | None = None  # what the updates tell of day counters
+    clears: Counter = field(default_factory=Counter)  # field key -> the planned updates emptying it
+    clears_held: list["HeldClears"] = field(default_factory=list)  # the fields the clear cap holds back
 
     @property
     def has_id_field(self) -> bool:
@@ -2980,7 +3001,8 @@ def plan_record(plan: TablePlan, record: ExportRecord, current: dict | None, how
         if plan.days is not None:
             plan.days.add(changes, current["fields"], converted)
         plan.writes.append(PlannedWrite(record.bare(), "update", record_id=current["id"], fields=changes,
-                                        matched_by=how))
+                                        matched_by=how, before={k: current["fields"].get(k) for k in changes}))
+        plan.clears.update(k for k, v in changes.items() if is_clear(v))
     else:
         plan.count_skip(record.mongo_id, current["id"])
         return not invalid and plan.unresolved_links == unresolved
@@ -3066,6 +3088,58 @@ def build_link_index(airtable_records: Iterable[dict], plan: TablePlan | None, i
             elif write.action == "create":
                 index[write.record.mongo_id] = PENDING
     return index
+
+
+CLEARS_ALWAYS_ALLOWED = 10  # a field's clears in a table are never held up to this many
+
+
+@dataclass(frozen=True)
+class HeldClears:
+    """A mapped field whose clears the cap holds back this run."""
+
+    key: str  # the field's key in the plan
+    name: str  # its mapped name
+    count: int  # the clears held
+    holding: int  # the table's records holding a value in it
+    limit: int  # the clears the cap allows
+
+
+def clear_limits(clears: Mapping[str, int], holding: Mapping[str, int], fraction: float) -> dict[str, int]:
+    """The fields whose clears are over the cap, and its limit for each: more than
+    CLEARS_ALWAYS_ALLOWED and more than `fraction` of the records holding a value there. Exact,
+    as the deletion cap: 29 of 100 at 0.29 is at the cap, not over it."""
+    limits = {key: max(CLEARS_ALWAYS_ALLOWED, math.floor(Fraction(str(fraction)) * holding[key])) for key in holding}
+    return {key: limit for key, limit in limits.items() if clears[key] > limit}
+
+
+def cap_clears(plan: TablePlan, snapshot: TableSnapshot, fraction: float) -> None:
+    """Holds back the clears of each field over the cap: an exporter bug or a bad migration can
+    null a whole column, and Airtable may have its last copy. Only a field with more than
+    CLEARS_ALWAYS_ALLOWED clears costs a pass over the snapshot's cells (a normal night: none)."""
+    holding = {key: sum(1 for _, (value,) in snapshot.cells([key]) if not is_blank(value, plan.types[key]))
+               for key, n in plan.clears.items() if n > CLEARS_ALWAYS_ALLOWED}
+    plan.clears_held = [HeldClears(key, plan.columns.mapped_name(key), plan.clears[key], holding[key], limit)
+                        for key, limit in clear_limits(plan.clears, holding, fraction).items()]
+    if plan.clears_held:
+        hold_back(plan, {held.key for held in plan.clears_held})
+
+
+def hold_back(plan: TablePlan, keys: set[str]) -> None:
+    """Takes the clears of `keys` out of the planned updates; their other changes stay. An update
+    left with nothing to send is no write: a skip, and one the memo never kept (plan_record keeps
+    only records in sync), so that the next run plans the clear again."""
+    kept = []
+    for write in plan.writes:
+        held = [k for k in keys & write.fields.keys() if is_clear(write.fields[k])] if write.action == "update" else []
+        for key in held:
+            del write.fields[key], write.before[key]
+        if held and not write.fields:
+            plan.count_skip(write.record.mongo_id, write.record_id)  # type: ignore[arg-type]
+            plan.planned["update"] -= 1
+            plan.planned["skip"] += 1
+        else:
+            kept.append(write)
+    plan.writes = kept
 
 
 DELETE_ORDER = ("messages", "events", "users")  # links first, so nothing points at a deleted record
@@ -3332,14 +3406,50 @@ class Applied:
             o in landed for outcomes in self.deleted.values() for o in outcomes.values())
 
 
+def changed_lines(plan: TablePlan, batch: Sequence[tuple[PlannedWrite, dict]]) -> list[dict]:
+    """The changes archive's lines for an update request: per record, the cells it changes by
+    mapped name, as Airtable had them (the snapshot the plan diffed against) and as sent."""
+    name = plan.columns.mapped_name
+    return [{"table": plan.spec.key, "id": write.record_id, "mongo_id": write.record.mongo_id,
+             "fieldIds": {name(k): k for k in fields}, "before": {name(k): write.before.get(k) for k in fields},
+             "after": {name(k): v for k, v in fields.items()}} for write, fields in batch]
+
+
+@dataclass
+class ChangesArchive:
+    """<reports-dir>/changed_<stamp>.jsonl: every value a run overwrites, so that --restore can
+    put it back. Named at its first line, `_2`, `_3` added when a run of the same second has it."""
+
+    reports_dir: Path
+    started: datetime
+    path: Path | None = None
+    archived: set[PlannedWrite] = field(default_factory=set)
+
+    def add(self, plan: TablePlan, batch: Sequence[tuple[PlannedWrite, dict]]) -> None:
+        """On disk before the request is sent (LocalWriteError, exit 74, when it cannot be, and the
+        request is not). A record sent again (its request refused, retried alone) is archived once."""
+        batch = [(write, fields) for write, fields in batch if write not in self.archived]
+        if not batch:
+            return
+        if self.path is None:
+            stamp, n = f"{self.started:%Y%m%d_%H%M%S}", 1
+            self.path = self.reports_dir / f"changed_{stamp}.jsonl"
+            while self.path.exists():
+                n += 1
+                self.path = self.reports_dir / f"changed_{stamp}_{n}.jsonl"
+        append_archive(self.path, changed_lines(plan, batch))
+        self.archived.update(write for write, _ in batch)
+
+
 class SyncWriter(BatchWriter):
     """A table's planned creates and updates: creates that carry an id are upserted on it (a
     create re-sent after a lost answer updates the record it made), the rest created plainly
     (never mixed in one request), then the updates."""
 
     def __init__(self, airtable: Airtable, stop: threading.Event, plan: TablePlan, applied: Applied,
-                 records: TableSnapshot):
+                 records: TableSnapshot, changes: ChangesArchive | None = None):
         super().__init__(airtable, stop, applied.results)
+        self.changes = changes  # where an update's previous values go before it is sent
         self.plan, self.applied = plan, applied
         self.key = plan.spec.key
         self.table = airtable.table(self.key)
@@ -3391,6 +3501,8 @@ class SyncWriter(BatchWriter):
     def send(self, action: str, batch: list[tuple[PlannedWrite, dict]]) -> tuple[list[dict], set[str] | None]:
         by_field_id = self.plan.columns.by_field_id
         if action == "update":
+            if self.changes is not None:
+                self.changes.add(self.plan, batch)
             return self.table.batch_update([{"id": w.record_id, "fields": f} for w, f in batch], typecast=True,
                                            use_field_ids=by_field_id), None
         if not self.plain_create(action):
@@ -3560,6 +3672,7 @@ class TableResult:
     orphans: int = 0
     deleted: int = 0
     deletions_held: int = 0
+    clears_held: dict[str, int] = field(default_factory=dict)  # mapped name -> clears held by the cap
     reverted_edits: int | None = None  # null on a full read: who changed what is unknown there
     unresolved_links: int = 0
     unmapped_fields: list[str] = field(default_factory=list)
@@ -3613,6 +3726,7 @@ def summarize(plan: TablePlan, applied: Applied, dry_run: bool, deletion: Deleti
         orphans=len(plan.orphans) - len(gone),
         deleted=len(deleted),
         deletions_held=len(deletion.records) if deletion is not None and deletion.held else 0,
+        clears_held={held.name: held.count for held in plan.clears_held},
         reverted_edits=set_back(plan, edited, applied),
         orphan_records=[record_ref(r, plan.columns.id_key) for r in plan.orphans if r["id"] not in gone],
         deleted_records=[record_ref(r, plan.columns.id_key) for r in deleted],
@@ -3849,13 +3963,14 @@ class RunReport:
     # A table's figures in the summary line: (figure, its word, shown when 0).
     SUMMARY: ClassVar[tuple[tuple[str, str, bool], ...]] = (
         ("created", "created", True), ("updated", "updated", True), ("skipped", "skipped", True),
-        ("errors", "failed", True), ("deleted", "deleted", False), ("deletions_held", "deletions held", False))
+        ("errors", "failed", True), ("deleted", "deleted", False), ("deletions_held", "deletions held", False),
+        ("clears_held", "clears held", False))
 
     def summary(self) -> str:
         """'users: 1 created, 0 updated, …; events: …'."""
         def figure(t: Any, name: str) -> int:
             value = getattr(t, name)
-            return len(value) if isinstance(value, list) else value
+            return len(value) if isinstance(value, list) else sum(value.values()) if isinstance(value, dict) else value
 
         return "; ".join(f"{key}: " + ", ".join(f"{figure(t, name)} {word}" for name, word, always in self.SUMMARY
                                                 if always or figure(t, name))
@@ -3871,6 +3986,8 @@ class RunReport:
         tables = self.tables.values()
         items = counted(sum(t.deletions_held for t in tables), "deletion held by the safety cap",
                         "deletions held by the safety cap")
+        items += [f"{key}.{name}: {n:,} clears held by the safety cap" for key, t in self.tables.items()
+                  for name, n in t.clears_held.items()]
         items += counted(sum(t.reverted_edits or 0 for t in tables), "reverted edit")
         items += counted(self.change_tracking.get("drift") or 0, "drifted record")
         items += counted(sum(t.unresolved_links for t in tables), "unresolved link")
@@ -3966,6 +4083,9 @@ def render_markdown(report: RunReport) -> str:
                 shown = ", ".join(f"{r['record_id']} ({r['mongo_id'] or 'no id'})" for r in refs[:MARKDOWN_RECORD_REFS])
                 more = f", and {len(refs) - MARKDOWN_RECORD_REFS} more" if len(refs) > MARKDOWN_RECORD_REFS else ""
                 notes.append(f"{label}: {len(refs)}: {shown}{more} (all in the JSON report)")
+        if result.clears_held:
+            notes.append("Clears held back by the safety cap, not written (see the log line; --force-clear writes "
+                         "them): " + ", ".join(f"{name} {n:,}" for name, n in result.clears_held.items()))
         if result.deletions_held:
             notes.append(f"{result.deletions_held} deletions held back by the safety cap: see the log line; "
                          "look with --dry-run, then --force-delete if they should go")
@@ -4925,6 +5045,8 @@ class Sync(Command):
                 read.read_again(key, pull_table(airtable, key, self.stop, columns.by_field_id))
                 self.memos[key] = memo = PlanMemo.load(memo_path(self.settings, key))
                 plans[key] = plan_table(spec, exports[key], read.records[key], columns, link_index, memo, elapsed)
+            if not self.settings.force_clear:
+                cap_clears(plans[key], read.records[key], self.settings.max_clear_fraction)
             if plans[key].absent_in_export:
                 log.warning("%s: mapped Mongo fields that no exported record carries (renamed or dropped by the "
                             "exporter?): %s; Airtable keeps their values", key, ", ".join(plans[key].absent_in_export))
@@ -4942,8 +5064,9 @@ class Sync(Command):
         return plans
 
     def apply(self, airtable: Airtable, read: BaseRead) -> None:
+        changes = ChangesArchive(self.settings.reports_dir, self.report.started)
         for key, plan in self.plans.items():
-            SyncWriter(airtable, self.stop, plan, self.applied, read.records[key]).apply()
+            SyncWriter(airtable, self.stop, plan, self.applied, read.records[key], changes).apply()
         archive = self.settings.reports_dir / f"deleted_{self.report.started:%Y%m%d_%H%M%S}.jsonl"
         deleter = Deleter(airtable, archive, self.stop, read.schema, self.applied)
         for deletion in self.deletions.values():
@@ -4989,8 +5112,15 @@ class Sync(Command):
                       "%d records with an id): none deleted. Look first with --dry-run; if they should go, "
                       "rerun with --delete-missing --force-delete", deletion.key, len(deletion.records),
                       deletion.limit, settings.max_delete_fraction, deletion.with_id)
+        clears_held = [(key, cap) for key, plan in plans.items() for cap in plan.clears_held]
+        for key, cap in clears_held:
+            log.warning("%s: %d clears of %s %s, over the safety cap of %d (AIRTABLE_MAX_CLEAR_FRACTION=%g of %d "
+                        "records holding a value there): none written, the records' other changes are. If the "
+                        "export is right, rerun with --force-clear", key, cap.count, cap.name,
+                        "would be held" if settings.dry_run else "held", cap.limit, settings.max_clear_fraction,
+                        cap.holding)
         failed = any(t.errors for t in self.report.tables.values())
-        return EXIT_RECORD_FAILED if failed or held else EXIT_OK
+        return EXIT_RECORD_FAILED if failed or held or clears_held else EXIT_OK
 
     def summarize(self, read: BaseRead) -> None:
         applied, report = self.applied, self.report
@@ -5029,12 +5159,12 @@ class Sync(Command):
         return self.applied.anything_written
 
 
-ARCHIVE_NAME = re.compile(r"deleted_(\d{8}_\d{6})\.jsonl")
+ARCHIVE_NAME = re.compile(r"(?:deleted|changed)_(\d{8}_\d{6})(?:_\d+)?\.jsonl")
 
 
 def prune_archives(reports_dir: Path, days: float, now: datetime) -> None:
-    """Deletion archives hold personal data of people who left: kept AIRTABLE_ARCHIVE_DAYS, by
-    the timestamp in their name, and no other file is touched."""
+    """Deletion and changes archives hold personal data (of people who left, or overwritten):
+    kept AIRTABLE_ARCHIVE_DAYS, by the timestamp in their name, and no other file is touched."""
     try:
         names = os.listdir(reports_dir)
     except OSError:
@@ -5050,7 +5180,7 @@ def prune_archives(reports_dir: Path, days: float, now: datetime) -> None:
         if (now - stamp).total_seconds() > days * 86400:
             with contextlib.suppress(OSError):
                 os.remove(reports_dir / name)
-                log.info("removed the deletion archive %s (older than %g days)", name, days)
+                log.info("removed the archive %s (older than %g days)", name, days)
 
 
 @dataclass

@@ -391,8 +391,8 @@ def test_a_full_disk_under_the_runs_temporary_files_exits_74_and_the_next_run_re
     folder, and the next run finishes with no duplicate."""
     without_u12(harness)
     users = harness.read_export("users.json")
-    for user in users:
-        user["summary"] = "x" * 30_000
+    for user in users:  # long enough that the creates, sent first, fill the disk before any update is archived
+        user["summary"] = "x" * 60_000
     harness.write_export("users.json", users)
     assert (harness.mongo_dir / "users.json").stat().st_size > 2 * 200_000 > 2 * sync.SCRATCH_IN_MEMORY_BYTES / 5
     before = Counter(r["fields"].get("id") for r in emulator.records(USERS))
