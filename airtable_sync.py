@@ -282,6 +282,8 @@ examples:
   airtable_sync.py --delete-missing     also delete what left Mongo (capped, archived first)
   airtable_sync.py --restore reports/deleted_20261201_021500.jsonl
                                         put back what a run deleted
+  airtable_sync.py --restore reports/changed_20261201_021500.jsonl
+                                        put back the values a run overwrote
   airtable_sync.py --demo               the whole sync against a local emulator, no account
 """
 
@@ -297,7 +299,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
     modes.add_argument("--check", action="store_true", help="compare the mappings with Airtable's schema; write nothing")
     modes.add_argument("--dry-run", action="store_true", help="plan and report, send no write request")
     modes.add_argument("--restore", type=Path, metavar="ARCHIVE",
-                       help="replay a deletion archive (reports/deleted_<stamp>.jsonl) into Airtable")
+                       help="replay a deletion archive (reports/deleted_<stamp>.jsonl), or put back the values a "
+                            "run overwrote (reports/changed_<stamp>.jsonl)")
     modes.add_argument("--demo", action="store_true", help="sync the sample data into a local Airtable emulator")
     reading = parser.add_argument_group("reading")
     reading.add_argument("--mongo-dir", type=Path, help="folder of users.json, events.json, messages.json")
@@ -4253,7 +4256,7 @@ class ArchivedRecord:
     line: int
 
 
-def read_archive(path: Path) -> list[ArchivedRecord]:
+def read_archive(path: Path) -> list[ArchivedRecord] | list[ChangedRecord]:
     try:
         raw = path.read_bytes()
     except OSError as exc:
@@ -4261,7 +4264,7 @@ def read_archive(path: Path) -> list[ArchivedRecord]:
     return parse_archive(path, raw)
 
 
-def parse_archive(path: Path, raw: bytes) -> list[ArchivedRecord]:
+def parse_archive(path: Path, raw: bytes) -> list[ArchivedRecord] | list[ChangedRecord]:
     """Every line checked before anything is sent: a bad or truncated line is an input error
     naming the file and the line. Blank lines are skipped."""
     records = []
@@ -4281,8 +4284,20 @@ def parse_archive(path: Path, raw: bytes) -> list[ArchivedRecord]:
             cut = " (the last line stops short: a truncated archive?)" if last and not text.rstrip().endswith("}") \
                 else ""
             raise UsageError(f"{path}: line {number}: not valid JSON: {exc.msg} (column {exc.colno}){cut}") from None
-        records.append(archived_record(path, number, obj))
+        records.append(archive_line(path, number, obj))
+    mixed = next((r for r in records if type(r) is not type(records[0])), None)
+    if mixed is not None:
+        raise UsageError(f"{path}: line {mixed.line}: not the kind of line {records[0].line} is (a deletion "
+                         "archive's lines and a changes archive's mixed)")
     return records
+
+
+def archive_line(path: Path, number: int, obj: Any) -> "ArchivedRecord | ChangedRecord":
+    """A line of either archive, told apart by content: a changes archive's has before and after,
+    a deletion archive's fields."""
+    if isinstance(obj, dict) and ("before" in obj or "after" in obj):
+        return changed_record(path, number, obj)
+    return archived_record(path, number, obj)
 
 
 def archived_record(path: Path, number: int, obj: Any) -> ArchivedRecord:
@@ -4290,12 +4305,41 @@ def archived_record(path: Path, number: int, obj: Any) -> ArchivedRecord:
     if not (isinstance(obj, dict) and isinstance(obj.get("table"), str) and isinstance(obj.get("id"), str)
             and obj["id"] and isinstance(obj.get("fields"), dict)):
         raise UsageError(f"{where}: not an archived record (a JSON object with table, id and fields)")
+    return ArchivedRecord(obj["table"], obj["id"], obj["fields"], archived_field_ids(where, obj), number)
+
+
+def archived_field_ids(where: str, obj: dict) -> dict:
+    """An archive line's fieldIds, once its table is known to be synced."""
     if obj["table"] not in TABLE_SPECS:
         raise UsageError(f"{where}: unknown table {obj['table']!r} (one of {', '.join(TABLE_ORDER)})")
     field_ids = obj.get("fieldIds", {})
     if not isinstance(field_ids, dict) or not all(isinstance(v, str) for v in field_ids.values()):
         raise UsageError(f"{where}: fieldIds is not an object of field ids")
-    return ArchivedRecord(obj["table"], obj["id"], obj["fields"], field_ids, number)
+    return field_ids
+
+
+@dataclass
+class ChangedRecord:
+    """One line of a changes archive (ChangesArchive): the cells an update request changed."""
+
+    table: str
+    record_id: str
+    mongo_id: str | None
+    field_ids: dict  # mapped name -> field id when written
+    before: dict  # mapped name -> the value Airtable had
+    after: dict  # mapped name -> the value the run wrote
+    line: int
+
+
+def changed_record(path: Path, number: int, obj: dict) -> ChangedRecord:
+    where = f"{path}: line {number}"
+    if not (isinstance(obj.get("table"), str) and isinstance(obj.get("id"), str) and obj["id"]
+            and isinstance(obj.get("before"), dict) and isinstance(obj.get("after"), dict)
+            and obj["before"].keys() == obj["after"].keys() and isinstance(obj.get("mongo_id"), (str, type(None)))):
+        raise UsageError(f"{where}: not a changed record (a JSON object with table, id, mongo_id, and before "
+                         "and after of the same cells)")
+    return ChangedRecord(obj["table"], obj["id"], obj["mongo_id"], archived_field_ids(where, obj), obj["before"],
+                         obj["after"], number)
 
 
 @dataclass
@@ -4724,10 +4768,13 @@ def summarize_restore(writes: Sequence[RestoreWrite], results: Mapping[RestoreWr
 class RestoreReport(RunReport):
     archive: str = ""
     tables: dict[str, RestoreResult] = field(default_factory=dict)  # type: ignore[assignment]
+    kind: str = "deletion"  # or "changes": the archive's kind, told by its lines
 
     def as_dict(self) -> dict:
         """The run report's fields, the archive first; a restore reads no change feed."""
-        data = {"restore": self.archive, **super().as_dict()}
+        data = {"restore": self.archive, "archive_kind": self.kind, **super().as_dict()}
+        if self.kind == "changes":
+            data["note"] = NEXT_SYNC_NOTE
         del data["change_tracking"]
         return data
 
@@ -4738,15 +4785,29 @@ class RestoreReport(RunReport):
         return "restore"
 
     def attention_items(self) -> list[str]:
-        items = counted(sum(t.links_left_out for t in self.tables.values()), "link left out", "links left out")
+        if self.kind == "changes":
+            tables: Any = self.tables.values()
+            items = counted(sum(t.changed_since for t in tables), "cell changed since, left alone",
+                            "cells changed since, left alone")
+            items += counted(sum(t.gone for t in tables), "record gone since", "records gone since")
+        else:
+            items = counted(sum(t.links_left_out for t in self.tables.values()), "link left out", "links left out")
         return items + [f"{key}.{name} not restored" for key, t in self.tables.items() for name in t.fields_left_out]
 
     SUMMARY = (("restored", "restored", True), ("refilled", "refilled", True), ("skipped", "skipped", True),
                ("errors", "failed", True), ("links_left_out", "links left out", False),
                ("fields_left_out", "fields left out", False))
 
+    def summary(self) -> str:
+        if self.kind != "changes":
+            return super().summary()
+        return "; ".join(f"{key}: " + ("nothing archived" if not t.archived else (
+            f"{t.put_back} records put back ({t.cells_put_back} cells), {t.already_back} cells already back, "
+            f"{t.changed_since} changed since, {t.gone} records gone, {t.errors} failed"))
+            for key, t in self.tables.items()) + "; the next sync writes Mongo's values again unless the export has changed"
+
     def markdown(self) -> str:
-        return render_restore_markdown(self)
+        return render_put_back_markdown(self) if self.kind == "changes" else render_restore_markdown(self)
 
 
 def render_restore_markdown(report: RestoreReport) -> str:
@@ -4796,12 +4857,160 @@ def render_restore_markdown(report: RestoreReport) -> str:
     return "\n".join(lines)
 
 
+# A changes archive (ChangesArchive) is put back cell by cell: a cell that still holds what the
+# run wrote gets its earlier value back; one that holds its earlier value already (a second
+# restore) is left, and so is one changed since (a person's edit, a later sync), counted. Nothing
+# else is touched. Unless the export changed, the next sync writes Mongo's values again.
+NEXT_SYNC_NOTE = ("The next sync writes Mongo's values again unless the export has changed: fix the source "
+                  "first, or keep the export as it is only for values Mongo lost.")
+
+
+@dataclass(eq=False)  # one put-back is one key of the writer's results
+class PutBack:
+    """What becomes of one changes-archive line."""
+
+    changed: ChangedRecord
+    fields: dict[str, Any] = field(default_factory=dict)  # field id -> the earlier value, to send
+    already_back: int = 0  # cells holding their earlier value already
+    changed_since: list[str] = field(default_factory=list)  # mapped names: changed since the run, left alone
+    left_out: list[str] = field(default_factory=list)  # mapped names with no writable field today
+    gone: bool = False  # deleted since the run: left alone
+    action: ClassVar[str] = "put back"
+
+    @property
+    def key(self) -> str:
+        return self.changed.table
+
+    @property
+    def record_id(self) -> str:
+        return self.changed.record_id
+
+    @property
+    def name(self) -> str:
+        return self.changed.mongo_id or f"(record {self.record_id})"
+
+
+def plan_put_back(changed: Sequence[ChangedRecord], tables: Mapping[str, LiveTable],
+                  found: Mapping[str, Sequence[dict]]) -> list[PutBack]:
+    """Each archived cell against Airtable now (`found`, keyed by field id), compared as change
+    detection compares: pure, no I/O."""
+    now = {rec["id"]: rec for records in found.values() for rec in records}
+    plan = []
+    for line in changed:
+        table, current = tables[line.table], now.get(line.record_id)
+        write = PutBack(line, gone=current is None)
+        for name, after in line.after.items() if current is not None else ():
+            live = table.mapped_field(line, name)  # type: ignore[arg-type]
+            if live is None or live.type not in WRITABLE_TYPES:
+                write.left_out.append(name)
+            elif values_equal(after, cell := current["fields"].get(live.id), live.type):  # type: ignore[index]
+                write.fields[live.id] = line.before[name]
+            elif values_equal(line.before[name], cell, live.type):
+                write.already_back += 1
+            else:
+                write.changed_since.append(name)
+        plan.append(write)
+    return plan
+
+
+class PutBackWriter(BatchWriter):
+    """A changes archive's cells put back, ten records a request, table by table."""
+
+    VERB = "restoring"
+    SETTLES = "a second restore settles it"
+    table: Any = None
+
+    def key_of(self, write: PutBack) -> str:
+        return write.key
+
+    def name_of(self, write: PutBack) -> str:
+        return write.name
+
+    def send(self, action: str, batch: list[tuple[PutBack, dict]]) -> tuple[list[dict], set[str] | None]:
+        return self.table.batch_update([{"id": w.record_id, "fields": f} for w, f in batch], typecast=True,
+                                       use_field_ids=True), None
+
+
+@dataclass
+class PutBackResult:
+    """One table's figures in the restore of a changes archive."""
+
+    archived: int = 0  # the table's records in the archive
+    put_back: int = 0  # records with cells put back (would be, in a dry run)
+    cells_put_back: int = 0
+    already_back: int = 0  # cells holding their earlier value already
+    changed_since: int = 0  # cells changed since the run: left alone
+    gone: int = 0  # records deleted since the run: left alone
+    errors: int = 0
+    not_attempted: int = 0
+    fields_left_out: list[str] = field(default_factory=list)  # mapped names with no writable field today
+    put_back_records: list[dict] = field(default_factory=list)  # [{record_id, mongo_id, fields}]
+    changed_since_cells: list[dict] = field(default_factory=list)  # [{record_id, mongo_id, field}]
+    gone_records: list[dict] = field(default_factory=list)  # [{record_id, mongo_id}]
+
+
+def summarize_put_back(writes: Sequence[PutBack], results: Mapping[PutBack, Written], dry_run: bool) -> PutBackResult:
+    outcome = {w: (results.get(w) or Written()).outcome for w in writes}
+    done = [w for w in writes if w.fields and outcome[w] is (Outcome.PLANNED if dry_run else Outcome.DONE)]
+    return PutBackResult(
+        archived=len(writes),
+        put_back=len(done),
+        cells_put_back=sum(len(w.fields) for w in done),
+        already_back=sum(w.already_back for w in writes),
+        changed_since=sum(len(w.changed_since) for w in writes),
+        gone=sum(1 for w in writes if w.gone),
+        errors=sum(1 for w in writes if outcome[w].failed),
+        not_attempted=sum(1 for w in writes if outcome[w] is Outcome.NOT_ATTEMPTED),
+        fields_left_out=sorted({name for w in writes for name in w.left_out}),
+        put_back_records=[{"record_id": w.record_id, "mongo_id": w.changed.mongo_id,
+                           "fields": sorted(n for n in w.changed.after if n not in w.changed_since + w.left_out)}
+                          for w in done],
+        changed_since_cells=[{"record_id": w.record_id, "mongo_id": w.changed.mongo_id, "field": name}
+                             for w in writes for name in w.changed_since],
+        gone_records=[{"record_id": w.record_id, "mongo_id": w.changed.mongo_id} for w in writes if w.gone],
+    )
+
+
+def render_put_back_markdown(report: RestoreReport) -> str:
+    mode = "dry run (nothing written)" if report.dry_run else "restore"
+    would = "would be " if report.dry_run else ""
+    tables: dict[str, PutBackResult] = report.tables  # type: ignore[assignment]
+    total = {k: sum(getattr(t, k) for t in tables.values())
+             for k in ("put_back", "cells_put_back", "changed_since", "gone", "errors")}
+    lines = [f"# Airtable restore report: {report.started:%Y-%m-%d %H:%M:%S}", "",
+             f"**{report.ended.upper()}** ({mode} of the changes archive `{report.archive}`, exit code "
+             f"{report.exit_code}) in {report.duration_s:.1f} s: {total['put_back']} records {would}put back "
+             f"({total['cells_put_back']} cells), {total['changed_since']} cells changed since and {total['gone']} "
+             f"records gone (left alone), {total['errors']} failed; {report.requests.total} requests "
+             f"({report.requests.read} read, {report.requests.write} write, {report.requests.retried} retried).", "",
+             f"> {NEXT_SYNC_NOTE}", ""]
+    if report.message:
+        lines += [f"> {report.message}", ""]
+    columns = ["archived", "put_back", "cells_put_back", "already_back", "changed_since", "gone", "errors"]
+    lines += ["## Tables", "", "| table | " + " | ".join(c.replace("_", " ") for c in columns) + " | fields left out |",
+              "|---" * (len(columns) + 2) + "|"]
+    for key, result in tables.items():
+        lines.append(f"| {key} | " + " | ".join(str(getattr(result, c)) for c in columns)
+                     + f" | {', '.join(result.fields_left_out) or '-'} |")
+    lines.append("")
+    for key, result in tables.items():
+        notes = [f"{label}: " + ", ".join(f"{r['record_id']} ({r['mongo_id'] or 'no id'}"
+                                          + (f": {r['field']})" if "field" in r else ")") for r in refs[:MARKDOWN_RECORD_REFS])
+                 for label, refs in (("Cells changed since the run, left alone", result.changed_since_cells),
+                                     ("Records gone since the run", result.gone_records)) if refs]
+        if notes:
+            lines += [f"### {key}", ""] + [f"- {n}" for n in notes] + ["- All of them in the JSON report.", ""]
+    lines += markdown_failed_records(report.errors, ("table", "mongo_id", "archived_id", "message"))
+    lines += markdown_requests(report.requests.as_dict())
+    return "\n".join(lines)
+
+
 @dataclass
 class Restore(Command):
     """One --restore run: the archive checked whole, then what Airtable has of it, the plan, the writes."""
 
     plan: RestorePlan | None = None
-    results: dict[RestoreWrite, Written] = field(default_factory=dict)
+    results: dict[RestoreWrite | PutBack, Written] = field(default_factory=dict)
 
     def run(self) -> int:
         settings = self.settings
@@ -4810,6 +5019,8 @@ class Restore(Command):
         chosen = [r for r in records if r.table in settings.tables]
         log.info("restore: %d archived records in %s, %d of them in %s", len(records), path.name, len(chosen),
                  ",".join(settings.tables))
+        if records and isinstance(records[0], ChangedRecord):
+            return self.put_back(chosen)  # type: ignore[arg-type]
         self.report.tables = {key: RestoreResult() for key in settings.tables}
         if not chosen:
             return EXIT_OK
@@ -4840,6 +5051,44 @@ class Restore(Command):
                     {"table": key, "mongo_id": w.cells.mongo_id, "archived_id": w.cells.record.record_id,
                      "message": w.note or self.results[w].note}
                     for w in writes if w.action == "error" or w in self.results and self.results[w].outcome.failed]
+        return EXIT_RECORD_FAILED if self.report.errors else EXIT_OK
+
+    def put_back(self, chosen: Sequence[ChangedRecord]) -> int:
+        """A changes archive: each cell back to its value before the run, where it still holds
+        what the run wrote. Only the archive's records are read, by id, a hundred a request."""
+        settings = self.settings
+        self.report.kind = "changes"
+        self.report.tables = {key: PutBackResult() for key in settings.tables}  # type: ignore[misc]
+        if not chosen:
+            return EXIT_OK
+        airtable = connect(settings, self.stop, self.report.requests)
+        bound, table_ids = state_bindings(settings, load_state(state_path(settings)))
+        airtable.use_tables(table_ids)
+        tables = live_tables(airtable, bound)
+        wanted: dict[str, set[str]] = defaultdict(set)
+        for line in chosen:
+            wanted[tables[line.table].id].add(line.record_id)
+        writes = plan_put_back(chosen, tables, self.look_up(airtable, lookup_formulas((), wanted)))
+        try:
+            if not settings.dry_run:
+                writer = PutBackWriter(airtable, self.stop, self.results)  # type: ignore[arg-type]
+                for key in RESTORE_ORDER:
+                    writer.table = airtable.table(key)
+                    writer.send_all(f"{key}: put back", "update", [w for w in writes if w.key == key and w.fields],
+                                    lambda w: w.fields)
+        except (AirtableAccessError, RunInterrupted) as exc:
+            not_attempted((w for w in writes if w.fields), self.results, f"not put back: {stop_reason(exc)}")  # type: ignore[arg-type]
+            raise
+        finally:
+            for key in settings.tables:
+                result = self.report.tables[key] = summarize_put_back(  # type: ignore[assignment]
+                    [w for w in writes if w.key == key], self.results, settings.dry_run)  # type: ignore[arg-type]
+                log.info("%s: %d records %sput back (%d cells), %d cells already back, %d changed since and %d "
+                         "records gone (left alone)", key, result.put_back, "would be " if settings.dry_run else "",
+                         result.cells_put_back, result.already_back, result.changed_since, result.gone)
+            self.report.errors += [{"table": w.key, "mongo_id": w.changed.mongo_id, "archived_id": w.record_id,
+                                    "message": self.results[w].note} for w in writes
+                                   if w in self.results and self.results[w].outcome.failed]
         return EXIT_RECORD_FAILED if self.report.errors else EXIT_OK
 
     def look_up(self, airtable: Airtable, formulas: Mapping[str, Sequence[str]]) -> dict[str, list[dict]]:

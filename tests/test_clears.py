@@ -333,3 +333,116 @@ def test_max_clear_fraction_is_a_share():
     for bad in ("1.5", "-0.1", "x"):
         with pytest.raises(sync.UsageError, match="AIRTABLE_MAX_CLEAR_FRACTION"):
             sync.settings_from(args, {"AIRTABLE_API_KEY": "k", "AIRTABLE_MAX_CLEAR_FRACTION": bad})
+
+
+# ---------------------------------------------------------------------------
+# restoring a changes archive
+# ---------------------------------------------------------------------------
+
+
+def force_cleared(harness, emulator) -> tuple:
+    """The summary column wiped upstream and forced through: (the archive, the summaries before)."""
+    first_sync(harness)
+    before = summaries(emulator)
+    change_users(harness, wipe)
+    assert harness.run("--force-clear") == 0
+    [archive] = changes_archives(harness)
+    return archive, before
+
+
+def restore_report(harness) -> dict:
+    paths = sorted(harness.reports_dir.glob("restore_report_*.json"), key=lambda p: p.stat().st_mtime_ns)
+    return json.loads(paths[-1].read_text())
+
+
+def test_a_changes_archive_is_put_back_and_a_second_restore_writes_nothing(harness, emulator, capsys):
+    archive, before = force_cleared(harness, emulator)
+    cleared = len(changes_archived(harness))
+    emulator.clear_log()
+    capsys.readouterr()
+    assert harness.run("--restore", str(archive)) == 0
+    assert summaries(emulator) == before
+    # The schema, the archive's records by id (a hundred a request), ten records a write.
+    assert (emulator.count(kind="meta"), emulator.count(kind="read"), emulator.count(kind="write")) == \
+        (1, 1, -(-cleared // 10))
+    report = restore_report(harness)
+    users = report["tables"]["users"]
+    assert report["archive_kind"] == "changes" and report["exit_code"] == 0
+    assert (users["archived"], users["put_back"], users["cells_put_back"], users["changed_since"], users["gone"]) == \
+        (cleared, cleared, cleared, 0, 0)
+    assert report["note"].startswith("The next sync writes Mongo's values again unless the export has changed")
+    out = capsys.readouterr().out
+    assert "events: nothing archived" in out and "; the next sync writes Mongo's values again unless the export " \
+        "has changed; 5 requests" in out
+
+    emulator.clear_log()
+    assert harness.run("--restore", str(archive)) == 0
+    assert emulator.count(kind="write") == 0
+    users = restore_report(harness)["tables"]["users"]
+    assert (users["put_back"], users["already_back"]) == (0, cleared)
+    # And the next sync, the export still wiped: the cap holds the clears again.
+    emulator.clear_log()
+    assert harness.run() == 1 and user_writes(emulator) == []
+
+
+def test_a_restore_leaves_alone_a_cell_edited_since_and_a_record_deleted_since(harness, emulator):
+    archive, before = force_cleared(harness, emulator)
+    lines = changes_archived(harness)
+    edited, deleted = lines[0], lines[1]
+    emulator.client.update(USERS, edited["id"], {"summary": "Typed by a person"})
+    emulator.client.delete(USERS, [deleted["id"]])
+    emulator.clear_log()
+    assert harness.run("--restore", str(archive)) == 0
+    now = {r["id"]: r["fields"].get("summary") for r in emulator.records(USERS)}
+    assert now[edited["id"]] == "Typed by a person"
+    assert all(now[line["id"]] == line["before"]["summary"] for line in lines[2:])
+    report = restore_report(harness)
+    users = report["tables"]["users"]
+    assert (users["put_back"], users["changed_since"], users["gone"]) == (len(lines) - 2, 1, 1)
+    assert users["changed_since_cells"] == [{"record_id": edited["id"], "mongo_id": edited["mongo_id"], "field": "summary"}]
+    assert users["gone_records"] == [{"record_id": deleted["id"], "mongo_id": deleted["mongo_id"]}]
+
+
+def test_a_dry_run_of_a_changes_archive_writes_nothing(harness, emulator):
+    archive, _ = force_cleared(harness, emulator)
+    emulator.clear_log()
+    assert harness.run("--restore", str(archive), "--dry-run") == 0
+    assert emulator.count(kind="write") == 0
+    report = restore_report(harness)
+    assert report["dry_run"] and report["tables"]["users"]["put_back"] == len(changes_archived(harness))
+    markdown = sorted(harness.reports_dir.glob("restore_report_*.md"))[-1].read_text()
+    assert "would be put back" in markdown and "The next sync writes Mongo's values again" in markdown
+
+
+@pytest.mark.parametrize("line, message", [
+    ('{"table": "users", "id": "rec1", "mongo_id": "u1", "before": {"a": 1}', "line 2: not valid JSON"),
+    ('{"table": "users", "id": "rec1", "mongo_id": "u1", "before": {"a": 1}, "after": {}}', "line 2: not a changed record"),
+    ('{"table": "pets", "id": "rec1", "mongo_id": "u1", "before": {}, "after": {}}', "line 2: unknown table 'pets'"),
+    ('{"table": "users", "id": "rec1", "createdTime": null, "fields": {}}', "line 2: not the kind of line 1 is"),
+])
+def test_a_broken_changes_line_is_exit_2_naming_the_file_and_line_and_nothing_is_sent(
+        harness, emulator, capsys, line, message):
+    archive, before = force_cleared(harness, emulator)
+    first = archive.read_text().splitlines()[0]
+    archive.write_text(first + "\n" + line + "\n")
+    emulator.clear_log()
+    assert harness.run("--restore", str(archive)) == 2
+    assert f"{archive}: {message}" in capsys.readouterr().err
+    assert len(emulator.requests) == 0
+
+
+def test_put_back_compares_as_change_detection_does():
+    table = sync.LiveTable("tblU", {"n": sync.FieldInfo("n", "number", "fldN"),
+                                    "d": sync.FieldInfo("d", "dateTime", "fldD"),
+                                    "f": sync.FieldInfo("f", "formula", "fldF")})
+    line = sync.ChangedRecord("users", "rec1", "u1", {"n": "fldN", "d": "fldD", "f": "fldF"},
+                              before={"n": 1, "d": None, "f": "x"}, after={"n": 2, "d": "2026-01-01T00:00:00.000Z", "f": "y"},
+                              line=1)
+    found = {"tblU": [{"id": "rec1", "fields": {"fldN": 2.0, "fldD": "2026-01-01T00:00:00Z"}}]}
+    [write] = sync.plan_put_back([line], {"users": table}, found)
+    assert write.fields == {"fldN": 1, "fldD": None} and write.left_out == ["f"] and not write.gone
+    found = {"tblU": [{"id": "rec1", "fields": {"fldN": 1, "fldD": "2026-02-02T00:00:00Z"}}]}
+    [write] = sync.plan_put_back([line], {"users": table}, found)
+    assert (write.fields, write.already_back, write.changed_since) == ({}, 1, ["d"])
+    [write] = sync.plan_put_back([line], {"users": table}, {})
+    assert write.gone and write.fields == {}
