@@ -2846,7 +2846,9 @@ class PlannedWrite:
     matched_by: str | None = None  # "id" or "key" (pass 1 or 2) for an update or skip
     fields: dict = field(default_factory=dict)  # values to send (links as LinkRef lists)
     error: str | None = None
-    before: dict = field(default_factory=dict)  # an update's changed cells as Airtable had them (the changes archive's)
+    # An update's changed cells as Airtable had them, for the changes archive (None for the others:
+    # a first sync's creates are many).
+    before: dict | None = None
 
 
 @dataclass
@@ -3135,7 +3137,7 @@ def hold_back(plan: TablePlan, keys: set[str]) -> None:
     for write in plan.writes:
         held = [k for k in keys & write.fields.keys() if is_clear(write.fields[k])] if write.action == "update" else []
         for key in held:
-            del write.fields[key], write.before[key]
+            del write.fields[key], write.before[key]  # type: ignore[union-attr]
         if held and not write.fields:
             plan.count_skip(write.record.mongo_id, write.record_id)  # type: ignore[arg-type]
             plan.planned["update"] -= 1
@@ -3414,7 +3416,7 @@ def changed_lines(plan: TablePlan, batch: Sequence[tuple[PlannedWrite, dict]]) -
     mapped name, as Airtable had them (the snapshot the plan diffed against) and as sent."""
     name = plan.columns.mapped_name
     return [{"table": plan.spec.key, "id": write.record_id, "mongo_id": write.record.mongo_id,
-             "fieldIds": {name(k): k for k in fields}, "before": {name(k): write.before.get(k) for k in fields},
+             "fieldIds": {name(k): k for k in fields}, "before": {name(k): (write.before or {}).get(k) for k in fields},
              "after": {name(k): v for k, v in fields.items()}} for write, fields in batch]
 
 
@@ -4801,10 +4803,11 @@ class RestoreReport(RunReport):
     def summary(self) -> str:
         if self.kind != "changes":
             return super().summary()
-        return "; ".join(f"{key}: " + ("nothing archived" if not t.archived else (
+        counts = "; ".join(f"{key}: " + ("nothing archived" if not t.archived else (
             f"{t.put_back} records put back ({t.cells_put_back} cells), {t.already_back} cells already back, "
             f"{t.changed_since} changed since, {t.gone} records gone, {t.errors} failed"))
-            for key, t in self.tables.items()) + "; the next sync writes Mongo's values again unless the export has changed"
+            for key, t in self.tables.items())
+        return counts + "; the next sync writes Mongo's values again unless the export has changed"
 
     def markdown(self) -> str:
         return render_put_back_markdown(self) if self.kind == "changes" else render_restore_markdown(self)
@@ -4995,7 +4998,8 @@ def render_put_back_markdown(report: RestoreReport) -> str:
     lines.append("")
     for key, result in tables.items():
         notes = [f"{label}: " + ", ".join(f"{r['record_id']} ({r['mongo_id'] or 'no id'}"
-                                          + (f": {r['field']})" if "field" in r else ")") for r in refs[:MARKDOWN_RECORD_REFS])
+                                          + (f": {r['field']})" if "field" in r else ")")
+                                          for r in refs[:MARKDOWN_RECORD_REFS])
                  for label, refs in (("Cells changed since the run, left alone", result.changed_since_cells),
                                      ("Records gone since the run", result.gone_records)) if refs]
         if notes:
@@ -5077,7 +5081,8 @@ class Restore(Command):
                     writer.send_all(f"{key}: put back", "update", [w for w in writes if w.key == key and w.fields],
                                     lambda w: w.fields)
         except (AirtableAccessError, RunInterrupted) as exc:
-            not_attempted((w for w in writes if w.fields), self.results, f"not put back: {stop_reason(exc)}")  # type: ignore[arg-type]
+            not_attempted((w for w in writes if w.fields), self.results,  # type: ignore[arg-type]
+                          f"not put back: {stop_reason(exc)}")
             raise
         finally:
             for key in settings.tables:
