@@ -15,7 +15,7 @@ import pytest
 
 import airtable_sync as sync
 from conftest import field_ids
-from test_deletion import USERS
+from test_deletion import USERS, on_request
 from test_operations import lines_with, spawn_with_file_limit, stray_files, without_u12
 
 
@@ -230,8 +230,13 @@ def test_each_update_request_is_archived_before_it_is_sent(harness, emulator):
 
     users = change_users(harness, edit)
     assert harness.run("--dry-run") == 0 and changes_archives(harness) == []  # a dry run writes none
+    seen_in_flight = []
+    emulator.add_fault(method="PATCH", table=USERS, delay_s=0.4, times=1)
+    watcher = on_request(emulator, lambda r: r.method == "PATCH", lambda: seen_in_flight.append(changes_archived(harness)))
     assert harness.run() == 0
+    watcher.join(5)
     [path] = changes_archives(harness)
+    assert seen_in_flight == [changes_archived(harness)]  # on disk while the update waited
     stamp = harness.report()["started"].replace("-", "").replace("T", "_").replace(":", "")
     assert path.name == f"changed_{stamp}.jsonl" and stat.S_IMODE(path.stat().st_mode) == 0o600
     first, second = (was[mongo_id(u)] for u in users[:2])
