@@ -3962,8 +3962,62 @@ class RunReport:
     NAME: ClassVar[str | None] = "sync_report"  # its files' name; None: it writes none
     NOTHING: ClassVar[str] = "no table synced"
 
+    TITLE: ClassVar[str] = "sync"
+    COLUMNS: ClassVar[tuple[str, ...]] = ("total", "created", "updated", "skipped", "errors", "orphans", "deleted",
+                                          "deletions_held", "reverted_edits", "unresolved_links", "invalid_values")
+    ERROR_COLUMNS: ClassVar[tuple[str, ...]] = ("table", "mongo_id", "message")
+
     def markdown(self) -> str:
-        return render_markdown(self)
+        """The Markdown report, of any command: its headline, what its kind adds, its tables, each
+        table's notes, the failed records and the requests."""
+        stats, mode = self.requests, "dry run (nothing written)" if self.dry_run else self.TITLE
+        lines = [f"# Airtable {self.TITLE} report: {self.started:%Y-%m-%d %H:%M:%S}", "",
+                 f"**{self.ended.upper()}** ({mode}{self.of_what()}, exit code {self.exit_code}) in "
+                 f"{self.duration_s:.1f} s: {self.headline()}; {stats.total} requests ({stats.read} read, "
+                 f"{stats.write} write, {stats.retried} retried).", ""]
+        lines += [f"> {self.message}", ""] if self.message else []
+        lines += self.preface()
+        lines += ["## Tables", "", "| table | " + " | ".join(c.replace("_", " ") for c in self.COLUMNS) + " |",
+                  "|---" * (len(self.COLUMNS) + 1) + "|"]
+        lines += [f"| {key} | " + " | ".join(markdown_cell(getattr(t, c)) for c in self.COLUMNS) + " |"
+                  for key, t in self.tables.items()] + [""]
+        for key, t in self.tables.items():
+            if notes := self.table_notes(t):
+                lines += [f"### {key}", ""] + [f"- {n}" for n in notes] + [""]
+        lines += self.after_tables()
+        lines += markdown_failed_records(self.errors, self.ERROR_COLUMNS)
+        return "\n".join(lines + markdown_requests(stats.as_dict()))
+
+    def of_what(self) -> str:
+        return ""
+
+    def totals(self, *names: str) -> list[int]:
+        return [sum(getattr(t, name) for t in self.tables.values()) for name in names]
+
+    def headline(self) -> str:
+        created, updated, skipped, errors = self.totals("created", "updated", "skipped", "errors")
+        would = "would " if self.dry_run else ""
+        return (f"{would}create{'' if would else 'd'} {created}, {would}update{'' if would else 'd'} {updated}, "
+                f"skipped {skipped} unchanged, {errors} failed")
+
+    def preface(self) -> list[str]:
+        """The API budget, and how Airtable was read."""
+        budget = budget_text(self.requests.last_30_days, self.monthly_calls)
+        lines = [f"API budget: {budget} to this base by this tool, this run's included (other integrations "
+                 "share the workspace's monthly calls).", ""]
+        if budget_high(self.requests.last_30_days, self.monthly_calls):
+            lines += [f"> **Warning**: this tool alone has used {BUDGET_WARNING_SHARE:.0%} or more of the "
+                      f"workspace's monthly API calls in 30 days; {BUDGET_ADVICE}.", ""]
+        tracking = self.change_tracking
+        how = "the change feed" if tracking["mode"] == "webhook" else "every record"
+        drift = "" if tracking.get("drift") is None else f"; drift {tracking['drift']}"
+        return lines + [f"Read {how} ({tracking['reason']}); {tracking['payloads']} payloads{drift}.", ""]
+
+    def table_notes(self, result: Any) -> list[str]:
+        return sync_notes(result, self.dry_run)
+
+    def after_tables(self) -> list[str]:
+        return markdown_writes(self.tables)
 
     # A table's figures in the summary line: (figure, its word, shown when 0).
     SUMMARY: ClassVar[tuple[tuple[str, str, bool], ...]] = (
@@ -4033,73 +4087,41 @@ MARKDOWN_ERROR_ROWS = 200  # the JSON twin lists every failed record
 MARKDOWN_RECORD_REFS = 5  # orphans and deletions named in the Markdown; the JSON names them all
 
 
-def render_markdown(report: RunReport) -> str:
-    data = report.as_dict()
-    mode = "dry run (nothing written)" if report.dry_run else "sync"
-    lines = [f"# Airtable sync report: {report.started:%Y-%m-%d %H:%M:%S}", ""]
-    totals = {k: sum(getattr(t, k) for t in report.tables.values()) for k in ("created", "updated", "skipped", "errors")}
-    verb = "would create" if report.dry_run else "created"
-    lines += [
-        f"**{report.ended.upper()}** ({mode}, exit code {report.exit_code}) in {report.duration_s:.1f} s: "
-        f"{verb} {totals['created']}, {'would update' if report.dry_run else 'updated'} {totals['updated']}, "
-        f"skipped {totals['skipped']} unchanged, {totals['errors']} failed; "
-        f"{report.requests.total} requests ({report.requests.read} read, {report.requests.write} write, "
-        f"{report.requests.retried} retried).",
-        "",
-    ]
-    if report.message:
-        lines += [f"> {report.message}", ""]
-    budget = budget_text(report.requests.last_30_days, report.monthly_calls)
-    lines += [f"API budget: {budget} to this base by this tool, this run's included (other integrations "
-              "share the workspace's monthly calls).", ""]
-    if budget_high(report.requests.last_30_days, report.monthly_calls):
-        lines += [f"> **Warning**: this tool alone has used {BUDGET_WARNING_SHARE:.0%} or more of the workspace's "
-                  f"monthly API calls in 30 days; {BUDGET_ADVICE}.", ""]
-    tracking = report.change_tracking
-    how = "the change feed" if tracking["mode"] == "webhook" else "every record"
-    drift = "" if tracking.get("drift") is None else f"; drift {tracking['drift']}"
-    lines += [f"Read {how} ({tracking['reason']}); {tracking['payloads']} payloads{drift}.", ""]
-    columns = ["total", "created", "updated", "skipped", "errors", "orphans", "deleted", "deletions_held",
-               "reverted_edits", "unresolved_links", "invalid_values"]
-    lines += ["## Tables", "", "| table | " + " | ".join(c.replace("_", " ") for c in columns) + " |",
-              "|---" * (len(columns) + 1) + "|"]
-    for key, result in report.tables.items():
-        lines.append(f"| {key} | " + " | ".join("-" if getattr(result, c) is None else str(getattr(result, c))
-                                                for c in columns) + " |")
-    lines.append("")
-    for key, result in report.tables.items():
-        notes = []
-        if result.note:
-            notes.append(result.note)
-        for label, names in (("Mongo fields not synced (unmapped)", result.unmapped_fields),
-                             ("Mapped fields missing in Airtable", result.missing_in_airtable),
-                             ("Mapped fields read-only in Airtable (computed)", result.read_only),
-                             ("Mapped fields renamed in Airtable (still synced)",
-                              [f"{r['mapped']} is now '{r['airtable']}'" for r in result.renamed_fields]),
-                             ("Mapped Mongo fields absent from the export (Airtable keeps its values)",
-                              result.absent_in_export)):
-            if names:
-                notes.append(f"{label}: {', '.join(names)}")
-        if result.not_attempted:
-            notes.append(f"{result.not_attempted} planned writes not attempted")
-        for label, refs in (("Orphans (in Airtable, in no export)", result.orphan_records),
-                            ("Deleted" + (" (would be)" if report.dry_run else ""), result.deleted_records)):
-            if refs:
-                shown = ", ".join(f"{r['record_id']} ({r['mongo_id'] or 'no id'})" for r in refs[:MARKDOWN_RECORD_REFS])
-                more = f", and {len(refs) - MARKDOWN_RECORD_REFS} more" if len(refs) > MARKDOWN_RECORD_REFS else ""
-                notes.append(f"{label}: {len(refs)}: {shown}{more} (all in the JSON report)")
-        if result.clears_held:
-            notes.append("Clears held back by the safety cap, not written (see the log line; --force-clear writes "
-                         "them): " + ", ".join(f"{name} {n:,}" for name, n in result.clears_held.items()))
-        if result.deletions_held:
-            notes.append(f"{result.deletions_held} deletions held back by the safety cap: see the log line; "
-                         "look with --dry-run, then --force-delete if they should go")
-        if notes:
-            lines += [f"### {key}", ""] + [f"- {n}" for n in notes] + [""]
-    lines += markdown_writes(report.tables)
-    lines += markdown_failed_records(report.errors, ("table", "mongo_id", "message"))
-    lines += markdown_requests(data["requests"])
-    return "\n".join(lines)
+def sync_notes(result: TableResult, dry_run: bool) -> list[str]:
+    """A synced table's notes in the Markdown report: what needs a look, records named by id."""
+    notes = [result.note] if result.note else []
+    for label, names in (("Mongo fields not synced (unmapped)", result.unmapped_fields),
+                         ("Mapped fields missing in Airtable", result.missing_in_airtable),
+                         ("Mapped fields read-only in Airtable (computed)", result.read_only),
+                         ("Mapped fields renamed in Airtable (still synced)",
+                          [f"{r['mapped']} is now '{r['airtable']}'" for r in result.renamed_fields]),
+                         ("Mapped Mongo fields absent from the export (Airtable keeps its values)",
+                          result.absent_in_export)):
+        if names:
+            notes.append(f"{label}: {', '.join(names)}")
+    if result.not_attempted:
+        notes.append(f"{result.not_attempted} planned writes not attempted")
+    for label, refs in (("Orphans (in Airtable, in no export)", result.orphan_records),
+                        ("Deleted" + (" (would be)" if dry_run else ""), result.deleted_records)):
+        if refs:
+            more = f", and {len(refs) - MARKDOWN_RECORD_REFS} more" if len(refs) > MARKDOWN_RECORD_REFS else ""
+            notes.append(f"{label}: {len(refs)}: {record_refs(refs)}{more} (all in the JSON report)")
+    if result.clears_held:
+        notes.append("Clears held back by the safety cap, not written (see the log line; --force-clear writes "
+                     "them): " + ", ".join(f"{name} {n:,}" for name, n in result.clears_held.items()))
+    if result.deletions_held:
+        notes.append(f"{result.deletions_held} deletions held back by the safety cap: see the log line; "
+                     "look with --dry-run, then --force-delete if they should go")
+    return notes
+
+
+def record_refs(refs: Sequence[dict], extra: Callable[[dict], str] = lambda r: "") -> str:
+    """The first MARKDOWN_RECORD_REFS records: 'recX (mongo id)', never a value."""
+    return ", ".join(f"{r['record_id']} ({r['mongo_id'] or 'no id'}{extra(r)})" for r in refs[:MARKDOWN_RECORD_REFS])
+
+
+def markdown_cell(value: Any) -> str:
+    return "-" if value is None or value == [] else ", ".join(value) if isinstance(value, list) else str(value)
 
 
 def markdown_writes(tables: Mapping[str, TableResult]) -> list[str]:
@@ -4770,80 +4792,56 @@ def summarize_restore(writes: Sequence[RestoreWrite], results: Mapping[RestoreWr
 class RestoreReport(RunReport):
     archive: str = ""
     tables: dict[str, RestoreResult] = field(default_factory=dict)  # type: ignore[assignment]
-    kind: str = "deletion"  # or "changes": the archive's kind, told by its lines
 
     def as_dict(self) -> dict:
         """The run report's fields, the archive first; a restore reads no change feed."""
-        data = {"restore": self.archive, "archive_kind": self.kind, **super().as_dict()}
-        if self.kind == "changes":
-            data["note"] = NEXT_SYNC_NOTE
+        data = {"restore": self.archive, "archive_kind": self.KIND, **super().as_dict()}
         del data["change_tracking"]
         return data
 
     NAME = "restore_report"
+    KIND: ClassVar[str] = "deletion"
     NOTHING = "no table restored"
+    TITLE = "restore"
+    COLUMNS = ("archived", "restored", "refilled", "skipped", "errors", "links_left_out", "fields_left_out")
+    ERROR_COLUMNS = ("table", "mongo_id", "archived_id", "message")
+    SUMMARY = (("restored", "restored", True), ("refilled", "refilled", True), ("skipped", "skipped", True),
+               ("errors", "failed", True), ("links_left_out", "links left out", False),
+               ("fields_left_out", "fields left out", False))
 
     def how_read(self) -> str:
         return "restore"
 
     def attention_items(self) -> list[str]:
-        if self.kind == "changes":
-            tables: Any = self.tables.values()
-            items = counted(sum(t.changed_since for t in tables), "cell changed since, left alone",
-                            "cells changed since, left alone")
-            items += counted(sum(t.gone for t in tables), "record gone since", "records gone since")
-        else:
-            items = counted(sum(t.links_left_out for t in self.tables.values()), "link left out", "links left out")
-        return items + [f"{key}.{name} not restored" for key, t in self.tables.items() for name in t.fields_left_out]
+        return self.left_alone() + [f"{key}.{name} not restored" for key, t in self.tables.items()
+                                    for name in t.fields_left_out]
 
-    SUMMARY = (("restored", "restored", True), ("refilled", "refilled", True), ("skipped", "skipped", True),
-               ("errors", "failed", True), ("links_left_out", "links left out", False),
-               ("fields_left_out", "fields left out", False))
+    def left_alone(self) -> list[str]:
+        return counted(sum(t.links_left_out for t in self.tables.values()), "link left out", "links left out")
 
-    def summary(self) -> str:
-        if self.kind != "changes":
-            return super().summary()
-        counts = "; ".join(f"{key}: " + ("nothing archived" if not t.archived else (
-            f"{t.put_back} records put back ({t.cells_put_back} cells), {t.already_back} cells already back, "
-            f"{t.changed_since} changed since, {t.gone} records gone, {t.errors} failed"))
-            for key, t in self.tables.items())
-        return counts + "; the next sync writes Mongo's values again unless the export has changed"
+    def of_what(self) -> str:
+        return f" of `{self.archive}`"
 
-    def markdown(self) -> str:
-        return render_put_back_markdown(self) if self.kind == "changes" else render_restore_markdown(self)
+    def headline(self) -> str:
+        restored, refilled, skipped, errors, links = self.totals("restored", "refilled", "skipped", "errors",
+                                                                  "links_left_out")
+        would = "would be " if self.dry_run else ""
+        return (f"{restored} {would}restored, {refilled} {would}refilled, {skipped} skipped (already complete), "
+                f"{errors} failed, {links} links left out")
 
+    def preface(self) -> list[str]:
+        return []
 
-def render_restore_markdown(report: RestoreReport) -> str:
-    data = report.as_dict()
-    mode = "dry run (nothing written)" if report.dry_run else "restore"
-    would = "would be " if report.dry_run else ""
-    totals = {k: sum(getattr(t, k) for t in report.tables.values())
-              for k in ("restored", "refilled", "skipped", "errors", "links_left_out")}
-    lines = [f"# Airtable restore report: {report.started:%Y-%m-%d %H:%M:%S}", "",
-             f"**{report.ended.upper()}** ({mode} of `{report.archive}`, exit code {report.exit_code}) in "
-             f"{report.duration_s:.1f} s: {totals['restored']} {would}restored, {totals['refilled']} {would}refilled, "
-             f"{totals['skipped']} skipped (already complete), {totals['errors']} failed, "
-             f"{totals['links_left_out']} links left out; {report.requests.total} requests "
-             f"({report.requests.read} read, {report.requests.write} write, {report.requests.retried} retried).", ""]
-    if report.message:
-        lines += [f"> {report.message}", ""]
-    columns = ["archived", "restored", "refilled", "skipped", "errors", "links_left_out"]
-    lines += ["## Tables", "", "| table | " + " | ".join(c.replace("_", " ") for c in columns) + " | fields left out |",
-              "|---" * (len(columns) + 2) + "|"]
-    for key, result in report.tables.items():
-        lines.append(f"| {key} | " + " | ".join(str(getattr(result, c)) for c in columns)
-                     + f" | {', '.join(result.fields_left_out) or '-'} |")
-    lines.append("")
-    for key, result in report.tables.items():
+    def table_notes(self, result: Any) -> list[str]:
+        would = " (would be)" if self.dry_run else ""
         notes = []
         if result.restored_records:
             shown = ", ".join(f"{r['archived_id']} -> {r['record_id'] or '(new)'} ({r['mongo_id'] or 'no id'})"
                               for r in result.restored_records[:MARKDOWN_RECORD_REFS])
-            notes.append(f"Restored{' (would be)' if report.dry_run else ''}: {len(result.restored_records)}: {shown}")
+            notes.append(f"Restored{would}: {len(result.restored_records)}: {shown}")
         if result.refilled_records:
-            shown = ", ".join(f"{r['record_id']} ({r['mongo_id'] or 'no id'}: {', '.join(r['fields'])})"
-                              for r in result.refilled_records[:MARKDOWN_RECORD_REFS])
-            notes.append(f"Refilled{' (would be)' if report.dry_run else ''}: {len(result.refilled_records)}: {shown}")
+            notes.append(f"Refilled{would}: {len(result.refilled_records)}: "
+                         + record_refs(result.refilled_records, lambda r: f": {', '.join(r['fields'])}"))
         if result.fields_left_out:
             notes.append("Fields left out (gone from Airtable, or of a type the tool does not write): "
                          + ", ".join(result.fields_left_out))
@@ -4853,11 +4851,10 @@ def render_restore_markdown(report: RestoreReport) -> str:
             notes.append(f"{result.links_left_out} links left out, to records that are gone: {shown}")
         if result.not_attempted:
             notes.append(f"{result.not_attempted} records not attempted")
-        if notes:
-            lines += [f"### {key}", ""] + [f"- {n}" for n in notes] + ["- All records in the JSON report.", ""]
-    lines += markdown_failed_records(report.errors, ("table", "mongo_id", "archived_id", "message"))
-    lines += markdown_requests(data["requests"])
-    return "\n".join(lines)
+        return notes + ["All records in the JSON report."] if notes else []
+
+    def after_tables(self) -> list[str]:
+        return []
 
 
 # A changes archive (ChangesArchive) is put back cell by cell: a cell that still holds what the
@@ -4974,69 +4971,85 @@ def summarize_put_back(writes: Sequence[PutBack], results: Mapping[PutBack, Writ
     )
 
 
-def render_put_back_markdown(report: RestoreReport) -> str:
-    mode = "dry run (nothing written)" if report.dry_run else "restore"
-    would = "would be " if report.dry_run else ""
-    tables: dict[str, PutBackResult] = report.tables  # type: ignore[assignment]
-    total = {k: sum(getattr(t, k) for t in tables.values())
-             for k in ("put_back", "cells_put_back", "changed_since", "gone", "errors")}
-    lines = [f"# Airtable restore report: {report.started:%Y-%m-%d %H:%M:%S}", "",
-             f"**{report.ended.upper()}** ({mode} of the changes archive `{report.archive}`, exit code "
-             f"{report.exit_code}) in {report.duration_s:.1f} s: {total['put_back']} records {would}put back "
-             f"({total['cells_put_back']} cells), {total['changed_since']} cells changed since and {total['gone']} "
-             f"records gone (left alone), {total['errors']} failed; {report.requests.total} requests "
-             f"({report.requests.read} read, {report.requests.write} write, {report.requests.retried} retried).", "",
-             f"> {NEXT_SYNC_NOTE}", ""]
-    if report.message:
-        lines += [f"> {report.message}", ""]
-    columns = ["archived", "put_back", "cells_put_back", "already_back", "changed_since", "gone", "errors"]
-    lines += ["## Tables", "", "| table | " + " | ".join(c.replace("_", " ") for c in columns) + " | fields left out |",
-              "|---" * (len(columns) + 2) + "|"]
-    for key, result in tables.items():
-        lines.append(f"| {key} | " + " | ".join(str(getattr(result, c)) for c in columns)
-                     + f" | {', '.join(result.fields_left_out) or '-'} |")
-    lines.append("")
-    for key, result in tables.items():
-        notes = [f"{label}: " + ", ".join(f"{r['record_id']} ({r['mongo_id'] or 'no id'}"
-                                          + (f": {r['field']})" if "field" in r else ")")
-                                          for r in refs[:MARKDOWN_RECORD_REFS])
-                 for label, refs in (("Cells changed since the run, left alone", result.changed_since_cells),
+@dataclass
+class PutBackReport(RestoreReport):
+    """The restore of a changes archive."""
+
+    tables: dict[str, PutBackResult] = field(default_factory=dict)  # type: ignore[assignment]
+
+    def as_dict(self) -> dict:
+        return {**super().as_dict(), "note": NEXT_SYNC_NOTE}
+
+    KIND = "changes"
+    COLUMNS = ("archived", "put_back", "cells_put_back", "already_back", "changed_since", "gone", "errors",
+               "fields_left_out")
+    SUMMARY = (("put_back", "records put back", True), ("cells_put_back", "cells", True),
+               ("already_back", "cells already back", True), ("changed_since", "changed since", True),
+               ("gone", "records gone", True), ("errors", "failed", True))
+
+    def summary(self) -> str:
+        return super().summary() + "; the next sync writes Mongo's values again unless the export has changed"
+
+    def left_alone(self) -> list[str]:
+        changed, gone = self.totals("changed_since", "gone")
+        return (counted(changed, "cell changed since, left alone", "cells changed since, left alone")
+                + counted(gone, "record gone since", "records gone since"))
+
+    def of_what(self) -> str:
+        return f" of the changes archive `{self.archive}`"
+
+    def headline(self) -> str:
+        records, cells, changed, gone, errors = self.totals("put_back", "cells_put_back", "changed_since", "gone",
+                                                            "errors")
+        return (f"{records} records {'would be ' if self.dry_run else ''}put back ({cells} cells), {changed} cells "
+                f"changed since and {gone} records gone (left alone), {errors} failed")
+
+    def preface(self) -> list[str]:
+        return [f"> {NEXT_SYNC_NOTE}", ""]
+
+    def table_notes(self, result: Any) -> list[str]:
+        def named(ref: dict) -> str:
+            return f": {ref['field']}" if "field" in ref else ""
+
+        notes = [f"{label}: {record_refs(refs, named)}" for label, refs in (("Cells changed since the run, left alone", result.changed_since_cells),
                                      ("Records gone since the run", result.gone_records)) if refs]
-        if notes:
-            lines += [f"### {key}", ""] + [f"- {n}" for n in notes] + ["- All of them in the JSON report.", ""]
-    lines += markdown_failed_records(report.errors, ("table", "mongo_id", "archived_id", "message"))
-    lines += markdown_requests(report.requests.as_dict())
-    return "\n".join(lines)
+        return notes + ["All of them in the JSON report."] if notes else []
 
 
 @dataclass
 class Restore(Command):
     """One --restore run: the archive checked whole, then what Airtable has of it, the plan, the writes."""
 
-    plan: RestorePlan | None = None
-    results: dict[RestoreWrite | PutBack, Written] = field(default_factory=dict)
+    results: dict[Any, Written] = field(default_factory=dict)
+
+    def archive(self) -> tuple[list, list]:
+        """The whole archive, checked before any request, and its lines of the tables restored."""
+        path: Path = self.settings.restore  # type: ignore[assignment]
+        records = read_archive(path)
+        chosen = [r for r in records if r.table in self.settings.tables]
+        log.info("restore: %d archived records in %s, %d of them in %s", len(records), path.name, len(chosen),
+                 ",".join(self.settings.tables))
+        return records, chosen
+
+    def connect(self) -> tuple[Airtable, dict[str, LiveTable]]:
+        """The connection, and the tables as the base has them today, found by the sync's bindings:
+        its mapped fields and `id`, whatever they are called now."""
+        airtable = connect(self.settings, self.stop, self.report.requests)
+        bound, table_ids = state_bindings(self.settings, load_state(state_path(self.settings)))
+        airtable.use_tables(table_ids)
+        return airtable, live_tables(airtable, bound)
 
     def run(self) -> int:
         settings = self.settings
-        path: Path = settings.restore  # type: ignore[assignment]
-        records = read_archive(path)  # the whole archive, before any request
-        chosen = [r for r in records if r.table in settings.tables]
-        log.info("restore: %d archived records in %s, %d of them in %s", len(records), path.name, len(chosen),
-                 ",".join(settings.tables))
-        if records and isinstance(records[0], ChangedRecord):
-            return self.put_back(chosen)  # type: ignore[arg-type]
+        records, chosen = self.archive()
         self.report.tables = {key: RestoreResult() for key in settings.tables}
         if not chosen:
             return EXIT_OK
-        airtable = connect(settings, self.stop, self.report.requests)
-        # The sync's bindings: its mapped fields (never refilled) and `id` whatever they are called now.
-        bound, table_ids = state_bindings(settings, load_state(state_path(settings)))
-        airtable.use_tables(table_ids)
-        tables = live_tables(airtable, bound)
+        airtable, tables = self.connect()
         archive = {rec.record_id: archived_cells(rec, tables[rec.table])
                    for rec in records if rec.table in tables}  # a record archived twice: its last line
         found = self.look_up(airtable, lookup_formulas(*what_to_look_up(archive, settings.tables, tables)))
-        plan = self.plan = plan_restore(archive, settings.tables, tables, found)
+        plan = plan_restore(archive, settings.tables, tables, found)
         for key, writes in plan.writes.items():
             count = {a: sum(1 for w in writes if w.action == a) for a in ("restore", "refill", "skip", "error")}
             log.info("%s: restore plan: %d to re-create, %d to refill, %d complete already, %d failing", key,
@@ -5057,18 +5070,42 @@ class Restore(Command):
                     for w in writes if w.action == "error" or w in self.results and self.results[w].outcome.failed]
         return EXIT_RECORD_FAILED if self.report.errors else EXIT_OK
 
-    def put_back(self, chosen: Sequence[ChangedRecord]) -> int:
-        """A changes archive: each cell back to its value before the run, where it still holds
-        what the run wrote. Only the archive's records are read, by id, a hundred a request."""
+    def look_up(self, airtable: Airtable, formulas: Mapping[str, Sequence[str]]) -> dict[str, list[dict]]:
+        """The records the formulas match, per table id, cells keyed by field id, in listing order."""
+        found: dict[str, list[dict]] = {}
+        for table_id, queries in formulas.items():
+            table = airtable.api.table(self.settings.base_id, table_id)
+            records: dict[str, dict] = {}
+            for formula in queries:
+                if self.stop.is_set():
+                    raise RunInterrupted()
+                try:
+                    for rec in table.all(formula=formula, use_field_ids=True):
+                        records.setdefault(rec["id"], rec)
+                except AIRTABLE_FAILURES as exc:
+                    raise access_error(exc, self.settings, f"looking up the archive's records in {table_id}") from None
+            found[table_id] = list(records.values())
+        return found
+
+    @property
+    def anything_written(self) -> bool:
+        # A re-creation whose links, sent last, failed has its new id: it was written.
+        return any(r.outcome in (Outcome.DONE, Outcome.UNKNOWN) or r.record_id and w.action == "restore"
+                   for w, r in self.results.items())
+
+
+@dataclass
+class PutBackCommand(Restore):
+    """--restore of a changes archive: each cell back to its value before the run, where it still
+    holds what the run wrote. Only the archive's records are read, by id, a hundred a request."""
+
+    def run(self) -> int:
         settings = self.settings
-        self.report.kind = "changes"
+        _, chosen = self.archive()
         self.report.tables = {key: PutBackResult() for key in settings.tables}  # type: ignore[misc]
         if not chosen:
             return EXIT_OK
-        airtable = connect(settings, self.stop, self.report.requests)
-        bound, table_ids = state_bindings(settings, load_state(state_path(settings)))
-        airtable.use_tables(table_ids)
-        tables = live_tables(airtable, bound)
+        airtable, tables = self.connect()
         wanted: dict[str, set[str]] = defaultdict(set)
         for line in chosen:
             wanted[tables[line.table].id].add(line.record_id)
@@ -5096,28 +5133,20 @@ class Restore(Command):
                                    if w in self.results and self.results[w].outcome.failed]
         return EXIT_RECORD_FAILED if self.report.errors else EXIT_OK
 
-    def look_up(self, airtable: Airtable, formulas: Mapping[str, Sequence[str]]) -> dict[str, list[dict]]:
-        """The records the formulas match, per table id, cells keyed by field id, in listing order."""
-        found: dict[str, list[dict]] = {}
-        for table_id, queries in formulas.items():
-            table = airtable.api.table(self.settings.base_id, table_id)
-            records: dict[str, dict] = {}
-            for formula in queries:
-                if self.stop.is_set():
-                    raise RunInterrupted()
-                try:
-                    for rec in table.all(formula=formula, use_field_ids=True):
-                        records.setdefault(rec["id"], rec)
-                except AIRTABLE_FAILURES as exc:
-                    raise access_error(exc, self.settings, f"looking up the archive's records in {table_id}") from None
-            found[table_id] = list(records.values())
-        return found
-
     @property
     def anything_written(self) -> bool:
-        # A re-creation whose links, sent last, failed has its new id: it was written.
-        return any(r.outcome in (Outcome.DONE, Outcome.UNKNOWN) or r.record_id and w.action == "restore"
-                   for w, r in self.results.items())
+        return any(r.outcome in (Outcome.DONE, Outcome.UNKNOWN) for r in self.results.values())
+
+
+def archive_kind(path: Path) -> str:
+    """"changes" when the archive's first line is a changes archive's (before and after), else
+    "deletion": a file that cannot be read is the deletion restore's to report (exit 2)."""
+    try:
+        with open(path, "rb") as handle:
+            obj = json.loads(next((line for line in handle if line.strip()), b""))
+    except (OSError, ValueError):
+        return "deletion"
+    return "changes" if isinstance(obj, dict) and ("before" in obj or "after" in obj) else "deletion"
 
 
 # ---------------------------------------------------------------------------
@@ -5531,8 +5560,10 @@ def command_for(settings: Settings, stop: threading.Event, started: datetime) ->
     if settings.check:
         return Check(settings, stop, CheckReport(dry_run=True, started=started))
     if settings.restore is not None:
-        return Restore(settings, stop, RestoreReport(dry_run=settings.dry_run, started=started,
-                                                     archive=str(settings.restore)))
+        changes = archive_kind(settings.restore) == "changes"
+        report = (PutBackReport if changes else RestoreReport)(dry_run=settings.dry_run, started=started,
+                                                                 archive=str(settings.restore))
+        return (PutBackCommand if changes else Restore)(settings, stop, report)
     return Sync(settings, stop, RunReport(dry_run=settings.dry_run, started=started))
 
 

@@ -377,7 +377,7 @@ def test_a_changes_archive_is_put_back_and_a_second_restore_writes_nothing(harne
         (cleared, cleared, cleared, 0, 0)
     assert report["note"].startswith("The next sync writes Mongo's values again unless the export has changed")
     out = capsys.readouterr().out
-    assert "events: nothing archived" in out and "; the next sync writes Mongo's values again unless the export " \
+    assert "events: 0 records put back, 0 cells" in out and "; the next sync writes Mongo's values again unless the export " \
         "has changed; 5 requests" in out
 
     emulator.clear_log()

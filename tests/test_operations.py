@@ -304,7 +304,7 @@ def test_the_attention_line_counts_a_table_s_fields_past_three():
 def test_the_markdown_lists_renamed_fields_and_fields_absent_from_the_export():
     report = run_report({"users": sync.TableResult(renamed_fields=[{"mapped": "occupation", "airtable": "Job"}],
                                                    absent_in_export=["gender", "role"])})
-    markdown = sync.render_markdown(report)
+    markdown = report.markdown()
     assert "- Mapped fields renamed in Airtable (still synced): occupation is now 'Job'" in markdown
     assert "- Mapped Mongo fields absent from the export (Airtable keeps its values): gender, role" in markdown
     assert json.loads(json.dumps(report.as_dict()))["tables"]["users"]["renamed_fields"] == [
