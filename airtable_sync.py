@@ -10,9 +10,23 @@ then deletes, capped and archived, the records that left Mongo. Writes a log and
 Markdown + JSON report. The interface and its rules are in docs/RULES.md; README.md
 tells how to run it.
 
-The pipeline, one section each, in this order:
-settings -> connect -> read (in full, or by change feed) -> load exports -> match
--> convert -> diff -> plan -> apply -> report.
+The sections, in pipeline order, each using what stands above it:
+- Common: exit codes, Airtable's limits, errors, outcomes, field types and dates, private
+  files, progress, the API budget's file;
+- Settings: the mappings, the environment and the command line;
+- Connect: pyairtable over a throttled, retrying transport, and the schema;
+- Read: the mapped fields bound to field ids; every record (and the caches); or the change
+  feed (a webhook's payloads) patched into the snapshot (its drift compares as the Diff does);
+- Load exports: the Mongo exports checked and indexed, Extended JSON unwrapped;
+- Match: by id, then by natural key;
+- Convert: Mongo values to the types of Airtable's fields;
+- Diff: the contract's equality, and the cells that changed;
+- Plan: every table's creates, updates and deletions, capped, before anything is sent;
+- Apply: one batch writer for every command's writes, the changes archive, the deletions;
+- Report: the figures, what the writes were for, the Markdown and JSON files, the last line;
+- Commands, Restore: what the runner runs; --restore of a deletion or a changes archive;
+- The run: logging, the lock, the sync and the check, the one runner (execute), main.
+--dry-run is the sync without the apply step.
 """
 from __future__ import annotations
 
@@ -55,9 +69,14 @@ from pyairtable import Api, formulas
 from requests.adapters import HTTPAdapter
 from tqdm import tqdm
 
+
+# ---------------------------------------------------------------------------
+# Common: exit codes, Airtable's limits, errors, outcomes, field types and dates, private files, progress, the budget
+# ---------------------------------------------------------------------------
+
+
 SCRIPT_DIR = Path(__file__).resolve().parent
 log = logging.getLogger("airtable_sync")
-
 EXIT_OK = 0
 EXIT_RECORD_FAILED = 1
 EXIT_USAGE = 2
@@ -71,24 +90,10 @@ EXIT_SIGTERM = 143
 # Airtable's documented limits (https://airtable.com/developers/web/api/rate-limits,
 # .../create-records, .../list-records, .../field-model#multilinetext).
 RECORDS_PER_WRITE = 10
+
 RECORDS_PER_PAGE = 100
 TEXT_LIMIT = 100_000
 RATE_LIMIT_PENALTY_S = 30.0
-
-
-class Outcome(enum.StrEnum):
-    """What became of one planned write or deletion."""
-
-    PLANNED = "planned"
-    DONE = "done"
-    SKIPPED = "skipped"  # nothing left to send (a rejected field, an unresolvable link), or a deletion kept
-    FAILED = "failed"
-    UNKNOWN = "unknown"  # the answer was lost: the next run (or restore) settles it
-    NOT_ATTEMPTED = "not attempted"  # the run stopped before its request
-
-    @property
-    def failed(self) -> bool:
-        return self in (Outcome.FAILED, Outcome.UNKNOWN, Outcome.NOT_ATTEMPTED)
 
 
 class UsageError(Exception):
@@ -123,6 +128,245 @@ class RunInterrupted(Exception):
 
 class LockHeld(Exception):
     """Another run holds the lock."""
+
+
+class Outcome(enum.StrEnum):
+    """What became of one planned write or deletion."""
+
+    PLANNED = "planned"
+    DONE = "done"
+    SKIPPED = "skipped"  # nothing left to send (a rejected field, an unresolvable link), or a deletion kept
+    FAILED = "failed"
+    UNKNOWN = "unknown"  # the answer was lost: the next run (or restore) settles it
+    NOT_ATTEMPTED = "not attempted"  # the run stopped before its request
+
+    @property
+    def failed(self) -> bool:
+        return self in (Outcome.FAILED, Outcome.UNKNOWN, Outcome.NOT_ATTEMPTED)
+
+
+TEXT_TYPES = {"singleLineText", "multilineText", "richText", "email", "url", "phoneNumber"}
+NUMBER_TYPES = {"number", "currency", "percent", "rating", "duration"}
+
+COMPUTED_TYPES = {"formula", "rollup", "count", "lookup", "multipleLookupValues", "createdTime",
+                  "lastModifiedTime", "autoNumber", "createdBy", "lastModifiedBy", "button"}
+
+WRITABLE_TYPES = TEXT_TYPES | NUMBER_TYPES | {"checkbox", "date", "dateTime", "singleSelect",
+                                              "multipleSelects", "multipleRecordLinks"}
+
+
+def parse_datetime(text: str) -> datetime | None:
+    try:
+        parsed = datetime.fromisoformat(text.strip())
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+
+
+def iso_millis(moment: datetime) -> str:
+    """`YYYY-MM-DDTHH:MM:SS.sssZ` in UTC (naive = UTC)."""
+    moment = moment.astimezone(timezone.utc).replace(tzinfo=None) if moment.tzinfo else moment
+    return moment.isoformat(timespec="milliseconds") + "Z"
+
+
+# What a full disk, a quota or an unwritable folder answer: the operator's to fix (exit 74). Other
+# errors naming a folder (not a folder, no such path) are a wrong --cache-dir or --reports-dir.
+LOCAL_WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM,
+                                errno.EFBIG, errno.EIO})
+
+# A scratch file stays in memory up to this size, then moves to the cache dir: a small base
+# never touches the disk for it, a large one never holds it in memory.
+SCRATCH_IN_MEMORY_BYTES = 512 * 1024
+
+
+def scratch_file(directory: Path | None) -> Any:
+    """An unnamed temporary file (mode 0600, gone when closed) for what a run keeps on disk."""
+    return tempfile.SpooledTemporaryFile(max_size=SCRATCH_IN_MEMORY_BYTES, dir=directory)
+
+
+@contextlib.contextmanager
+def scratch_files(directory: Path) -> Iterator[None]:
+    """A run's temporary files (the snapshots' spill files) live in the cache
+    dir: when the disk there is full they fail as any local file does (exit 74), naming the folder."""
+    try:
+        yield
+    except OSError as exc:
+        if isinstance(exc, (LocalWriteError, requests.RequestException)) or exc.errno not in LOCAL_WRITE_ERRNOS:
+            raise
+        raise LocalWriteError(directory / "(a temporary file of this run)", exc) from None
+
+
+def open_private(path: Path, flags: int, named: Path | None = None) -> int:
+    """A file only its owner can read, opened, its folder made; LocalWriteError naming `named`
+    (else the file) when it cannot be."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return os.open(path, flags, 0o600)
+    except OSError as exc:
+        raise LocalWriteError(named or path, exc) from None
+
+
+def write_private(path: Path, text: str | Iterable[str | bytes]) -> None:
+    """Atomically write a file only its owner can read (it holds personal data): whole or not at
+    all. A file that cannot be written (a full disk, an unwritable folder) raises LocalWriteError
+    and leaves the previous file as it was, and no tmp file behind."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = open_private(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, path)
+    try:
+        # surrogatepass: a cell may hold half an emoji (a lone surrogate, valid in JSON text),
+        # which strict UTF-8 refuses; the snapshot reads it back the same way (_cache_line).
+        with os.fdopen(fd, "wb") as handle:
+            for piece in [text] if isinstance(text, str) else text:
+                handle.write(piece.encode("utf-8", "surrogatepass") if isinstance(piece, str) else piece)
+            handle.flush()
+            os.fsync(handle.fileno())  # on disk before it replaces the old file: a crash leaves one whole
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        if isinstance(exc, OSError) and not isinstance(exc, LocalWriteError):
+            raise LocalWriteError(path, exc) from None
+        raise
+
+
+def append_whole(fd: int, data: bytes, sync: bool = False) -> None:
+    """Appends `data` (whole lines) to an open file, or nothing: when it cannot all be written (a
+    full disk) the file is cut back to where it was, so no half line stays, and the OSError rises."""
+    start = os.lseek(fd, 0, os.SEEK_END)
+    try:
+        done = 0
+        while done < len(data):
+            done += os.write(fd, data[done:])
+        if sync:
+            os.fsync(fd)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, start)
+        raise
+
+
+def append_archive(path: Path, lines: Iterable[dict]) -> None:
+    """JSON objects appended to an archive (mode 0600), one a line, and on disk before the request
+    they precede is sent: LocalWriteError (exit 74) when they cannot be, and the request is not."""
+    data = "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines).encode("utf-8", "surrogatepass")
+    fd = open_private(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    try:
+        new = os.fstat(fd).st_size == 0
+        append_whole(fd, data, sync=True)
+    except OSError as exc:
+        if new:
+            with contextlib.suppress(OSError):
+                os.remove(path)
+        raise LocalWriteError(path, exc) from None
+    finally:
+        os.close(fd)
+
+
+class Progress:
+    """How far a long phase (a pull, a table's writes, deletes) has got: counts only, never values.
+
+        with Progress("users: create", total=len(pending)) as progress:
+            progress.update(10)
+
+    On a terminal (the stream, stderr by default, is a TTY) it is tqdm's live line with
+    done/total, rate and ETA, and log lines are printed above it. Otherwise (cron) it logs
+    a line every `log_every_s` seconds, and a last one if it logged any. A total of None
+    means unknown: the line counts up with its rate.
+    """
+
+    def __init__(self, description: str, total: int | None = None, *, unit: str = "records",
+                 stream=None, log_every_s: float = 5.0):
+        self.description, self.total, self.unit = description, total, unit
+        self.stream = sys.stderr if stream is None else stream
+        self.log_every_s = log_every_s
+        self.done = 0
+        self.bar: tqdm | None = None
+        self.started = self.logged_at = time.monotonic()
+        self.logged = False
+        self.redirect = contextlib.ExitStack()
+
+    def __enter__(self) -> Progress:
+        try:
+            live = self.stream.isatty()
+        except (AttributeError, ValueError):  # no isatty, or closed
+            live = False
+        if live:
+            self.bar = tqdm(total=self.total, desc=self.description, unit=f" {self.unit}", file=self.stream,
+                            mininterval=0.5, dynamic_ncols=True)
+            # Console log lines go above the live line instead of through it (tqdm's own redirect
+            # keeps the console handler's filters: the token stays masked, file-only lines stay out).
+            # Imported here: tqdm.contrib brings in asyncio and ssl, 2.3 MB a run that cron's never use.
+            from tqdm.contrib.logging import logging_redirect_tqdm
+            self.redirect.enter_context(logging_redirect_tqdm())
+        return self
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        if self.bar is not None:
+            self.bar.update(n)
+            return
+        now = time.monotonic()
+        if now - self.logged_at >= self.log_every_s:
+            self.logged_at = now
+            self._log()
+
+    def _log(self, final: bool = False) -> None:
+        self.logged = True
+        rate = self.done / max(time.monotonic() - self.started, 1e-9)
+        if self.total is None:
+            log.info("%s: %d %s%s (%.1f/s)", self.description, self.done, self.unit, "" if final else " so far", rate)
+            return
+        left = f", about {(self.total - self.done) / rate:.0f} s left" if rate and self.done < self.total else ""
+        log.info("%s: %d/%d %s (%.1f/s%s)", self.description, self.done, self.total, self.unit, rate, left)
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.redirect.close()
+        elif self.logged and exc_type is None:
+            self._log(final=True)
+
+
+# The API budget: Airtable caps a workspace's API calls a month (Free 1,000, Team 100,000; shared
+# by every integration: support.airtable.com/docs/managing-api-call-limits-in-airtable). The tool
+# counts its own, per base and day, over a rolling 30 days, beside the state.
+REQUEST_BUDGET_FILE = ".requests_30_days.json"
+
+BUDGET_DAYS = 30
+BUDGET_WARNING_SHARE = 0.8
+
+BUDGET_ADVICE = ("once the workspace's monthly calls are spent, Airtable refuses every request until the month "
+                 "turns: run less often, or move the workspace to a plan with more calls")
+
+
+def budget_counts(counts: Mapping[str, int], today: date, add: int = 0) -> dict[str, int]:
+    """A base's requests by UTC day ("YYYY-MM-DD"), with `add` more today and the days that left the
+    rolling window dropped."""
+    first = today - timedelta(days=BUDGET_DAYS - 1)
+    kept = {}
+    for day, n in counts.items():
+        try:
+            if first <= date.fromisoformat(day) <= today and isinstance(n, int) and n > 0:
+                kept[day] = n
+        except (TypeError, ValueError):
+            continue  # not a day: not ours
+    if add:
+        kept[today.isoformat()] = kept.get(today.isoformat(), 0) + add
+    return kept
+
+
+def budget_text(last_30_days: int, monthly_calls: int | None) -> str:
+    """'1,234 requests in the last 30 days, 1.2% of AIRTABLE_MONTHLY_CALLS=100000'."""
+    text = f"{last_30_days:,} request{'' if last_30_days == 1 else 's'} in the last {BUDGET_DAYS} days"
+    if monthly_calls:
+        text += f", {last_30_days / monthly_calls:.1%} of AIRTABLE_MONTHLY_CALLS={monthly_calls}"
+    return text
+
+
+def budget_high(last_30_days: int, monthly_calls: int | None) -> bool:
+    """At or over 80% of the workspace's monthly calls: the operator should look."""
+    return bool(monthly_calls) and last_30_days >= BUDGET_WARNING_SHARE * monthly_calls  # type: ignore[operator]
 
 
 # ---------------------------------------------------------------------------
@@ -188,13 +432,16 @@ TABLE_SPECS: dict[str, TableSpec] = {spec.key: spec for spec in (
               links=(LinkSpec("Users", "users", ("user_id", "senderId")),
                      LinkSpec("Events", "events", ("event_id", "eventId")))),
 )}
+
 TABLE_ORDER = ("users", "events", "messages")
 LINK_TARGETS = {link.target for spec in TABLE_SPECS.values() for link in spec.links}
+
 TABLE_ENV = {
     "users": ("AIRTABLE_USERS_TABLE", "tblQ0OHBit2AqaACy"),
     "events": ("AIRTABLE_EVENTS_TABLE", "tblrscr87h8fbtQTk"),
     "messages": ("AIRTABLE_MESSAGES_TABLE", "tbljma5S4NhUn1OYl"),
 }
+
 DEFAULT_BASE_ID = "appaquqFN7vvvZGcq"
 BASE_ID_RE = re.compile(r"^app[A-Za-z0-9]{14}$")
 TABLE_ID_RE = re.compile(r"^tbl[A-Za-z0-9]{14}$")
@@ -273,7 +520,6 @@ exit codes:
   130  interrupted by SIGINT, 143 by SIGTERM (report marked interrupted)
 """
 
-
 EXAMPLES = """\
 examples:
   airtable_sync.py --check              connect, compare the mappings with the base; write nothing
@@ -309,7 +555,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
     reading.add_argument("--use-cache", action="store_true",
                          help="reuse data/airtable_<table>.json instead of reading Airtable")
     reading.add_argument("--limit", type=int, metavar="N", help="sync only the first N exported records of each table")
-    deletion = parser.add_argument_group("deletion")
+    deletion = parser.add_argument_group("deletion and the safety caps")
     deletion.add_argument("--delete-missing", action="store_true",
                           help="also delete Airtable records whose Mongo document left the export")
     deletion.add_argument("--force-delete", action="store_true",
@@ -525,8 +771,6 @@ class Throttle:
 
 
 _THROTTLES: dict[tuple[str, str], Throttle] = {}
-
-
 RECENT_REQUESTS_FILE = ".recent_requests.json"
 
 
@@ -560,45 +804,6 @@ def save_recent_requests(settings: Settings) -> None:
     with contextlib.suppress(OSError):
         write_private(settings.cache_dir / RECENT_REQUESTS_FILE,
                       json.dumps({f"{settings.endpoint_url} {settings.base_id}": recent}))
-
-
-# The API budget: Airtable caps a workspace's API calls a month (Free 1,000, Team 100,000; shared
-# by every integration: support.airtable.com/docs/managing-api-call-limits-in-airtable). The tool
-# counts its own, per base and day, over a rolling 30 days, beside the state.
-REQUEST_BUDGET_FILE = ".requests_30_days.json"
-BUDGET_DAYS = 30
-BUDGET_WARNING_SHARE = 0.8
-BUDGET_ADVICE = ("once the workspace's monthly calls are spent, Airtable refuses every request until the month "
-                 "turns: run less often, or move the workspace to a plan with more calls")
-
-
-def budget_counts(counts: Mapping[str, int], today: date, add: int = 0) -> dict[str, int]:
-    """A base's requests by UTC day ("YYYY-MM-DD"), with `add` more today and the days that left the
-    rolling window dropped."""
-    first = today - timedelta(days=BUDGET_DAYS - 1)
-    kept = {}
-    for day, n in counts.items():
-        try:
-            if first <= date.fromisoformat(day) <= today and isinstance(n, int) and n > 0:
-                kept[day] = n
-        except (TypeError, ValueError):
-            continue  # not a day: not ours
-    if add:
-        kept[today.isoformat()] = kept.get(today.isoformat(), 0) + add
-    return kept
-
-
-def budget_text(last_30_days: int, monthly_calls: int | None) -> str:
-    """'1,234 requests in the last 30 days, 1.2% of AIRTABLE_MONTHLY_CALLS=100000'."""
-    text = f"{last_30_days:,} request{'' if last_30_days == 1 else 's'} in the last {BUDGET_DAYS} days"
-    if monthly_calls:
-        text += f", {last_30_days / monthly_calls:.1%} of AIRTABLE_MONTHLY_CALLS={monthly_calls}"
-    return text
-
-
-def budget_high(last_30_days: int, monthly_calls: int | None) -> bool:
-    """At or over 80% of the workspace's monthly calls: the operator should look."""
-    return bool(monthly_calls) and last_30_days >= BUDGET_WARNING_SHARE * monthly_calls  # type: ignore[operator]
 
 
 def count_requests(settings: Settings, stats: RequestStats, now: datetime | None = None) -> int:
@@ -681,6 +886,7 @@ def retry_delay(
 # UNCONFIRMED: the type's name is from integrations that met it (their code and reports), not
 # from Airtable's own pages, which the search index does not hold; its message is unknown.
 BILLING_LIMIT_ERROR = "PUBLIC_API_BILLING_LIMIT_EXCEEDED"
+
 MONTHLY_CALLS_SPENT = ("Airtable refused the request: the workspace's monthly API calls are spent "
                        f"(HTTP 429 {BILLING_LIMIT_ERROR}), and Airtable refuses every request until "
                        "the month turns. Wait for the new month, or move the workspace to a plan "
@@ -909,74 +1115,11 @@ def fetch_schema(airtable: Airtable) -> BaseSchema | None:
     return result
 
 
-class Progress:
-    """How far a long phase (a pull, a table's writes, deletes) has got: counts only, never values.
-
-        with Progress("users: create", total=len(pending)) as progress:
-            progress.update(10)
-
-    On a terminal (the stream, stderr by default, is a TTY) it is tqdm's live line with
-    done/total, rate and ETA, and log lines are printed above it. Otherwise (cron) it logs
-    a line every `log_every_s` seconds, and a last one if it logged any. A total of None
-    means unknown: the line counts up with its rate.
-    """
-
-    def __init__(self, description: str, total: int | None = None, *, unit: str = "records",
-                 stream=None, log_every_s: float = 5.0):
-        self.description, self.total, self.unit = description, total, unit
-        self.stream = sys.stderr if stream is None else stream
-        self.log_every_s = log_every_s
-        self.done = 0
-        self.bar: tqdm | None = None
-        self.started = self.logged_at = time.monotonic()
-        self.logged = False
-        self.redirect = contextlib.ExitStack()
-
-    def __enter__(self) -> Progress:
-        try:
-            live = self.stream.isatty()
-        except (AttributeError, ValueError):  # no isatty, or closed
-            live = False
-        if live:
-            self.bar = tqdm(total=self.total, desc=self.description, unit=f" {self.unit}", file=self.stream,
-                            mininterval=0.5, dynamic_ncols=True)
-            # Console log lines go above the live line instead of through it (tqdm's own redirect
-            # keeps the console handler's filters: the token stays masked, file-only lines stay out).
-            # Imported here: tqdm.contrib brings in asyncio and ssl, 2.3 MB a run that cron's never use.
-            from tqdm.contrib.logging import logging_redirect_tqdm
-            self.redirect.enter_context(logging_redirect_tqdm())
-        return self
-
-    def update(self, n: int = 1) -> None:
-        self.done += n
-        if self.bar is not None:
-            self.bar.update(n)
-            return
-        now = time.monotonic()
-        if now - self.logged_at >= self.log_every_s:
-            self.logged_at = now
-            self._log()
-
-    def _log(self, final: bool = False) -> None:
-        self.logged = True
-        rate = self.done / max(time.monotonic() - self.started, 1e-9)
-        if self.total is None:
-            log.info("%s: %d %s%s (%.1f/s)", self.description, self.done, self.unit, "" if final else " so far", rate)
-            return
-        left = f", about {(self.total - self.done) / rate:.0f} s left" if rate and self.done < self.total else ""
-        log.info("%s: %d/%d %s (%.1f/s%s)", self.description, self.done, self.total, self.unit, rate, left)
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.redirect.close()
-        elif self.logged and exc_type is None:
-            self._log(final=True)
-
-
 # ---------------------------------------------------------------------------
 # Read: the mapped fields bound to Airtable's field ids
 # ---------------------------------------------------------------------------
+
+
 #
 # People rename columns. Field names change; field ids don't, and the API takes a field id
 # wherever it takes a name (field-model; create/update records, performUpsert.fieldsToMergeOn;
@@ -1104,6 +1247,34 @@ def memo_path(settings: Settings, key: str) -> Path:
 
 def export_index_path(settings: Settings, key: str) -> Path:
     return settings.cache_dir / f"export_{key}.index"
+
+
+def _source_digest() -> bytes:
+    """This file's own digest: a plan remembered by another version of the rules is not trusted
+    (PlanMemo). Unreadable (a frozen build): a random one, so that nothing is remembered."""
+    try:
+        return hashlib.blake2b(Path(__file__).read_bytes(), digest_size=16).digest()
+    except OSError:
+        return os.urandom(16)
+
+
+SOURCE_DIGEST = _source_digest()
+RECORD_ID = re.compile(rb'\{"id": "([^"\\]+)"')  # a cache line as write_cache writes it begins with the record id
+FIELD_ID = re.compile(r"fld[A-Za-z0-9]+")
+JSON_STRING = re.compile(rb'"([^"\\]*(?:\\.[^"\\]*)*)"')  # its text, as group 1
+
+
+def first_cells(values: list[Any]) -> list[Any]:
+    """`values` up to the first that is not blank (None or ""), the rest None."""
+    for i, value in enumerate(values):
+        if value not in (None, ""):
+            return values[:i + 1] + [None] * (len(values) - i - 1)
+    return values
+
+
+def _cache_line(line: bytes) -> Any:
+    line = line.rstrip(b"\n")
+    return json.loads((line[:-1] if line.endswith(b",") else line).decode("utf-8", "surrogatepass"))
 
 
 class TableSnapshot:
@@ -1252,37 +1423,9 @@ class TableSnapshot:
                 handle.close()
 
 
-def _source_digest() -> bytes:
-    """This file's own digest: a plan remembered by another version of the rules is not trusted
-    (PlanMemo). Unreadable (a frozen build): a random one, so that nothing is remembered."""
-    try:
-        return hashlib.blake2b(Path(__file__).read_bytes(), digest_size=16).digest()
-    except OSError:
-        return os.urandom(16)
-
-
-SOURCE_DIGEST = _source_digest()
-RECORD_ID = re.compile(rb'\{"id": "([^"\\]+)"')  # a cache line as write_cache writes it begins with the record id
-FIELD_ID = re.compile(r"fld[A-Za-z0-9]+")
-JSON_STRING = re.compile(rb'"([^"\\]*(?:\\.[^"\\]*)*)"')  # its text, as group 1
-
-
-def first_cells(values: list[Any]) -> list[Any]:
-    """`values` up to the first that is not blank (None or ""), the rest None."""
-    for i, value in enumerate(values):
-        if value not in (None, ""):
-            return values[:i + 1] + [None] * (len(values) - i - 1)
-    return values
-
-
 def as_snapshot(records: TableSnapshot | Iterable[dict]) -> TableSnapshot:
     """Records in memory (tests, small tables) as a snapshot."""
     return records if isinstance(records, TableSnapshot) else TableSnapshot.of(records)
-
-
-def _cache_line(line: bytes) -> Any:
-    line = line.rstrip(b"\n")
-    return json.loads((line[:-1] if line.endswith(b",") else line).decode("utf-8", "surrogatepass"))
 
 
 def pull_table(airtable: Airtable, key: str, stop: threading.Event, by_field_id: bool) -> TableSnapshot:
@@ -1300,95 +1443,6 @@ def pull_table(airtable: Airtable, key: str, stop: threading.Event, by_field_id:
     except AIRTABLE_FAILURES as exc:
         raise access_error(exc, airtable.settings, f"reading table {key}") from None
     return records
-
-
-# A scratch file stays in memory up to this size, then moves to the cache dir: a small base
-# never touches the disk for it, a large one never holds it in memory.
-SCRATCH_IN_MEMORY_BYTES = 512 * 1024
-
-
-def scratch_file(directory: Path | None) -> Any:
-    """An unnamed temporary file (mode 0600, gone when closed) for what a run keeps on disk."""
-    return tempfile.SpooledTemporaryFile(max_size=SCRATCH_IN_MEMORY_BYTES, dir=directory)
-
-
-@contextlib.contextmanager
-def scratch_files(directory: Path) -> Iterator[None]:
-    """A run's temporary files (the snapshots' spill files) live in the cache
-    dir: when the disk there is full they fail as any local file does (exit 74), naming the folder."""
-    try:
-        yield
-    except OSError as exc:
-        if isinstance(exc, (LocalWriteError, requests.RequestException)) or exc.errno not in LOCAL_WRITE_ERRNOS:
-            raise
-        raise LocalWriteError(directory / "(a temporary file of this run)", exc) from None
-
-
-def open_private(path: Path, flags: int, named: Path | None = None) -> int:
-    """A file only its owner can read, opened, its folder made; LocalWriteError naming `named`
-    (else the file) when it cannot be."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return os.open(path, flags, 0o600)
-    except OSError as exc:
-        raise LocalWriteError(named or path, exc) from None
-
-
-def write_private(path: Path, text: str | Iterable[str | bytes]) -> None:
-    """Atomically write a file only its owner can read (it holds personal data): whole or not at
-    all. A file that cannot be written (a full disk, an unwritable folder) raises LocalWriteError
-    and leaves the previous file as it was, and no tmp file behind."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = open_private(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, path)
-    try:
-        # surrogatepass: a cell may hold half an emoji (a lone surrogate, valid in JSON text),
-        # which strict UTF-8 refuses; the snapshot reads it back the same way (_cache_line).
-        with os.fdopen(fd, "wb") as handle:
-            for piece in [text] if isinstance(text, str) else text:
-                handle.write(piece.encode("utf-8", "surrogatepass") if isinstance(piece, str) else piece)
-            handle.flush()
-            os.fsync(handle.fileno())  # on disk before it replaces the old file: a crash leaves one whole
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        if isinstance(exc, OSError) and not isinstance(exc, LocalWriteError):
-            raise LocalWriteError(path, exc) from None
-        raise
-
-
-def append_whole(fd: int, data: bytes, sync: bool = False) -> None:
-    """Appends `data` (whole lines) to an open file, or nothing: when it cannot all be written (a
-    full disk) the file is cut back to where it was, so no half line stays, and the OSError rises."""
-    start = os.lseek(fd, 0, os.SEEK_END)
-    try:
-        done = 0
-        while done < len(data):
-            done += os.write(fd, data[done:])
-        if sync:
-            os.fsync(fd)
-    except OSError:
-        with contextlib.suppress(OSError):
-            os.ftruncate(fd, start)
-        raise
-
-
-def append_archive(path: Path, lines: Iterable[dict]) -> None:
-    """JSON objects appended to an archive (mode 0600), one a line, and on disk before the request
-    they precede is sent: LocalWriteError (exit 74) when they cannot be, and the request is not."""
-    data = "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines).encode("utf-8", "surrogatepass")
-    fd = open_private(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-    try:
-        new = os.fstat(fd).st_size == 0
-        append_whole(fd, data, sync=True)
-    except OSError as exc:
-        if new:
-            with contextlib.suppress(OSError):
-                os.remove(path)
-        raise LocalWriteError(path, exc) from None
-    finally:
-        os.close(fd)
 
 
 def write_cache(path: Path, records: Iterable[dict] | TableSnapshot) -> None:
@@ -1410,6 +1464,8 @@ def write_cache(path: Path, records: Iterable[dict] | TableSnapshot) -> None:
 # ---------------------------------------------------------------------------
 # Read, by change feed: the snapshot and the state, Airtable's webhook payloads
 # ---------------------------------------------------------------------------
+
+
 #
 # The caches are a snapshot of the tables. Between full reads a run patches them with the
 # payloads of one webhook that the tool keeps on the base (no notification URL: the payloads
@@ -1419,11 +1475,15 @@ def write_cache(path: Path, records: Iterable[dict] | TableSnapshot) -> None:
 # model/webhooks-payload, field-model (webhook cell formats).
 
 STATE_FILE = "airtable_state.json"
+
 STATE_VERSION = 2  # 2: caches keyed by field id, and the field bindings
+
 # Airtable keeps payloads 7 days (list-webhook-payloads): a run whose last run is older than
 # this cannot trust that the feed since then is whole.
 PAYLOAD_TRUST_DAYS = 6
+
 WEBHOOKS_PER_BASE = 10  # create-a-webhook: "a base can have up to 10 webhooks"
+
 # Record changes of every table (a specification takes one recordChangeScope and the tool
 # syncs three) and field changes, so a renamed or retyped mapped field forces a full read.
 WEBHOOK_SPEC = {"options": {"filters": {"dataTypes": ["tableData", "tableFields"]}}}
@@ -2065,9 +2125,45 @@ class ExportRecord:
 
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
 # Binary subtype 4 (UUID), as the Extended JSON spec allows it: a one- or two-digit hex string.
 UUID_SUBTYPES = ("04", "4")
+
 UUID_TEXT = re.compile(r"(?:urn:uuid:)?([0-9a-fA-F]{8})(-?)([0-9a-fA-F]{4})\2([0-9a-fA-F]{4})\2([0-9a-fA-F]{4})\2([0-9a-fA-F]{12})")
+
+
+def _uuid_text(text: Any) -> str | None:
+    """`$uuid`'s text (hyphens optional, any case: pymongo's legacy writer leaves them out) -> lowercase hyphenated."""
+    match = UUID_TEXT.fullmatch(text) if isinstance(text, str) else None
+    return "-".join(match.group(1, 3, 4, 5, 6)).lower() if match else None
+
+
+def _hyphenated(hex32: str) -> str:
+    return f"{hex32[:8]}-{hex32[8:12]}-{hex32[12:16]}-{hex32[16:20]}-{hex32[20:]}"
+
+
+def _binary_uuid(data: Any, subtype: Any) -> str | None:
+    """A Binary of subtype 4 holding 16 bytes -> its UUID text; None for anything else, which is kept as written
+    (subtype 3, the old drivers' UUIDs, has a byte order that depends on the driver that wrote it)."""
+    if subtype not in UUID_SUBTYPES or not isinstance(data, str):
+        return None
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except ValueError:
+        return None
+    return _hyphenated(raw.hex()) if len(raw) == 16 else None
+
+
+def _extended_date(inner: Any) -> Any:
+    if inner.__class__ is str:  # relaxed: ISO 8601
+        parsed = parse_datetime(inner)
+        if parsed is not None:
+            return parsed
+    elif isinstance(inner, int) and not isinstance(inner, bool):  # ms, or $numberLong ms unwrapped: exact
+        return EPOCH + timedelta(milliseconds=inner)
+    elif isinstance(inner, float):
+        return datetime.fromtimestamp(inner / 1000, tz=timezone.utc)
+    return {"$date": inner}
 
 
 def unwrap_wrapper(obj: dict) -> Any:
@@ -2103,28 +2199,6 @@ def unwrap_wrapper(obj: dict) -> Any:
     return obj
 
 
-def _uuid_text(text: Any) -> str | None:
-    """`$uuid`'s text (hyphens optional, any case: pymongo's legacy writer leaves them out) -> lowercase hyphenated."""
-    match = UUID_TEXT.fullmatch(text) if isinstance(text, str) else None
-    return "-".join(match.group(1, 3, 4, 5, 6)).lower() if match else None
-
-
-def _binary_uuid(data: Any, subtype: Any) -> str | None:
-    """A Binary of subtype 4 holding 16 bytes -> its UUID text; None for anything else, which is kept as written
-    (subtype 3, the old drivers' UUIDs, has a byte order that depends on the driver that wrote it)."""
-    if subtype not in UUID_SUBTYPES or not isinstance(data, str):
-        return None
-    try:
-        raw = base64.b64decode(data, validate=True)
-    except ValueError:
-        return None
-    return _hyphenated(raw.hex()) if len(raw) == 16 else None
-
-
-def _hyphenated(hex32: str) -> str:
-    return f"{hex32[:8]}-{hex32[8:12]}-{hex32[12:16]}-{hex32[16:20]}-{hex32[20:]}"
-
-
 def unwrap_extended_json(value: Any) -> Any:
     """MongoDB Extended JSON wrappers -> plain Python values, recursively."""
     if isinstance(value, dict):
@@ -2133,18 +2207,6 @@ def unwrap_extended_json(value: Any) -> Any:
     if isinstance(value, list):
         return [unwrap_extended_json(v) if isinstance(v, (dict, list)) else v for v in value]
     return value
-
-
-def _extended_date(inner: Any) -> Any:
-    if inner.__class__ is str:  # relaxed: ISO 8601
-        parsed = parse_datetime(inner)
-        if parsed is not None:
-            return parsed
-    elif isinstance(inner, int) and not isinstance(inner, bool):  # ms, or $numberLong ms unwrapped: exact
-        return EPOCH + timedelta(milliseconds=inner)
-    elif isinstance(inner, float):
-        return datetime.fromtimestamp(inner / 1000, tz=timezone.utc)
-    return {"$date": inner}
 
 
 JSON_SPACE = re.compile(r"[ \t\n\r]*")
@@ -2236,35 +2298,6 @@ class ExportText:
         return UsageError(f"{self.path}: line {line}: not valid JSON: {message} (column {self.column(pos)}{where})")
 
 
-def iter_documents(path: Path, handle: BinaryIO) -> Iterator[dict]:
-    """The documents of an export, one at a time, with Extended JSON unwrapped as they are parsed:
-    a JSON array, or documents one after another separated by whitespace (JSON Lines, or
-    mongoexport --pretty). Only the document being parsed and one chunk of text are in memory."""
-    for doc, _, _ in iter_documents_text(path, handle):
-        yield doc
-
-
-def iter_documents_text(path: Path, handle: BinaryIO, unwrap: bool = True,
-                        file_digest: Any = None) -> Iterator[tuple[dict, str, int]]:
-    """iter_documents, each document with its JSON text as the file has it and the position of
-    that text's first character among the file's characters (after a BOM). With `unwrap` False
-    only a document that is itself a wrapper is unwrapped (it is then no document): the values
-    inside keep their Extended JSON, for a pass that checks the file and reads the ids (a
-    third faster than unwrapping every value)."""
-    text = ExportText(path, handle, file_digest)
-    raw_decode = json.JSONDecoder(object_hook=unwrap_wrapper).raw_decode if unwrap else _checking_decode
-    pos = text.skip_space(0)
-    if pos == len(text.buf):
-        raise UsageError(f"{path}: file is empty (expected {LAYOUTS})")
-    if text.buf[pos] == "[":
-        yield from _array(text, pos + 1, raw_decode)
-    elif text.buf[pos] == "{":
-        yield from _documents(text, pos, raw_decode)
-    else:
-        raise UsageError(f"{path}: expected a JSON array or JSON Lines (or documents one after another), "
-                         f"found {text.buf[pos:pos + 20]!r}")
-
-
 PLAIN_DECODE = json.JSONDecoder().raw_decode
 
 
@@ -2316,6 +2349,35 @@ def _documents(text: ExportText, pos: int, raw_decode: Callable[[str, int], tupl
         if pos == after < len(text.buf):
             raise UsageError(f"{text.path}: line {text.line(pos)}: not valid JSON: a document follows the previous "
                              f"one without whitespace between them (column {text.column(pos)})")
+
+
+def iter_documents_text(path: Path, handle: BinaryIO, unwrap: bool = True,
+                        file_digest: Any = None) -> Iterator[tuple[dict, str, int]]:
+    """iter_documents, each document with its JSON text as the file has it and the position of
+    that text's first character among the file's characters (after a BOM). With `unwrap` False
+    only a document that is itself a wrapper is unwrapped (it is then no document): the values
+    inside keep their Extended JSON, for a pass that checks the file and reads the ids (a
+    third faster than unwrapping every value)."""
+    text = ExportText(path, handle, file_digest)
+    raw_decode = json.JSONDecoder(object_hook=unwrap_wrapper).raw_decode if unwrap else _checking_decode
+    pos = text.skip_space(0)
+    if pos == len(text.buf):
+        raise UsageError(f"{path}: file is empty (expected {LAYOUTS})")
+    if text.buf[pos] == "[":
+        yield from _array(text, pos + 1, raw_decode)
+    elif text.buf[pos] == "{":
+        yield from _documents(text, pos, raw_decode)
+    else:
+        raise UsageError(f"{path}: expected a JSON array or JSON Lines (or documents one after another), "
+                         f"found {text.buf[pos:pos + 20]!r}")
+
+
+def iter_documents(path: Path, handle: BinaryIO) -> Iterator[dict]:
+    """The documents of an export, one at a time, with Extended JSON unwrapped as they are parsed:
+    a JSON array, or documents one after another separated by whitespace (JSON Lines, or
+    mongoexport --pretty). Only the document being parsed and one chunk of text are in memory."""
+    for doc, _, _ in iter_documents_text(path, handle):
+        yield doc
 
 
 def mongo_id_of(doc: dict) -> str | None:
@@ -2545,30 +2607,9 @@ class Matcher:
 # Convert
 # ---------------------------------------------------------------------------
 
-TEXT_TYPES = {"singleLineText", "multilineText", "richText", "email", "url", "phoneNumber"}
-NUMBER_TYPES = {"number", "currency", "percent", "rating", "duration"}
-COMPUTED_TYPES = {"formula", "rollup", "count", "lookup", "multipleLookupValues", "createdTime",
-                  "lastModifiedTime", "autoNumber", "createdBy", "lastModifiedBy", "button"}
-WRITABLE_TYPES = TEXT_TYPES | NUMBER_TYPES | {"checkbox", "date", "dateTime", "singleSelect",
-                                              "multipleSelects", "multipleRecordLinks"}
-
 
 class Invalid(Exception):
     """A value that cannot become the field's type: left out and counted."""
-
-
-def parse_datetime(text: str) -> datetime | None:
-    try:
-        parsed = datetime.fromisoformat(text.strip())
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
-
-
-def iso_millis(moment: datetime) -> str:
-    """`YYYY-MM-DDTHH:MM:SS.sssZ` in UTC (naive = UTC)."""
-    moment = moment.astimezone(timezone.utc).replace(tzinfo=None) if moment.tzinfo else moment
-    return moment.isoformat(timespec="milliseconds") + "Z"
 
 
 def to_instant(value: Any) -> datetime:
@@ -2829,6 +2870,7 @@ def changed_fields(converted: Mapping[str, Any], current: Mapping[str, Any], typ
 # Plan
 # ---------------------------------------------------------------------------
 
+
 PENDING = "pending-create"  # a link to a record this run creates; resolved at apply time
 
 
@@ -2849,6 +2891,69 @@ class PlannedWrite:
     # An update's changed cells as Airtable had them, for the changes archive (None for the others:
     # a first sync's creates are many).
     before: dict | None = None
+
+
+DAY_COUNTER_SHARE = 0.9  # of the records it changed (or that carry the date) that must tell a day counter
+DAYS_COUNTED_TO_KEPT = 16  # distinct dates a field may count to, kept per date field: a counter needs 1 to 3
+
+
+def day_of(value: Any) -> date | None:
+    """The UTC date of a date or dateTime cell (`YYYY-MM-DD...`), None if it has none."""
+    try:
+        return date.fromisoformat(value[:10]) if isinstance(value, str) else None
+    except ValueError:
+        return None
+
+
+class DayTally:
+    """Over one table's planned updates, how many changed each numeric field, how many of those rose
+    by the days since the previous run, and, per date field, the dates the field counts days to
+    from it (the date plus the value): counters a field, never anything per record.
+
+    A counter counts to the run's date. An export written on another day counts to that day
+    instead (the exporter computed it then; a test's nights a day apart in minutes do too): the
+    formula is the remedy all the same, so any one date that nine in ten records count to will do."""
+
+    def __init__(self, elapsed: int | None, types: Mapping[str, str]):
+        self.elapsed = elapsed  # whole days since the previous run (None: there was none)
+        self.numbers = frozenset(k for k, t in types.items() if t in NUMBER_TYPES)
+        self.dates = tuple(k for k, t in types.items() if t in ("date", "dateTime"))
+        self.changed: dict[str, int] = defaultdict(int)
+        self.rose: dict[str, int] = defaultdict(int)
+        self.carried: dict[tuple[str, str], int] = defaultdict(int)  # (number, date) -> updates carrying both
+        # (number, date) -> the date it counts to (an ordinal) -> updates that do
+        self.counted_to: dict[tuple[str, str], dict[int, int]] = defaultdict(dict)
+
+    def add(self, changes: Mapping[str, Any], old: Mapping[str, Any], converted: Mapping[str, Any]) -> None:
+        """One planned update: its changed cells, Airtable's cells before, and all its converted values."""
+        elapsed = self.elapsed
+        for key in self.numbers.intersection(changes):
+            new, before = changes[key], old.get(key)
+            if not isinstance(new, (int, float)):
+                continue  # a clear
+            self.changed[key] += 1
+            if elapsed is not None and isinstance(before, (int, float)) and 0 < new - before and \
+                    abs(new - before - elapsed) <= 1:
+                self.rose[key] += 1
+            for date_key in self.dates:
+                start = day_of(converted.get(date_key, old.get(date_key)))
+                if start is not None:
+                    self.carried[key, date_key] += 1
+                    ends, end = self.counted_to[key, date_key], start.toordinal() + round(new)
+                    if end in ends or len(ends) < DAYS_COUNTED_TO_KEPT:
+                        ends[end] = ends.get(end, 0) + 1
+
+    def counts_days(self, key: str) -> bool:
+        return self.changed[key] > 0 and self.rose[key] >= DAY_COUNTER_SHARE * self.changed[key]
+
+    def counts_from(self, key: str) -> str | None:
+        """The date field the field counts days from: the one whose records carrying both most count
+        to one date (within a day), if enough do."""
+        def share(date_key: str) -> float:
+            ends = self.counted_to[key, date_key]
+            return max(sum(ends.get(end + d, 0) for d in (-1, 0, 1)) for end in ends) / self.carried[key, date_key]
+        best = max(((share(d), d) for d in self.dates if self.carried[key, d]), default=None)
+        return best[1] if best is not None and best[0] >= DAY_COUNTER_SHARE else None
 
 
 @dataclass
@@ -2896,6 +3001,106 @@ def link_reference(doc: dict, link: LinkSpec) -> str | None:
         if value not in (None, ""):
             return str(value)
     return None
+
+
+class PlanMemo:
+    """The records a run found in sync, remembered as one 64-bit digest each of everything their
+    plan depended on: the export document's text, the Airtable record's line in the snapshot, and
+    the table's signature (this tool's own code, the mapping, the bound fields and their types,
+    and the link targets' ids). A record whose digest the last run kept is in sync again, since
+    the plan is a function of those alone: a quiet night neither parses nor converts it. Kept in
+    `airtable_<table>.memo` (8 bytes a record, no personal data); a missing or stale file only
+    costs a full plan."""
+
+    def __init__(self, known: array | None = None):
+        self.known: set[int] = set(known or ())
+        self.kept = array("q")
+        self.signature = b""
+
+    @classmethod
+    def load(cls, path: Path) -> "PlanMemo":
+        known = array("q")
+        try:
+            with open(path, "rb") as handle:
+                known.frombytes(handle.read())
+        except (OSError, ValueError):
+            known = array("q")
+        return cls(known)
+
+    def sign(self, spec: TableSpec, columns: TableColumns, types: Mapping[str, str], id_key: str | None,
+             link_index: Mapping[str, Mapping[str, str]]) -> None:
+        digest = hashlib.blake2b(SOURCE_DIGEST, digest_size=16)
+        digest.update(repr((spec.key, spec.mapping, spec.key_fields, spec.links, id_key, sorted(types.items()),
+                            sorted((c.mapped, c.key, c.type) for c in columns.by_mapped.values()))).encode())
+        for link in spec.links:
+            digest.update("\x1f".join(f"{k}\x1e{v}" for k, v in link_index.get(link.target, {}).items()).encode())
+        self.signature = digest.digest()
+
+    def key(self, mongo_id: str, text_digest: int, line: bytes) -> int:
+        digest = hashlib.blake2b(self.signature, digest_size=8)
+        digest.update(mongo_id.encode("utf-8", "surrogatepass") + text_digest.to_bytes(8, "big", signed=True) + line)
+        return int.from_bytes(digest.digest(), "big", signed=True)
+
+    def has(self, key: int) -> bool:
+        if key in self.known:
+            self.kept.append(key)
+            return True
+        return False
+
+    def keep(self, key: int) -> None:
+        self.kept.append(key)
+
+    def save(self, path: Path) -> None:
+        write_private(path, [self.kept.tobytes()])
+
+
+def absent_in_export(spec: TableSpec, carried: set[str]) -> list[str]:
+    """The mapped Mongo fields that no exported record carries (the exporter renamed or dropped
+    them): Airtable keeps its values, since an absent field is never written."""
+    mapped = [mongo for mongo, _ in spec.mapping if mongo != "id"]
+    mapped += [link.mongo_fields[0] for link in spec.links if not carried.intersection(link.mongo_fields)]
+    return [name for name in mapped if name not in carried]
+
+
+def plan_record(plan: TablePlan, record: ExportRecord, current: dict | None, how: str,
+                converting: Sequence[tuple[str, str, str]], link_index: Mapping[str, Mapping[str, str]]) -> bool:
+    """One matched (or new) record's write, added to the plan; an unchanged one is only counted.
+    True when the record is in sync with nothing invalid or unresolved in it (PlanMemo keeps those)."""
+    spec, columns, types = plan.spec, plan.columns, plan.types
+    converted, invalid, problem = convert_record(record, converting, plan.id_key)
+    plan.invalid_values += len(invalid)
+    if invalid:
+        log.debug("%s %s: invalid values left out: %s", spec.key, record.mongo_id,
+                  ", ".join(columns.mapped_name(k) for k in invalid))
+    unresolved = plan.unresolved_links
+    for link in spec.links:
+        link_key = columns.key(link.airtable_field)
+        if link_key not in types:
+            continue
+        ref = link_reference(record.doc, link)
+        if ref is None:
+            continue
+        target = link_index.get(link.target, {}).get(ref)
+        if target is None:
+            plan.unresolved_links += 1
+        else:
+            converted[link_key] = [target if target != PENDING else LinkRef(link.target, ref)]
+    if problem:
+        plan.writes.append(PlannedWrite(record.bare(), "error", error=problem))
+    elif current is None:
+        # Blank values are not sent on a create (is_blank, inlined: it runs per value).
+        fields = {k: v for k, v in converted.items() if v is not None and v is not False and v != "" and v != []}
+        plan.writes.append(PlannedWrite(record.bare(), "create", fields=fields))
+    elif changes := changed_fields(converted, current["fields"], types):
+        if plan.days is not None:
+            plan.days.add(changes, current["fields"], converted)
+        plan.writes.append(PlannedWrite(record.bare(), "update", record_id=current["id"], fields=changes,
+                                        matched_by=how, before={k: current["fields"].get(k) for k in changes}))
+        plan.clears.update(k for k, v in changes.items() if is_clear(v))
+    else:
+        plan.count_skip(record.mongo_id, current["id"])
+        return not invalid and plan.unresolved_links == unresolved
+    return False
 
 
 def plan_table(
@@ -2973,106 +3178,6 @@ def plan_table(
     return plan
 
 
-def plan_record(plan: TablePlan, record: ExportRecord, current: dict | None, how: str,
-                converting: Sequence[tuple[str, str, str]], link_index: Mapping[str, Mapping[str, str]]) -> bool:
-    """One matched (or new) record's write, added to the plan; an unchanged one is only counted.
-    True when the record is in sync with nothing invalid or unresolved in it (PlanMemo keeps those)."""
-    spec, columns, types = plan.spec, plan.columns, plan.types
-    converted, invalid, problem = convert_record(record, converting, plan.id_key)
-    plan.invalid_values += len(invalid)
-    if invalid:
-        log.debug("%s %s: invalid values left out: %s", spec.key, record.mongo_id,
-                  ", ".join(columns.mapped_name(k) for k in invalid))
-    unresolved = plan.unresolved_links
-    for link in spec.links:
-        link_key = columns.key(link.airtable_field)
-        if link_key not in types:
-            continue
-        ref = link_reference(record.doc, link)
-        if ref is None:
-            continue
-        target = link_index.get(link.target, {}).get(ref)
-        if target is None:
-            plan.unresolved_links += 1
-        else:
-            converted[link_key] = [target if target != PENDING else LinkRef(link.target, ref)]
-    if problem:
-        plan.writes.append(PlannedWrite(record.bare(), "error", error=problem))
-    elif current is None:
-        # Blank values are not sent on a create (is_blank, inlined: it runs per value).
-        fields = {k: v for k, v in converted.items() if v is not None and v is not False and v != "" and v != []}
-        plan.writes.append(PlannedWrite(record.bare(), "create", fields=fields))
-    elif changes := changed_fields(converted, current["fields"], types):
-        if plan.days is not None:
-            plan.days.add(changes, current["fields"], converted)
-        plan.writes.append(PlannedWrite(record.bare(), "update", record_id=current["id"], fields=changes,
-                                        matched_by=how, before={k: current["fields"].get(k) for k in changes}))
-        plan.clears.update(k for k, v in changes.items() if is_clear(v))
-    else:
-        plan.count_skip(record.mongo_id, current["id"])
-        return not invalid and plan.unresolved_links == unresolved
-    return False
-
-
-class PlanMemo:
-    """The records a run found in sync, remembered as one 64-bit digest each of everything their
-    plan depended on: the export document's text, the Airtable record's line in the snapshot, and
-    the table's signature (this tool's own code, the mapping, the bound fields and their types,
-    and the link targets' ids). A record whose digest the last run kept is in sync again, since
-    the plan is a function of those alone: a quiet night neither parses nor converts it. Kept in
-    `airtable_<table>.memo` (8 bytes a record, no personal data); a missing or stale file only
-    costs a full plan."""
-
-    def __init__(self, known: array | None = None):
-        self.known: set[int] = set(known or ())
-        self.kept = array("q")
-        self.signature = b""
-
-    @classmethod
-    def load(cls, path: Path) -> "PlanMemo":
-        known = array("q")
-        try:
-            with open(path, "rb") as handle:
-                known.frombytes(handle.read())
-        except (OSError, ValueError):
-            known = array("q")
-        return cls(known)
-
-    def sign(self, spec: TableSpec, columns: TableColumns, types: Mapping[str, str], id_key: str | None,
-             link_index: Mapping[str, Mapping[str, str]]) -> None:
-        digest = hashlib.blake2b(SOURCE_DIGEST, digest_size=16)
-        digest.update(repr((spec.key, spec.mapping, spec.key_fields, spec.links, id_key, sorted(types.items()),
-                            sorted((c.mapped, c.key, c.type) for c in columns.by_mapped.values()))).encode())
-        for link in spec.links:
-            digest.update("\x1f".join(f"{k}\x1e{v}" for k, v in link_index.get(link.target, {}).items()).encode())
-        self.signature = digest.digest()
-
-    def key(self, mongo_id: str, text_digest: int, line: bytes) -> int:
-        digest = hashlib.blake2b(self.signature, digest_size=8)
-        digest.update(mongo_id.encode("utf-8", "surrogatepass") + text_digest.to_bytes(8, "big", signed=True) + line)
-        return int.from_bytes(digest.digest(), "big", signed=True)
-
-    def has(self, key: int) -> bool:
-        if key in self.known:
-            self.kept.append(key)
-            return True
-        return False
-
-    def keep(self, key: int) -> None:
-        self.kept.append(key)
-
-    def save(self, path: Path) -> None:
-        write_private(path, [self.kept.tobytes()])
-
-
-def absent_in_export(spec: TableSpec, carried: set[str]) -> list[str]:
-    """The mapped Mongo fields that no exported record carries (the exporter renamed or dropped
-    them): Airtable keeps its values, since an absent field is never written."""
-    mapped = [mongo for mongo, _ in spec.mapping if mongo != "id"]
-    mapped += [link.mongo_fields[0] for link in spec.links if not carried.intersection(link.mongo_fields)]
-    return [name for name in mapped if name not in carried]
-
-
 def build_link_index(airtable_records: Iterable[dict], plan: TablePlan | None, id_key: str | None) -> dict[str, str]:
     """Mongo id -> Airtable record id (or PENDING) of a link target table after its planned sync."""
     index: dict[str, str] = {}
@@ -3117,18 +3222,6 @@ def clear_limits(clears: Mapping[str, int], holding: Mapping[str, int], fraction
     return {key: limit for key, limit in limits.items() if clears[key] > limit}
 
 
-def cap_clears(plan: TablePlan, snapshot: TableSnapshot, fraction: float) -> None:
-    """Holds back the clears of each field over the cap: an exporter bug or a bad migration can
-    null a whole column, and Airtable may have its last copy. Only a field with more than
-    CLEARS_ALWAYS_ALLOWED clears costs a pass over the snapshot's cells (a normal night: none)."""
-    holding = {key: sum(1 for _, (value,) in snapshot.cells([key]) if not is_blank(value, plan.types[key]))
-               for key, n in plan.clears.items() if n > CLEARS_ALWAYS_ALLOWED}
-    plan.clears_held = [HeldClears(key, plan.columns.mapped_name(key), plan.clears[key], holding[key], limit)
-                        for key, limit in clear_limits(plan.clears, holding, fraction).items()]
-    if plan.clears_held:
-        hold_back(plan, {held.key for held in plan.clears_held})
-
-
 def hold_back(plan: TablePlan, keys: set[str]) -> None:
     """Takes the clears of `keys` out of the planned updates; their other changes stay. An update
     left with nothing to send is no write: a skip, and one the memo never kept (plan_record keeps
@@ -3145,6 +3238,18 @@ def hold_back(plan: TablePlan, keys: set[str]) -> None:
         else:
             kept.append(write)
     plan.writes = kept
+
+
+def cap_clears(plan: TablePlan, snapshot: TableSnapshot, fraction: float) -> None:
+    """Holds back the clears of each field over the cap: an exporter bug or a bad migration can
+    null a whole column, and Airtable may have its last copy. Only a field with more than
+    CLEARS_ALWAYS_ALLOWED clears costs a pass over the snapshot's cells (a normal night: none)."""
+    holding = {key: sum(1 for _, (value,) in snapshot.cells([key]) if not is_blank(value, plan.types[key]))
+               for key, n in plan.clears.items() if n > CLEARS_ALWAYS_ALLOWED}
+    plan.clears_held = [HeldClears(key, plan.columns.mapped_name(key), plan.clears[key], holding[key], limit)
+                        for key, limit in clear_limits(plan.clears, holding, fraction).items()]
+    if plan.clears_held:
+        hold_back(plan, {held.key for held in plan.clears_held})
 
 
 DELETE_ORDER = ("messages", "events", "users")  # links first, so nothing points at a deleted record
@@ -3250,6 +3355,7 @@ class Written:
 
 
 PLANNED = Written()
+
 # A first sync holds a result for each of tens of thousands of writes: where nothing but the
 # outcome is worth keeping, they all share one.
 LANDED, LANDED_EXISTING = Written(Outcome.DONE), Written(Outcome.DONE, existed=True)
@@ -3660,9 +3766,45 @@ class Deleter:
                 outcomes[rec["id"]] = Outcome.DONE
 
 
+ARCHIVE_NAME = re.compile(r"(?:deleted|changed)_(\d{8}_\d{6})(?:_\d+)?\.jsonl")
+
+
+def prune_archives(reports_dir: Path, days: float, now: datetime) -> None:
+    """Deletion and changes archives hold personal data (of people who left, or overwritten):
+    kept AIRTABLE_ARCHIVE_DAYS, by the timestamp in their name, and no other file is touched."""
+    try:
+        names = os.listdir(reports_dir)
+    except OSError:
+        return
+    for name in names:
+        found = ARCHIVE_NAME.fullmatch(name)
+        if not found:
+            continue
+        try:
+            stamp = datetime.strptime(found.group(1), "%Y%m%d_%H%M%S")
+        except ValueError:
+            continue  # not a date: not one of ours, so not ours to remove
+        if (now - stamp).total_seconds() > days * 86400:
+            with contextlib.suppress(OSError):
+                os.remove(reports_dir / name)
+                log.info("removed the archive %s (older than %g days)", name, days)
+
+
 # ---------------------------------------------------------------------------
 # Report
 # ---------------------------------------------------------------------------
+
+
+@dataclass
+class VolatileField:
+    """A mapped field this run's updates, and those of the last earlier run that wrote it, wrote in
+    nearly every record of its table."""
+
+    field: str  # mapped name
+    share: float  # of the table's synced records that this run's updates wrote it in
+    requests: int  # what writing it alone cost this run: ceil(alone / 10)
+    counts_days: bool  # it rose by the days since the previous run
+    counts_days_since: str | None  # the Airtable name of the date field it counts days from
 
 
 @dataclass
@@ -3716,53 +3858,11 @@ def set_back(plan: TablePlan, edited: Mapping[str, set[str]] | None, applied: Ap
     return count
 
 
-def summarize(plan: TablePlan, applied: Applied, dry_run: bool, deletion: DeletionPlan | None = None,
-              edited: Mapping[str, set[str]] | None = None) -> TableResult:
-    """A table's figures: the plan, and what the apply step made of it (a dry run: as planned)."""
-    key, writes, count = plan.spec.key, plan.writes, plan.planned
-    outcomes = applied.deleted.get(key, {})
-    deleted = [] if deletion is None else [r for r in deletion.records if (
-        not deletion.held if dry_run else outcomes.get(r["id"]) is Outcome.DONE)]
-    gone = {rec["id"] for rec in deleted}
-    dropped = applied.dropped.get(key, {})
-    results = [applied.of(w) for w in writes]
-    result = TableResult(
-        total=len(writes) + plan.skipped,
-        orphans=len(plan.orphans) - len(gone),
-        deleted=len(deleted),
-        deletions_held=len(deletion.records) if deletion is not None and deletion.held else 0,
-        clears_held={held.name: held.count for held in plan.clears_held},
-        reverted_edits=set_back(plan, edited, applied),
-        orphan_records=[record_ref(r, plan.columns.id_key) for r in plan.orphans if r["id"] not in gone],
-        deleted_records=[record_ref(r, plan.columns.id_key) for r in deleted],
-        unresolved_links=plan.unresolved_links + sum(len(r.links_left_out) for r in results),
-        unmapped_fields=plan.unmapped_fields,
-        missing_in_airtable=sorted({*plan.missing_in_airtable, *(plan.columns.mapped_name(k) for k, why
-                                                                 in dropped.items() if why == "missing")}),
-        read_only=sorted({*plan.read_only, *(plan.columns.mapped_name(k) for k, why in dropped.items()
-                                             if why == "read_only")}),
-        renamed_fields=plan.columns.renamed,
-        absent_in_export=plan.absent_in_export,
-        writes_by_field=writes_by_field(plan, applied),
-        invalid_values=plan.invalid_values,
-        planned=count,
-    )
-    if dry_run:
-        result.created, result.updated = count["create"], count["update"]
-    else:
-        done = [(w, r) for w, r in zip(writes, results) if r.outcome is Outcome.DONE]
-        result.created = sum(1 for w, r in done if w.action == "create" and not r.existed)
-        result.updated = sum(1 for w, r in done if w.action == "update" or r.existed)
-        result.not_attempted = sum(1 for r in results if r.outcome is Outcome.NOT_ATTEMPTED)
-    result.skipped = plan.skipped + sum(1 for r in results if r.outcome is Outcome.SKIPPED)
-    result.errors = sum(1 for w, r in zip(writes, results) if w.action == "error" or r.outcome.failed) + sum(
-        1 for o in outcomes.values() if o in (Outcome.FAILED, Outcome.UNKNOWN))
-    return result
+# ---------------------------------------------------------------------------
+# Report: what a night's writes were for
+# ---------------------------------------------------------------------------
 
 
-# ---------------------------------------------------------------------------
-# What a night's writes were for
-# ---------------------------------------------------------------------------
 #
 # An exporter that computes a value from today (days_inactive, from last_active) rewrites it in
 # every record every night: ceil(records/10) write requests a night, and no night is ever quiet.
@@ -3772,8 +3872,8 @@ def summarize(plan: TablePlan, applied: Applied, dry_run: bool, deletion: Deleti
 # counted from what planning has in hand: a few counters a field, nothing kept per record.
 
 VOLATILE_SHARE = 0.9  # of a table's synced records written, this run and the last that wrote the field
+
 VOLATILE_MIN_RECORDS = 100  # below this a rewritten column costs too little to ask a person
-DAY_COUNTER_SHARE = 0.9  # of the records it changed (or that carry the date) that must tell a day counter
 
 
 def days_since_last_run(previous: ChangeState | None, now: datetime) -> int | None:
@@ -3781,80 +3881,6 @@ def days_since_last_run(previous: ChangeState | None, now: datetime) -> int | No
     if previous is None:
         return None
     return (now.astimezone(timezone.utc).date() - previous.last_run.astimezone(timezone.utc).date()).days
-
-
-def day_of(value: Any) -> date | None:
-    """The UTC date of a date or dateTime cell (`YYYY-MM-DD...`), None if it has none."""
-    try:
-        return date.fromisoformat(value[:10]) if isinstance(value, str) else None
-    except ValueError:
-        return None
-
-
-DAYS_COUNTED_TO_KEPT = 16  # distinct dates a field may count to, kept per date field: a counter needs 1 to 3
-
-
-class DayTally:
-    """Over one table's planned updates, how many changed each numeric field, how many of those rose
-    by the days since the previous run, and, per date field, the dates the field counts days to
-    from it (the date plus the value): counters a field, never anything per record.
-
-    A counter counts to the run's date. An export written on another day counts to that day
-    instead (the exporter computed it then; a test's nights a day apart in minutes do too): the
-    formula is the remedy all the same, so any one date that nine in ten records count to will do."""
-
-    def __init__(self, elapsed: int | None, types: Mapping[str, str]):
-        self.elapsed = elapsed  # whole days since the previous run (None: there was none)
-        self.numbers = frozenset(k for k, t in types.items() if t in NUMBER_TYPES)
-        self.dates = tuple(k for k, t in types.items() if t in ("date", "dateTime"))
-        self.changed: dict[str, int] = defaultdict(int)
-        self.rose: dict[str, int] = defaultdict(int)
-        self.carried: dict[tuple[str, str], int] = defaultdict(int)  # (number, date) -> updates carrying both
-        # (number, date) -> the date it counts to (an ordinal) -> updates that do
-        self.counted_to: dict[tuple[str, str], dict[int, int]] = defaultdict(dict)
-
-    def add(self, changes: Mapping[str, Any], old: Mapping[str, Any], converted: Mapping[str, Any]) -> None:
-        """One planned update: its changed cells, Airtable's cells before, and all its converted values."""
-        elapsed = self.elapsed
-        for key in self.numbers.intersection(changes):
-            new, before = changes[key], old.get(key)
-            if not isinstance(new, (int, float)):
-                continue  # a clear
-            self.changed[key] += 1
-            if elapsed is not None and isinstance(before, (int, float)) and 0 < new - before and \
-                    abs(new - before - elapsed) <= 1:
-                self.rose[key] += 1
-            for date_key in self.dates:
-                start = day_of(converted.get(date_key, old.get(date_key)))
-                if start is not None:
-                    self.carried[key, date_key] += 1
-                    ends, end = self.counted_to[key, date_key], start.toordinal() + round(new)
-                    if end in ends or len(ends) < DAYS_COUNTED_TO_KEPT:
-                        ends[end] = ends.get(end, 0) + 1
-
-    def counts_days(self, key: str) -> bool:
-        return self.changed[key] > 0 and self.rose[key] >= DAY_COUNTER_SHARE * self.changed[key]
-
-    def counts_from(self, key: str) -> str | None:
-        """The date field the field counts days from: the one whose records carrying both most count
-        to one date (within a day), if enough do."""
-        def share(date_key: str) -> float:
-            ends = self.counted_to[key, date_key]
-            return max(sum(ends.get(end + d, 0) for d in (-1, 0, 1)) for end in ends) / self.carried[key, date_key]
-        best = max(((share(d), d) for d in self.dates if self.carried[key, d]), default=None)
-        return best[1] if best is not None and best[0] >= DAY_COUNTER_SHARE else None
-
-
-@dataclass
-class VolatileField:
-    """A mapped field this run's updates, and those of the last earlier run that wrote it, wrote in
-    nearly every record of its table."""
-
-    field: str  # mapped name
-    share: float  # of the table's synced records that this run's updates wrote it in
-    requests: int  # what writing it alone cost this run: ceil(alone / 10)
-    counts_days: bool  # it rose by the days since the previous run
-    counts_days_since: str | None  # the Airtable name of the date field it counts days from
 
 
 def writes_by_field(plan: TablePlan, applied: Applied) -> dict[str, dict[str, int]]:
@@ -3928,6 +3954,142 @@ def note_volatile_fields(results: Mapping[str, TableResult], plans: Mapping[str,
             shares.setdefault(key, {}).update(written_shares(result))
     if read.state is not None:
         read.state.writes = shares
+
+
+# ---------------------------------------------------------------------------
+# Report: the figures, the summary line, the Markdown and JSON files, the attention line
+# ---------------------------------------------------------------------------
+
+
+def summarize(plan: TablePlan, applied: Applied, dry_run: bool, deletion: DeletionPlan | None = None,
+              edited: Mapping[str, set[str]] | None = None) -> TableResult:
+    """A table's figures: the plan, and what the apply step made of it (a dry run: as planned)."""
+    key, writes, count = plan.spec.key, plan.writes, plan.planned
+    outcomes = applied.deleted.get(key, {})
+    deleted = [] if deletion is None else [r for r in deletion.records if (
+        not deletion.held if dry_run else outcomes.get(r["id"]) is Outcome.DONE)]
+    gone = {rec["id"] for rec in deleted}
+    dropped = applied.dropped.get(key, {})
+    results = [applied.of(w) for w in writes]
+    result = TableResult(
+        total=len(writes) + plan.skipped,
+        orphans=len(plan.orphans) - len(gone),
+        deleted=len(deleted),
+        deletions_held=len(deletion.records) if deletion is not None and deletion.held else 0,
+        clears_held={held.name: held.count for held in plan.clears_held},
+        reverted_edits=set_back(plan, edited, applied),
+        orphan_records=[record_ref(r, plan.columns.id_key) for r in plan.orphans if r["id"] not in gone],
+        deleted_records=[record_ref(r, plan.columns.id_key) for r in deleted],
+        unresolved_links=plan.unresolved_links + sum(len(r.links_left_out) for r in results),
+        unmapped_fields=plan.unmapped_fields,
+        missing_in_airtable=sorted({*plan.missing_in_airtable, *(plan.columns.mapped_name(k) for k, why
+                                                                 in dropped.items() if why == "missing")}),
+        read_only=sorted({*plan.read_only, *(plan.columns.mapped_name(k) for k, why in dropped.items()
+                                             if why == "read_only")}),
+        renamed_fields=plan.columns.renamed,
+        absent_in_export=plan.absent_in_export,
+        writes_by_field=writes_by_field(plan, applied),
+        invalid_values=plan.invalid_values,
+        planned=count,
+    )
+    if dry_run:
+        result.created, result.updated = count["create"], count["update"]
+    else:
+        done = [(w, r) for w, r in zip(writes, results) if r.outcome is Outcome.DONE]
+        result.created = sum(1 for w, r in done if w.action == "create" and not r.existed)
+        result.updated = sum(1 for w, r in done if w.action == "update" or r.existed)
+        result.not_attempted = sum(1 for r in results if r.outcome is Outcome.NOT_ATTEMPTED)
+    result.skipped = plan.skipped + sum(1 for r in results if r.outcome is Outcome.SKIPPED)
+    result.errors = sum(1 for w, r in zip(writes, results) if w.action == "error" or r.outcome.failed) + sum(
+        1 for o in outcomes.values() if o in (Outcome.FAILED, Outcome.UNKNOWN))
+    return result
+
+
+def counted(n: int, what: str, plural: str | None = None) -> list[str]:
+    return [f"{n:,} {what if n == 1 else plural or what + 's'}"] if n else []
+
+
+ATTENTION_FIELDS_NAMED = 3  # a table's fields of one kind named in the attention line; more are counted
+MARKDOWN_ERROR_ROWS = 200  # the JSON twin lists every failed record
+MARKDOWN_RECORD_REFS = 5  # orphans and deletions named in the Markdown; the JSON names them all
+MARKDOWN_HEADINGS = {"table": "table", "mongo_id": "mongo id", "archived_id": "archived record", "message": "message"}
+
+
+def markdown_cell(value: Any) -> str:
+    return "-" if value is None or value == [] else ", ".join(value) if isinstance(value, list) else str(value)
+
+
+def record_refs(refs: Sequence[dict], extra: Callable[[dict], str] = lambda r: "") -> str:
+    """The first MARKDOWN_RECORD_REFS records: 'recX (mongo id)', never a value."""
+    return ", ".join(f"{r['record_id']} ({r['mongo_id'] or 'no id'}{extra(r)})" for r in refs[:MARKDOWN_RECORD_REFS])
+
+
+def sync_notes(result: TableResult, dry_run: bool) -> list[str]:
+    """A synced table's notes in the Markdown report: what needs a look, records named by id."""
+    notes = [result.note] if result.note else []
+    for label, names in (("Mongo fields not synced (unmapped)", result.unmapped_fields),
+                         ("Mapped fields missing in Airtable", result.missing_in_airtable),
+                         ("Mapped fields read-only in Airtable (computed)", result.read_only),
+                         ("Mapped fields renamed in Airtable (still synced)",
+                          [f"{r['mapped']} is now '{r['airtable']}'" for r in result.renamed_fields]),
+                         ("Mapped Mongo fields absent from the export (Airtable keeps its values)",
+                          result.absent_in_export)):
+        if names:
+            notes.append(f"{label}: {', '.join(names)}")
+    if result.not_attempted:
+        notes.append(f"{result.not_attempted} planned writes not attempted")
+    for label, refs in (("Orphans (in Airtable, in no export)", result.orphan_records),
+                        ("Deleted" + (" (would be)" if dry_run else ""), result.deleted_records)):
+        if refs:
+            more = f", and {len(refs) - MARKDOWN_RECORD_REFS} more" if len(refs) > MARKDOWN_RECORD_REFS else ""
+            notes.append(f"{label}: {len(refs)}: {record_refs(refs)}{more} (all in the JSON report)")
+    if result.clears_held:
+        notes.append("Clears held back by the safety cap, not written (see the log line; --force-clear writes "
+                     "them): " + ", ".join(f"{name} {n:,}" for name, n in result.clears_held.items()))
+    if result.deletions_held:
+        notes.append(f"{result.deletions_held} deletions held back by the safety cap: see the log line; "
+                     "look with --dry-run, then --force-delete if they should go")
+    return notes
+
+
+def markdown_writes(tables: Mapping[str, TableResult]) -> list[str]:
+    """'What the writes were for': every table's updated fields, largest first, then the volatile ones."""
+    rows = sorted(((c["cells"], c["alone"], key, name) for key, t in tables.items()
+                   for name, c in t.writes_by_field.items()), key=lambda row: -row[0])
+    if not rows:
+        return []
+    lines = ["## What the writes were for", "", "Updates only (creates are not counted): in how many records each "
+             "field was written, and in how many it was the only field written.", "",
+             "| table | field | records | only field |", "|---|---|---|---|"]
+    lines += [f"| {key} | {name} | {cells} | {alone} |" for cells, alone, key, name in rows]
+    return lines + [""] + [f"- **Volatile**: {volatile_text(key, v)}" for key, t in tables.items()
+                           for v in t.volatile_fields] + [""]
+
+
+def markdown_failed_records(errors: Sequence[dict], columns: Sequence[str]) -> list[str]:
+    """The failed records' table, the first MARKDOWN_ERROR_ROWS of them (the JSON twin has all)."""
+    if not errors:
+        return []
+    lines = ["## Failed records", "", "| " + " | ".join(MARKDOWN_HEADINGS[c] for c in columns) + " |",
+             "|---" * len(columns) + "|"]
+    for error in errors[:MARKDOWN_ERROR_ROWS]:
+        cells = [str(error[c] or "(none)").replace("|", "\\|").replace("\n", " ") for c in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    if len(errors) > MARKDOWN_ERROR_ROWS:
+        lines.append(f"\n... and {len(errors) - MARKDOWN_ERROR_ROWS} more in the JSON report.")
+    return lines + [""]
+
+
+def markdown_requests(requests: Mapping[str, int]) -> list[str]:
+    return ["## Requests", "", "| " + " | ".join(requests) + " |", "|---" * len(requests) + "|",
+            "| " + " | ".join(str(v) for v in requests.values()) + " |", ""]
+
+
+def requests_line(report: RunReport) -> str:
+    """How the run read Airtable and what it cost, for the console."""
+    stats = report.requests
+    plural = "" if stats.total == 1 else "s"
+    return f"{stats.total} request{plural} ({stats.read} read, {stats.write} write; {report.how_read()})"
 
 
 @dataclass
@@ -4083,83 +4245,6 @@ class CheckReport(RunReport):
                 "tool, this check included"]
 
 
-MARKDOWN_ERROR_ROWS = 200  # the JSON twin lists every failed record
-MARKDOWN_RECORD_REFS = 5  # orphans and deletions named in the Markdown; the JSON names them all
-
-
-def sync_notes(result: TableResult, dry_run: bool) -> list[str]:
-    """A synced table's notes in the Markdown report: what needs a look, records named by id."""
-    notes = [result.note] if result.note else []
-    for label, names in (("Mongo fields not synced (unmapped)", result.unmapped_fields),
-                         ("Mapped fields missing in Airtable", result.missing_in_airtable),
-                         ("Mapped fields read-only in Airtable (computed)", result.read_only),
-                         ("Mapped fields renamed in Airtable (still synced)",
-                          [f"{r['mapped']} is now '{r['airtable']}'" for r in result.renamed_fields]),
-                         ("Mapped Mongo fields absent from the export (Airtable keeps its values)",
-                          result.absent_in_export)):
-        if names:
-            notes.append(f"{label}: {', '.join(names)}")
-    if result.not_attempted:
-        notes.append(f"{result.not_attempted} planned writes not attempted")
-    for label, refs in (("Orphans (in Airtable, in no export)", result.orphan_records),
-                        ("Deleted" + (" (would be)" if dry_run else ""), result.deleted_records)):
-        if refs:
-            more = f", and {len(refs) - MARKDOWN_RECORD_REFS} more" if len(refs) > MARKDOWN_RECORD_REFS else ""
-            notes.append(f"{label}: {len(refs)}: {record_refs(refs)}{more} (all in the JSON report)")
-    if result.clears_held:
-        notes.append("Clears held back by the safety cap, not written (see the log line; --force-clear writes "
-                     "them): " + ", ".join(f"{name} {n:,}" for name, n in result.clears_held.items()))
-    if result.deletions_held:
-        notes.append(f"{result.deletions_held} deletions held back by the safety cap: see the log line; "
-                     "look with --dry-run, then --force-delete if they should go")
-    return notes
-
-
-def record_refs(refs: Sequence[dict], extra: Callable[[dict], str] = lambda r: "") -> str:
-    """The first MARKDOWN_RECORD_REFS records: 'recX (mongo id)', never a value."""
-    return ", ".join(f"{r['record_id']} ({r['mongo_id'] or 'no id'}{extra(r)})" for r in refs[:MARKDOWN_RECORD_REFS])
-
-
-def markdown_cell(value: Any) -> str:
-    return "-" if value is None or value == [] else ", ".join(value) if isinstance(value, list) else str(value)
-
-
-def markdown_writes(tables: Mapping[str, TableResult]) -> list[str]:
-    """'What the writes were for': every table's updated fields, largest first, then the volatile ones."""
-    rows = sorted(((c["cells"], c["alone"], key, name) for key, t in tables.items()
-                   for name, c in t.writes_by_field.items()), key=lambda row: -row[0])
-    if not rows:
-        return []
-    lines = ["## What the writes were for", "", "Updates only (creates are not counted): in how many records each "
-             "field was written, and in how many it was the only field written.", "",
-             "| table | field | records | only field |", "|---|---|---|---|"]
-    lines += [f"| {key} | {name} | {cells} | {alone} |" for cells, alone, key, name in rows]
-    return lines + [""] + [f"- **Volatile**: {volatile_text(key, v)}" for key, t in tables.items()
-                           for v in t.volatile_fields] + [""]
-
-
-MARKDOWN_HEADINGS = {"table": "table", "mongo_id": "mongo id", "archived_id": "archived record", "message": "message"}
-
-
-def markdown_failed_records(errors: Sequence[dict], columns: Sequence[str]) -> list[str]:
-    """The failed records' table, the first MARKDOWN_ERROR_ROWS of them (the JSON twin has all)."""
-    if not errors:
-        return []
-    lines = ["## Failed records", "", "| " + " | ".join(MARKDOWN_HEADINGS[c] for c in columns) + " |",
-             "|---" * len(columns) + "|"]
-    for error in errors[:MARKDOWN_ERROR_ROWS]:
-        cells = [str(error[c] or "(none)").replace("|", "\\|").replace("\n", " ") for c in columns]
-        lines.append("| " + " | ".join(cells) + " |")
-    if len(errors) > MARKDOWN_ERROR_ROWS:
-        lines.append(f"\n... and {len(errors) - MARKDOWN_ERROR_ROWS} more in the JSON report.")
-    return lines + [""]
-
-
-def markdown_requests(requests: Mapping[str, int]) -> list[str]:
-    return ["## Requests", "", "| " + " | ".join(requests) + " |", "|---" * len(requests) + "|",
-            "| " + " | ".join(str(v) for v in requests.values()) + " |", ""]
-
-
 def write_report(report: RunReport, reports_dir: Path, secret: str) -> Path | None:
     """The Markdown report and its JSON twin; the token is masked even where Airtable's
     (or a proxy's) error text quoted it."""
@@ -4184,13 +4269,6 @@ def write_report(report: RunReport, reports_dir: Path, secret: str) -> Path | No
     return path
 
 
-def counted(n: int, what: str, plural: str | None = None) -> list[str]:
-    return [f"{n:,} {what if n == 1 else plural or what + 's'}"] if n else []
-
-
-ATTENTION_FIELDS_NAMED = 3  # a table's fields of one kind named in the attention line; more are counted
-
-
 def attention_line(report: RunReport) -> str:
     """What needs a person after this run, without values, for the last line a run prints:
     'attention: 1 failed record, 31 reverted edits, users.occupation missing in Airtable',
@@ -4207,11 +4285,9 @@ def attention_line(report: RunReport) -> str:
     return "attention: " + ", ".join(items) if items else ""
 
 
-def requests_line(report: RunReport) -> str:
-    """How the run read Airtable and what it cost, for the console."""
-    stats = report.requests
-    plural = "" if stats.total == 1 else "s"
-    return f"{stats.total} request{plural} ({stats.read} read, {stats.write} write; {report.how_read()})"
+# ---------------------------------------------------------------------------
+# Commands: what the runner runs
+# ---------------------------------------------------------------------------
 
 
 @dataclass
@@ -4236,8 +4312,10 @@ def stop_reason(exc: BaseException) -> str:
 
 
 # ---------------------------------------------------------------------------
-# Restore: replay a deletion archive (--restore ARCHIVE)
+# Restore: replay a deletion archive, or put back a changes archive (--restore ARCHIVE)
 # ---------------------------------------------------------------------------
+
+
 #
 # A deletion archive (Deleter.archive_records) holds what --delete-missing deleted, one JSON
 # object a line, as Airtable had it: {"table", "id", "createdTime", "fields"}, and in archives
@@ -4266,6 +4344,7 @@ def stop_reason(exc: BaseException) -> str:
 # of 10,000 users, 500, found in 5 requests where a full read takes 100 (the records their links
 # name add a few); a forced mass deletion costs about what a full read does.
 LOOKUP_TERMS_PER_QUERY = 100
+
 RESTORE_ORDER = TABLE_ORDER  # the reverse of DELETE_ORDER: the records links point to come first
 
 
@@ -4280,12 +4359,54 @@ class ArchivedRecord:
     line: int
 
 
-def read_archive(path: Path) -> list[ArchivedRecord] | list[ChangedRecord]:
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot read the archive ({exc.strerror})") from None
-    return parse_archive(path, raw)
+@dataclass
+class ChangedRecord:
+    """One line of a changes archive (ChangesArchive): the cells an update request changed."""
+
+    table: str
+    record_id: str
+    mongo_id: str | None
+    field_ids: dict  # mapped name -> field id when written
+    before: dict  # mapped name -> the value Airtable had
+    after: dict  # mapped name -> the value the run wrote
+    line: int
+
+
+def archived_field_ids(where: str, obj: dict) -> dict:
+    """An archive line's fieldIds, once its table is known to be synced."""
+    if obj["table"] not in TABLE_SPECS:
+        raise UsageError(f"{where}: unknown table {obj['table']!r} (one of {', '.join(TABLE_ORDER)})")
+    field_ids = obj.get("fieldIds", {})
+    if not isinstance(field_ids, dict) or not all(isinstance(v, str) for v in field_ids.values()):
+        raise UsageError(f"{where}: fieldIds is not an object of field ids")
+    return field_ids
+
+
+def archived_record(path: Path, number: int, obj: Any) -> ArchivedRecord:
+    where = f"{path}: line {number}"
+    if not (isinstance(obj, dict) and isinstance(obj.get("table"), str) and isinstance(obj.get("id"), str)
+            and obj["id"] and isinstance(obj.get("fields"), dict)):
+        raise UsageError(f"{where}: not an archived record (a JSON object with table, id and fields)")
+    return ArchivedRecord(obj["table"], obj["id"], obj["fields"], archived_field_ids(where, obj), number)
+
+
+def changed_record(path: Path, number: int, obj: dict) -> ChangedRecord:
+    where = f"{path}: line {number}"
+    if not (isinstance(obj.get("table"), str) and isinstance(obj.get("id"), str) and obj["id"]
+            and isinstance(obj.get("before"), dict) and isinstance(obj.get("after"), dict)
+            and obj["before"].keys() == obj["after"].keys() and isinstance(obj.get("mongo_id"), (str, type(None)))):
+        raise UsageError(f"{where}: not a changed record (a JSON object with table, id, mongo_id, and before "
+                         "and after of the same cells)")
+    return ChangedRecord(obj["table"], obj["id"], obj["mongo_id"], archived_field_ids(where, obj), obj["before"],
+                         obj["after"], number)
+
+
+def archive_line(path: Path, number: int, obj: Any) -> "ArchivedRecord | ChangedRecord":
+    """A line of either archive, told apart by content: a changes archive's has before and after,
+    a deletion archive's fields."""
+    if isinstance(obj, dict) and ("before" in obj or "after" in obj):
+        return changed_record(path, number, obj)
+    return archived_record(path, number, obj)
 
 
 def parse_archive(path: Path, raw: bytes) -> list[ArchivedRecord] | list[ChangedRecord]:
@@ -4316,54 +4437,12 @@ def parse_archive(path: Path, raw: bytes) -> list[ArchivedRecord] | list[Changed
     return records
 
 
-def archive_line(path: Path, number: int, obj: Any) -> "ArchivedRecord | ChangedRecord":
-    """A line of either archive, told apart by content: a changes archive's has before and after,
-    a deletion archive's fields."""
-    if isinstance(obj, dict) and ("before" in obj or "after" in obj):
-        return changed_record(path, number, obj)
-    return archived_record(path, number, obj)
-
-
-def archived_record(path: Path, number: int, obj: Any) -> ArchivedRecord:
-    where = f"{path}: line {number}"
-    if not (isinstance(obj, dict) and isinstance(obj.get("table"), str) and isinstance(obj.get("id"), str)
-            and obj["id"] and isinstance(obj.get("fields"), dict)):
-        raise UsageError(f"{where}: not an archived record (a JSON object with table, id and fields)")
-    return ArchivedRecord(obj["table"], obj["id"], obj["fields"], archived_field_ids(where, obj), number)
-
-
-def archived_field_ids(where: str, obj: dict) -> dict:
-    """An archive line's fieldIds, once its table is known to be synced."""
-    if obj["table"] not in TABLE_SPECS:
-        raise UsageError(f"{where}: unknown table {obj['table']!r} (one of {', '.join(TABLE_ORDER)})")
-    field_ids = obj.get("fieldIds", {})
-    if not isinstance(field_ids, dict) or not all(isinstance(v, str) for v in field_ids.values()):
-        raise UsageError(f"{where}: fieldIds is not an object of field ids")
-    return field_ids
-
-
-@dataclass
-class ChangedRecord:
-    """One line of a changes archive (ChangesArchive): the cells an update request changed."""
-
-    table: str
-    record_id: str
-    mongo_id: str | None
-    field_ids: dict  # mapped name -> field id when written
-    before: dict  # mapped name -> the value Airtable had
-    after: dict  # mapped name -> the value the run wrote
-    line: int
-
-
-def changed_record(path: Path, number: int, obj: dict) -> ChangedRecord:
-    where = f"{path}: line {number}"
-    if not (isinstance(obj.get("table"), str) and isinstance(obj.get("id"), str) and obj["id"]
-            and isinstance(obj.get("before"), dict) and isinstance(obj.get("after"), dict)
-            and obj["before"].keys() == obj["after"].keys() and isinstance(obj.get("mongo_id"), (str, type(None)))):
-        raise UsageError(f"{where}: not a changed record (a JSON object with table, id, mongo_id, and before "
-                         "and after of the same cells)")
-    return ChangedRecord(obj["table"], obj["id"], obj["mongo_id"], archived_field_ids(where, obj), obj["before"],
-                         obj["after"], number)
+def read_archive(path: Path) -> list[ArchivedRecord] | list[ChangedRecord]:
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read the archive ({exc.strerror})") from None
+    return parse_archive(path, raw)
 
 
 @dataclass
@@ -4473,6 +4552,11 @@ def what_to_look_up(archive: Mapping[str, ArchivedCells], restored: Sequence[str
     return sorted(wanted.values(), key=lambda c: TABLE_ORDER.index(c.record.table)), elsewhere
 
 
+def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
 def lookup_formulas(wanted: Iterable[ArchivedCells], elsewhere: Mapping[str, Iterable[str]]) -> dict[str, list[str]]:
     """Per table id, the formulas (one request each) that find those records. pyairtable's
     quoting escapes quotes and backslashes only: a natural key with a line break (a message found
@@ -4489,11 +4573,6 @@ def lookup_formulas(wanted: Iterable[ArchivedCells], elsewhere: Mapping[str, Ite
             terms[table_id].setdefault(str(term), term)
     return {table_id: [str(formulas.OR(*chunk)) for chunk in _chunks(list(found.values()), LOOKUP_TERMS_PER_QUERY)]
             for table_id, found in terms.items()}
-
-
-def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
 
 
 @dataclass(frozen=True)
@@ -4564,39 +4643,6 @@ def holders_by_key(archive: Mapping[str, ArchivedCells], found: Mapping[str, Seq
         if (holder := index[where].get(cells.key)) is not None:
             holders[archived_id] = holder
     return holders
-
-
-def plan_restore(archive: Mapping[str, ArchivedCells], restored: Sequence[str], tables: Mapping[str, LiveTable],
-                 found: Mapping[str, Sequence[dict]]) -> RestorePlan:
-    """What to re-create, what to refill, and every link cell mapped: pure, no I/O."""
-    holders = holders_by_key(archive, found)
-    plan = RestorePlan({key: [] for key in RESTORE_ORDER if key in restored})
-    first_with: dict[tuple, RestoreWrite] = {}  # (table, key field, key) -> the first record archived with it
-    for key, writes in plan.writes.items():
-        for cells in (c for c in archive.values() if c.record.table == key):
-            same_key = (cells.table_id, cells.key_field.id if cells.key_field else "", cells.key)
-            first = first_with.get(same_key)
-            writes.append(write := decide(cells, tables, holders, first))
-            if first is None and write.action != "error":
-                first_with[same_key] = write
-            if write.action == "restore":
-                plan.created_by[cells.record.record_id] = write
-            elif first is not None and first.action == "restore":
-                plan.created_by[cells.record.record_id] = first  # its links follow the one restored
-    exists = {table_id: {rec["id"] for rec in records} for table_id, records in found.items()}
-    for writes in plan.writes.values():
-        for write in writes:
-            map_links(write, tables, exists, holders, plan.created_by)
-            if write.action == "refill" and not write.fields:
-                write.action, write.note = "skip", "already complete (its links name no record that exists)"
-    for key in plan.writes:
-        for group_index, group in enumerate(restore_groups(plan.writes[key])):
-            for position, write in enumerate(group):
-                write.slot = (TABLE_ORDER.index(key), group_index, position // RECORDS_PER_WRITE)
-    for writes in plan.writes.values():
-        for write in writes:
-            defer_links(write, tables, plan.created_by)
-    return plan
 
 
 def decide(cells: ArchivedCells, tables: Mapping[str, LiveTable], holders: Mapping[str, dict],
@@ -4674,6 +4720,39 @@ def defer_links(write: RestoreWrite, tables: Mapping[str, LiveTable], created_by
             write.fields[field_id] = now
         else:
             del write.fields[field_id]
+
+
+def plan_restore(archive: Mapping[str, ArchivedCells], restored: Sequence[str], tables: Mapping[str, LiveTable],
+                 found: Mapping[str, Sequence[dict]]) -> RestorePlan:
+    """What to re-create, what to refill, and every link cell mapped: pure, no I/O."""
+    holders = holders_by_key(archive, found)
+    plan = RestorePlan({key: [] for key in RESTORE_ORDER if key in restored})
+    first_with: dict[tuple, RestoreWrite] = {}  # (table, key field, key) -> the first record archived with it
+    for key, writes in plan.writes.items():
+        for cells in (c for c in archive.values() if c.record.table == key):
+            same_key = (cells.table_id, cells.key_field.id if cells.key_field else "", cells.key)
+            first = first_with.get(same_key)
+            writes.append(write := decide(cells, tables, holders, first))
+            if first is None and write.action != "error":
+                first_with[same_key] = write
+            if write.action == "restore":
+                plan.created_by[cells.record.record_id] = write
+            elif first is not None and first.action == "restore":
+                plan.created_by[cells.record.record_id] = first  # its links follow the one restored
+    exists = {table_id: {rec["id"] for rec in records} for table_id, records in found.items()}
+    for writes in plan.writes.values():
+        for write in writes:
+            map_links(write, tables, exists, holders, plan.created_by)
+            if write.action == "refill" and not write.fields:
+                write.action, write.note = "skip", "already complete (its links name no record that exists)"
+    for key in plan.writes:
+        for group_index, group in enumerate(restore_groups(plan.writes[key])):
+            for position, write in enumerate(group):
+                write.slot = (TABLE_ORDER.index(key), group_index, position // RECORDS_PER_WRITE)
+    for writes in plan.writes.values():
+        for write in writes:
+            defer_links(write, tables, plan.created_by)
+    return plan
 
 
 class RestoreWriter(BatchWriter):
@@ -5150,7 +5229,7 @@ def archive_kind(path: Path) -> str:
 
 
 # ---------------------------------------------------------------------------
-# The run
+# The run: logging, the lock, the sync and the check, one runner, main
 # ---------------------------------------------------------------------------
 
 
@@ -5169,12 +5248,9 @@ class RedactToken(logging.Filter):
         return True
 
 
-# What a full disk, a quota or an unwritable folder answer: the operator's to fix (exit 74). Other
-# errors naming a folder (not a folder, no such path) are a wrong --cache-dir or --reports-dir.
-LOCAL_WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM,
-                                errno.EFBIG, errno.EIO})
 # Lines for the log file only: the console gets them from main()'s last print instead.
 LOG_FILE_ONLY = {"log_file_only": True}
+
 LOG_NAME = "airtable_sync.log"  # in the reports dir
 
 
@@ -5282,6 +5358,17 @@ def interruptible(stop: threading.Event) -> Iterator[dict]:
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+
+
+def local_write_failed(code: int, report: RunReport, exc: LocalWriteError) -> int:
+    """A local file could not be written: exit 74, unless a bug (70) came first. The first such
+    failure is the one line the operator sees; later ones (the same full disk) go to the debug log."""
+    if code in (EXIT_IOERR, EXIT_CRASH):
+        log.debug("also: %s", exc)
+        return code
+    log.error("%s", exc)
+    report.ended, report.message = "local write failed", str(exc)
+    return EXIT_IOERR
 
 
 @dataclass
@@ -5442,68 +5529,6 @@ class Sync(Command):
         return self.applied.anything_written
 
 
-ARCHIVE_NAME = re.compile(r"(?:deleted|changed)_(\d{8}_\d{6})(?:_\d+)?\.jsonl")
-
-
-def prune_archives(reports_dir: Path, days: float, now: datetime) -> None:
-    """Deletion and changes archives hold personal data (of people who left, or overwritten):
-    kept AIRTABLE_ARCHIVE_DAYS, by the timestamp in their name, and no other file is touched."""
-    try:
-        names = os.listdir(reports_dir)
-    except OSError:
-        return
-    for name in names:
-        found = ARCHIVE_NAME.fullmatch(name)
-        if not found:
-            continue
-        try:
-            stamp = datetime.strptime(found.group(1), "%Y%m%d_%H%M%S")
-        except ValueError:
-            continue  # not a date: not one of ours, so not ours to remove
-        if (now - stamp).total_seconds() > days * 86400:
-            with contextlib.suppress(OSError):
-                os.remove(reports_dir / name)
-                log.info("removed the archive %s (older than %g days)", name, days)
-
-
-@dataclass
-class Check(Command):
-    """--check: is each table readable, and how do the mappings compare with the schema. Prints
-    as it goes; writes nothing to Airtable."""
-
-    out: Any = None
-
-    def run(self) -> int:
-        settings, out = self.settings, self.out or sys.stdout
-        airtable = connect(settings, self.stop, self.report.requests)
-        bound, table_ids = state_bindings(settings, load_state(state_path(settings)))
-        airtable.use_tables(table_ids)
-        schema = fetch_schema(airtable)
-        airtable.use_tables(schema)
-        print(f"Airtable base {settings.base_id} at {settings.endpoint_url}", file=out)
-        if schema is None:
-            print("schema: not readable (the token lacks schema.bases:read); types would be inferred", file=out)
-        for key in settings.tables:
-            spec = TABLE_SPECS[key]
-            try:
-                airtable.table(key).first()
-            except AIRTABLE_FAILURES as exc:
-                raise access_error(exc, settings, f"reading table {key}") from None
-            table_schema = None if schema is None else schema.get(key)
-            print(f"\n{key} ({settings.table_ids[key]}): reachable", file=out)
-            absent = check_export(settings, spec)
-            if absent:
-                print(f"  mapped Mongo fields no exported record carries: {', '.join(absent)}", file=out)
-            if table_schema is None:
-                continue
-            columns = bind_columns(spec, table_schema, bound.get(key, {}))
-            width = max(len(n) for n in spec.airtable_fields) + 2
-            for name in spec.airtable_fields:
-                print(f"  {name:<{width}}{column_status(name, columns)}", file=out)
-        print(f"\nchange tracking: {change_tracking_status(airtable, schema)}", file=out)
-        return EXIT_OK
-
-
 def column_status(name: str, columns: TableColumns) -> str:
     """--check: a mapped field as the schema has it."""
     column = columns.by_mapped.get(name)
@@ -5554,6 +5579,44 @@ def change_tracking_status(airtable: Airtable, schema: BaseSchema | None) -> str
                                           if problem else "")
     return (f"available: the token may manage webhooks (also needs Creator access to create one); "
             f"{webhook}; {len(hooks)} of {WEBHOOKS_PER_BASE} webhooks on the base")
+
+
+@dataclass
+class Check(Command):
+    """--check: is each table readable, and how do the mappings compare with the schema. Prints
+    as it goes; writes nothing to Airtable."""
+
+    out: Any = None
+
+    def run(self) -> int:
+        settings, out = self.settings, self.out or sys.stdout
+        airtable = connect(settings, self.stop, self.report.requests)
+        bound, table_ids = state_bindings(settings, load_state(state_path(settings)))
+        airtable.use_tables(table_ids)
+        schema = fetch_schema(airtable)
+        airtable.use_tables(schema)
+        print(f"Airtable base {settings.base_id} at {settings.endpoint_url}", file=out)
+        if schema is None:
+            print("schema: not readable (the token lacks schema.bases:read); types would be inferred", file=out)
+        for key in settings.tables:
+            spec = TABLE_SPECS[key]
+            try:
+                airtable.table(key).first()
+            except AIRTABLE_FAILURES as exc:
+                raise access_error(exc, settings, f"reading table {key}") from None
+            table_schema = None if schema is None else schema.get(key)
+            print(f"\n{key} ({settings.table_ids[key]}): reachable", file=out)
+            absent = check_export(settings, spec)
+            if absent:
+                print(f"  mapped Mongo fields no exported record carries: {', '.join(absent)}", file=out)
+            if table_schema is None:
+                continue
+            columns = bind_columns(spec, table_schema, bound.get(key, {}))
+            width = max(len(n) for n in spec.airtable_fields) + 2
+            for name in spec.airtable_fields:
+                print(f"  {name:<{width}}{column_status(name, columns)}", file=out)
+        print(f"\nchange tracking: {change_tracking_status(airtable, schema)}", file=out)
+        return EXIT_OK
 
 
 def command_for(settings: Settings, stop: threading.Event, started: datetime) -> Command:
@@ -5642,17 +5705,6 @@ def execute(settings: Settings, started: datetime) -> tuple[int, RunReport, Path
     except LocalWriteError as exc:
         code, path = local_write_failed(code, report, exc), None
     return code, report, path
-
-
-def local_write_failed(code: int, report: RunReport, exc: LocalWriteError) -> int:
-    """A local file could not be written: exit 74, unless a bug (70) came first. The first such
-    failure is the one line the operator sees; later ones (the same full disk) go to the debug log."""
-    if code in (EXIT_IOERR, EXIT_CRASH):
-        log.debug("also: %s", exc)
-        return code
-    log.error("%s", exc)
-    report.ended, report.message = "local write failed", str(exc)
-    return EXIT_IOERR
 
 
 def run_demo(verbose: bool) -> int:
