@@ -5643,7 +5643,9 @@ def execute(settings: Settings, started: datetime) -> tuple[int, RunReport, Path
             try:
                 with scratch_files(settings.cache_dir):
                     code = command.run()
-                report.ended = "ok" if code == EXIT_OK else "finished with failed records"
+                failed = any(getattr(t, "errors", 0) for t in report.tables.values()) or report.errors
+                report.ended = "ok" if code == EXIT_OK else "finished with failed records" if failed else \
+                    "finished with changes held by a safety cap"
             except UsageError as exc:
                 code, report.ended, report.message = EXIT_USAGE, "input error", str(exc)
                 log.error("%s", exc)
