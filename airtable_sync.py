@@ -53,6 +53,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 from array import array
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -3490,8 +3491,8 @@ class BatchWriter:
 def not_attempted(writes: Iterable[Any], results: dict[Any, Written], reason: str) -> None:
     """The writes a run that stopped midway never sent: not failed, and the next run makes them."""
     for write in writes:
-        if results.get(write, PLANNED).outcome is Outcome.PLANNED:
-            results[write] = Written(Outcome.NOT_ATTEMPTED, note=reason)
+        if (result := results.get(write, PLANNED)).outcome is Outcome.PLANNED:  # its links left out stay counted
+            results[write] = dataclasses.replace(result, outcome=Outcome.NOT_ATTEMPTED, note=reason)
 
 
 @dataclass
@@ -5245,6 +5246,9 @@ class RedactToken(logging.Filter):
             message = record.getMessage()
             if self.secret in message:
                 record.msg, record.args = message.replace(self.secret, "[token]"), None
+            if record.exc_info:  # a traceback: formatted here (or as another handler cached it), masked
+                text = record.exc_text or logging.Formatter().formatException(record.exc_info)
+                record.exc_text = text.replace(self.secret, "[token]")
         return True
 
 
@@ -5669,7 +5673,11 @@ def execute(settings: Settings, started: datetime) -> tuple[int, RunReport, Path
                 first_line = next(iter(str(exc).splitlines()), "")  # pydantic's run to many lines
                 report.message = f"internal error: {type(exc).__name__}: {first_line}"
                 log.error("%s; the traceback is in %s", report.message, settings.reports_dir / LOG_NAME)
-                log.error("traceback", exc_info=True, extra=None if settings.verbose else LOG_FILE_ONLY)
+                if settings.verbose:  # the exception's own text may quote values: only with -v
+                    log.error("traceback", exc_info=True)
+                else:
+                    log.error("Traceback (most recent call last; -v adds the values it quoted):\n%s%s",
+                              "".join(traceback.format_tb(exc.__traceback__)), type(exc).__name__, extra=LOG_FILE_ONLY)
             finally:
                 save_recent_requests(settings)
             try:  # beside the state, under the lock; --check and --dry-run count too

@@ -14,6 +14,8 @@ import sys
 from collections import Counter
 
 
+import pytest
+
 import airtable_sync
 from conftest import FIXTURES, ROOT, TOKEN, by_field_id, field_ids
 
@@ -491,3 +493,19 @@ def test_a_bug_under_check_exits_70_in_one_line_with_the_traceback_in_the_log(ha
         [line] = [line for line in err.splitlines() if "ERROR" in line]
         assert "internal error" in line and str(harness.reports_dir / "airtable_sync.log") in line
     assert "Traceback" in (harness.reports_dir / "airtable_sync.log").read_text()
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_a_bug_s_traceback_in_the_log_never_holds_the_token_and_its_values_only_with_v(
+        harness, emulator, monkeypatch, capsys, verbose):
+    def broken(self):
+        raise KeyError("maria.lopez" + "@example.com " + TOKEN)  # not as written here: the traceback quotes code
+
+    monkeypatch.setattr(airtable_sync.SyncWriter, "apply", broken)
+    assert harness.run(*(["-v"] if verbose else [])) == airtable_sync.EXIT_CRASH
+    log = (harness.reports_dir / "airtable_sync.log").read_text()
+    streams = capsys.readouterr()
+    assert "Traceback (most recent call last" in log and "in broken" in log and "KeyError" in log  # where it was
+    assert TOKEN not in log + streams.out + streams.err
+    assert (log.count("maria.lopez@example.com") > 1) is verbose  # beyond the one line: only with -v
+    assert ("Traceback" in streams.err) is verbose
