@@ -3666,7 +3666,9 @@ class SyncWriter(BatchWriter):
             else:
                 self.results[write] = LANDED_EXISTING if existed else LANDED
             if existed:
-                log.info("%s: already in Airtable, updated", self.label(write))
+                # Its earlier values were not in the snapshot, so the changes archive could not keep them.
+                log.warning("%s: already in Airtable (a stale snapshot), updated; its earlier values are not in the "
+                            "changes archive", self.label(write))
             if write.action == "create" and write.record.mongo_id is not None and self.key in LINK_TARGETS:
                 self.applied.created_ids.setdefault(self.key, {})[write.record.mongo_id] = rec["id"]
             if log.isEnabledFor(logging.DEBUG):  # the dump costs more than the write itself
