@@ -4372,41 +4372,33 @@ class ChangedRecord:
     line: int
 
 
-def archived_field_ids(where: str, obj: dict) -> dict:
-    """An archive line's fieldIds, once its table is known to be synced."""
+def is_changes_line(obj: Any) -> bool:
+    """A changes archive's line has before and after, a deletion archive's fields."""
+    return isinstance(obj, dict) and ("before" in obj or "after" in obj)
+
+
+def archive_line(path: Path, number: int, obj: Any) -> "ArchivedRecord | ChangedRecord":
+    """A line of either archive, told apart by content."""
+    where = f"{path}: line {number}"
+    changes = is_changes_line(obj)
+    if changes:
+        before, after = obj.get("before"), obj.get("after")
+        shaped = (isinstance(before, dict) and isinstance(after, dict) and before.keys() == after.keys()
+                  and isinstance(obj.get("mongo_id"), (str, type(None))))
+        what = "a changed record (a JSON object with table, id, mongo_id, and before and after of the same cells)"
+    else:
+        shaped = isinstance(obj, dict) and isinstance(obj.get("fields"), dict)
+        what = "an archived record (a JSON object with table, id and fields)"
+    if not (shaped and isinstance(obj.get("table"), str) and isinstance(obj.get("id"), str) and obj["id"]):
+        raise UsageError(f"{where}: not {what}")
     if obj["table"] not in TABLE_SPECS:
         raise UsageError(f"{where}: unknown table {obj['table']!r} (one of {', '.join(TABLE_ORDER)})")
     field_ids = obj.get("fieldIds", {})
     if not isinstance(field_ids, dict) or not all(isinstance(v, str) for v in field_ids.values()):
         raise UsageError(f"{where}: fieldIds is not an object of field ids")
-    return field_ids
-
-
-def archived_record(path: Path, number: int, obj: Any) -> ArchivedRecord:
-    where = f"{path}: line {number}"
-    if not (isinstance(obj, dict) and isinstance(obj.get("table"), str) and isinstance(obj.get("id"), str)
-            and obj["id"] and isinstance(obj.get("fields"), dict)):
-        raise UsageError(f"{where}: not an archived record (a JSON object with table, id and fields)")
-    return ArchivedRecord(obj["table"], obj["id"], obj["fields"], archived_field_ids(where, obj), number)
-
-
-def changed_record(path: Path, number: int, obj: dict) -> ChangedRecord:
-    where = f"{path}: line {number}"
-    if not (isinstance(obj.get("table"), str) and isinstance(obj.get("id"), str) and obj["id"]
-            and isinstance(obj.get("before"), dict) and isinstance(obj.get("after"), dict)
-            and obj["before"].keys() == obj["after"].keys() and isinstance(obj.get("mongo_id"), (str, type(None)))):
-        raise UsageError(f"{where}: not a changed record (a JSON object with table, id, mongo_id, and before "
-                         "and after of the same cells)")
-    return ChangedRecord(obj["table"], obj["id"], obj["mongo_id"], archived_field_ids(where, obj), obj["before"],
-                         obj["after"], number)
-
-
-def archive_line(path: Path, number: int, obj: Any) -> "ArchivedRecord | ChangedRecord":
-    """A line of either archive, told apart by content: a changes archive's has before and after,
-    a deletion archive's fields."""
-    if isinstance(obj, dict) and ("before" in obj or "after" in obj):
-        return changed_record(path, number, obj)
-    return archived_record(path, number, obj)
+    if changes:
+        return ChangedRecord(obj["table"], obj["id"], obj["mongo_id"], field_ids, obj["before"], obj["after"], number)
+    return ArchivedRecord(obj["table"], obj["id"], obj["fields"], field_ids, number)
 
 
 def parse_archive(path: Path, raw: bytes) -> list[ArchivedRecord] | list[ChangedRecord]:
@@ -4435,14 +4427,6 @@ def parse_archive(path: Path, raw: bytes) -> list[ArchivedRecord] | list[Changed
         raise UsageError(f"{path}: line {mixed.line}: not the kind of line {records[0].line} is (a deletion "
                          "archive's lines and a changes archive's mixed)")
     return records
-
-
-def read_archive(path: Path) -> list[ArchivedRecord] | list[ChangedRecord]:
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot read the archive ({exc.strerror})") from None
-    return parse_archive(path, raw)
 
 
 @dataclass
@@ -4482,7 +4466,8 @@ def live_tables(airtable: Airtable, bound: Mapping[str, Mapping[str, str]]) -> d
         raise AirtableAccessError(f"base {settings.base_id} has no table " +
                                   ", ".join(f"{settings.table_ids[k]} ({k})" for k in missing))
     columns = table_bindings(schema, bound, schema.fields)
-    return {key: LiveTable(schema.table_ids[key], fields, columns[key].bindings) for key, fields in schema.fields.items()}
+    return {key: LiveTable(schema.table_ids[key], fields, columns[key].bindings)
+            for key, fields in schema.fields.items()}
 
 
 @dataclass
@@ -4526,14 +4511,6 @@ def archived_cells(rec: ArchivedRecord, table: LiveTable) -> ArchivedCells:
     return found
 
 
-def link_cells(cells: ArchivedCells, tables: Mapping[str, LiveTable]) -> Iterator[tuple[FieldInfo, list]]:
-    table = tables[cells.record.table]
-    for field_id, value in cells.cells.items():
-        live = table.fields[field_id]
-        if live.type == "multipleRecordLinks" and isinstance(value, list):
-            yield live, value
-
-
 def what_to_look_up(archive: Mapping[str, ArchivedCells], restored: Sequence[str],
                     tables: Mapping[str, LiveTable]) -> tuple[list[ArchivedCells], dict[str, set[str]]]:
     """The archived records to find again by their key (those of the tables restored, and those
@@ -4541,20 +4518,16 @@ def what_to_look_up(archive: Mapping[str, ArchivedCells], restored: Sequence[str
     wanted = {rec_id: cells for rec_id, cells in archive.items() if cells.record.table in restored}
     elsewhere: dict[str, set[str]] = defaultdict(set)
     for cells in list(wanted.values()):
-        for live, value in link_cells(cells, tables):
+        for field_id, value in cells.cells.items():
+            live = tables[cells.record.table].fields[field_id]
+            if live.type != "multipleRecordLinks" or not isinstance(value, list):
+                continue
             for target in value:
-                if not isinstance(target, str):
-                    continue
-                if target in archive:
+                if isinstance(target, str) and target in archive:
                     wanted.setdefault(target, archive[target])
-                elif live.links_to:
+                elif isinstance(target, str) and live.links_to:
                     elsewhere[live.links_to].add(target)
     return sorted(wanted.values(), key=lambda c: TABLE_ORDER.index(c.record.table)), elsewhere
-
-
-def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
 
 
 def lookup_formulas(wanted: Iterable[ArchivedCells], elsewhere: Mapping[str, Iterable[str]]) -> dict[str, list[str]]:
@@ -4571,8 +4544,10 @@ def lookup_formulas(wanted: Iterable[ArchivedCells], elsewhere: Mapping[str, Ite
         for record_id in sorted(record_ids):
             term = formulas.EQ(formulas.RECORD_ID(), record_id)
             terms[table_id].setdefault(str(term), term)
-    return {table_id: [str(formulas.OR(*chunk)) for chunk in _chunks(list(found.values()), LOOKUP_TERMS_PER_QUERY)]
-            for table_id, found in terms.items()}
+    chunks = {table_id: list(found.values()) for table_id, found in terms.items()}
+    return {table_id: [str(formulas.OR(*found[start:start + LOOKUP_TERMS_PER_QUERY]))
+                       for start in range(0, len(found), LOOKUP_TERMS_PER_QUERY)]
+            for table_id, found in chunks.items()}
 
 
 @dataclass(frozen=True)
@@ -4755,18 +4730,34 @@ def plan_restore(archive: Mapping[str, ArchivedCells], restored: Sequence[str], 
     return plan
 
 
-class RestoreWriter(BatchWriter):
-    """Sends a restore plan, ten records a request: per table, the re-creations, then the
-    refills; last, the link cells that waited for records written after theirs."""
+class ArchiveWriter(BatchWriter):
+    """Sends cells of records that exist, ten records a request, by record id: the whole of a
+    put-back of a changes archive, and a deletion restore's refills and late links."""
 
     VERB = "restoring"
     SETTLES = "a second restore settles it"
+    table: Any = None
+
+    def key_of(self, write: Any) -> str:
+        return write.key
+
+    def name_of(self, write: Any) -> str:
+        return write.name
+
+    def send(self, action: str, batch: list[tuple[Any, dict]]) -> tuple[list[dict], set[str] | None]:
+        return self.table.batch_update([{"id": self.result(w).record_id or w.record_id, "fields": f} for w, f in batch],
+                                       typecast=True, use_field_ids=True), None
+
+
+class RestoreWriter(ArchiveWriter):
+    """Sends a restore plan: per table, the re-creations, then the refills; last, the link cells
+    that waited for records written after theirs."""
+
     VERBS = {"upsert": "restore", "create": "restore", "update": "refill"}
 
     def __init__(self, airtable: Airtable, stop: threading.Event, plan: RestorePlan, results: dict[Any, Written]):
         super().__init__(airtable, stop, results)
         self.plan = plan
-        self.table: Any = None
 
     def apply(self) -> None:
         for key, writes in self.plan.writes.items():
@@ -4798,12 +4789,6 @@ class RestoreWriter(BatchWriter):
             fields[field_id] = value
         return fields
 
-    def key_of(self, write: RestoreWrite) -> str:
-        return write.key
-
-    def name_of(self, write: RestoreWrite) -> str:
-        return write.name
-
     def unknown_create(self, batch: list[tuple[Any, dict]], cause: str) -> str:
         key_name = batch[0][0].cells.key_field.name
         return f"outcome unknown; a second restore finds the record by its {key_name} if it was made"
@@ -4818,8 +4803,7 @@ class RestoreWriter(BatchWriter):
                                            use_field_ids=True)["records"], None
         if action == "create":
             return self.table.batch_create([f for _, f in batch], typecast=True, use_field_ids=True), None
-        return self.table.batch_update([{"id": self.result(w).record_id or w.record_id, "fields": f} for w, f in batch],
-                                       typecast=True, use_field_ids=True), None
+        return super().send(action, batch)
 
 
 @dataclass
@@ -4992,24 +4976,6 @@ def plan_put_back(changed: Sequence[ChangedRecord], tables: Mapping[str, LiveTab
     return plan
 
 
-class PutBackWriter(BatchWriter):
-    """A changes archive's cells put back, ten records a request, table by table."""
-
-    VERB = "restoring"
-    SETTLES = "a second restore settles it"
-    table: Any = None
-
-    def key_of(self, write: PutBack) -> str:
-        return write.key
-
-    def name_of(self, write: PutBack) -> str:
-        return write.name
-
-    def send(self, action: str, batch: list[tuple[PutBack, dict]]) -> tuple[list[dict], set[str] | None]:
-        return self.table.batch_update([{"id": w.record_id, "fields": f} for w, f in batch], typecast=True,
-                                       use_field_ids=True), None
-
-
 @dataclass
 class PutBackResult:
     """One table's figures in the restore of a changes archive."""
@@ -5104,7 +5070,11 @@ class Restore(Command):
     def archive(self) -> tuple[list, list]:
         """The whole archive, checked before any request, and its lines of the tables restored."""
         path: Path = self.settings.restore  # type: ignore[assignment]
-        records = read_archive(path)
+        try:
+            raw = path.read_bytes()
+        except OSError as exc:
+            raise UsageError(f"{path}: cannot read the archive ({exc.strerror})") from None
+        records = parse_archive(path, raw)
         chosen = [r for r in records if r.table in self.settings.tables]
         log.info("restore: %d archived records in %s, %d of them in %s", len(records), path.name, len(chosen),
                  ",".join(self.settings.tables))
@@ -5191,7 +5161,7 @@ class PutBackCommand(Restore):
         writes = plan_put_back(chosen, tables, self.look_up(airtable, lookup_formulas((), wanted)))
         try:
             if not settings.dry_run:
-                writer = PutBackWriter(airtable, self.stop, self.results)  # type: ignore[arg-type]
+                writer = ArchiveWriter(airtable, self.stop, self.results)  # type: ignore[arg-type]
                 for key in RESTORE_ORDER:
                     writer.table = airtable.table(key)
                     writer.send_all(f"{key}: put back", "update", [w for w in writes if w.key == key and w.fields],
@@ -5225,7 +5195,7 @@ def archive_kind(path: Path) -> str:
             obj = json.loads(next((line for line in handle if line.strip()), b""))
     except (OSError, ValueError):
         return "deletion"
-    return "changes" if isinstance(obj, dict) and ("before" in obj or "after" in obj) else "deletion"
+    return "changes" if is_changes_line(obj) else "deletion"
 
 
 # ---------------------------------------------------------------------------
