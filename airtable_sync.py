@@ -4603,21 +4603,14 @@ def restore_groups(writes: Sequence[RestoreWrite]) -> tuple[list[RestoreWrite], 
 def holders_by_key(archive: Mapping[str, ArchivedCells], found: Mapping[str, Sequence[dict]]) -> dict[str, dict]:
     """Archived record id -> the record that holds its key in Airtable now (the first listed, as
     the sync matches)."""
-    index: dict[tuple[str, str], dict[str, dict]] = {}
-    holders = {}
-    for archived_id, cells in archive.items():
-        if cells.key is None:
-            continue
-        where = (cells.table_id, cells.key_field.id)  # type: ignore[union-attr]
-        if where not in index:
-            index[where] = {}
-            for rec in found.get(cells.table_id, ()):
-                value = rec["fields"].get(where[1])
+    index: dict[tuple[str, str, str], dict] = {}  # (table id, field id, value) -> the first record with it
+    for table_id, records in found.items():
+        for rec in records:
+            for field_id, value in rec["fields"].items():
                 if value not in (None, ""):
-                    index[where].setdefault(str(value), rec)
-        if (holder := index[where].get(cells.key)) is not None:
-            holders[archived_id] = holder
-    return holders
+                    index.setdefault((table_id, field_id, str(value)), rec)
+    return {archived_id: holder for archived_id, cells in archive.items() if cells.key is not None
+            and (holder := index.get((cells.table_id, cells.key_field.id, cells.key))) is not None}  # type: ignore[union-attr]
 
 
 def decide(cells: ArchivedCells, tables: Mapping[str, LiveTable], holders: Mapping[str, dict],
@@ -4633,17 +4626,13 @@ def decide(cells: ArchivedCells, tables: Mapping[str, LiveTable], holders: Mappi
                             f"{first.cells.record.record_id}, restored in its place")
     holder = holders.get(cells.record.record_id)
     if holder is None:
-        write = RestoreWrite(cells, "restore", fields={
-            field_id: value for field_id, value in cells.cells.items()
-            if not is_blank(value, table.fields[field_id].type)})
-    else:
-        now = holder["fields"]
-        refill = {field_id: value for field_id, value in cells.cells.items()
-                  if field_id not in cells.mapped and not is_blank(value, table.fields[field_id].type)
-                  and is_blank(now.get(field_id), table.fields[field_id].type)}
-        write = RestoreWrite(cells, "refill" if refill else "skip", record_id=holder["id"], fields=refill,
-                             note="" if refill else "already complete")
-    return write
+        return RestoreWrite(cells, "restore", fields={field_id: value for field_id, value in cells.cells.items()
+                                                      if not is_blank(value, table.fields[field_id].type)})
+    refill = {field_id: value for field_id, value in cells.cells.items()
+              if field_id not in cells.mapped and not is_blank(value, table.fields[field_id].type)
+              and is_blank(holder["fields"].get(field_id), table.fields[field_id].type)}
+    return RestoreWrite(cells, "refill" if refill else "skip", record_id=holder["id"], fields=refill,
+                        note="" if refill else "already complete")
 
 
 def map_links(write: RestoreWrite, tables: Mapping[str, LiveTable], exists: Mapping[str, set[str]],
@@ -4715,13 +4704,12 @@ def plan_restore(archive: Mapping[str, ArchivedCells], restored: Sequence[str], 
             elif first is not None and first.action == "restore":
                 plan.created_by[cells.record.record_id] = first  # its links follow the one restored
     exists = {table_id: {rec["id"] for rec in records} for table_id, records in found.items()}
-    for writes in plan.writes.values():
+    for key, writes in plan.writes.items():
         for write in writes:
             map_links(write, tables, exists, holders, plan.created_by)
             if write.action == "refill" and not write.fields:
                 write.action, write.note = "skip", "already complete (its links name no record that exists)"
-    for key in plan.writes:
-        for group_index, group in enumerate(restore_groups(plan.writes[key])):
+        for group_index, group in enumerate(restore_groups(writes)):
             for position, write in enumerate(group):
                 write.slot = (TABLE_ORDER.index(key), group_index, position // RECORDS_PER_WRITE)
     for writes in plan.writes.values():
@@ -4825,25 +4813,23 @@ class RestoreResult:
 
 def summarize_restore(writes: Sequence[RestoreWrite], results: Mapping[RestoreWrite, Written], table: LiveTable,
                       dry_run: bool) -> RestoreResult:
-    def written(w: RestoreWrite) -> Written:
-        return results.get(w, PLANNED)
-
+    written = {w: results.get(w, PLANNED) for w in writes}
     happened = Outcome.PLANNED if dry_run else Outcome.DONE
-    restored = [w for w in writes if w.action == "restore" and written(w).outcome is happened]
-    refilled = [w for w in writes if w.action == "refill" and written(w).outcome is happened]
-    left_out = [(w, link) for w in writes for link in [*w.left_out_links, *written(w).links_left_out]]
+    restored = [w for w in writes if w.action == "restore" and written[w].outcome is happened]
+    refilled = [w for w in writes if w.action == "refill" and written[w].outcome is happened]
+    left_out = [(w, link) for w in writes for link in [*w.left_out_links, *written[w].links_left_out]]
     return RestoreResult(
         archived=len(writes),
         restored=len(restored),
         refilled=len(refilled),
         skipped=sum(1 for w in writes if w.action == "skip"),
-        errors=sum(1 for w in writes if w.action == "error" or written(w).outcome.failed),
-        not_attempted=sum(1 for w in writes if written(w).outcome is Outcome.NOT_ATTEMPTED),
+        errors=sum(1 for w in writes if w.action == "error" or written[w].outcome.failed),
+        not_attempted=sum(1 for w in writes if written[w].outcome is Outcome.NOT_ATTEMPTED),
         links_left_out=len(left_out),
         left_out_links=[{"archived_id": w.cells.record.record_id, "mongo_id": w.cells.mongo_id,
                          "field": table.fields[link["field"]].name, "target": link["target"]} for w, link in left_out],
         fields_left_out=sorted({name for w in writes for name in w.cells.left_out}),
-        restored_records=[{"archived_id": w.cells.record.record_id, "record_id": written(w).record_id,
+        restored_records=[{"archived_id": w.cells.record.record_id, "record_id": written[w].record_id,
                            "mongo_id": w.cells.mongo_id} for w in restored],
         refilled_records=[{"record_id": w.record_id, "mongo_id": w.cells.mongo_id,
                            "fields": sorted(table.fields[f].name for f in {**w.fields, **w.links_later})}
@@ -4938,7 +4924,6 @@ class PutBack:
     changed_since: list[str] = field(default_factory=list)  # mapped names: changed since the run, left alone
     left_out: list[str] = field(default_factory=list)  # mapped names with no writable field today
     gone: bool = False  # deleted since the run: left alone
-    action: ClassVar[str] = "put back"
 
     @property
     def key(self) -> str:
