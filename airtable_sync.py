@@ -4609,8 +4609,8 @@ def holders_by_key(archive: Mapping[str, ArchivedCells], found: Mapping[str, Seq
             for field_id, value in rec["fields"].items():
                 if value not in (None, ""):
                     index.setdefault((table_id, field_id, str(value)), rec)
-    return {archived_id: holder for archived_id, cells in archive.items() if cells.key is not None
-            and (holder := index.get((cells.table_id, cells.key_field.id, cells.key))) is not None}  # type: ignore[union-attr]
+    return {archived_id: index[where] for archived_id, cells in archive.items()
+            if cells.key_field is not None and (where := (cells.table_id, cells.key_field.id, cells.key)) in index}
 
 
 def decide(cells: ArchivedCells, tables: Mapping[str, LiveTable], holders: Mapping[str, dict],
@@ -5041,7 +5041,8 @@ class PutBackReport(RestoreReport):
         def named(ref: dict) -> str:
             return f": {ref['field']}" if "field" in ref else ""
 
-        notes = [f"{label}: {record_refs(refs, named)}" for label, refs in (("Cells changed since the run, left alone", result.changed_since_cells),
+        notes = [f"{label}: {record_refs(refs, named)}"
+                 for label, refs in (("Cells changed since the run, left alone", result.changed_since_cells),
                                      ("Records gone since the run", result.gone_records)) if refs]
         return notes + ["All of them in the JSON report."] if notes else []
 
