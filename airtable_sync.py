@@ -4924,6 +4924,7 @@ class PutBack:
     changed_since: list[str] = field(default_factory=list)  # mapped names: changed since the run, left alone
     left_out: list[str] = field(default_factory=list)  # mapped names with no writable field today
     gone: bool = False  # deleted since the run: left alone
+    action: ClassVar[str] = "put back"  # never "restore" (Restore.anything_written)
 
     @property
     def key(self) -> str:
@@ -5053,8 +5054,9 @@ class Restore(Command):
 
     results: dict[Any, Written] = field(default_factory=dict)
 
-    def archive(self) -> tuple[list, list]:
-        """The whole archive, checked before any request, and its lines of the tables restored."""
+    def archive(self, result: type) -> tuple[list, list]:
+        """The whole archive, checked before any request, and its lines of the tables restored;
+        the report starts with each of those tables' `result`, empty."""
         path: Path = self.settings.restore  # type: ignore[assignment]
         try:
             raw = path.read_bytes()
@@ -5064,6 +5066,7 @@ class Restore(Command):
         chosen = [r for r in records if r.table in self.settings.tables]
         log.info("restore: %d archived records in %s, %d of them in %s", len(records), path.name, len(chosen),
                  ",".join(self.settings.tables))
+        self.report.tables = {key: result() for key in self.settings.tables}
         return records, chosen
 
     def connect(self) -> tuple[Airtable, dict[str, LiveTable]]:
@@ -5076,8 +5079,7 @@ class Restore(Command):
 
     def run(self) -> int:
         settings = self.settings
-        records, chosen = self.archive()
-        self.report.tables = {key: RestoreResult() for key in settings.tables}
+        records, chosen = self.archive(RestoreResult)
         if not chosen:
             return EXIT_OK
         airtable, tables = self.connect()
@@ -5136,8 +5138,7 @@ class PutBackCommand(Restore):
 
     def run(self) -> int:
         settings = self.settings
-        _, chosen = self.archive()
-        self.report.tables = {key: PutBackResult() for key in settings.tables}  # type: ignore[misc]
+        _, chosen = self.archive(PutBackResult)
         if not chosen:
             return EXIT_OK
         airtable, tables = self.connect()
@@ -5167,10 +5168,6 @@ class PutBackCommand(Restore):
                                     "message": self.results[w].note} for w in writes
                                    if w in self.results and self.results[w].outcome.failed]
         return EXIT_RECORD_FAILED if self.report.errors else EXIT_OK
-
-    @property
-    def anything_written(self) -> bool:
-        return any(r.outcome in (Outcome.DONE, Outcome.UNKNOWN) for r in self.results.values())
 
 
 def archive_kind(path: Path) -> str:
