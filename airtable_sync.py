@@ -4315,8 +4315,6 @@ def stop_reason(exc: BaseException) -> str:
 # Restore: replay a deletion archive, or put back a changes archive (--restore ARCHIVE)
 # ---------------------------------------------------------------------------
 
-
-#
 # A deletion archive (Deleter.archive_records) holds what --delete-missing deleted, one JSON
 # object a line, as Airtable had it: {"table", "id", "createdTime", "fields"}, and in archives
 # written since fields are bound by id, "fieldIds" ({field name: field id}). A restore checks
@@ -4417,9 +4415,8 @@ def parse_archive(path: Path, raw: bytes) -> list[ArchivedRecord] | list[Changed
         try:
             obj = json.loads(text)
         except json.JSONDecodeError as exc:
-            last = not any(rest.strip() for rest in lines[number:])
-            cut = " (the last line stops short: a truncated archive?)" if last and not text.rstrip().endswith("}") \
-                else ""
+            truncated = not text.rstrip().endswith("}") and not any(rest.strip() for rest in lines[number:])
+            cut = " (the last line stops short: a truncated archive?)" if truncated else ""
             raise UsageError(f"{path}: line {number}: not valid JSON: {exc.msg} (column {exc.colno}){cut}") from None
         records.append(archive_line(path, number, obj))
     mixed = next((r for r in records if type(r) is not type(records[0])), None)
