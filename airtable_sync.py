@@ -4978,7 +4978,7 @@ class PutBackResult:
 
 
 def summarize_put_back(writes: Sequence[PutBack], results: Mapping[PutBack, Written], dry_run: bool) -> PutBackResult:
-    outcome = {w: (results.get(w) or Written()).outcome for w in writes}
+    outcome = {w: results.get(w, PLANNED).outcome for w in writes}
     done = [w for w in writes if w.fields and outcome[w] is (Outcome.PLANNED if dry_run else Outcome.DONE)]
     return PutBackResult(
         archived=len(writes),
@@ -5036,10 +5036,7 @@ class PutBackReport(RestoreReport):
         return [f"> {NEXT_SYNC_NOTE}", ""]
 
     def table_notes(self, result: Any) -> list[str]:
-        def named(ref: dict) -> str:
-            return f": {ref['field']}" if "field" in ref else ""
-
-        notes = [f"{label}: {record_refs(refs, named)}"
+        notes = [f"{label}: " + record_refs(refs, lambda r: f": {r['field']}" if "field" in r else "")
                  for label, refs in (("Cells changed since the run, left alone", result.changed_since_cells),
                                      ("Records gone since the run", result.gone_records)) if refs]
         return notes + ["All of them in the JSON report."] if notes else []
@@ -5050,10 +5047,12 @@ class Restore(Command):
     """One --restore run: the archive checked whole, then what Airtable has of it, the plan, the writes."""
 
     results: dict[Any, Written] = field(default_factory=dict)
+    RESULT: ClassVar[type] = RestoreResult  # a table's figures in the report
 
-    def archive(self, result: type) -> tuple[list, list]:
-        """The whole archive, checked before any request, and its lines of the tables restored;
-        the report starts with each of those tables' `result`, empty."""
+    def run(self) -> int:
+        """The whole archive, checked before any request; then, unless none of its lines is of the
+        tables restored, the tables as the base has them today, found by the sync's bindings (its
+        mapped fields and `id`, whatever they are called now), and the restore itself."""
         path: Path = self.settings.restore  # type: ignore[assignment]
         try:
             raw = path.read_bytes()
@@ -5063,23 +5062,18 @@ class Restore(Command):
         chosen = [r for r in records if r.table in self.settings.tables]
         log.info("restore: %d archived records in %s, %d of them in %s", len(records), path.name, len(chosen),
                  ",".join(self.settings.tables))
-        self.report.tables = {key: result() for key in self.settings.tables}
-        return records, chosen
+        self.report.tables = {key: self.RESULT() for key in self.settings.tables}
+        if chosen:
+            airtable = connect(self.settings, self.stop, self.report.requests)
+            bound, table_ids = state_bindings(self.settings, load_state(state_path(self.settings)))
+            airtable.use_tables(table_ids)
+            self.restore(airtable, live_tables(airtable, bound), records, chosen)
+        return EXIT_RECORD_FAILED if self.report.errors else EXIT_OK
 
-    def connect(self) -> tuple[Airtable, dict[str, LiveTable]]:
-        """The connection, and the tables as the base has them today, found by the sync's bindings:
-        its mapped fields and `id`, whatever they are called now."""
-        airtable = connect(self.settings, self.stop, self.report.requests)
-        bound, table_ids = state_bindings(self.settings, load_state(state_path(self.settings)))
-        airtable.use_tables(table_ids)
-        return airtable, live_tables(airtable, bound)
-
-    def run(self) -> int:
+    def restore(self, airtable: Airtable, tables: dict[str, LiveTable], records: list, chosen: list) -> None:
+        """The archive's lines of the tables restored planned, written (not in a dry run), and
+        summed up in the report however the writes end."""
         settings = self.settings
-        records, chosen = self.archive(RestoreResult)
-        if not chosen:
-            return EXIT_OK
-        airtable, tables = self.connect()
         archive = {rec.record_id: archived_cells(rec, tables[rec.table])
                    for rec in records if rec.table in tables}  # a record archived twice: its last line
         found = self.look_up(airtable, lookup_formulas(*what_to_look_up(archive, settings.tables, tables)))
@@ -5102,7 +5096,6 @@ class Restore(Command):
                     {"table": key, "mongo_id": w.cells.mongo_id, "archived_id": w.cells.record.record_id,
                      "message": w.note or self.results[w].note}
                     for w in writes if w.action == "error" or w in self.results and self.results[w].outcome.failed]
-        return EXIT_RECORD_FAILED if self.report.errors else EXIT_OK
 
     def look_up(self, airtable: Airtable, formulas: Mapping[str, Sequence[str]]) -> dict[str, list[dict]]:
         """The records the formulas match, per table id, cells keyed by field id, in listing order."""
@@ -5133,12 +5126,10 @@ class PutBackCommand(Restore):
     """--restore of a changes archive: each cell back to its value before the run, where it still
     holds what the run wrote. Only the archive's records are read, by id, a hundred a request."""
 
-    def run(self) -> int:
+    RESULT = PutBackResult
+
+    def restore(self, airtable: Airtable, tables: dict[str, LiveTable], records: list, chosen: list) -> None:
         settings = self.settings
-        _, chosen = self.archive(PutBackResult)
-        if not chosen:
-            return EXIT_OK
-        airtable, tables = self.connect()
         wanted: dict[str, set[str]] = defaultdict(set)
         for line in chosen:
             wanted[tables[line.table].id].add(line.record_id)
@@ -5164,7 +5155,6 @@ class PutBackCommand(Restore):
             self.report.errors += [{"table": w.key, "mongo_id": w.changed.mongo_id, "archived_id": w.record_id,
                                     "message": self.results[w].note} for w in writes
                                    if w in self.results and self.results[w].outcome.failed]
-        return EXIT_RECORD_FAILED if self.report.errors else EXIT_OK
 
 
 def archive_kind(path: Path) -> str:
