@@ -4479,11 +4479,7 @@ class ArchivedCells:
     left_out: list[str]  # archived field names with no writable field today
     key_field: FieldInfo | None = None  # `id`, else the natural key field
     key: str | None = None  # its value: what finds the record again
-    by_mongo_id: bool = False  # the key is the Mongo id (upserts merge on it)
-
-    @property
-    def mongo_id(self) -> str | None:
-        return self.key if self.by_mongo_id else None
+    mongo_id: str | None = None  # the key, when it is the Mongo id (upserts merge on it)
 
 
 def archived_cells(rec: ArchivedRecord, table: LiveTable) -> ArchivedCells:
@@ -4499,11 +4495,12 @@ def archived_cells(rec: ArchivedRecord, table: LiveTable) -> ArchivedCells:
             left_out.append(name)
     mapped = {f.id for name in spec.airtable_fields if (f := table.mapped_field(rec, name)) is not None}
     found = ArchivedCells(rec, table.id, cells, mapped, left_out)
-    for name, by_mongo_id in (("id", True), (spec.airtable_key, False)):
+    for name in ("id", spec.airtable_key):
         live = table.mapped_field(rec, name)
         value = cells.get(live.id) if live is not None else None
         if live is not None and isinstance(value, (str, int, float)) and str(value).strip():
-            found.key_field, found.key, found.by_mongo_id = live, str(value), by_mongo_id
+            found.key_field, found.key = live, str(value)
+            found.mongo_id = found.key if name == "id" else None
             break
     return found
 
@@ -4592,8 +4589,8 @@ class RestorePlan:
 def restore_groups(writes: Sequence[RestoreWrite]) -> tuple[list[RestoreWrite], ...]:
     """A table's writes in the order they are sent: re-creations upserted on `id`, plain ones (no
     key to merge on, never mixed with upserts in a request), refills."""
-    return ([w for w in writes if w.action == "restore" and w.cells.by_mongo_id],
-            [w for w in writes if w.action == "restore" and not w.cells.by_mongo_id],
+    return ([w for w in writes if w.action == "restore" and w.cells.mongo_id is not None],
+            [w for w in writes if w.action == "restore" and w.cells.mongo_id is None],
             [w for w in writes if w.action == "refill"])
 
 
