@@ -4538,10 +4538,10 @@ def lookup_formulas(wanted: Iterable[ArchivedCells], elsewhere: Mapping[str, Ite
         for record_id in sorted(record_ids):
             term = formulas.EQ(formulas.RECORD_ID(), record_id)
             terms[table_id].setdefault(str(term), term)
-    chunks = {table_id: list(found.values()) for table_id, found in terms.items()}
+    per_table = {table_id: list(found.values()) for table_id, found in terms.items()}
     return {table_id: [str(formulas.OR(*found[start:start + LOOKUP_TERMS_PER_QUERY]))
                        for start in range(0, len(found), LOOKUP_TERMS_PER_QUERY)]
-            for table_id, found in chunks.items()}
+            for table_id, found in per_table.items()}
 
 
 @dataclass(frozen=True)
@@ -4663,13 +4663,12 @@ def defer_links(write: RestoreWrite, tables: Mapping[str, LiveTable], created_by
     record. If that record's own write sets the inverse link back to this one, Airtable fills this
     side by itself: nothing more to send. Otherwise the whole cell waits, and is sent once every
     record is written."""
-    table = tables[write.key]
     for field_id, value in list(write.fields.items()):
         later = [t for t in value if isinstance(t, Pending) and created_by[t.archived_id].slot >= write.slot] \
             if isinstance(value, list) else []
         if not later:
             continue
-        inverse = table.fields[field_id].inverse
+        inverse = tables[write.key].fields[field_id].inverse
         if any(not (inverse and created_by[t.archived_id].slot > write.slot
                     and write.ref in created_by[t.archived_id].fields.get(inverse, ())) for t in later):
             write.links_later[field_id] = value
