@@ -4318,8 +4318,6 @@ def stop_reason(exc: BaseException) -> str:
 # Restore: replay a deletion archive, or put back a changes archive (--restore ARCHIVE)
 # ---------------------------------------------------------------------------
 
-
-#
 # A deletion archive (Deleter.archive_records) holds what --delete-missing deleted, one JSON
 # object a line, as Airtable had it: {"table", "id", "createdTime", "fields"}, and in archives
 # written since fields are bound by id, "fieldIds" ({field name: field id}). A restore checks
@@ -4375,41 +4373,33 @@ class ChangedRecord:
     line: int
 
 
-def archived_field_ids(where: str, obj: dict) -> dict:
-    """An archive line's fieldIds, once its table is known to be synced."""
+def is_changes_line(obj: Any) -> bool:
+    """A changes archive's line has before and after, a deletion archive's fields."""
+    return isinstance(obj, dict) and ("before" in obj or "after" in obj)
+
+
+def archive_line(path: Path, number: int, obj: Any) -> "ArchivedRecord | ChangedRecord":
+    """A line of either archive, told apart by content."""
+    where = f"{path}: line {number}"
+    changes = is_changes_line(obj)
+    if changes:
+        before, after = obj.get("before"), obj.get("after")
+        shaped = (isinstance(before, dict) and isinstance(after, dict) and before.keys() == after.keys()
+                  and isinstance(obj.get("mongo_id"), (str, type(None))))
+        what = "a changed record (a JSON object with table, id, mongo_id, and before and after of the same cells)"
+    else:
+        shaped = isinstance(obj, dict) and isinstance(obj.get("fields"), dict)
+        what = "an archived record (a JSON object with table, id and fields)"
+    if not (shaped and isinstance(obj.get("table"), str) and isinstance(obj.get("id"), str) and obj["id"]):
+        raise UsageError(f"{where}: not {what}")
     if obj["table"] not in TABLE_SPECS:
         raise UsageError(f"{where}: unknown table {obj['table']!r} (one of {', '.join(TABLE_ORDER)})")
     field_ids = obj.get("fieldIds", {})
     if not isinstance(field_ids, dict) or not all(isinstance(v, str) for v in field_ids.values()):
         raise UsageError(f"{where}: fieldIds is not an object of field ids")
-    return field_ids
-
-
-def archived_record(path: Path, number: int, obj: Any) -> ArchivedRecord:
-    where = f"{path}: line {number}"
-    if not (isinstance(obj, dict) and isinstance(obj.get("table"), str) and isinstance(obj.get("id"), str)
-            and obj["id"] and isinstance(obj.get("fields"), dict)):
-        raise UsageError(f"{where}: not an archived record (a JSON object with table, id and fields)")
-    return ArchivedRecord(obj["table"], obj["id"], obj["fields"], archived_field_ids(where, obj), number)
-
-
-def changed_record(path: Path, number: int, obj: dict) -> ChangedRecord:
-    where = f"{path}: line {number}"
-    if not (isinstance(obj.get("table"), str) and isinstance(obj.get("id"), str) and obj["id"]
-            and isinstance(obj.get("before"), dict) and isinstance(obj.get("after"), dict)
-            and obj["before"].keys() == obj["after"].keys() and isinstance(obj.get("mongo_id"), (str, type(None)))):
-        raise UsageError(f"{where}: not a changed record (a JSON object with table, id, mongo_id, and before "
-                         "and after of the same cells)")
-    return ChangedRecord(obj["table"], obj["id"], obj["mongo_id"], archived_field_ids(where, obj), obj["before"],
-                         obj["after"], number)
-
-
-def archive_line(path: Path, number: int, obj: Any) -> "ArchivedRecord | ChangedRecord":
-    """A line of either archive, told apart by content: a changes archive's has before and after,
-    a deletion archive's fields."""
-    if isinstance(obj, dict) and ("before" in obj or "after" in obj):
-        return changed_record(path, number, obj)
-    return archived_record(path, number, obj)
+    if changes:
+        return ChangedRecord(obj["table"], obj["id"], obj["mongo_id"], field_ids, obj["before"], obj["after"], number)
+    return ArchivedRecord(obj["table"], obj["id"], obj["fields"], field_ids, number)
 
 
 def parse_archive(path: Path, raw: bytes) -> list[ArchivedRecord] | list[ChangedRecord]:
@@ -4428,9 +4418,8 @@ def parse_archive(path: Path, raw: bytes) -> list[ArchivedRecord] | list[Changed
         try:
             obj = json.loads(text)
         except json.JSONDecodeError as exc:
-            last = not any(rest.strip() for rest in lines[number:])
-            cut = " (the last line stops short: a truncated archive?)" if last and not text.rstrip().endswith("}") \
-                else ""
+            truncated = not text.rstrip().endswith("}") and not any(rest.strip() for rest in lines[number:])
+            cut = " (the last line stops short: a truncated archive?)" if truncated else ""
             raise UsageError(f"{path}: line {number}: not valid JSON: {exc.msg} (column {exc.colno}){cut}") from None
         records.append(archive_line(path, number, obj))
     mixed = next((r for r in records if type(r) is not type(records[0])), None)
@@ -4438,14 +4427,6 @@ def parse_archive(path: Path, raw: bytes) -> list[ArchivedRecord] | list[Changed
         raise UsageError(f"{path}: line {mixed.line}: not the kind of line {records[0].line} is (a deletion "
                          "archive's lines and a changes archive's mixed)")
     return records
-
-
-def read_archive(path: Path) -> list[ArchivedRecord] | list[ChangedRecord]:
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot read the archive ({exc.strerror})") from None
-    return parse_archive(path, raw)
 
 
 @dataclass
@@ -4485,7 +4466,8 @@ def live_tables(airtable: Airtable, bound: Mapping[str, Mapping[str, str]]) -> d
         raise AirtableAccessError(f"base {settings.base_id} has no table " +
                                   ", ".join(f"{settings.table_ids[k]} ({k})" for k in missing))
     columns = table_bindings(schema, bound, schema.fields)
-    return {key: LiveTable(schema.table_ids[key], fields, columns[key].bindings) for key, fields in schema.fields.items()}
+    return {key: LiveTable(schema.table_ids[key], fields, columns[key].bindings)
+            for key, fields in schema.fields.items()}
 
 
 @dataclass
@@ -4500,11 +4482,7 @@ class ArchivedCells:
     left_out: list[str]  # archived field names with no writable field today
     key_field: FieldInfo | None = None  # `id`, else the natural key field
     key: str | None = None  # its value: what finds the record again
-    by_mongo_id: bool = False  # the key is the Mongo id (upserts merge on it)
-
-    @property
-    def mongo_id(self) -> str | None:
-        return self.key if self.by_mongo_id else None
+    mongo_id: str | None = None  # the key, when it is the Mongo id (upserts merge on it)
 
 
 def archived_cells(rec: ArchivedRecord, table: LiveTable) -> ArchivedCells:
@@ -4520,21 +4498,14 @@ def archived_cells(rec: ArchivedRecord, table: LiveTable) -> ArchivedCells:
             left_out.append(name)
     mapped = {f.id for name in spec.airtable_fields if (f := table.mapped_field(rec, name)) is not None}
     found = ArchivedCells(rec, table.id, cells, mapped, left_out)
-    for name, by_mongo_id in (("id", True), (spec.airtable_key, False)):
+    for name in ("id", spec.airtable_key):
         live = table.mapped_field(rec, name)
         value = cells.get(live.id) if live is not None else None
         if live is not None and isinstance(value, (str, int, float)) and str(value).strip():
-            found.key_field, found.key, found.by_mongo_id = live, str(value), by_mongo_id
+            found.key_field, found.key = live, str(value)
+            found.mongo_id = found.key if name == "id" else None
             break
     return found
-
-
-def link_cells(cells: ArchivedCells, tables: Mapping[str, LiveTable]) -> Iterator[tuple[FieldInfo, list]]:
-    table = tables[cells.record.table]
-    for field_id, value in cells.cells.items():
-        live = table.fields[field_id]
-        if live.type == "multipleRecordLinks" and isinstance(value, list):
-            yield live, value
 
 
 def what_to_look_up(archive: Mapping[str, ArchivedCells], restored: Sequence[str],
@@ -4544,20 +4515,16 @@ def what_to_look_up(archive: Mapping[str, ArchivedCells], restored: Sequence[str
     wanted = {rec_id: cells for rec_id, cells in archive.items() if cells.record.table in restored}
     elsewhere: dict[str, set[str]] = defaultdict(set)
     for cells in list(wanted.values()):
-        for live, value in link_cells(cells, tables):
+        for field_id, value in cells.cells.items():
+            live = tables[cells.record.table].fields[field_id]
+            if live.type != "multipleRecordLinks" or not isinstance(value, list):
+                continue
             for target in value:
-                if not isinstance(target, str):
-                    continue
-                if target in archive:
+                if isinstance(target, str) and target in archive:
                     wanted.setdefault(target, archive[target])
-                elif live.links_to:
+                elif isinstance(target, str) and live.links_to:
                     elsewhere[live.links_to].add(target)
     return sorted(wanted.values(), key=lambda c: TABLE_ORDER.index(c.record.table)), elsewhere
-
-
-def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
 
 
 def lookup_formulas(wanted: Iterable[ArchivedCells], elsewhere: Mapping[str, Iterable[str]]) -> dict[str, list[str]]:
@@ -4574,8 +4541,10 @@ def lookup_formulas(wanted: Iterable[ArchivedCells], elsewhere: Mapping[str, Ite
         for record_id in sorted(record_ids):
             term = formulas.EQ(formulas.RECORD_ID(), record_id)
             terms[table_id].setdefault(str(term), term)
-    return {table_id: [str(formulas.OR(*chunk)) for chunk in _chunks(list(found.values()), LOOKUP_TERMS_PER_QUERY)]
-            for table_id, found in terms.items()}
+    per_table = {table_id: list(found.values()) for table_id, found in terms.items()}
+    return {table_id: [str(formulas.OR(*found[start:start + LOOKUP_TERMS_PER_QUERY]))
+                       for start in range(0, len(found), LOOKUP_TERMS_PER_QUERY)]
+            for table_id, found in per_table.items()}
 
 
 @dataclass(frozen=True)
@@ -4623,29 +4592,22 @@ class RestorePlan:
 def restore_groups(writes: Sequence[RestoreWrite]) -> tuple[list[RestoreWrite], ...]:
     """A table's writes in the order they are sent: re-creations upserted on `id`, plain ones (no
     key to merge on, never mixed with upserts in a request), refills."""
-    return ([w for w in writes if w.action == "restore" and w.cells.by_mongo_id],
-            [w for w in writes if w.action == "restore" and not w.cells.by_mongo_id],
+    return ([w for w in writes if w.action == "restore" and w.cells.mongo_id is not None],
+            [w for w in writes if w.action == "restore" and w.cells.mongo_id is None],
             [w for w in writes if w.action == "refill"])
 
 
 def holders_by_key(archive: Mapping[str, ArchivedCells], found: Mapping[str, Sequence[dict]]) -> dict[str, dict]:
     """Archived record id -> the record that holds its key in Airtable now (the first listed, as
     the sync matches)."""
-    index: dict[tuple[str, str], dict[str, dict]] = {}
-    holders = {}
-    for archived_id, cells in archive.items():
-        if cells.key is None:
-            continue
-        where = (cells.table_id, cells.key_field.id)  # type: ignore[union-attr]
-        if where not in index:
-            index[where] = {}
-            for rec in found.get(cells.table_id, ()):
-                value = rec["fields"].get(where[1])
+    index: dict[tuple[str, str, str], dict] = {}  # (table id, field id, value) -> the first record with it
+    for table_id, records in found.items():
+        for rec in records:
+            for field_id, value in rec["fields"].items():
                 if value not in (None, ""):
-                    index[where].setdefault(str(value), rec)
-        if (holder := index[where].get(cells.key)) is not None:
-            holders[archived_id] = holder
-    return holders
+                    index.setdefault((table_id, field_id, str(value)), rec)
+    return {archived_id: index[where] for archived_id, cells in archive.items()
+            if cells.key_field is not None and (where := (cells.table_id, cells.key_field.id, cells.key)) in index}
 
 
 def decide(cells: ArchivedCells, tables: Mapping[str, LiveTable], holders: Mapping[str, dict],
@@ -4661,17 +4623,13 @@ def decide(cells: ArchivedCells, tables: Mapping[str, LiveTable], holders: Mappi
                             f"{first.cells.record.record_id}, restored in its place")
     holder = holders.get(cells.record.record_id)
     if holder is None:
-        write = RestoreWrite(cells, "restore", fields={
-            field_id: value for field_id, value in cells.cells.items()
-            if not is_blank(value, table.fields[field_id].type)})
-    else:
-        now = holder["fields"]
-        refill = {field_id: value for field_id, value in cells.cells.items()
-                  if field_id not in cells.mapped and not is_blank(value, table.fields[field_id].type)
-                  and is_blank(now.get(field_id), table.fields[field_id].type)}
-        write = RestoreWrite(cells, "refill" if refill else "skip", record_id=holder["id"], fields=refill,
-                             note="" if refill else "already complete")
-    return write
+        return RestoreWrite(cells, "restore", fields={field_id: value for field_id, value in cells.cells.items()
+                                                      if not is_blank(value, table.fields[field_id].type)})
+    refill = {field_id: value for field_id, value in cells.cells.items()
+              if field_id not in cells.mapped and not is_blank(value, table.fields[field_id].type)
+              and is_blank(holder["fields"].get(field_id), table.fields[field_id].type)}
+    return RestoreWrite(cells, "refill" if refill else "skip", record_id=holder["id"], fields=refill,
+                        note="" if refill else "already complete")
 
 
 def map_links(write: RestoreWrite, tables: Mapping[str, LiveTable], exists: Mapping[str, set[str]],
@@ -4708,13 +4666,12 @@ def defer_links(write: RestoreWrite, tables: Mapping[str, LiveTable], created_by
     record. If that record's own write sets the inverse link back to this one, Airtable fills this
     side by itself: nothing more to send. Otherwise the whole cell waits, and is sent once every
     record is written."""
-    table = tables[write.key]
     for field_id, value in list(write.fields.items()):
         later = [t for t in value if isinstance(t, Pending) and created_by[t.archived_id].slot >= write.slot] \
             if isinstance(value, list) else []
         if not later:
             continue
-        inverse = table.fields[field_id].inverse
+        inverse = tables[write.key].fields[field_id].inverse
         if any(not (inverse and created_by[t.archived_id].slot > write.slot
                     and write.ref in created_by[t.archived_id].fields.get(inverse, ())) for t in later):
             write.links_later[field_id] = value
@@ -4743,13 +4700,12 @@ def plan_restore(archive: Mapping[str, ArchivedCells], restored: Sequence[str], 
             elif first is not None and first.action == "restore":
                 plan.created_by[cells.record.record_id] = first  # its links follow the one restored
     exists = {table_id: {rec["id"] for rec in records} for table_id, records in found.items()}
-    for writes in plan.writes.values():
+    for key, writes in plan.writes.items():
         for write in writes:
             map_links(write, tables, exists, holders, plan.created_by)
             if write.action == "refill" and not write.fields:
                 write.action, write.note = "skip", "already complete (its links name no record that exists)"
-    for key in plan.writes:
-        for group_index, group in enumerate(restore_groups(plan.writes[key])):
+        for group_index, group in enumerate(restore_groups(writes)):
             for position, write in enumerate(group):
                 write.slot = (TABLE_ORDER.index(key), group_index, position // RECORDS_PER_WRITE)
     for writes in plan.writes.values():
@@ -4758,18 +4714,34 @@ def plan_restore(archive: Mapping[str, ArchivedCells], restored: Sequence[str], 
     return plan
 
 
-class RestoreWriter(BatchWriter):
-    """Sends a restore plan, ten records a request: per table, the re-creations, then the
-    refills; last, the link cells that waited for records written after theirs."""
+class ArchiveWriter(BatchWriter):
+    """Sends cells of records that exist, ten records a request, by record id: the whole of a
+    put-back of a changes archive, and a deletion restore's refills and late links."""
 
     VERB = "restoring"
     SETTLES = "a second restore settles it"
+    table: Any = None
+
+    def key_of(self, write: Any) -> str:
+        return write.key
+
+    def name_of(self, write: Any) -> str:
+        return write.name
+
+    def send(self, action: str, batch: list[tuple[Any, dict]]) -> tuple[list[dict], set[str] | None]:
+        return self.table.batch_update([{"id": self.result(w).record_id or w.record_id, "fields": f} for w, f in batch],
+                                       typecast=True, use_field_ids=True), None
+
+
+class RestoreWriter(ArchiveWriter):
+    """Sends a restore plan: per table, the re-creations, then the refills; last, the link cells
+    that waited for records written after theirs."""
+
     VERBS = {"upsert": "restore", "create": "restore", "update": "refill"}
 
     def __init__(self, airtable: Airtable, stop: threading.Event, plan: RestorePlan, results: dict[Any, Written]):
         super().__init__(airtable, stop, results)
         self.plan = plan
-        self.table: Any = None
 
     def apply(self) -> None:
         for key, writes in self.plan.writes.items():
@@ -4801,12 +4773,6 @@ class RestoreWriter(BatchWriter):
             fields[field_id] = value
         return fields
 
-    def key_of(self, write: RestoreWrite) -> str:
-        return write.key
-
-    def name_of(self, write: RestoreWrite) -> str:
-        return write.name
-
     def unknown_create(self, batch: list[tuple[Any, dict]], cause: str) -> str:
         key_name = batch[0][0].cells.key_field.name
         return f"outcome unknown; a second restore finds the record by its {key_name} if it was made"
@@ -4821,8 +4787,7 @@ class RestoreWriter(BatchWriter):
                                            use_field_ids=True)["records"], None
         if action == "create":
             return self.table.batch_create([f for _, f in batch], typecast=True, use_field_ids=True), None
-        return self.table.batch_update([{"id": self.result(w).record_id or w.record_id, "fields": f} for w, f in batch],
-                                       typecast=True, use_field_ids=True), None
+        return super().send(action, batch)
 
 
 @dataclass
@@ -4844,25 +4809,23 @@ class RestoreResult:
 
 def summarize_restore(writes: Sequence[RestoreWrite], results: Mapping[RestoreWrite, Written], table: LiveTable,
                       dry_run: bool) -> RestoreResult:
-    def written(w: RestoreWrite) -> Written:
-        return results.get(w, PLANNED)
-
+    written = {w: results.get(w, PLANNED) for w in writes}
     happened = Outcome.PLANNED if dry_run else Outcome.DONE
-    restored = [w for w in writes if w.action == "restore" and written(w).outcome is happened]
-    refilled = [w for w in writes if w.action == "refill" and written(w).outcome is happened]
-    left_out = [(w, link) for w in writes for link in [*w.left_out_links, *written(w).links_left_out]]
+    restored = [w for w in writes if w.action == "restore" and written[w].outcome is happened]
+    refilled = [w for w in writes if w.action == "refill" and written[w].outcome is happened]
+    left_out = [(w, link) for w in writes for link in [*w.left_out_links, *written[w].links_left_out]]
     return RestoreResult(
         archived=len(writes),
         restored=len(restored),
         refilled=len(refilled),
         skipped=sum(1 for w in writes if w.action == "skip"),
-        errors=sum(1 for w in writes if w.action == "error" or written(w).outcome.failed),
-        not_attempted=sum(1 for w in writes if written(w).outcome is Outcome.NOT_ATTEMPTED),
+        errors=sum(1 for w in writes if w.action == "error" or written[w].outcome.failed),
+        not_attempted=sum(1 for w in writes if written[w].outcome is Outcome.NOT_ATTEMPTED),
         links_left_out=len(left_out),
         left_out_links=[{"archived_id": w.cells.record.record_id, "mongo_id": w.cells.mongo_id,
                          "field": table.fields[link["field"]].name, "target": link["target"]} for w, link in left_out],
         fields_left_out=sorted({name for w in writes for name in w.cells.left_out}),
-        restored_records=[{"archived_id": w.cells.record.record_id, "record_id": written(w).record_id,
+        restored_records=[{"archived_id": w.cells.record.record_id, "record_id": written[w].record_id,
                            "mongo_id": w.cells.mongo_id} for w in restored],
         refilled_records=[{"record_id": w.record_id, "mongo_id": w.cells.mongo_id,
                            "fields": sorted(table.fields[f].name for f in {**w.fields, **w.links_later})}
@@ -4957,7 +4920,7 @@ class PutBack:
     changed_since: list[str] = field(default_factory=list)  # mapped names: changed since the run, left alone
     left_out: list[str] = field(default_factory=list)  # mapped names with no writable field today
     gone: bool = False  # deleted since the run: left alone
-    action: ClassVar[str] = "put back"
+    action: ClassVar[str] = "put back"  # never "restore" (Restore.anything_written)
 
     @property
     def key(self) -> str:
@@ -4995,24 +4958,6 @@ def plan_put_back(changed: Sequence[ChangedRecord], tables: Mapping[str, LiveTab
     return plan
 
 
-class PutBackWriter(BatchWriter):
-    """A changes archive's cells put back, ten records a request, table by table."""
-
-    VERB = "restoring"
-    SETTLES = "a second restore settles it"
-    table: Any = None
-
-    def key_of(self, write: PutBack) -> str:
-        return write.key
-
-    def name_of(self, write: PutBack) -> str:
-        return write.name
-
-    def send(self, action: str, batch: list[tuple[PutBack, dict]]) -> tuple[list[dict], set[str] | None]:
-        return self.table.batch_update([{"id": w.record_id, "fields": f} for w, f in batch], typecast=True,
-                                       use_field_ids=True), None
-
-
 @dataclass
 class PutBackResult:
     """One table's figures in the restore of a changes archive."""
@@ -5032,7 +4977,7 @@ class PutBackResult:
 
 
 def summarize_put_back(writes: Sequence[PutBack], results: Mapping[PutBack, Written], dry_run: bool) -> PutBackResult:
-    outcome = {w: (results.get(w) or Written()).outcome for w in writes}
+    outcome = {w: results.get(w, PLANNED).outcome for w in writes}
     done = [w for w in writes if w.fields and outcome[w] is (Outcome.PLANNED if dry_run else Outcome.DONE)]
     return PutBackResult(
         archived=len(writes),
@@ -5090,10 +5035,8 @@ class PutBackReport(RestoreReport):
         return [f"> {NEXT_SYNC_NOTE}", ""]
 
     def table_notes(self, result: Any) -> list[str]:
-        def named(ref: dict) -> str:
-            return f": {ref['field']}" if "field" in ref else ""
-
-        notes = [f"{label}: {record_refs(refs, named)}" for label, refs in (("Cells changed since the run, left alone", result.changed_since_cells),
+        notes = [f"{label}: " + record_refs(refs, lambda r: f": {r['field']}" if "field" in r else "")
+                 for label, refs in (("Cells changed since the run, left alone", result.changed_since_cells),
                                      ("Records gone since the run", result.gone_records)) if refs]
         return notes + ["All of them in the JSON report."] if notes else []
 
@@ -5103,31 +5046,33 @@ class Restore(Command):
     """One --restore run: the archive checked whole, then what Airtable has of it, the plan, the writes."""
 
     results: dict[Any, Written] = field(default_factory=dict)
+    RESULT: ClassVar[type] = RestoreResult  # a table's figures in the report
 
-    def archive(self) -> tuple[list, list]:
-        """The whole archive, checked before any request, and its lines of the tables restored."""
+    def run(self) -> int:
+        """The whole archive, checked before any request; then, unless none of its lines is of the
+        tables restored, the tables as the base has them today, found by the sync's bindings (its
+        mapped fields and `id`, whatever they are called now), and the restore itself."""
         path: Path = self.settings.restore  # type: ignore[assignment]
-        records = read_archive(path)
+        try:
+            raw = path.read_bytes()
+        except OSError as exc:
+            raise UsageError(f"{path}: cannot read the archive ({exc.strerror})") from None
+        records = parse_archive(path, raw)
         chosen = [r for r in records if r.table in self.settings.tables]
         log.info("restore: %d archived records in %s, %d of them in %s", len(records), path.name, len(chosen),
                  ",".join(self.settings.tables))
-        return records, chosen
+        self.report.tables = {key: self.RESULT() for key in self.settings.tables}
+        if chosen:
+            airtable = connect(self.settings, self.stop, self.report.requests)
+            bound, table_ids = state_bindings(self.settings, load_state(state_path(self.settings)))
+            airtable.use_tables(table_ids)
+            self.restore(airtable, live_tables(airtable, bound), records, chosen)
+        return EXIT_RECORD_FAILED if self.report.errors else EXIT_OK
 
-    def connect(self) -> tuple[Airtable, dict[str, LiveTable]]:
-        """The connection, and the tables as the base has them today, found by the sync's bindings:
-        its mapped fields and `id`, whatever they are called now."""
-        airtable = connect(self.settings, self.stop, self.report.requests)
-        bound, table_ids = state_bindings(self.settings, load_state(state_path(self.settings)))
-        airtable.use_tables(table_ids)
-        return airtable, live_tables(airtable, bound)
-
-    def run(self) -> int:
+    def restore(self, airtable: Airtable, tables: dict[str, LiveTable], records: list, chosen: list) -> None:
+        """The archive's lines of the tables restored planned, written (not in a dry run), and
+        summed up in the report however the writes end."""
         settings = self.settings
-        records, chosen = self.archive()
-        self.report.tables = {key: RestoreResult() for key in settings.tables}
-        if not chosen:
-            return EXIT_OK
-        airtable, tables = self.connect()
         archive = {rec.record_id: archived_cells(rec, tables[rec.table])
                    for rec in records if rec.table in tables}  # a record archived twice: its last line
         found = self.look_up(airtable, lookup_formulas(*what_to_look_up(archive, settings.tables, tables)))
@@ -5150,7 +5095,6 @@ class Restore(Command):
                     {"table": key, "mongo_id": w.cells.mongo_id, "archived_id": w.cells.record.record_id,
                      "message": w.note or self.results[w].note}
                     for w in writes if w.action == "error" or w in self.results and self.results[w].outcome.failed]
-        return EXIT_RECORD_FAILED if self.report.errors else EXIT_OK
 
     def look_up(self, airtable: Airtable, formulas: Mapping[str, Sequence[str]]) -> dict[str, list[dict]]:
         """The records the formulas match, per table id, cells keyed by field id, in listing order."""
@@ -5181,20 +5125,17 @@ class PutBackCommand(Restore):
     """--restore of a changes archive: each cell back to its value before the run, where it still
     holds what the run wrote. Only the archive's records are read, by id, a hundred a request."""
 
-    def run(self) -> int:
+    RESULT = PutBackResult
+
+    def restore(self, airtable: Airtable, tables: dict[str, LiveTable], records: list, chosen: list) -> None:
         settings = self.settings
-        _, chosen = self.archive()
-        self.report.tables = {key: PutBackResult() for key in settings.tables}  # type: ignore[misc]
-        if not chosen:
-            return EXIT_OK
-        airtable, tables = self.connect()
         wanted: dict[str, set[str]] = defaultdict(set)
         for line in chosen:
             wanted[tables[line.table].id].add(line.record_id)
         writes = plan_put_back(chosen, tables, self.look_up(airtable, lookup_formulas((), wanted)))
         try:
             if not settings.dry_run:
-                writer = PutBackWriter(airtable, self.stop, self.results)  # type: ignore[arg-type]
+                writer = ArchiveWriter(airtable, self.stop, self.results)  # type: ignore[arg-type]
                 for key in RESTORE_ORDER:
                     writer.table = airtable.table(key)
                     writer.send_all(f"{key}: put back", "update", [w for w in writes if w.key == key and w.fields],
@@ -5213,11 +5154,6 @@ class PutBackCommand(Restore):
             self.report.errors += [{"table": w.key, "mongo_id": w.changed.mongo_id, "archived_id": w.record_id,
                                     "message": self.results[w].note} for w in writes
                                    if w in self.results and self.results[w].outcome.failed]
-        return EXIT_RECORD_FAILED if self.report.errors else EXIT_OK
-
-    @property
-    def anything_written(self) -> bool:
-        return any(r.outcome in (Outcome.DONE, Outcome.UNKNOWN) for r in self.results.values())
 
 
 def archive_kind(path: Path) -> str:
@@ -5228,7 +5164,7 @@ def archive_kind(path: Path) -> str:
             obj = json.loads(next((line for line in handle if line.strip()), b""))
     except (OSError, ValueError):
         return "deletion"
-    return "changes" if isinstance(obj, dict) and ("before" in obj or "after" in obj) else "deletion"
+    return "changes" if is_changes_line(obj) else "deletion"
 
 
 # ---------------------------------------------------------------------------

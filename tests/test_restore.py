@@ -527,10 +527,10 @@ def test_archived_cells_keep_writable_fields_by_id_else_by_name():
     cells = sync.archived_cells(rec, table)
     assert cells.cells == {"fI": "u1", "fN": "hi", "fE": "a@b.c"}  # the formula is Airtable's to compute
     assert cells.left_out == ["photo", "gone"]
-    assert (cells.key, cells.by_mongo_id, cells.key_field.id) == ("u1", True, "fI")
+    assert (cells.key, cells.mongo_id, cells.key_field.id) == ("u1", "u1", "fI")
     assert "fN" not in cells.mapped and {"fI", "fE"} <= cells.mapped
     no_id = sync.archived_cells(archived_("users", "recB", {"email": "a@b.c"}), table)
-    assert (no_id.key, no_id.by_mongo_id, no_id.mongo_id) == ("a@b.c", False, None)
+    assert (no_id.key, no_id.key_field.id, no_id.mongo_id) == ("a@b.c", "fE", None)
     assert sync.archived_cells(archived_("users", "recC", {"notes": "x"}), table).key is None
 
 
