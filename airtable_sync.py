@@ -2981,10 +2981,6 @@ class TablePlan:
     clears: Counter = field(default_factory=Counter)  # field key -> the planned updates emptying it
     clears_held: list["HeldClears"] = field(default_factory=list)  # the fields the clear cap holds back
 
-    @property
-    def has_id_field(self) -> bool:
-        return self.id_key is not None
-
     def count_skip(self, mongo_id: str | None, record_id: str) -> None:
         self.skipped += 1
         if mongo_id is not None:
@@ -3126,30 +3122,28 @@ def plan_table(
     plan = TablePlan(spec, columns, types, id_key, [], [], sorted(carried - spec.consumed_mongo_fields),
                      list(columns.missing), read_only, absent_in_export(spec, carried) if carried else [])
     plan.days = DayTally(days_since_last_run, types)
-    has_id_field = plan.has_id_field
+    has_id_field = id_key is not None
     matcher = Matcher(airtable_records, columns.key(spec.airtable_key), id_key)
     converting = mapped_columns(spec, columns, types)
-    if memo is not None and (exported.digests is None or not has_id_field):
+    if exported.digests is None or not has_id_field:
         memo = None
-    if memo is not None:
+    elif memo is not None:
         memo.sign(spec, columns, types, id_key, link_index)
     # Pass one: records that cannot be matched safely fail before matching, so they claim no
     # Airtable record; the rest are matched by id and planned at once.
     unmatched, seen_ids = [], set()
     for index, mongo_id in enumerate(exported.mongo_ids):
         record = exported.load(index) if mongo_id is None or not has_id_field else None  # the key is needed
-        if mongo_id is None and not natural_key(record.doc, spec.key_fields):  # type: ignore[union-attr]
-            plan.writes.append(PlannedWrite(ExportRecord(index, mongo_id, {}), "error", error=f"record #{index + 1} "
-                                            f"has no id and no {'/'.join(spec.key_fields)}"))
-        elif not has_id_field and not natural_key(record.doc, spec.key_fields):  # type: ignore[union-attr]
+        error = None
+        if record is not None and not natural_key(record.doc, spec.key_fields):
             # With no `id` field in Airtable only the key finds a record again: created, it
             # would be created again on every run.
-            plan.writes.append(PlannedWrite(ExportRecord(index, mongo_id, {}), "error", error=f"no "
-                                            f"{'/'.join(spec.key_fields)}, and the Airtable table has no id field "
-                                            "to find it by"))
+            error = (f"record #{index + 1} has no id and no {'/'.join(spec.key_fields)}" if mongo_id is None else
+                     f"no {'/'.join(spec.key_fields)}, and the Airtable table has no id field to find it by")
         elif mongo_id is not None and mongo_id in seen_ids:
-            plan.writes.append(PlannedWrite(ExportRecord(index, mongo_id, {}), "error", error="duplicate id in the "
-                                            "export; its first record is synced"))
+            error = "duplicate id in the export; its first record is synced"
+        if error is not None:
+            plan.writes.append(PlannedWrite(ExportRecord(index, mongo_id, {}), "error", error=error))
         else:
             seen_ids.add(mongo_id)
             if (rec_id := matcher.claim_by_id(mongo_id)) is not None:
@@ -3286,7 +3280,7 @@ def plan_deletions(plans: Mapping[str, TablePlan], exported_ids: Mapping[str, se
     deletions = {}
     for key in DELETE_ORDER:
         plan = plans.get(key)
-        if plan is None or not plan.has_id_field or not exported_ids.get(key):
+        if plan is None or plan.id_key is None or not exported_ids.get(key):
             continue
         probe = DeletionPlan(key, [], 0, 0, False, exported_ids[key], id_key=plan.id_key)  # type: ignore[arg-type]
         gone = [r for r in plan.orphans if probe.still_gone(r)]
