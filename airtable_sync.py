@@ -3363,7 +3363,11 @@ class BatchWriter:
     A request refused for its content (404, 422) is tried record by record, so only the bad
     records fail; another 4xx fails its records; an outage, a refused token or a 429 left after
     the retries stops the run (AirtableAccessError), unless only a plain create is in doubt: that
-    is never re-sent, since it could duplicate, and the run goes on."""
+    is never re-sent, since it could duplicate, and the run goes on.
+
+    Each command supplies send(action, batch): Airtable's copy of the records written, and which
+    were new (None: not known); key_of and name_of, the table and the record for the log (its
+    Mongo id, never a value); and unknown_create, the note of a plain create in doubt."""
 
     VERB = "writing"
     SETTLES = "the next run settles it"
@@ -3379,24 +3383,8 @@ class BatchWriter:
     def record(self, write: Any, **changes: Any) -> None:
         self.results[write] = dataclasses.replace(self.result(write), **changes)
 
-    # -- what each command supplies ------------------------------------------------------
-
-    def send(self, action: str, batch: list[tuple[Any, dict]]) -> tuple[list[dict], set[str] | None]:
-        """Airtable's copy of the records written, and which were new (None: not known)."""
-        raise NotImplementedError
-
-    def key_of(self, write: Any) -> str:
-        raise NotImplementedError
-
-    def name_of(self, write: Any) -> str:
-        """The record, for the log: its Mongo id, never a value."""
-        raise NotImplementedError
-
     def label(self, write: Any) -> str:
         return f"{self.key_of(write)} {self.name_of(write)}"
-
-    def unknown_create(self, batch: list[tuple[Any, dict]], cause: str) -> str:
-        raise NotImplementedError
 
     def landed(self, action: str, batch: list[tuple[Any, dict]], records: list[dict], created: set[str] | None) -> None:
         """Airtable answers in request order."""
@@ -3405,8 +3393,6 @@ class BatchWriter:
 
     def plain_create(self, action: str) -> bool:
         return action == "create"
-
-    # -- the requests ---------------------------------------------------------------------
 
     def send_all(self, description: str, action: str, writes: Sequence[Any],
                  cells: Callable[[Any], dict | None]) -> None:
@@ -3443,7 +3429,7 @@ class BatchWriter:
             elif how == "failed":
                 self.fail(batch, f"HTTP {status} {kind}: {message}")
             else:
-                self.lost(action, batch, exc)
+                self.lost(action, batch, exc, status)
             return
         if len(records) != len(batch):
             raise AirtableAccessError(f"Airtable answered {len(records)} records for {len(batch)} written")
@@ -3458,11 +3444,10 @@ class BatchWriter:
         else:
             self.fail(batch, f"{kind}: {message}")
 
-    def lost(self, action: str, batch: list[tuple[Any, dict]], exc: Exception) -> None:
+    def lost(self, action: str, batch: list[tuple[Any, dict]], exc: Exception, status: int | None) -> None:
         """Retries are spent (or the token refused): the run stops, unless only a plain create is
         in doubt. A 5xx or a lost connection may have been applied: its records say so."""
         error = access_error(exc, self.airtable.settings, f"{self.VERB} {self.key_of(batch[0][0])}")
-        status = exc.response.status_code if isinstance(exc, requests.HTTPError) else None
         if status in (401, 403, 429) or (status is None and _never_sent(exc)):
             raise error from None  # not applied: reported as not attempted
         if self.plain_create(action):
@@ -3512,15 +3497,6 @@ class Applied:
             o in landed for outcomes in self.deleted.values() for o in outcomes.values())
 
 
-def changed_lines(plan: TablePlan, batch: Sequence[tuple[PlannedWrite, dict]]) -> list[dict]:
-    """The changes archive's lines for an update request: per record, the cells it changes by
-    mapped name, as Airtable had them (the snapshot the plan diffed against) and as sent."""
-    name = plan.columns.mapped_name
-    return [{"table": plan.spec.key, "id": write.record_id, "mongo_id": write.record.mongo_id,
-             "fieldIds": {name(k): k for k in fields}, "before": {name(k): (write.before or {}).get(k) for k in fields},
-             "after": {name(k): v for k, v in fields.items()}} for write, fields in batch]
-
-
 @dataclass
 class ChangesArchive:
     """<reports-dir>/changed_<stamp>.jsonl: every value a run overwrites, so that --restore can
@@ -3532,8 +3508,10 @@ class ChangesArchive:
     archived: set[PlannedWrite] = field(default_factory=set)
 
     def add(self, plan: TablePlan, batch: Sequence[tuple[PlannedWrite, dict]]) -> None:
-        """On disk before the request is sent (LocalWriteError, exit 74, when it cannot be, and the
-        request is not). A record sent again (its request refused, retried alone) is archived once."""
+        """An update request's lines: per record, the cells it changes by mapped name, as Airtable had
+        them (the snapshot the plan diffed against) and as sent. On disk before the request is sent
+        (LocalWriteError, exit 74, when it cannot be, and the request is not). A record sent again
+        (its request refused, retried alone) is archived once."""
         batch = [(write, fields) for write, fields in batch if write not in self.archived]
         if not batch:
             return
@@ -3543,7 +3521,11 @@ class ChangesArchive:
             while self.path.exists():
                 n += 1
                 self.path = self.reports_dir / f"changed_{stamp}_{n}.jsonl"
-        append_archive(self.path, changed_lines(plan, batch))
+        name = plan.columns.mapped_name
+        append_archive(self.path, [
+            {"table": plan.spec.key, "id": write.record_id, "mongo_id": write.record.mongo_id,
+             "fieldIds": {name(k): k for k in fields}, "before": {name(k): (write.before or {}).get(k) for k in fields},
+             "after": {name(k): v for k, v in fields.items()}} for write, fields in batch])
         self.archived.update(write for write, _ in batch)
 
 
@@ -3693,8 +3675,9 @@ class Deleter:
                 for first in range(0, len(batch), RECORDS_PER_WRITE):
                     if self.stop.is_set():
                         raise RunInterrupted()
-                    self.archive_records(deletion.key, batch[first:first + RECORDS_PER_WRITE])
-                    self.delete_batch(table, deletion, batch[first:first + RECORDS_PER_WRITE], outcomes)
+                    chunk = batch[first:first + RECORDS_PER_WRITE]
+                    self.archive_records(deletion.key, chunk)
+                    self.delete_batch(table, deletion, chunk, outcomes)
                 progress.update(min(RECORDS_PER_PAGE, len(deletion.records) - start))
         done = sum(1 for o in outcomes.values() if o is Outcome.DONE)
         log.info("%s: deleted %d of %d records that left Mongo", deletion.key, done, len(deletion.records))
