@@ -3017,11 +3017,8 @@ class PlanMemo:
     @classmethod
     def load(cls, path: Path) -> "PlanMemo":
         known = array("q")
-        try:
-            with open(path, "rb") as handle:
-                known.frombytes(handle.read())
-        except (OSError, ValueError):
-            known = array("q")
+        with contextlib.suppress(OSError, ValueError), open(path, "rb") as handle:
+            known.frombytes(handle.read())  # a length not a multiple of 8 adds nothing
         return cls(known)
 
     def sign(self, spec: TableSpec, columns: TableColumns, types: Mapping[str, str], id_key: str | None,
@@ -3072,10 +3069,7 @@ def plan_record(plan: TablePlan, record: ExportRecord, current: dict | None, how
     unresolved = plan.unresolved_links
     for link in spec.links:
         link_key = columns.key(link.airtable_field)
-        if link_key not in types:
-            continue
-        ref = link_reference(record.doc, link)
-        if ref is None:
+        if link_key not in types or (ref := link_reference(record.doc, link)) is None:
             continue
         target = link_index.get(link.target, {}).get(ref)
         if target is None:
@@ -3186,12 +3180,9 @@ def build_link_index(airtable_records: Iterable[dict], plan: TablePlan | None, i
     if plan is not None:
         index.update(plan.skipped_ids)
         for write in plan.writes:
-            if write.record.mongo_id is None:
-                continue
-            if write.action in ("update", "skip"):
-                index[write.record.mongo_id] = write.record_id  # type: ignore[assignment]
-            elif write.action == "create":
-                index[write.record.mongo_id] = PENDING
+            if write.record.mongo_id is not None and write.action != "error":
+                target = PENDING if write.action == "create" else write.record_id
+                index[write.record.mongo_id] = target  # type: ignore[assignment]
     return index
 
 
