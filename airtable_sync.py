@@ -3142,7 +3142,8 @@ def plan_table(
             seen_ids.add(mongo_id)
             if (rec_id := matcher.claim_by_id(mongo_id)) is not None:
                 line: bytes = airtable_records.line(rec_id)  # type: ignore[assignment]
-                known = memo.key(mongo_id, exported.digests[index], line) if memo is not None else None  # type: ignore[index,arg-type]
+                known = (memo.key(mongo_id, exported.digests[index], line)  # type: ignore[index,arg-type]
+                         if memo is not None else None)
                 if known is not None and memo.has(known):  # type: ignore[union-attr]
                     plan.count_skip(mongo_id, rec_id)
                     continue
@@ -3442,7 +3443,8 @@ class BatchWriter:
         if status in (401, 403, 429) or (status is None and _never_sent(exc)):
             raise error from None  # not applied: reported as not attempted
         if self.plain_create(action):
-            cause = f"HTTP {status} {airtable_error(exc)[0]}" if status else type(exc).__name__  # type: ignore[arg-type]
+            cause = (f"HTTP {status} {airtable_error(exc)[0]}"  # type: ignore[arg-type]
+                     if status else type(exc).__name__)
             self.fail(batch, self.unknown_create(batch, cause), Outcome.UNKNOWN)
             return  # only this batch is in doubt; the run goes on
         self.fail(batch, f"outcome unknown ({error}); {self.SETTLES}", Outcome.UNKNOWN)
@@ -3451,8 +3453,8 @@ class BatchWriter:
     def fail(self, batch: Sequence[tuple[Any, dict]], message: str, outcome: Outcome = Outcome.FAILED) -> None:
         for write, _ in batch:
             note = message
-            if self.result(write).outcome is Outcome.DONE:  # a restore's links, sent after the record
-                note = f"written as {self.result(write).record_id}, but not its links to records written after it: {message}"
+            if (done := self.result(write)).outcome is Outcome.DONE:  # a restore's links, sent after the record
+                note = f"written as {done.record_id}, but not its links to records written after it: {message}"
             self.record(write, outcome=outcome, note=note)
             log.warning("%s: %s", self.label(write), without_values(note) if outcome is Outcome.FAILED
                         else f"outcome {outcome}")
@@ -3633,7 +3635,6 @@ class SyncWriter(BatchWriter):
             else:
                 self.results[write] = LANDED_EXISTING if existed else LANDED
             if existed:
-                # Its earlier values were not in the snapshot, so the changes archive could not keep them.
                 log.warning("%s: already in Airtable (a stale snapshot), updated; its earlier values are not in the "
                             "changes archive", self.label(write))
             if write.action == "create" and write.record.mongo_id is not None and self.key in LINK_TARGETS:
