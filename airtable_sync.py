@@ -3921,11 +3921,6 @@ def volatile_fields(written: Mapping[str, Mapping[str, int]], total: int, earlie
     return found
 
 
-def written_shares(result: TableResult) -> dict[str, float]:
-    """What the next run needs of this one to tell volatile fields: each written field's share."""
-    return {name: round(c["cells"] / result.total, 4) for name, c in result.writes_by_field.items() if result.total}
-
-
 def volatile_text(key: str, volatile: VolatileField) -> str:
     """The WARNING and attention item: the field, its cost and, for a day counter, the remedy."""
     n = volatile.requests
@@ -3953,8 +3948,9 @@ def note_volatile_fields(results: Mapping[str, TableResult], plans: Mapping[str,
                                                  plan.days, plan.columns)
         for volatile in result.volatile_fields:
             log.warning("%s", volatile_text(key, volatile))
-        if not result.not_attempted:
-            shares.setdefault(key, {}).update(written_shares(result))
+        if not result.not_attempted:  # a field written at all was written in one of `total` records
+            shares.setdefault(key, {}).update({name: round(c["cells"] / result.total, 4)
+                                               for name, c in result.writes_by_field.items()})
     if read.state is not None:
         read.state.writes = shares
 
@@ -3973,9 +3969,20 @@ def summarize(plan: TablePlan, applied: Applied, dry_run: bool, deletion: Deleti
         not deletion.held if dry_run else outcomes.get(r["id"]) is Outcome.DONE)]
     gone = {rec["id"] for rec in deleted}
     dropped = applied.dropped.get(key, {})
+
+    def and_dropped(names: Sequence[str], why: str) -> list[str]:
+        """The plan's fields of a kind, and those Airtable rejected midway as such."""
+        return sorted({*names, *(plan.columns.mapped_name(k) for k, reason in dropped.items() if reason == why)})
+
     results = [applied.of(w) for w in writes]
-    result = TableResult(
+    done = [(w, r) for w, r in zip(writes, results) if r.outcome is Outcome.DONE]
+    return TableResult(
         total=len(writes) + plan.skipped,
+        created=count["create"] if dry_run else sum(1 for w, r in done if w.action == "create" and not r.existed),
+        updated=count["update"] if dry_run else sum(1 for w, r in done if w.action == "update" or r.existed),
+        skipped=plan.skipped + sum(1 for r in results if r.outcome is Outcome.SKIPPED),
+        errors=sum(map(applied.failed, writes)) + sum(o in (Outcome.FAILED, Outcome.UNKNOWN)
+                                                      for o in outcomes.values()),
         orphans=len(plan.orphans) - len(gone),
         deleted=len(deleted),
         deletions_held=len(deletion.records) if deletion is not None and deletion.held else 0,
@@ -3985,27 +3992,15 @@ def summarize(plan: TablePlan, applied: Applied, dry_run: bool, deletion: Deleti
         deleted_records=[record_ref(r, plan.columns.id_key) for r in deleted],
         unresolved_links=plan.unresolved_links + sum(len(r.links_left_out) for r in results),
         unmapped_fields=plan.unmapped_fields,
-        missing_in_airtable=sorted({*plan.missing_in_airtable, *(plan.columns.mapped_name(k) for k, why
-                                                                 in dropped.items() if why == "missing")}),
-        read_only=sorted({*plan.read_only, *(plan.columns.mapped_name(k) for k, why in dropped.items()
-                                             if why == "read_only")}),
+        missing_in_airtable=and_dropped(plan.missing_in_airtable, "missing"),
+        read_only=and_dropped(plan.read_only, "read_only"),
         renamed_fields=plan.columns.renamed,
         absent_in_export=plan.absent_in_export,
         writes_by_field=writes_by_field(plan, applied),
         invalid_values=plan.invalid_values,
+        not_attempted=sum(1 for r in results if r.outcome is Outcome.NOT_ATTEMPTED),  # none in a dry run
         planned=count,
     )
-    if dry_run:
-        result.created, result.updated = count["create"], count["update"]
-    else:
-        done = [(w, r) for w, r in zip(writes, results) if r.outcome is Outcome.DONE]
-        result.created = sum(1 for w, r in done if w.action == "create" and not r.existed)
-        result.updated = sum(1 for w, r in done if w.action == "update" or r.existed)
-        result.not_attempted = sum(1 for r in results if r.outcome is Outcome.NOT_ATTEMPTED)
-    result.skipped = plan.skipped + sum(1 for r in results if r.outcome is Outcome.SKIPPED)
-    result.errors = sum(1 for w, r in zip(writes, results) if w.action == "error" or r.outcome.failed) + sum(
-        1 for o in outcomes.values() if o in (Outcome.FAILED, Outcome.UNKNOWN))
-    return result
 
 
 def counted(n: int, what: str, plural: str | None = None) -> list[str]:
@@ -4016,6 +4011,11 @@ ATTENTION_FIELDS_NAMED = 3  # a table's fields of one kind named in the attentio
 MARKDOWN_ERROR_ROWS = 200  # the JSON twin lists every failed record
 MARKDOWN_RECORD_REFS = 5  # orphans and deletions named in the Markdown; the JSON names them all
 MARKDOWN_HEADINGS = {"table": "table", "mongo_id": "mongo id", "archived_id": "archived record", "message": "message"}
+
+
+def markdown_table(headings: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
+    return (["| " + " | ".join(headings) + " |", "|---" * len(headings) + "|"]
+            + ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows])
 
 
 def markdown_cell(value: Any) -> str:
@@ -4057,14 +4057,13 @@ def sync_notes(result: TableResult, dry_run: bool) -> list[str]:
 
 def markdown_writes(tables: Mapping[str, TableResult]) -> list[str]:
     """'What the writes were for': every table's updated fields, largest first, then the volatile ones."""
-    rows = sorted(((c["cells"], c["alone"], key, name) for key, t in tables.items()
-                   for name, c in t.writes_by_field.items()), key=lambda row: -row[0])
+    rows = sorted(((key, name, c["cells"], c["alone"]) for key, t in tables.items()
+                   for name, c in t.writes_by_field.items()), key=lambda row: -row[2])
     if not rows:
         return []
     lines = ["## What the writes were for", "", "Updates only (creates are not counted): in how many records each "
-             "field was written, and in how many it was the only field written.", "",
-             "| table | field | records | only field |", "|---|---|---|---|"]
-    lines += [f"| {key} | {name} | {cells} | {alone} |" for cells, alone, key, name in rows]
+             "field was written, and in how many it was the only field written.", ""]
+    lines += markdown_table(("table", "field", "records", "only field"), rows)
     return lines + [""] + [f"- **Volatile**: {volatile_text(key, v)}" for key, t in tables.items()
                            for v in t.volatile_fields] + [""]
 
@@ -4073,19 +4072,13 @@ def markdown_failed_records(errors: Sequence[dict], columns: Sequence[str]) -> l
     """The failed records' table, the first MARKDOWN_ERROR_ROWS of them (the JSON twin has all)."""
     if not errors:
         return []
-    lines = ["## Failed records", "", "| " + " | ".join(MARKDOWN_HEADINGS[c] for c in columns) + " |",
-             "|---" * len(columns) + "|"]
-    for error in errors[:MARKDOWN_ERROR_ROWS]:
-        cells = [str(error[c] or "(none)").replace("|", "\\|").replace("\n", " ") for c in columns]
-        lines.append("| " + " | ".join(cells) + " |")
+    lines = ["## Failed records", ""] + markdown_table(
+        [MARKDOWN_HEADINGS[c] for c in columns],
+        ([str(error[c] or "(none)").replace("|", "\\|").replace("\n", " ") for c in columns]
+         for error in errors[:MARKDOWN_ERROR_ROWS]))
     if len(errors) > MARKDOWN_ERROR_ROWS:
         lines.append(f"\n... and {len(errors) - MARKDOWN_ERROR_ROWS} more in the JSON report.")
     return lines + [""]
-
-
-def markdown_requests(requests: Mapping[str, int]) -> list[str]:
-    return ["## Requests", "", "| " + " | ".join(requests) + " |", "|---" * len(requests) + "|",
-            "| " + " | ".join(str(v) for v in requests.values()) + " |", ""]
 
 
 def requests_line(report: RunReport) -> str:
@@ -4142,16 +4135,16 @@ class RunReport:
                  f"{stats.write} write, {stats.retried} retried).", ""]
         lines += [f"> {self.message}", ""] if self.message else []
         lines += self.preface()
-        lines += ["## Tables", "", "| table | " + " | ".join(c.replace("_", " ") for c in self.COLUMNS) + " |",
-                  "|---" * (len(self.COLUMNS) + 1) + "|"]
-        lines += [f"| {key} | " + " | ".join(markdown_cell(getattr(t, c)) for c in self.COLUMNS) + " |"
-                  for key, t in self.tables.items()] + [""]
+        lines += ["## Tables", ""] + markdown_table(
+            ["table", *(c.replace("_", " ") for c in self.COLUMNS)],
+            ([key, *(markdown_cell(getattr(t, c)) for c in self.COLUMNS)] for key, t in self.tables.items())) + [""]
         for key, t in self.tables.items():
             if notes := self.table_notes(t):
                 lines += [f"### {key}", ""] + [f"- {n}" for n in notes] + [""]
         lines += self.after_tables()
         lines += markdown_failed_records(self.errors, self.ERROR_COLUMNS)
-        return "\n".join(lines + markdown_requests(stats.as_dict()))
+        requests = stats.as_dict()
+        return "\n".join(lines + ["## Requests", ""] + markdown_table(list(requests), [requests.values()]) + [""])
 
     def of_what(self) -> str:
         return ""
