@@ -5234,11 +5234,10 @@ def setup_logging(verbose: bool, log_file: Path | None, secret: str = "") -> lis
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
         handlers.append(LogFile(log_file))
+    root = logging.getLogger()
     for handler in handlers:
         handler.setFormatter(formatter)
         handler.addFilter(RedactToken(secret))
-    root = logging.getLogger()
-    for handler in handlers:
         root.addHandler(handler)
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     if not verbose:
@@ -5333,31 +5332,29 @@ class Sync(Command):
     def plan(self, exports: dict[str, ExportIndex], read: BaseRead, airtable: Airtable) -> dict[str, TablePlan]:
         plans: dict[str, TablePlan] = {}
         elapsed = days_since_last_run(read.previous, datetime.now(timezone.utc))
-        for key in TABLE_ORDER:
-            if key not in exports:
-                continue
-            spec = TABLE_SPECS[key]
+        for key in (k for k in TABLE_ORDER if k in exports):
+            spec, columns = TABLE_SPECS[key], read.columns[key]
             link_index = {link.target: build_link_index(read.records.get(link.target, ()), plans.get(link.target),
                                                         read.columns[link.target].id_key)
                           for link in spec.links}
-            columns = read.columns[key]
-            self.memos[key] = memo = PlanMemo.load(memo_path(self.settings, key))
-            plans[key] = plan_table(spec, exports[key], read.records[key], columns, link_index, memo, elapsed)
-            if key in read.from_cache and any(w.matched_by == "key" for w in plans[key].writes):
+            while True:  # at most twice: read_again takes the table off read.from_cache
+                self.memos[key] = memo = PlanMemo.load(memo_path(self.settings, key))
+                plan = plan_table(spec, exports[key], read.records[key], columns, link_index, memo, elapsed)
+                if key not in read.from_cache or not any(w.matched_by == "key" for w in plan.writes):
+                    break
                 # A natural-key match claims a record for good: a stale cache could hand it to the
                 # wrong Mongo record, so those are only ever made against a fresh read.
                 log.info("%s: natural-key matches are not made against a cache: reading the table", key)
                 read.read_again(key, pull_table(airtable, key, self.stop, columns.by_field_id))
-                self.memos[key] = memo = PlanMemo.load(memo_path(self.settings, key))
-                plans[key] = plan_table(spec, exports[key], read.records[key], columns, link_index, memo, elapsed)
+            plans[key] = plan
             if not self.settings.force_clear:
-                cap_clears(plans[key], read.records[key], self.settings.max_clear_fraction)
-            if plans[key].absent_in_export:
+                cap_clears(plan, read.records[key], self.settings.max_clear_fraction)
+            if plan.absent_in_export:
                 log.warning("%s: mapped Mongo fields that no exported record carries (renamed or dropped by the "
-                            "exporter?): %s; Airtable keeps their values", key, ", ".join(plans[key].absent_in_export))
-            counts = plans[key].planned
+                            "exporter?): %s; Airtable keeps their values", key, ", ".join(plan.absent_in_export))
+            counts = plan.planned
             log.info("%s: plan: %d to create, %d to update, %d unchanged, %d failing, %d orphans", key,
-                     counts["create"], counts["update"], counts["skip"], counts["error"], len(plans[key].orphans))
+                     counts["create"], counts["update"], counts["skip"], counts["error"], len(plan.orphans))
         exported_ids = {key: {i for i in records.mongo_ids if i is not None} for key, records in exports.items()
                         } if self.settings.delete_missing else {}
         self.deletions = plan_deletions(plans, exported_ids, self.settings)
@@ -5441,7 +5438,8 @@ class Sync(Command):
                 outcome = outcomes.get(rec["id"])
                 if outcome in (Outcome.FAILED, Outcome.UNKNOWN):
                     settles = "; the next run settles it" if outcome is Outcome.UNKNOWN else ""
-                    report.errors.append({"table": deletion.key, "mongo_id": record_ref(rec, deletion.id_key)["mongo_id"],
+                    mongo_id = record_ref(rec, deletion.id_key)["mongo_id"]
+                    report.errors.append({"table": deletion.key, "mongo_id": mongo_id,
                                           "message": f"delete {outcome}{settles}"})
 
     def save(self, read: BaseRead) -> None:
@@ -5539,11 +5537,10 @@ class Check(Command):
                 airtable.table(key).first()
             except AIRTABLE_FAILURES as exc:
                 raise access_error(exc, settings, f"reading table {key}") from None
-            table_schema = None if schema is None else schema.get(key)
             print(f"\n{key} ({settings.table_ids[key]}): reachable", file=out)
-            absent = check_export(settings, spec)
-            if absent:
+            if absent := check_export(settings, spec):
                 print(f"  mapped Mongo fields no exported record carries: {', '.join(absent)}", file=out)
+            table_schema = None if schema is None else schema.get(key)
             if table_schema is None:
                 continue
             columns = bind_columns(spec, table_schema, bound.get(key, {}))
@@ -5615,10 +5612,9 @@ def execute(settings: Settings, started: datetime) -> tuple[int, RunReport, Path
                 count_requests(settings, report.requests)
             except LocalWriteError as exc:
                 code = local_write_failed(code, report, exc)
-            if caught.get("signal"):
-                code = EXIT_SIGTERM if caught["signal"] == signal.SIGTERM else EXIT_SIGINT
-                report.ended = "interrupted"
-                report.message = f"interrupted by {signal.Signals(caught['signal']).name}"
+            if signum := caught.get("signal"):
+                code = EXIT_SIGTERM if signum == signal.SIGTERM else EXIT_SIGINT
+                report.ended, report.message = "interrupted", f"interrupted by {signal.Signals(signum).name}"
                 log.warning("%s: the request in flight finished; report marked interrupted", report.message)
     except LockHeld as exc:
         print(f"airtable_sync: {exc}; nothing done", file=sys.stderr)
@@ -5670,19 +5666,18 @@ def run_demo(verbose: bool) -> int:
              "--reports-dir", str(workdir / "reports")] + (["-v"] if verbose else []))
         settings = settings_from(args, env)
         handlers = setup_logging(verbose, settings.reports_dir / "airtable_sync.log", token)
+        runs = []  # (exit code, report path) of each
         try:
             print(f"Demo: syncing {fixtures} into a local Airtable emulator at {emulator.url}", flush=True)
-            code, report, path = execute(settings, datetime.now())
-            print(f"\nFirst run: exit {code}; {report.summary()}; {requests_line(report)}", flush=True)
-            if attention := attention_line(report):
-                print(f"  {attention}", flush=True)
-            code2, report2, path2 = execute(settings, datetime.now())
-            print(f"Second run, the exports unchanged: exit {code2}; {report2.summary()}; "
-                  f"{requests_line(report2)}", flush=True)
-            if attention := attention_line(report2):
-                print(f"  {attention}", flush=True)
+            for title in ("\nFirst run", "Second run, the exports unchanged"):
+                code, report, path = execute(settings, datetime.now())
+                runs.append((code, path))
+                print(f"{title}: exit {code}; {report.summary()}; {requests_line(report)}", flush=True)
+                if attention := attention_line(report):
+                    print(f"  {attention}", flush=True)
         finally:
             teardown_logging(handlers)
+    (code, path), (code2, path2) = runs
     print(f"\nReport: {path}\nSecond report: {path2}\nCaches and log: {workdir}")
     if code == EXIT_RECORD_FAILED:
         print("(The sample data holds one user with an invalid email on purpose: it fails alone, each "
