@@ -3865,8 +3865,6 @@ def set_back(plan: TablePlan, edited: Mapping[str, set[str]] | None, applied: Ap
 # Report: what a night's writes were for
 # ---------------------------------------------------------------------------
 
-
-#
 # An exporter that computes a value from today (days_inactive, from last_active) rewrites it in
 # every record every night: ceil(records/10) write requests a night, and no night is ever quiet.
 # A field is volatile when this run's updates wrote it in nearly every record and so did those of
@@ -4027,60 +4025,6 @@ def record_refs(refs: Sequence[dict], extra: Callable[[dict], str] = lambda r: "
     return ", ".join(f"{r['record_id']} ({r['mongo_id'] or 'no id'}{extra(r)})" for r in refs[:MARKDOWN_RECORD_REFS])
 
 
-def sync_notes(result: TableResult, dry_run: bool) -> list[str]:
-    """A synced table's notes in the Markdown report: what needs a look, records named by id."""
-    notes = [result.note] if result.note else []
-    for label, names in (("Mongo fields not synced (unmapped)", result.unmapped_fields),
-                         ("Mapped fields missing in Airtable", result.missing_in_airtable),
-                         ("Mapped fields read-only in Airtable (computed)", result.read_only),
-                         ("Mapped fields renamed in Airtable (still synced)",
-                          [f"{r['mapped']} is now '{r['airtable']}'" for r in result.renamed_fields]),
-                         ("Mapped Mongo fields absent from the export (Airtable keeps its values)",
-                          result.absent_in_export)):
-        if names:
-            notes.append(f"{label}: {', '.join(names)}")
-    if result.not_attempted:
-        notes.append(f"{result.not_attempted} planned writes not attempted")
-    for label, refs in (("Orphans (in Airtable, in no export)", result.orphan_records),
-                        ("Deleted" + (" (would be)" if dry_run else ""), result.deleted_records)):
-        if refs:
-            more = f", and {len(refs) - MARKDOWN_RECORD_REFS} more" if len(refs) > MARKDOWN_RECORD_REFS else ""
-            notes.append(f"{label}: {len(refs)}: {record_refs(refs)}{more} (all in the JSON report)")
-    if result.clears_held:
-        notes.append("Clears held back by the safety cap, not written (see the log line; --force-clear writes "
-                     "them): " + ", ".join(f"{name} {n:,}" for name, n in result.clears_held.items()))
-    if result.deletions_held:
-        notes.append(f"{result.deletions_held} deletions held back by the safety cap: see the log line; "
-                     "look with --dry-run, then --force-delete if they should go")
-    return notes
-
-
-def markdown_writes(tables: Mapping[str, TableResult]) -> list[str]:
-    """'What the writes were for': every table's updated fields, largest first, then the volatile ones."""
-    rows = sorted(((key, name, c["cells"], c["alone"]) for key, t in tables.items()
-                   for name, c in t.writes_by_field.items()), key=lambda row: -row[2])
-    if not rows:
-        return []
-    lines = ["## What the writes were for", "", "Updates only (creates are not counted): in how many records each "
-             "field was written, and in how many it was the only field written.", ""]
-    lines += markdown_table(("table", "field", "records", "only field"), rows)
-    return lines + [""] + [f"- **Volatile**: {volatile_text(key, v)}" for key, t in tables.items()
-                           for v in t.volatile_fields] + [""]
-
-
-def markdown_failed_records(errors: Sequence[dict], columns: Sequence[str]) -> list[str]:
-    """The failed records' table, the first MARKDOWN_ERROR_ROWS of them (the JSON twin has all)."""
-    if not errors:
-        return []
-    lines = ["## Failed records", ""] + markdown_table(
-        [MARKDOWN_HEADINGS[c] for c in columns],
-        ([str(error[c] or "(none)").replace("|", "\\|").replace("\n", " ") for c in columns]
-         for error in errors[:MARKDOWN_ERROR_ROWS]))
-    if len(errors) > MARKDOWN_ERROR_ROWS:
-        lines.append(f"\n... and {len(errors) - MARKDOWN_ERROR_ROWS} more in the JSON report.")
-    return lines + [""]
-
-
 def requests_line(report: RunReport) -> str:
     """How the run read Airtable and what it cost, for the console."""
     stats = report.requests
@@ -4104,30 +4048,21 @@ class RunReport:
     monthly_calls: int | None = None  # AIRTABLE_MONTHLY_CALLS, for the budget's share
 
     def as_dict(self) -> dict:
-        return {
-            "dry_run": self.dry_run,
-            "started": self.started.isoformat(timespec="seconds"),
-            "ended": self.ended,
-            "exit_code": self.exit_code,
-            "message": self.message,
-            "tables": {k: dataclasses.asdict(v) for k, v in self.tables.items()},
-            "change_tracking": self.change_tracking,
-            "requests": self.requests.as_dict(),
-            "errors": self.errors,
-            "duration_s": round(self.duration_s, 3),
-        }
+        return {"dry_run": self.dry_run, "started": self.started.isoformat(timespec="seconds"), "ended": self.ended,
+                "exit_code": self.exit_code, "message": self.message,
+                "tables": {k: dataclasses.asdict(v) for k, v in self.tables.items()},
+                "change_tracking": self.change_tracking, "requests": self.requests.as_dict(), "errors": self.errors,
+                "duration_s": round(self.duration_s, 3)}
 
     NAME: ClassVar[str | None] = "sync_report"  # its files' name; None: it writes none
     NOTHING: ClassVar[str] = "no table synced"
-
     TITLE: ClassVar[str] = "sync"
     COLUMNS: ClassVar[tuple[str, ...]] = ("total", "created", "updated", "skipped", "errors", "orphans", "deleted",
                                           "deletions_held", "reverted_edits", "unresolved_links", "invalid_values")
     ERROR_COLUMNS: ClassVar[tuple[str, ...]] = ("table", "mongo_id", "message")
 
     def markdown(self) -> str:
-        """The Markdown report, of any command: its headline, what its kind adds, its tables, each
-        table's notes, the failed records and the requests."""
+        """The Markdown report, of any command: the hooks below are what its kind adds."""
         stats, mode = self.requests, "dry run (nothing written)" if self.dry_run else self.TITLE
         lines = [f"# Airtable {self.TITLE} report: {self.started:%Y-%m-%d %H:%M:%S}", "",
                  f"**{self.ended.upper()}** ({mode}{self.of_what()}, exit code {self.exit_code}) in "
@@ -4142,7 +4077,14 @@ class RunReport:
             if notes := self.table_notes(t):
                 lines += [f"### {key}", ""] + [f"- {n}" for n in notes] + [""]
         lines += self.after_tables()
-        lines += markdown_failed_records(self.errors, self.ERROR_COLUMNS)
+        if errors := self.errors:  # the first MARKDOWN_ERROR_ROWS: the JSON twin has all
+            lines += ["## Failed records", ""] + markdown_table(
+                [MARKDOWN_HEADINGS[c] for c in self.ERROR_COLUMNS],
+                ([str(error[c] or "(none)").replace("|", "\\|").replace("\n", " ") for c in self.ERROR_COLUMNS]
+                 for error in errors[:MARKDOWN_ERROR_ROWS]))
+            if len(errors) > MARKDOWN_ERROR_ROWS:
+                lines.append(f"\n... and {len(errors) - MARKDOWN_ERROR_ROWS} more in the JSON report.")
+            lines.append("")
         requests = stats.as_dict()
         return "\n".join(lines + ["## Requests", ""] + markdown_table(list(requests), [requests.values()]) + [""])
 
@@ -4159,7 +4101,6 @@ class RunReport:
                 f"skipped {skipped} unchanged, {errors} failed")
 
     def preface(self) -> list[str]:
-        """The API budget, and how Airtable was read."""
         budget = budget_text(self.requests.last_30_days, self.monthly_calls)
         lines = [f"API budget: {budget} to this base by this tool, this run's included (other integrations "
                  "share the workspace's monthly calls).", ""]
@@ -4172,10 +4113,43 @@ class RunReport:
         return lines + [f"Read {how} ({tracking['reason']}); {tracking['payloads']} payloads{drift}.", ""]
 
     def table_notes(self, result: Any) -> list[str]:
-        return sync_notes(result, self.dry_run)
+        """A synced table's notes in the Markdown report: what needs a look, records named by id."""
+        notes = [result.note] if result.note else []
+        for label, names in (("Mongo fields not synced (unmapped)", result.unmapped_fields),
+                             ("Mapped fields missing in Airtable", result.missing_in_airtable),
+                             ("Mapped fields read-only in Airtable (computed)", result.read_only),
+                             ("Mapped fields renamed in Airtable (still synced)",
+                              [f"{r['mapped']} is now '{r['airtable']}'" for r in result.renamed_fields]),
+                             ("Mapped Mongo fields absent from the export (Airtable keeps its values)",
+                              result.absent_in_export)):
+            if names:
+                notes.append(f"{label}: {', '.join(names)}")
+        if result.not_attempted:
+            notes.append(f"{result.not_attempted} planned writes not attempted")
+        for label, refs in (("Orphans (in Airtable, in no export)", result.orphan_records),
+                            ("Deleted" + (" (would be)" if self.dry_run else ""), result.deleted_records)):
+            if refs:
+                more = f", and {len(refs) - MARKDOWN_RECORD_REFS} more" if len(refs) > MARKDOWN_RECORD_REFS else ""
+                notes.append(f"{label}: {len(refs)}: {record_refs(refs)}{more} (all in the JSON report)")
+        if result.clears_held:
+            notes.append("Clears held back by the safety cap, not written (see the log line; --force-clear writes "
+                         "them): " + ", ".join(f"{name} {n:,}" for name, n in result.clears_held.items()))
+        if result.deletions_held:
+            notes.append(f"{result.deletions_held} deletions held back by the safety cap: see the log line; "
+                         "look with --dry-run, then --force-delete if they should go")
+        return notes
 
     def after_tables(self) -> list[str]:
-        return markdown_writes(self.tables)
+        """'What the writes were for': every table's updated fields, largest first, then the volatile ones."""
+        rows = sorted(((key, name, c["cells"], c["alone"]) for key, t in self.tables.items()
+                       for name, c in t.writes_by_field.items()), key=lambda row: -row[2])
+        if not rows:
+            return []
+        lines = ["## What the writes were for", "", "Updates only (creates are not counted): in how many records each "
+                 "field was written, and in how many it was the only field written.", ""]
+        lines += markdown_table(("table", "field", "records", "only field"), rows)
+        return lines + [""] + [f"- **Volatile**: {volatile_text(key, v)}" for key, t in self.tables.items()
+                               for v in t.volatile_fields] + [""]
 
     # A table's figures in the summary line: (figure, its word, shown when 0).
     SUMMARY: ClassVar[tuple[tuple[str, str, bool], ...]] = (
@@ -4229,7 +4203,6 @@ class CheckReport(RunReport):
     """--check prints as it goes: no report files, and its last lines say what it cost."""
 
     NAME = None
-
     NOTHING = "checked"
 
     def how_read(self) -> str:
@@ -5204,14 +5177,11 @@ class LogFile(logging.Handler):
         if self.failure is not None or self.fd is None:
             return
         try:
-            line = (self.format(record) + "\n").encode("utf-8", errors="backslashreplace")
-        except Exception:
-            self.handleError(record)
-            return
-        try:
-            append_whole(self.fd, line)
+            append_whole(self.fd, (self.format(record) + "\n").encode("utf-8", errors="backslashreplace"))
         except OSError as exc:
             self.failure = LocalWriteError(self.path, exc)
+        except Exception:  # a record that does not format, as logging.Handler.emit has it
+            self.handleError(record)
 
     def close(self) -> None:
         if self.fd is not None:
@@ -5225,15 +5195,14 @@ def log_file_failure() -> LocalWriteError | None:
     return next((h.failure for h in logging.getLogger().handlers if isinstance(h, LogFile) and h.failure), None)
 
 
-def setup_logging(verbose: bool, log_file: Path | None, secret: str = "") -> list[logging.Handler]:
+def setup_logging(verbose: bool, log_file: Path, secret: str = "") -> list[logging.Handler]:
     """Console and log-file handlers; `secret` (and any added later with RedactToken) is masked.
     Raises OSError when the log file cannot be opened."""
     formatter = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
-    handlers[0].addFilter(lambda record: not getattr(record, "log_file_only", False))
-    if log_file is not None:
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(LogFile(log_file))
+    console = logging.StreamHandler(sys.stderr)
+    console.addFilter(lambda record: not getattr(record, "log_file_only", False))
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    handlers: list[logging.Handler] = [console, LogFile(log_file)]
     root = logging.getLogger()
     for handler in handlers:
         handler.setFormatter(formatter)
@@ -5278,15 +5247,13 @@ def run_lock(cache_dir: Path) -> Iterator[None]:
 def interruptible(stop: threading.Event) -> Iterator[dict]:
     """SIGINT/SIGTERM set `stop`: the request in flight finishes, then the run winds down."""
     caught: dict[str, int] = {}
-    if threading.current_thread() is not threading.main_thread():
-        yield caught
-        return
 
     def handler(signum, _frame):
         caught.setdefault("signal", signum)
         stop.set()
 
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    main_thread = threading.current_thread() is threading.main_thread()  # the only one that may set them
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)} if main_thread else {}
     try:
         yield caught
     finally:
@@ -5324,9 +5291,9 @@ class Sync(Command):
             if records is None:
                 log.warning("%s not found: table %s is not synced", path, key)
                 self.report.tables[key] = TableResult(note=f"{path.name} not found: not synced")
-                continue
-            exports[key] = records
-            log.info("%s: %d records in %s", key, len(records), path.name)
+            else:
+                exports[key] = records
+                log.info("%s: %d records in %s", key, len(records), path.name)
         return exports
 
     def plan(self, exports: dict[str, ExportIndex], read: BaseRead, airtable: Airtable) -> dict[str, TablePlan]:
@@ -5565,13 +5532,12 @@ def command_for(settings: Settings, stop: threading.Event, started: datetime) ->
 def execute(settings: Settings, started: datetime) -> tuple[int, RunReport, Path | None]:
     """Any command, under the lock, its exceptions made exit codes, its requests counted, and its
     report written however it ends."""
-    stop = threading.Event()
-    command = command_for(settings, stop, started)
+    command = command_for(settings, threading.Event(), started)
     report = command.report
     clock = time.monotonic()
     code = EXIT_OK
     try:
-        with run_lock(settings.cache_dir), interruptible(stop) as caught:
+        with run_lock(settings.cache_dir), interruptible(command.stop) as caught:
             try:
                 with scratch_files(settings.cache_dir):
                     code = command.run()
@@ -5635,8 +5601,7 @@ def execute(settings: Settings, started: datetime) -> tuple[int, RunReport, Path
         log.warning("%s", attention, extra=LOG_FILE_ONLY)
     if failure := log_file_failure():
         code = local_write_failed(code, report, failure)
-    report.exit_code = code
-    report.duration_s = time.monotonic() - clock
+    report.exit_code, report.duration_s = code, time.monotonic() - clock
     try:
         path: Path | None = write_report(report, settings.reports_dir, settings.api_key)
     except LocalWriteError as exc:
@@ -5659,13 +5624,12 @@ def run_demo(verbose: bool) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="airtable-sync-demo-"))
     token = "demo-token-not-a-secret"
     with emulator_module.Emulator(fixtures / "base.json", token=token, rps=5) as emulator:
-        env = {"AIRTABLE_API_KEY": token, "AIRTABLE_ENDPOINT_URL": emulator.url,
-               "AIRTABLE_BASE_ID": emulator.base_id}
+        env = {"AIRTABLE_API_KEY": token, "AIRTABLE_ENDPOINT_URL": emulator.url, "AIRTABLE_BASE_ID": emulator.base_id}
         args = build_arg_parser().parse_args(
             ["--mongo-dir", str(fixtures), "--cache-dir", str(workdir / "data"),
              "--reports-dir", str(workdir / "reports")] + (["-v"] if verbose else []))
         settings = settings_from(args, env)
-        handlers = setup_logging(verbose, settings.reports_dir / "airtable_sync.log", token)
+        handlers = setup_logging(verbose, settings.reports_dir / LOG_NAME, token)
         runs = []  # (exit code, report path) of each
         try:
             print(f"Demo: syncing {fixtures} into a local Airtable emulator at {emulator.url}", flush=True)
