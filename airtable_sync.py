@@ -3794,74 +3794,6 @@ def prune_archives(reports_dir: Path, days: float, now: datetime) -> None:
 
 
 # ---------------------------------------------------------------------------
-# Report
-# ---------------------------------------------------------------------------
-
-
-@dataclass
-class VolatileField:
-    """A mapped field this run's updates, and those of the last earlier run that wrote it, wrote in
-    nearly every record of its table."""
-
-    field: str  # mapped name
-    share: float  # of the table's synced records that this run's updates wrote it in
-    requests: int  # what writing it alone cost this run: ceil(alone / 10)
-    counts_days: bool  # it rose by the days since the previous run
-    counts_days_since: str | None  # the Airtable name of the date field it counts days from
-
-
-@dataclass
-class TableResult:
-    """One table's figures for the report: the plan and what became of it."""
-
-    total: int = 0
-    created: int = 0
-    updated: int = 0
-    skipped: int = 0
-    errors: int = 0
-    orphans: int = 0
-    deleted: int = 0
-    deletions_held: int = 0
-    clears_held: dict[str, int] = field(default_factory=dict)  # mapped name -> clears held by the cap
-    reverted_edits: int | None = None  # null on a full read: who changed what is unknown there
-    unresolved_links: int = 0
-    unmapped_fields: list[str] = field(default_factory=list)
-    missing_in_airtable: list[str] = field(default_factory=list)
-    read_only: list[str] = field(default_factory=list)
-    renamed_fields: list[dict] = field(default_factory=list)  # [{"mapped", "airtable"}]
-    absent_in_export: list[str] = field(default_factory=list)  # mapped Mongo fields no record carries
-    writes_by_field: dict[str, dict[str, int]] = field(default_factory=dict)  # mapped name -> {"cells", "alone"}
-    volatile_fields: list[VolatileField] = field(default_factory=list)
-    invalid_values: int = 0
-    not_attempted: int = 0
-    planned: dict[str, int] = field(default_factory=dict)
-    note: str = ""
-    orphan_records: list[dict] = field(default_factory=list)  # [{record_id, mongo_id}]
-    deleted_records: list[dict] = field(default_factory=list)  # [{record_id, mongo_id}]
-
-
-def record_ref(rec: dict, id_key: str | None) -> dict:
-    """An Airtable record as the report names it: never its values."""
-    mongo_id = rec["fields"].get(id_key) if id_key is not None else None
-    return {"record_id": rec["id"], "mongo_id": None if mongo_id in (None, "") else str(mongo_id)}
-
-
-def set_back(plan: TablePlan, edited: Mapping[str, set[str]] | None, applied: Applied) -> int | None:
-    """Records whose mapped cells someone else changed since the last run and this run set back
-    to Mongo's value (logged by record id and field names). A dry run counts what it would."""
-    if edited is None:
-        return None
-    count = 0
-    for write in plan.of("update"):
-        keys = edited.get(write.record_id or "", set()) & write.fields.keys()
-        if keys and applied.of(write).outcome in (Outcome.PLANNED, Outcome.DONE):
-            count += 1
-            log.info("%s %s (record %s): set back %s, edited in Airtable", plan.spec.key, write.record.mongo_id,
-                     write.record_id, ", ".join(sorted(plan.columns.mapped_name(k) for k in keys)))
-    return count
-
-
-# ---------------------------------------------------------------------------
 # Report: what a night's writes were for
 # ---------------------------------------------------------------------------
 
@@ -3877,6 +3809,18 @@ VOLATILE_SHARE = 0.9  # of a table's synced records written, this run and the la
 VOLATILE_MIN_RECORDS = 100  # below this a rewritten column costs too little to ask a person
 
 
+@dataclass
+class VolatileField:
+    """A mapped field this run's updates, and those of the last earlier run that wrote it, wrote in
+    nearly every record of its table."""
+
+    field: str  # mapped name
+    share: float  # of the table's synced records that this run's updates wrote it in
+    requests: int  # what writing it alone cost this run: ceil(alone / 10)
+    counts_days: bool  # it rose by the days since the previous run
+    counts_days_since: str | None  # the Airtable name of the date field it counts days from
+
+
 def days_since_last_run(previous: ChangeState | None, now: datetime) -> int | None:
     """Whole days (UTC dates) since the run that left `previous`: what a day counter rose by."""
     if previous is None:
@@ -3888,16 +3832,15 @@ def writes_by_field(plan: TablePlan, applied: Applied) -> dict[str, dict[str, in
     """Per mapped field, in how many of this run's updates it was written (`cells`) and in how many
     it was the only field written (`alone`), largest first: the updates done (a dry run: planned).
     Creates are not counted; a field that Airtable rejected midway (dropped) was not written."""
-    cells: dict[str, int] = defaultdict(int)
-    alone: dict[str, int] = defaultdict(int)
+    cells: Counter[str] = Counter()
+    alone: Counter[str] = Counter()
     dropped = applied.dropped.get(plan.spec.key, {})
     for write in plan.of("update"):
         if applied.of(write).outcome in (Outcome.PLANNED, Outcome.DONE):
             keys = [k for k in write.fields if k not in dropped]
-            for key in keys:
-                cells[key] += 1
+            cells.update(keys)
             if len(keys) == 1:
-                alone[keys[0]] += 1
+                alone.update(keys)
     return {plan.columns.mapped_name(k): {"cells": n, "alone": alone[k]}
             for k, n in sorted(cells.items(), key=lambda item: -item[1])}
 
@@ -3956,6 +3899,57 @@ def note_volatile_fields(results: Mapping[str, TableResult], plans: Mapping[str,
 # ---------------------------------------------------------------------------
 # Report: the figures, the summary line, the Markdown and JSON files, the attention line
 # ---------------------------------------------------------------------------
+
+
+@dataclass
+class TableResult:
+    """One table's figures for the report: the plan and what became of it."""
+
+    total: int = 0
+    created: int = 0
+    updated: int = 0
+    skipped: int = 0
+    errors: int = 0
+    orphans: int = 0
+    deleted: int = 0
+    deletions_held: int = 0
+    clears_held: dict[str, int] = field(default_factory=dict)  # mapped name -> clears held by the cap
+    reverted_edits: int | None = None  # null on a full read: who changed what is unknown there
+    unresolved_links: int = 0
+    unmapped_fields: list[str] = field(default_factory=list)
+    missing_in_airtable: list[str] = field(default_factory=list)
+    read_only: list[str] = field(default_factory=list)
+    renamed_fields: list[dict] = field(default_factory=list)  # [{"mapped", "airtable"}]
+    absent_in_export: list[str] = field(default_factory=list)  # mapped Mongo fields no record carries
+    writes_by_field: dict[str, dict[str, int]] = field(default_factory=dict)  # mapped name -> {"cells", "alone"}
+    volatile_fields: list[VolatileField] = field(default_factory=list)
+    invalid_values: int = 0
+    not_attempted: int = 0
+    planned: dict[str, int] = field(default_factory=dict)
+    note: str = ""
+    orphan_records: list[dict] = field(default_factory=list)  # [{record_id, mongo_id}]
+    deleted_records: list[dict] = field(default_factory=list)  # [{record_id, mongo_id}]
+
+
+def record_ref(rec: dict, id_key: str | None) -> dict:
+    """An Airtable record as the report names it: never its values."""
+    mongo_id = rec["fields"].get(id_key) if id_key is not None else None
+    return {"record_id": rec["id"], "mongo_id": None if mongo_id in (None, "") else str(mongo_id)}
+
+
+def set_back(plan: TablePlan, edited: Mapping[str, set[str]] | None, applied: Applied) -> int | None:
+    """Records whose mapped cells someone else changed since the last run and this run set back
+    to Mongo's value (logged by record id and field names). A dry run counts what it would."""
+    if edited is None:
+        return None
+    count = 0
+    for write in plan.of("update"):
+        keys = edited.get(write.record_id or "", set()) & write.fields.keys()
+        if keys and applied.of(write).outcome in (Outcome.PLANNED, Outcome.DONE):
+            count += 1
+            log.info("%s %s (record %s): set back %s, edited in Airtable", plan.spec.key, write.record.mongo_id,
+                     write.record_id, ", ".join(sorted(plan.columns.mapped_name(k) for k in keys)))
+    return count
 
 
 def summarize(plan: TablePlan, applied: Applied, dry_run: bool, deletion: DeletionPlan | None = None,
@@ -4222,12 +4216,11 @@ def write_report(report: RunReport, reports_dir: Path, secret: str) -> Path | No
 
     if report.NAME is None:
         return None
-    stamp = report.started.strftime("%Y%m%d_%H%M%S")
-    path = reports_dir / f"{report.NAME}_{stamp}.md"
-    n = 1
+    stem = f"{report.NAME}_{report.started:%Y%m%d_%H%M%S}"
+    path, n = reports_dir / f"{stem}.md", 1
     while path.exists() or path.with_suffix(".json").exists():
         n += 1
-        path = reports_dir / f"{report.NAME}_{stamp}_{n}.md"
+        path = reports_dir / f"{stem}_{n}.md"
     write_private(path.with_suffix(".json"), masked(json.dumps(report.as_dict(), indent=2, ensure_ascii=False)))
     try:
         write_private(path, masked(report.markdown()))
@@ -5284,7 +5277,6 @@ class Sync(Command):
 
     def load_exports(self) -> dict[str, ExportIndex]:
         """Every export checked and indexed before any request; the plan reads its records again."""
-        exports = self.exports
         for key in self.settings.tables:
             path = self.settings.mongo_dir / TABLE_SPECS[key].export_file
             records = index_export(path, self.settings.limit, export_index_path(self.settings, key))
@@ -5292,9 +5284,9 @@ class Sync(Command):
                 log.warning("%s not found: table %s is not synced", path, key)
                 self.report.tables[key] = TableResult(note=f"{path.name} not found: not synced")
             else:
-                exports[key] = records
+                self.exports[key] = records
                 log.info("%s: %d records in %s", key, len(records), path.name)
-        return exports
+        return self.exports
 
     def plan(self, exports: dict[str, ExportIndex], read: BaseRead, airtable: Airtable) -> dict[str, TablePlan]:
         plans: dict[str, TablePlan] = {}
@@ -5402,8 +5394,7 @@ class Sync(Command):
         for deletion in self.deletions.values():
             outcomes = applied.deleted.get(deletion.key, {})
             for rec in deletion.records:
-                outcome = outcomes.get(rec["id"])
-                if outcome in (Outcome.FAILED, Outcome.UNKNOWN):
+                if (outcome := outcomes.get(rec["id"])) in (Outcome.FAILED, Outcome.UNKNOWN):
                     settles = "; the next run settles it" if outcome is Outcome.UNKNOWN else ""
                     mongo_id = record_ref(rec, deletion.id_key)["mongo_id"]
                     report.errors.append({"table": deletion.key, "mongo_id": mongo_id,
@@ -5673,8 +5664,7 @@ def main(argv: Sequence[str] | None = None, *, environ: Mapping[str, str] | None
         return EXIT_USAGE
     try:
         try:
-            env = dict(environ) if environ is not None else read_environment(dotenv_path)
-            settings = settings_from(args, env)
+            settings = settings_from(args, dict(environ) if environ is not None else read_environment(dotenv_path))
         except UsageError as exc:
             log.error("%s", exc)
             return EXIT_USAGE
@@ -5685,8 +5675,7 @@ def main(argv: Sequence[str] | None = None, *, environ: Mapping[str, str] | None
                      " (dry run)" if settings.dry_run else "")
         code, report, path = execute(settings, started)
         if code != EXIT_LOCKED:
-            for line in report.closing_lines(path):
-                print(line)
+            print(*report.closing_lines(path), sep="\n")
             if attention := attention_line(report):
                 print(attention)  # what needs a person, last: `tail` of a cron log shows it
         return code
