@@ -5425,12 +5425,9 @@ def column_status(name: str, columns: TableColumns) -> str:
     column = columns.by_mapped.get(name)
     if column is None:
         return "missing in Airtable" + (" (its field was deleted)" if name in columns.gone else "")
-    if column.type in COMPUTED_TYPES:
-        status = f"computed ({column.type}): never written"
-    elif column.type in WRITABLE_TYPES:
-        status = f"ok ({column.type})"
-    else:
-        status = f"not written: unsupported type ({column.type})"
+    status = (f"computed ({column.type}): never written" if column.type in COMPUTED_TYPES
+              else f"ok ({column.type})" if column.type in WRITABLE_TYPES
+              else f"not written: unsupported type ({column.type})")
     if column.name != name:
         status += f", renamed to '{column.name}' (still synced by its field id)"
     return status
