@@ -3763,8 +3763,19 @@ def prune_archives(reports_dir: Path, days: float, now: datetime) -> None:
 
 
 # ---------------------------------------------------------------------------
-# Report
+# Report: what a night's writes were for
 # ---------------------------------------------------------------------------
+
+# An exporter that computes a value from today (days_inactive, from last_active) rewrites it in
+# every record every night: ceil(records/10) write requests a night, and no night is ever quiet.
+# A field is volatile when this run's updates wrote it in nearly every record and so did those of
+# the last earlier run that wrote it at all (an hourly cron's other runs don't count against it);
+# a day counter among them gets the formula that lets Airtable compute it for free. All of it is
+# counted from what planning has in hand: a few counters a field, nothing kept per record.
+
+VOLATILE_SHARE = 0.9  # of a table's synced records written, this run and the last that wrote the field
+
+VOLATILE_MIN_RECORDS = 100  # below this a rewritten column costs too little to ask a person
 
 
 @dataclass
@@ -3777,6 +3788,86 @@ class VolatileField:
     requests: int  # what writing it alone cost this run: ceil(alone / 10)
     counts_days: bool  # it rose by the days since the previous run
     counts_days_since: str | None  # the Airtable name of the date field it counts days from
+
+
+def days_since_last_run(previous: ChangeState | None, now: datetime) -> int | None:
+    """Whole days (UTC dates) since the run that left `previous`: what a day counter rose by."""
+    if previous is None:
+        return None
+    return (now.astimezone(timezone.utc).date() - previous.last_run.astimezone(timezone.utc).date()).days
+
+
+def writes_by_field(plan: TablePlan, applied: Applied) -> dict[str, dict[str, int]]:
+    """Per mapped field, in how many of this run's updates it was written (`cells`) and in how many
+    it was the only field written (`alone`), largest first: the updates done (a dry run: planned).
+    Creates are not counted; a field that Airtable rejected midway (dropped) was not written."""
+    cells: Counter[str] = Counter()
+    alone: Counter[str] = Counter()
+    dropped = applied.dropped.get(plan.spec.key, {})
+    for write in plan.of("update"):
+        if applied.of(write).outcome in (Outcome.PLANNED, Outcome.DONE):
+            keys = [k for k in write.fields if k not in dropped]
+            cells.update(keys)
+            if len(keys) == 1:
+                alone.update(keys)
+    return {plan.columns.mapped_name(k): {"cells": n, "alone": alone[k]}
+            for k, n in sorted(cells.items(), key=lambda item: -item[1])}
+
+
+def volatile_fields(written: Mapping[str, Mapping[str, int]], total: int, earlier: Mapping[str, float],
+                    tally: DayTally | None, columns: TableColumns) -> list[VolatileField]:
+    """The fields of `written` (writes_by_field) that are volatile, given `earlier`: each field's
+    share in the last earlier run that wrote it. Pure."""
+    found = []
+    for name, counts in written.items():
+        share = counts["cells"] / total if total else 0.0
+        if counts["cells"] < VOLATILE_MIN_RECORDS or share < VOLATILE_SHARE or earlier.get(name, 0.0) < VOLATILE_SHARE:
+            continue
+        key = columns.key(name) or name
+        since = tally.counts_from(key) if tally is not None else None
+        found.append(VolatileField(name, round(share, 4), math.ceil(counts["alone"] / RECORDS_PER_WRITE),
+                                   tally is not None and tally.counts_days(key),
+                                   None if since is None else columns.by_mapped[columns.mapped_name(since)].name))
+    return found
+
+
+def volatile_text(key: str, volatile: VolatileField) -> str:
+    """The WARNING and attention item: the field, its cost and, for a day counter, the remedy."""
+    n = volatile.requests
+    cost = f"{n:,} request{'' if n == 1 else 's'} a night"
+    name = f"{key}.{volatile.field}"
+    if volatile.counts_days and volatile.counts_days_since:
+        since = volatile.counts_days_since
+        return (f"{name} counts days since {since}: {cost}; make it a formula in Airtable: "
+                f"DATETIME_DIFF(TODAY(), {{{since}}}, 'days')")
+    if volatile.counts_days:
+        return (f"{name} counts days: {cost}; a formula field in Airtable counting from the date it starts "
+                "at would cost none")
+    return f"{name} is rewritten in {volatile.share:.0%} of the records each night: {cost}"
+
+
+def note_volatile_fields(results: Mapping[str, TableResult], plans: Mapping[str, TablePlan], read: BaseRead) -> None:
+    """Names this run's volatile fields in the report, one WARNING each, and leaves in the state
+    (saved with the snapshot, so never by a dry run) each written field's share for the next run.
+    A table whose writes stopped midway keeps the shares it had: a part of a run tells nothing."""
+    earlier = read.previous.writes if read.previous is not None else {}
+    shares = {key: dict(fields) for key, fields in earlier.items()}
+    for key, plan in plans.items():
+        result = results[key]
+        result.volatile_fields = volatile_fields(result.writes_by_field, result.total, earlier.get(key, {}),
+                                                 plan.days, plan.columns)
+        for volatile in result.volatile_fields:
+            log.warning("%s", volatile_text(key, volatile))
+        if not result.not_attempted:  # a field written at all was written in one of `total` records
+            shares.setdefault(key, {}).update({name: round(c["cells"] / result.total, 4)
+                                               for name, c in result.writes_by_field.items()})
+    if read.state is not None:
+        read.state.writes = shares
+
+
+# ---------------------------------------------------------------------------
+# Report: the figures, the summary line, the Markdown and JSON files, the attention line
+# ---------------------------------------------------------------------------
 
 
 @dataclass
@@ -3830,109 +3921,6 @@ def set_back(plan: TablePlan, edited: Mapping[str, set[str]] | None, applied: Ap
     return count
 
 
-# ---------------------------------------------------------------------------
-# Report: what a night's writes were for
-# ---------------------------------------------------------------------------
-
-
-#
-# An exporter that computes a value from today (days_inactive, from last_active) rewrites it in
-# every record every night: ceil(records/10) write requests a night, and no night is ever quiet.
-# A field is volatile when this run's updates wrote it in nearly every record and so did those of
-# the last earlier run that wrote it at all (an hourly cron's other runs don't count against it);
-# a day counter among them gets the formula that lets Airtable compute it for free. All of it is
-# counted from what planning has in hand: a few counters a field, nothing kept per record.
-
-VOLATILE_SHARE = 0.9  # of a table's synced records written, this run and the last that wrote the field
-
-VOLATILE_MIN_RECORDS = 100  # below this a rewritten column costs too little to ask a person
-
-
-def days_since_last_run(previous: ChangeState | None, now: datetime) -> int | None:
-    """Whole days (UTC dates) since the run that left `previous`: what a day counter rose by."""
-    if previous is None:
-        return None
-    return (now.astimezone(timezone.utc).date() - previous.last_run.astimezone(timezone.utc).date()).days
-
-
-def writes_by_field(plan: TablePlan, applied: Applied) -> dict[str, dict[str, int]]:
-    """Per mapped field, in how many of this run's updates it was written (`cells`) and in how many
-    it was the only field written (`alone`), largest first: the updates done (a dry run: planned).
-    Creates are not counted; a field that Airtable rejected midway (dropped) was not written."""
-    cells: dict[str, int] = defaultdict(int)
-    alone: dict[str, int] = defaultdict(int)
-    dropped = applied.dropped.get(plan.spec.key, {})
-    for write in plan.of("update"):
-        if applied.of(write).outcome in (Outcome.PLANNED, Outcome.DONE):
-            keys = [k for k in write.fields if k not in dropped]
-            for key in keys:
-                cells[key] += 1
-            if len(keys) == 1:
-                alone[keys[0]] += 1
-    return {plan.columns.mapped_name(k): {"cells": n, "alone": alone[k]}
-            for k, n in sorted(cells.items(), key=lambda item: -item[1])}
-
-
-def volatile_fields(written: Mapping[str, Mapping[str, int]], total: int, earlier: Mapping[str, float],
-                    tally: DayTally | None, columns: TableColumns) -> list[VolatileField]:
-    """The fields of `written` (writes_by_field) that are volatile, given `earlier`: each field's
-    share in the last earlier run that wrote it. Pure."""
-    found = []
-    for name, counts in written.items():
-        share = counts["cells"] / total if total else 0.0
-        if counts["cells"] < VOLATILE_MIN_RECORDS or share < VOLATILE_SHARE or earlier.get(name, 0.0) < VOLATILE_SHARE:
-            continue
-        key = columns.key(name) or name
-        since = tally.counts_from(key) if tally is not None else None
-        found.append(VolatileField(name, round(share, 4), math.ceil(counts["alone"] / RECORDS_PER_WRITE),
-                                   tally is not None and tally.counts_days(key),
-                                   None if since is None else columns.by_mapped[columns.mapped_name(since)].name))
-    return found
-
-
-def written_shares(result: TableResult) -> dict[str, float]:
-    """What the next run needs of this one to tell volatile fields: each written field's share."""
-    return {name: round(c["cells"] / result.total, 4) for name, c in result.writes_by_field.items() if result.total}
-
-
-def volatile_text(key: str, volatile: VolatileField) -> str:
-    """The WARNING and attention item: the field, its cost and, for a day counter, the remedy."""
-    n = volatile.requests
-    cost = f"{n:,} request{'' if n == 1 else 's'} a night"
-    name = f"{key}.{volatile.field}"
-    if volatile.counts_days and volatile.counts_days_since:
-        since = volatile.counts_days_since
-        return (f"{name} counts days since {since}: {cost}; make it a formula in Airtable: "
-                f"DATETIME_DIFF(TODAY(), {{{since}}}, 'days')")
-    if volatile.counts_days:
-        return (f"{name} counts days: {cost}; a formula field in Airtable counting from the date it starts "
-                "at would cost none")
-    return f"{name} is rewritten in {volatile.share:.0%} of the records each night: {cost}"
-
-
-def note_volatile_fields(results: Mapping[str, TableResult], plans: Mapping[str, TablePlan], read: BaseRead) -> None:
-    """Names this run's volatile fields in the report, one WARNING each, and leaves in the state
-    (saved with the snapshot, so never by a dry run) each written field's share for the next run.
-    A table whose writes stopped midway keeps the shares it had: a part of a run tells nothing."""
-    earlier = read.previous.writes if read.previous is not None else {}
-    shares = {key: dict(fields) for key, fields in earlier.items()}
-    for key, plan in plans.items():
-        result = results[key]
-        result.volatile_fields = volatile_fields(result.writes_by_field, result.total, earlier.get(key, {}),
-                                                 plan.days, plan.columns)
-        for volatile in result.volatile_fields:
-            log.warning("%s", volatile_text(key, volatile))
-        if not result.not_attempted:
-            shares.setdefault(key, {}).update(written_shares(result))
-    if read.state is not None:
-        read.state.writes = shares
-
-
-# ---------------------------------------------------------------------------
-# Report: the figures, the summary line, the Markdown and JSON files, the attention line
-# ---------------------------------------------------------------------------
-
-
 def summarize(plan: TablePlan, applied: Applied, dry_run: bool, deletion: DeletionPlan | None = None,
               edited: Mapping[str, set[str]] | None = None) -> TableResult:
     """A table's figures: the plan, and what the apply step made of it (a dry run: as planned)."""
@@ -3942,9 +3930,20 @@ def summarize(plan: TablePlan, applied: Applied, dry_run: bool, deletion: Deleti
         not deletion.held if dry_run else outcomes.get(r["id"]) is Outcome.DONE)]
     gone = {rec["id"] for rec in deleted}
     dropped = applied.dropped.get(key, {})
+
+    def and_dropped(names: Sequence[str], why: str) -> list[str]:
+        """The plan's fields of a kind, and those Airtable rejected midway as such."""
+        return sorted({*names, *(plan.columns.mapped_name(k) for k, reason in dropped.items() if reason == why)})
+
     results = [applied.of(w) for w in writes]
-    result = TableResult(
+    done = [(w, r) for w, r in zip(writes, results) if r.outcome is Outcome.DONE]
+    return TableResult(
         total=len(writes) + plan.skipped,
+        created=count["create"] if dry_run else sum(1 for w, r in done if w.action == "create" and not r.existed),
+        updated=count["update"] if dry_run else sum(1 for w, r in done if w.action == "update" or r.existed),
+        skipped=plan.skipped + sum(1 for r in results if r.outcome is Outcome.SKIPPED),
+        errors=sum(map(applied.failed, writes)) + sum(o in (Outcome.FAILED, Outcome.UNKNOWN)
+                                                      for o in outcomes.values()),
         orphans=len(plan.orphans) - len(gone),
         deleted=len(deleted),
         deletions_held=len(deletion.records) if deletion is not None and deletion.held else 0,
@@ -3954,27 +3953,15 @@ def summarize(plan: TablePlan, applied: Applied, dry_run: bool, deletion: Deleti
         deleted_records=[record_ref(r, plan.columns.id_key) for r in deleted],
         unresolved_links=plan.unresolved_links + sum(len(r.links_left_out) for r in results),
         unmapped_fields=plan.unmapped_fields,
-        missing_in_airtable=sorted({*plan.missing_in_airtable, *(plan.columns.mapped_name(k) for k, why
-                                                                 in dropped.items() if why == "missing")}),
-        read_only=sorted({*plan.read_only, *(plan.columns.mapped_name(k) for k, why in dropped.items()
-                                             if why == "read_only")}),
+        missing_in_airtable=and_dropped(plan.missing_in_airtable, "missing"),
+        read_only=and_dropped(plan.read_only, "read_only"),
         renamed_fields=plan.columns.renamed,
         absent_in_export=plan.absent_in_export,
         writes_by_field=writes_by_field(plan, applied),
         invalid_values=plan.invalid_values,
+        not_attempted=sum(1 for r in results if r.outcome is Outcome.NOT_ATTEMPTED),  # none in a dry run
         planned=count,
     )
-    if dry_run:
-        result.created, result.updated = count["create"], count["update"]
-    else:
-        done = [(w, r) for w, r in zip(writes, results) if r.outcome is Outcome.DONE]
-        result.created = sum(1 for w, r in done if w.action == "create" and not r.existed)
-        result.updated = sum(1 for w, r in done if w.action == "update" or r.existed)
-        result.not_attempted = sum(1 for r in results if r.outcome is Outcome.NOT_ATTEMPTED)
-    result.skipped = plan.skipped + sum(1 for r in results if r.outcome is Outcome.SKIPPED)
-    result.errors = sum(1 for w, r in zip(writes, results) if w.action == "error" or r.outcome.failed) + sum(
-        1 for o in outcomes.values() if o in (Outcome.FAILED, Outcome.UNKNOWN))
-    return result
 
 
 def counted(n: int, what: str, plural: str | None = None) -> list[str]:
@@ -3987,6 +3974,11 @@ MARKDOWN_RECORD_REFS = 5  # orphans and deletions named in the Markdown; the JSO
 MARKDOWN_HEADINGS = {"table": "table", "mongo_id": "mongo id", "archived_id": "archived record", "message": "message"}
 
 
+def markdown_table(headings: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
+    return (["| " + " | ".join(headings) + " |", "|---" * len(headings) + "|"]
+            + ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows])
+
+
 def markdown_cell(value: Any) -> str:
     return "-" if value is None or value == [] else ", ".join(value) if isinstance(value, list) else str(value)
 
@@ -3994,67 +3986,6 @@ def markdown_cell(value: Any) -> str:
 def record_refs(refs: Sequence[dict], extra: Callable[[dict], str] = lambda r: "") -> str:
     """The first MARKDOWN_RECORD_REFS records: 'recX (mongo id)', never a value."""
     return ", ".join(f"{r['record_id']} ({r['mongo_id'] or 'no id'}{extra(r)})" for r in refs[:MARKDOWN_RECORD_REFS])
-
-
-def sync_notes(result: TableResult, dry_run: bool) -> list[str]:
-    """A synced table's notes in the Markdown report: what needs a look, records named by id."""
-    notes = [result.note] if result.note else []
-    for label, names in (("Mongo fields not synced (unmapped)", result.unmapped_fields),
-                         ("Mapped fields missing in Airtable", result.missing_in_airtable),
-                         ("Mapped fields read-only in Airtable (computed)", result.read_only),
-                         ("Mapped fields renamed in Airtable (still synced)",
-                          [f"{r['mapped']} is now '{r['airtable']}'" for r in result.renamed_fields]),
-                         ("Mapped Mongo fields absent from the export (Airtable keeps its values)",
-                          result.absent_in_export)):
-        if names:
-            notes.append(f"{label}: {', '.join(names)}")
-    if result.not_attempted:
-        notes.append(f"{result.not_attempted} planned writes not attempted")
-    for label, refs in (("Orphans (in Airtable, in no export)", result.orphan_records),
-                        ("Deleted" + (" (would be)" if dry_run else ""), result.deleted_records)):
-        if refs:
-            more = f", and {len(refs) - MARKDOWN_RECORD_REFS} more" if len(refs) > MARKDOWN_RECORD_REFS else ""
-            notes.append(f"{label}: {len(refs)}: {record_refs(refs)}{more} (all in the JSON report)")
-    if result.clears_held:
-        notes.append("Clears held back by the safety cap, not written (see the log line; --force-clear writes "
-                     "them): " + ", ".join(f"{name} {n:,}" for name, n in result.clears_held.items()))
-    if result.deletions_held:
-        notes.append(f"{result.deletions_held} deletions held back by the safety cap: see the log line; "
-                     "look with --dry-run, then --force-delete if they should go")
-    return notes
-
-
-def markdown_writes(tables: Mapping[str, TableResult]) -> list[str]:
-    """'What the writes were for': every table's updated fields, largest first, then the volatile ones."""
-    rows = sorted(((c["cells"], c["alone"], key, name) for key, t in tables.items()
-                   for name, c in t.writes_by_field.items()), key=lambda row: -row[0])
-    if not rows:
-        return []
-    lines = ["## What the writes were for", "", "Updates only (creates are not counted): in how many records each "
-             "field was written, and in how many it was the only field written.", "",
-             "| table | field | records | only field |", "|---|---|---|---|"]
-    lines += [f"| {key} | {name} | {cells} | {alone} |" for cells, alone, key, name in rows]
-    return lines + [""] + [f"- **Volatile**: {volatile_text(key, v)}" for key, t in tables.items()
-                           for v in t.volatile_fields] + [""]
-
-
-def markdown_failed_records(errors: Sequence[dict], columns: Sequence[str]) -> list[str]:
-    """The failed records' table, the first MARKDOWN_ERROR_ROWS of them (the JSON twin has all)."""
-    if not errors:
-        return []
-    lines = ["## Failed records", "", "| " + " | ".join(MARKDOWN_HEADINGS[c] for c in columns) + " |",
-             "|---" * len(columns) + "|"]
-    for error in errors[:MARKDOWN_ERROR_ROWS]:
-        cells = [str(error[c] or "(none)").replace("|", "\\|").replace("\n", " ") for c in columns]
-        lines.append("| " + " | ".join(cells) + " |")
-    if len(errors) > MARKDOWN_ERROR_ROWS:
-        lines.append(f"\n... and {len(errors) - MARKDOWN_ERROR_ROWS} more in the JSON report.")
-    return lines + [""]
-
-
-def markdown_requests(requests: Mapping[str, int]) -> list[str]:
-    return ["## Requests", "", "| " + " | ".join(requests) + " |", "|---" * len(requests) + "|",
-            "| " + " | ".join(str(v) for v in requests.values()) + " |", ""]
 
 
 def requests_line(report: RunReport) -> str:
@@ -4080,30 +4011,21 @@ class RunReport:
     monthly_calls: int | None = None  # AIRTABLE_MONTHLY_CALLS, for the budget's share
 
     def as_dict(self) -> dict:
-        return {
-            "dry_run": self.dry_run,
-            "started": self.started.isoformat(timespec="seconds"),
-            "ended": self.ended,
-            "exit_code": self.exit_code,
-            "message": self.message,
-            "tables": {k: dataclasses.asdict(v) for k, v in self.tables.items()},
-            "change_tracking": self.change_tracking,
-            "requests": self.requests.as_dict(),
-            "errors": self.errors,
-            "duration_s": round(self.duration_s, 3),
-        }
+        return {"dry_run": self.dry_run, "started": self.started.isoformat(timespec="seconds"), "ended": self.ended,
+                "exit_code": self.exit_code, "message": self.message,
+                "tables": {k: dataclasses.asdict(v) for k, v in self.tables.items()},
+                "change_tracking": self.change_tracking, "requests": self.requests.as_dict(), "errors": self.errors,
+                "duration_s": round(self.duration_s, 3)}
 
     NAME: ClassVar[str | None] = "sync_report"  # its files' name; None: it writes none
     NOTHING: ClassVar[str] = "no table synced"
-
     TITLE: ClassVar[str] = "sync"
     COLUMNS: ClassVar[tuple[str, ...]] = ("total", "created", "updated", "skipped", "errors", "orphans", "deleted",
                                           "deletions_held", "reverted_edits", "unresolved_links", "invalid_values")
     ERROR_COLUMNS: ClassVar[tuple[str, ...]] = ("table", "mongo_id", "message")
 
     def markdown(self) -> str:
-        """The Markdown report, of any command: its headline, what its kind adds, its tables, each
-        table's notes, the failed records and the requests."""
+        """The Markdown report, of any command: the hooks below are what its kind adds."""
         stats, mode = self.requests, "dry run (nothing written)" if self.dry_run else self.TITLE
         lines = [f"# Airtable {self.TITLE} report: {self.started:%Y-%m-%d %H:%M:%S}", "",
                  f"**{self.ended.upper()}** ({mode}{self.of_what()}, exit code {self.exit_code}) in "
@@ -4111,16 +4033,23 @@ class RunReport:
                  f"{stats.write} write, {stats.retried} retried).", ""]
         lines += [f"> {self.message}", ""] if self.message else []
         lines += self.preface()
-        lines += ["## Tables", "", "| table | " + " | ".join(c.replace("_", " ") for c in self.COLUMNS) + " |",
-                  "|---" * (len(self.COLUMNS) + 1) + "|"]
-        lines += [f"| {key} | " + " | ".join(markdown_cell(getattr(t, c)) for c in self.COLUMNS) + " |"
-                  for key, t in self.tables.items()] + [""]
+        lines += ["## Tables", ""] + markdown_table(
+            ["table", *(c.replace("_", " ") for c in self.COLUMNS)],
+            ([key, *(markdown_cell(getattr(t, c)) for c in self.COLUMNS)] for key, t in self.tables.items())) + [""]
         for key, t in self.tables.items():
             if notes := self.table_notes(t):
                 lines += [f"### {key}", ""] + [f"- {n}" for n in notes] + [""]
         lines += self.after_tables()
-        lines += markdown_failed_records(self.errors, self.ERROR_COLUMNS)
-        return "\n".join(lines + markdown_requests(stats.as_dict()))
+        if errors := self.errors:  # the first MARKDOWN_ERROR_ROWS: the JSON twin has all
+            lines += ["## Failed records", ""] + markdown_table(
+                [MARKDOWN_HEADINGS[c] for c in self.ERROR_COLUMNS],
+                ([str(error[c] or "(none)").replace("|", "\\|").replace("\n", " ") for c in self.ERROR_COLUMNS]
+                 for error in errors[:MARKDOWN_ERROR_ROWS]))
+            if len(errors) > MARKDOWN_ERROR_ROWS:
+                lines.append(f"\n... and {len(errors) - MARKDOWN_ERROR_ROWS} more in the JSON report.")
+            lines.append("")
+        requests = stats.as_dict()
+        return "\n".join(lines + ["## Requests", ""] + markdown_table(list(requests), [requests.values()]) + [""])
 
     def of_what(self) -> str:
         return ""
@@ -4135,7 +4064,6 @@ class RunReport:
                 f"skipped {skipped} unchanged, {errors} failed")
 
     def preface(self) -> list[str]:
-        """The API budget, and how Airtable was read."""
         budget = budget_text(self.requests.last_30_days, self.monthly_calls)
         lines = [f"API budget: {budget} to this base by this tool, this run's included (other integrations "
                  "share the workspace's monthly calls).", ""]
@@ -4148,10 +4076,43 @@ class RunReport:
         return lines + [f"Read {how} ({tracking['reason']}); {tracking['payloads']} payloads{drift}.", ""]
 
     def table_notes(self, result: Any) -> list[str]:
-        return sync_notes(result, self.dry_run)
+        """A synced table's notes in the Markdown report: what needs a look, records named by id."""
+        notes = [result.note] if result.note else []
+        for label, names in (("Mongo fields not synced (unmapped)", result.unmapped_fields),
+                             ("Mapped fields missing in Airtable", result.missing_in_airtable),
+                             ("Mapped fields read-only in Airtable (computed)", result.read_only),
+                             ("Mapped fields renamed in Airtable (still synced)",
+                              [f"{r['mapped']} is now '{r['airtable']}'" for r in result.renamed_fields]),
+                             ("Mapped Mongo fields absent from the export (Airtable keeps its values)",
+                              result.absent_in_export)):
+            if names:
+                notes.append(f"{label}: {', '.join(names)}")
+        if result.not_attempted:
+            notes.append(f"{result.not_attempted} planned writes not attempted")
+        for label, refs in (("Orphans (in Airtable, in no export)", result.orphan_records),
+                            ("Deleted" + (" (would be)" if self.dry_run else ""), result.deleted_records)):
+            if refs:
+                more = f", and {len(refs) - MARKDOWN_RECORD_REFS} more" if len(refs) > MARKDOWN_RECORD_REFS else ""
+                notes.append(f"{label}: {len(refs)}: {record_refs(refs)}{more} (all in the JSON report)")
+        if result.clears_held:
+            notes.append("Clears held back by the safety cap, not written (see the log line; --force-clear writes "
+                         "them): " + ", ".join(f"{name} {n:,}" for name, n in result.clears_held.items()))
+        if result.deletions_held:
+            notes.append(f"{result.deletions_held} deletions held back by the safety cap: see the log line; "
+                         "look with --dry-run, then --force-delete if they should go")
+        return notes
 
     def after_tables(self) -> list[str]:
-        return markdown_writes(self.tables)
+        """'What the writes were for': every table's updated fields, largest first, then the volatile ones."""
+        rows = sorted(((key, name, c["cells"], c["alone"]) for key, t in self.tables.items()
+                       for name, c in t.writes_by_field.items()), key=lambda row: -row[2])
+        if not rows:
+            return []
+        lines = ["## What the writes were for", "", "Updates only (creates are not counted): in how many records each "
+                 "field was written, and in how many it was the only field written.", ""]
+        lines += markdown_table(("table", "field", "records", "only field"), rows)
+        return lines + [""] + [f"- **Volatile**: {volatile_text(key, v)}" for key, t in self.tables.items()
+                               for v in t.volatile_fields] + [""]
 
     # A table's figures in the summary line: (figure, its word, shown when 0).
     SUMMARY: ClassVar[tuple[tuple[str, str, bool], ...]] = (
@@ -4205,7 +4166,6 @@ class CheckReport(RunReport):
     """--check prints as it goes: no report files, and its last lines say what it cost."""
 
     NAME = None
-
     NOTHING = "checked"
 
     def how_read(self) -> str:
@@ -4225,12 +4185,11 @@ def write_report(report: RunReport, reports_dir: Path, secret: str) -> Path | No
 
     if report.NAME is None:
         return None
-    stamp = report.started.strftime("%Y%m%d_%H%M%S")
-    path = reports_dir / f"{report.NAME}_{stamp}.md"
-    n = 1
+    stem = f"{report.NAME}_{report.started:%Y%m%d_%H%M%S}"
+    path, n = reports_dir / f"{stem}.md", 1
     while path.exists() or path.with_suffix(".json").exists():
         n += 1
-        path = reports_dir / f"{report.NAME}_{stamp}_{n}.md"
+        path = reports_dir / f"{stem}_{n}.md"
     write_private(path.with_suffix(".json"), masked(json.dumps(report.as_dict(), indent=2, ensure_ascii=False)))
     try:
         write_private(path, masked(report.markdown()))
@@ -5180,14 +5139,11 @@ class LogFile(logging.Handler):
         if self.failure is not None or self.fd is None:
             return
         try:
-            line = (self.format(record) + "\n").encode("utf-8", errors="backslashreplace")
-        except Exception:
-            self.handleError(record)
-            return
-        try:
-            append_whole(self.fd, line)
+            append_whole(self.fd, (self.format(record) + "\n").encode("utf-8", errors="backslashreplace"))
         except OSError as exc:
             self.failure = LocalWriteError(self.path, exc)
+        except Exception:  # a record that does not format, as logging.Handler.emit has it
+            self.handleError(record)
 
     def close(self) -> None:
         if self.fd is not None:
@@ -5201,20 +5157,18 @@ def log_file_failure() -> LocalWriteError | None:
     return next((h.failure for h in logging.getLogger().handlers if isinstance(h, LogFile) and h.failure), None)
 
 
-def setup_logging(verbose: bool, log_file: Path | None, secret: str = "") -> list[logging.Handler]:
+def setup_logging(verbose: bool, log_file: Path, secret: str = "") -> list[logging.Handler]:
     """Console and log-file handlers; `secret` (and any added later with RedactToken) is masked.
     Raises OSError when the log file cannot be opened."""
     formatter = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
-    handlers[0].addFilter(lambda record: not getattr(record, "log_file_only", False))
-    if log_file is not None:
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(LogFile(log_file))
+    console = logging.StreamHandler(sys.stderr)
+    console.addFilter(lambda record: not getattr(record, "log_file_only", False))
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    handlers: list[logging.Handler] = [console, LogFile(log_file)]
+    root = logging.getLogger()
     for handler in handlers:
         handler.setFormatter(formatter)
         handler.addFilter(RedactToken(secret))
-    root = logging.getLogger()
-    for handler in handlers:
         root.addHandler(handler)
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     if not verbose:
@@ -5255,15 +5209,13 @@ def run_lock(cache_dir: Path) -> Iterator[None]:
 def interruptible(stop: threading.Event) -> Iterator[dict]:
     """SIGINT/SIGTERM set `stop`: the request in flight finishes, then the run winds down."""
     caught: dict[str, int] = {}
-    if threading.current_thread() is not threading.main_thread():
-        yield caught
-        return
 
     def handler(signum, _frame):
         caught.setdefault("signal", signum)
         stop.set()
 
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    main_thread = threading.current_thread() is threading.main_thread()  # the only one that may set them
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)} if main_thread else {}
     try:
         yield caught
     finally:
@@ -5294,46 +5246,43 @@ class Sync(Command):
 
     def load_exports(self) -> dict[str, ExportIndex]:
         """Every export checked and indexed before any request; the plan reads its records again."""
-        exports = self.exports
         for key in self.settings.tables:
             path = self.settings.mongo_dir / TABLE_SPECS[key].export_file
             records = index_export(path, self.settings.limit, export_index_path(self.settings, key))
             if records is None:
                 log.warning("%s not found: table %s is not synced", path, key)
                 self.report.tables[key] = TableResult(note=f"{path.name} not found: not synced")
-                continue
-            exports[key] = records
-            log.info("%s: %d records in %s", key, len(records), path.name)
-        return exports
+            else:
+                self.exports[key] = records
+                log.info("%s: %d records in %s", key, len(records), path.name)
+        return self.exports
 
     def plan(self, exports: dict[str, ExportIndex], read: BaseRead, airtable: Airtable) -> dict[str, TablePlan]:
         plans: dict[str, TablePlan] = {}
         elapsed = days_since_last_run(read.previous, datetime.now(timezone.utc))
-        for key in TABLE_ORDER:
-            if key not in exports:
-                continue
-            spec = TABLE_SPECS[key]
+        for key in (k for k in TABLE_ORDER if k in exports):
+            spec, columns = TABLE_SPECS[key], read.columns[key]
             link_index = {link.target: build_link_index(read.records.get(link.target, ()), plans.get(link.target),
                                                         read.columns[link.target].id_key)
                           for link in spec.links}
-            columns = read.columns[key]
-            self.memos[key] = memo = PlanMemo.load(memo_path(self.settings, key))
-            plans[key] = plan_table(spec, exports[key], read.records[key], columns, link_index, memo, elapsed)
-            if key in read.from_cache and any(w.matched_by == "key" for w in plans[key].writes):
+            while True:  # at most twice: read_again takes the table off read.from_cache
+                self.memos[key] = memo = PlanMemo.load(memo_path(self.settings, key))
+                plan = plan_table(spec, exports[key], read.records[key], columns, link_index, memo, elapsed)
+                if key not in read.from_cache or not any(w.matched_by == "key" for w in plan.writes):
+                    break
                 # A natural-key match claims a record for good: a stale cache could hand it to the
                 # wrong Mongo record, so those are only ever made against a fresh read.
                 log.info("%s: natural-key matches are not made against a cache: reading the table", key)
                 read.read_again(key, pull_table(airtable, key, self.stop, columns.by_field_id))
-                self.memos[key] = memo = PlanMemo.load(memo_path(self.settings, key))
-                plans[key] = plan_table(spec, exports[key], read.records[key], columns, link_index, memo, elapsed)
+            plans[key] = plan
             if not self.settings.force_clear:
-                cap_clears(plans[key], read.records[key], self.settings.max_clear_fraction)
-            if plans[key].absent_in_export:
+                cap_clears(plan, read.records[key], self.settings.max_clear_fraction)
+            if plan.absent_in_export:
                 log.warning("%s: mapped Mongo fields that no exported record carries (renamed or dropped by the "
-                            "exporter?): %s; Airtable keeps their values", key, ", ".join(plans[key].absent_in_export))
-            counts = plans[key].planned
+                            "exporter?): %s; Airtable keeps their values", key, ", ".join(plan.absent_in_export))
+            counts = plan.planned
             log.info("%s: plan: %d to create, %d to update, %d unchanged, %d failing, %d orphans", key,
-                     counts["create"], counts["update"], counts["skip"], counts["error"], len(plans[key].orphans))
+                     counts["create"], counts["update"], counts["skip"], counts["error"], len(plan.orphans))
         exported_ids = {key: {i for i in records.mongo_ids if i is not None} for key, records in exports.items()
                         } if self.settings.delete_missing else {}
         self.deletions = plan_deletions(plans, exported_ids, self.settings)
@@ -5414,10 +5363,10 @@ class Sync(Command):
         for deletion in self.deletions.values():
             outcomes = applied.deleted.get(deletion.key, {})
             for rec in deletion.records:
-                outcome = outcomes.get(rec["id"])
-                if outcome in (Outcome.FAILED, Outcome.UNKNOWN):
+                if (outcome := outcomes.get(rec["id"])) in (Outcome.FAILED, Outcome.UNKNOWN):
                     settles = "; the next run settles it" if outcome is Outcome.UNKNOWN else ""
-                    report.errors.append({"table": deletion.key, "mongo_id": record_ref(rec, deletion.id_key)["mongo_id"],
+                    mongo_id = record_ref(rec, deletion.id_key)["mongo_id"]
+                    report.errors.append({"table": deletion.key, "mongo_id": mongo_id,
                                           "message": f"delete {outcome}{settles}"})
 
     def save(self, read: BaseRead) -> None:
@@ -5445,12 +5394,9 @@ def column_status(name: str, columns: TableColumns) -> str:
     column = columns.by_mapped.get(name)
     if column is None:
         return "missing in Airtable" + (" (its field was deleted)" if name in columns.gone else "")
-    if column.type in COMPUTED_TYPES:
-        status = f"computed ({column.type}): never written"
-    elif column.type in WRITABLE_TYPES:
-        status = f"ok ({column.type})"
-    else:
-        status = f"not written: unsupported type ({column.type})"
+    status = (f"computed ({column.type}): never written" if column.type in COMPUTED_TYPES
+              else f"ok ({column.type})" if column.type in WRITABLE_TYPES
+              else f"not written: unsupported type ({column.type})")
     if column.name != name:
         status += f", renamed to '{column.name}' (still synced by its field id)"
     return status
@@ -5515,11 +5461,10 @@ class Check(Command):
                 airtable.table(key).first()
             except AIRTABLE_FAILURES as exc:
                 raise access_error(exc, settings, f"reading table {key}") from None
-            table_schema = None if schema is None else schema.get(key)
             print(f"\n{key} ({settings.table_ids[key]}): reachable", file=out)
-            absent = check_export(settings, spec)
-            if absent:
+            if absent := check_export(settings, spec):
                 print(f"  mapped Mongo fields no exported record carries: {', '.join(absent)}", file=out)
+            table_schema = None if schema is None else schema.get(key)
             if table_schema is None:
                 continue
             columns = bind_columns(spec, table_schema, bound.get(key, {}))
@@ -5544,13 +5489,12 @@ def command_for(settings: Settings, stop: threading.Event, started: datetime) ->
 def execute(settings: Settings, started: datetime) -> tuple[int, RunReport, Path | None]:
     """Any command, under the lock, its exceptions made exit codes, its requests counted, and its
     report written however it ends."""
-    stop = threading.Event()
-    command = command_for(settings, stop, started)
+    command = command_for(settings, threading.Event(), started)
     report = command.report
     clock = time.monotonic()
     code = EXIT_OK
     try:
-        with run_lock(settings.cache_dir), interruptible(stop) as caught:
+        with run_lock(settings.cache_dir), interruptible(command.stop) as caught:
             try:
                 with scratch_files(settings.cache_dir):
                     code = command.run()
@@ -5591,10 +5535,9 @@ def execute(settings: Settings, started: datetime) -> tuple[int, RunReport, Path
                 count_requests(settings, report.requests)
             except LocalWriteError as exc:
                 code = local_write_failed(code, report, exc)
-            if caught.get("signal"):
-                code = EXIT_SIGTERM if caught["signal"] == signal.SIGTERM else EXIT_SIGINT
-                report.ended = "interrupted"
-                report.message = f"interrupted by {signal.Signals(caught['signal']).name}"
+            if signum := caught.get("signal"):
+                code = EXIT_SIGTERM if signum == signal.SIGTERM else EXIT_SIGINT
+                report.ended, report.message = "interrupted", f"interrupted by {signal.Signals(signum).name}"
                 log.warning("%s: the request in flight finished; report marked interrupted", report.message)
     except LockHeld as exc:
         print(f"airtable_sync: {exc}; nothing done", file=sys.stderr)
@@ -5615,8 +5558,7 @@ def execute(settings: Settings, started: datetime) -> tuple[int, RunReport, Path
         log.warning("%s", attention, extra=LOG_FILE_ONLY)
     if failure := log_file_failure():
         code = local_write_failed(code, report, failure)
-    report.exit_code = code
-    report.duration_s = time.monotonic() - clock
+    report.exit_code, report.duration_s = code, time.monotonic() - clock
     try:
         path: Path | None = write_report(report, settings.reports_dir, settings.api_key)
     except LocalWriteError as exc:
@@ -5639,26 +5581,24 @@ def run_demo(verbose: bool) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="airtable-sync-demo-"))
     token = "demo-token-not-a-secret"
     with emulator_module.Emulator(fixtures / "base.json", token=token, rps=5) as emulator:
-        env = {"AIRTABLE_API_KEY": token, "AIRTABLE_ENDPOINT_URL": emulator.url,
-               "AIRTABLE_BASE_ID": emulator.base_id}
+        env = {"AIRTABLE_API_KEY": token, "AIRTABLE_ENDPOINT_URL": emulator.url, "AIRTABLE_BASE_ID": emulator.base_id}
         args = build_arg_parser().parse_args(
             ["--mongo-dir", str(fixtures), "--cache-dir", str(workdir / "data"),
              "--reports-dir", str(workdir / "reports")] + (["-v"] if verbose else []))
         settings = settings_from(args, env)
-        handlers = setup_logging(verbose, settings.reports_dir / "airtable_sync.log", token)
+        handlers = setup_logging(verbose, settings.reports_dir / LOG_NAME, token)
+        runs = []  # (exit code, report path) of each
         try:
             print(f"Demo: syncing {fixtures} into a local Airtable emulator at {emulator.url}", flush=True)
-            code, report, path = execute(settings, datetime.now())
-            print(f"\nFirst run: exit {code}; {report.summary()}; {requests_line(report)}", flush=True)
-            if attention := attention_line(report):
-                print(f"  {attention}", flush=True)
-            code2, report2, path2 = execute(settings, datetime.now())
-            print(f"Second run, the exports unchanged: exit {code2}; {report2.summary()}; "
-                  f"{requests_line(report2)}", flush=True)
-            if attention := attention_line(report2):
-                print(f"  {attention}", flush=True)
+            for title in ("\nFirst run", "Second run, the exports unchanged"):
+                code, report, path = execute(settings, datetime.now())
+                runs.append((code, path))
+                print(f"{title}: exit {code}; {report.summary()}; {requests_line(report)}", flush=True)
+                if attention := attention_line(report):
+                    print(f"  {attention}", flush=True)
         finally:
             teardown_logging(handlers)
+    (code, path), (code2, path2) = runs
     print(f"\nReport: {path}\nSecond report: {path2}\nCaches and log: {workdir}")
     if code == EXIT_RECORD_FAILED:
         print("(The sample data holds one user with an invalid email on purpose: it fails alone, each "
@@ -5690,8 +5630,7 @@ def main(argv: Sequence[str] | None = None, *, environ: Mapping[str, str] | None
         return EXIT_USAGE
     try:
         try:
-            env = dict(environ) if environ is not None else read_environment(dotenv_path)
-            settings = settings_from(args, env)
+            settings = settings_from(args, dict(environ) if environ is not None else read_environment(dotenv_path))
         except UsageError as exc:
             log.error("%s", exc)
             return EXIT_USAGE
@@ -5702,8 +5641,7 @@ def main(argv: Sequence[str] | None = None, *, environ: Mapping[str, str] | None
                      " (dry run)" if settings.dry_run else "")
         code, report, path = execute(settings, started)
         if code != EXIT_LOCKED:
-            for line in report.closing_lines(path):
-                print(line)
+            print(*report.closing_lines(path), sep="\n")
             if attention := attention_line(report):
                 print(attention)  # what needs a person, last: `tail` of a cron log shows it
         return code
