@@ -39,7 +39,6 @@ import enum
 import errno
 import fcntl
 import hashlib
-import io
 import importlib.util
 import itertools
 import json
