@@ -8,25 +8,11 @@ matches every exported record to its Airtable record and writes only what change
 Users, then Events, then Messages (which link to both); with --delete-missing it
 then deletes, capped and archived, the records that left Mongo. Writes a log and a
 Markdown + JSON report. The interface and its rules are in docs/RULES.md; README.md
-tells how to run it.
+tells how to run it. --dry-run is the sync without the apply step.
 
-The sections, in pipeline order, each using what stands above it:
-- Common: exit codes, Airtable's limits, errors, outcomes, field types and dates, private
-  files, progress, the API budget's file;
-- Settings: the mappings, the environment and the command line;
-- Connect: pyairtable over a throttled, retrying transport, and the schema;
-- Read: the mapped fields bound to field ids; every record (and the caches); or the change
-  feed (a webhook's payloads) patched into the snapshot (its drift compares as the Diff does);
-- Load exports: the Mongo exports checked and indexed, Extended JSON unwrapped;
-- Match: by id, then by natural key;
-- Convert: Mongo values to the types of Airtable's fields;
-- Diff: the contract's equality, and the cells that changed;
-- Plan: every table's creates, updates and deletions, capped, before anything is sent;
-- Apply: one batch writer for every command's writes, the changes archive, the deletions;
-- Report: the figures, what the writes were for, the Markdown and JSON files, the last line;
-- Commands, Restore: what the runner runs; --restore of a deletion or a changes archive;
-- The run: logging, the lock, the sync and the check, the one runner (execute), main.
---dry-run is the sync without the apply step.
+The sections below, under banners naming what each holds, run in pipeline order, each
+using what stands above it: Common, Settings, Connect, Read, Load exports, Match,
+Convert, Diff, Plan, Apply, Report, Commands, Restore, The run.
 """
 from __future__ import annotations
 
