@@ -76,7 +76,6 @@ EXIT_SIGTERM = 143
 # Airtable's documented limits (https://airtable.com/developers/web/api/rate-limits,
 # .../create-records, .../list-records, .../field-model#multilinetext).
 RECORDS_PER_WRITE = 10
-
 RECORDS_PER_PAGE = 100
 TEXT_LIMIT = 100_000
 RATE_LIMIT_PENALTY_S = 30.0
@@ -91,8 +90,7 @@ class AirtableAccessError(Exception):
 
 
 class MonthlyCallsSpent(AirtableAccessError):
-    """Airtable's 429 PUBLIC_API_BILLING_LIMIT_EXCEEDED: the workspace's monthly API calls are
-    spent, and every request is refused until the month turns. Never retried."""
+    """Airtable's 429 PUBLIC_API_BILLING_LIMIT_EXCEEDED: refused until the month turns, so never retried."""
 
 
 class LocalWriteError(OSError):
@@ -172,8 +170,7 @@ def scratch_file(directory: Path | None) -> Any:
 
 @contextlib.contextmanager
 def scratch_files(directory: Path) -> Iterator[None]:
-    """A run's temporary files (the snapshots' spill files) live in the cache
-    dir: when the disk there is full they fail as any local file does (exit 74), naming the folder."""
+    """Scratch files (in the cache dir) that meet a full disk fail as any local file does: exit 74."""
     try:
         yield
     except OSError as exc:
@@ -183,8 +180,7 @@ def scratch_files(directory: Path) -> Iterator[None]:
 
 
 def open_private(path: Path, flags: int, named: Path | None = None) -> int:
-    """A file only its owner can read, opened, its folder made; LocalWriteError naming `named`
-    (else the file) when it cannot be."""
+    """os.open at mode 0600, its folder made; LocalWriteError naming `named` (else the file) when that fails."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         return os.open(path, flags, 0o600)
@@ -193,9 +189,8 @@ def open_private(path: Path, flags: int, named: Path | None = None) -> int:
 
 
 def write_private(path: Path, text: str | Iterable[str | bytes]) -> None:
-    """Atomically write a file only its owner can read (it holds personal data): whole or not at
-    all. A file that cannot be written (a full disk, an unwritable folder) raises LocalWriteError
-    and leaves the previous file as it was, and no tmp file behind."""
+    """Write a file only its owner can read (it holds personal data), whole or not at all: on
+    LocalWriteError the previous file stays as it was, and no tmp file is left behind."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = open_private(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, path)
     try:
@@ -217,8 +212,7 @@ def write_private(path: Path, text: str | Iterable[str | bytes]) -> None:
 
 
 def append_whole(fd: int, data: bytes, sync: bool = False) -> None:
-    """Appends `data` (whole lines) to an open file, or nothing: when it cannot all be written (a
-    full disk) the file is cut back to where it was, so no half line stays, and the OSError rises."""
+    """Appends `data` (whole lines) to an open file, or on an OSError cuts it back (no half line) and re-raises."""
     start = os.lseek(fd, 0, os.SEEK_END)
     try:
         done = 0
@@ -252,13 +246,9 @@ def append_archive(path: Path, lines: Iterable[dict]) -> None:
 class Progress:
     """How far a long phase (a pull, a table's writes, deletes) has got: counts only, never values.
 
-        with Progress("users: create", total=len(pending)) as progress:
-            progress.update(10)
-
     On a terminal (the stream, stderr by default, is a TTY) it is tqdm's live line with
-    done/total, rate and ETA, and log lines are printed above it. Otherwise (cron) it logs
-    a line every `log_every_s` seconds, and a last one if it logged any. A total of None
-    means unknown: the line counts up with its rate.
+    done/total, rate and ETA. Otherwise (cron) it logs a line every `log_every_s` seconds,
+    and a last one if it logged any. A total of None means unknown: it counts up with its rate.
     """
 
     def __init__(self, description: str, total: int | None = None, *, unit: str = "records",
