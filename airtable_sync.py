@@ -367,7 +367,6 @@ class TableSpec:
     key_fields: tuple[str, ...]  # Mongo natural key, in order of preference
     airtable_key: str  # Airtable field holding the natural key
     links: tuple[LinkSpec, ...] = ()
-    extra_sources: tuple[str, ...] = ()  # Mongo fields read but not mapped
 
     @property
     def airtable_fields(self) -> list[str]:
@@ -375,18 +374,14 @@ class TableSpec:
 
     @property
     def consumed_mongo_fields(self) -> set[str]:
-        used = {mongo for mongo, _ in self.mapping} | {"_id", "id"}
-        for link in self.links:
-            used.update(link.mongo_fields)
-        return used | set(self.extra_sources)
+        references = (name for link in self.links for name in link.mongo_fields)
+        return {mongo for mongo, _ in self.mapping} | {"_id", "id", *references}
 
 
 def _mapping(spec: str) -> tuple[tuple[str, str], ...]:
-    pairs = []
-    for item in spec.split():
-        mongo, _, airtable = item.partition("->")
-        pairs.append((mongo, airtable or mongo))
-    return tuple(pairs)
+    """'mongo' or 'mongo->Airtable' pairs, space-separated."""
+    pairs = (item.partition("->") for item in spec.split())
+    return tuple((mongo, airtable or mongo) for mongo, _, airtable in pairs)
 
 
 TABLE_SPECS: dict[str, TableSpec] = {spec.key: spec for spec in (
