@@ -553,33 +553,21 @@ def read_environment(dotenv_path: Path | None) -> dict[str, str]:
     return values
 
 
-def _number_setting(env: Mapping[str, str], name: str, default: float, *, whole: bool = False,
-                    zero_ok: bool = False) -> Any:
-    """A rate or a duration (> 0), or with `whole` a count (>= 0), or with `zero_ok` a share (>= 0)."""
+def _number_setting(env: Mapping[str, str], name: str, default: float | None, *, whole: bool = False,
+                    zero_ok: bool = False, at_most: float = math.inf) -> Any:
+    """A number greater than zero (with `zero_ok`, zero or more; with `whole`, an int); `default` when unset."""
     raw = env.get(name, "").strip()
     kind = int if whole else float
     if not raw:
-        return kind(default)
+        return None if default is None else kind(default)
     try:
         value = kind(raw)
     except ValueError:
         raise UsageError(f"{name}={raw!r} is not a {'whole ' if whole else ''}number") from None
-    if not math.isfinite(value) or value < 0 or (value == 0 and not (whole or zero_ok)):
-        raise UsageError(f"{name}={raw!r} must be {'zero or more' if whole or zero_ok else 'greater than zero'}")
-    return value
-
-
-def _optional_count(env: Mapping[str, str], name: str) -> int | None:
-    """A whole number greater than zero, or None when unset."""
-    raw = env.get(name, "").strip()
-    if not raw:
-        return None
-    try:
-        value = int(raw)
-    except ValueError:
-        raise UsageError(f"{name}={raw!r} is not a whole number") from None
-    if value <= 0:
-        raise UsageError(f"{name}={raw!r} must be greater than zero")
+    if not math.isfinite(value) or value < 0 or (value == 0 and not zero_ok):
+        raise UsageError(f"{name}={raw!r} must be {'zero or more' if zero_ok else 'greater than zero'}")
+    if value > at_most:
+        raise UsageError(f"{name}={value!r} must be between 0 and {at_most}")
     return value
 
 
@@ -617,12 +605,8 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
     tracking = (env.get("AIRTABLE_CHANGE_TRACKING", "").strip() or "webhook").lower()
     if tracking not in ("webhook", "off"):
         raise UsageError(f"AIRTABLE_CHANGE_TRACKING={tracking!r}: choose webhook or off")
-    max_delete_fraction = _number_setting(env, "AIRTABLE_MAX_DELETE_FRACTION", 0.05, zero_ok=True)
-    if max_delete_fraction > 1:
-        raise UsageError(f"AIRTABLE_MAX_DELETE_FRACTION={max_delete_fraction!r} must be between 0 and 1")
-    max_clear_fraction = _number_setting(env, "AIRTABLE_MAX_CLEAR_FRACTION", 0.05, zero_ok=True)
-    if max_clear_fraction > 1:
-        raise UsageError(f"AIRTABLE_MAX_CLEAR_FRACTION={max_clear_fraction!r} must be between 0 and 1")
+    max_delete_fraction = _number_setting(env, "AIRTABLE_MAX_DELETE_FRACTION", 0.05, zero_ok=True, at_most=1)
+    max_clear_fraction = _number_setting(env, "AIRTABLE_MAX_CLEAR_FRACTION", 0.05, zero_ok=True, at_most=1)
     mongo_dir = args.mongo_dir or Path(env.get("MONGODB_DATA_DIR", "").strip() or SCRIPT_DIR / "../mongodb_pull/data")
     if not Path(mongo_dir).is_dir() and not args.check and args.restore is None:
         raise UsageError(f"Mongo data folder {mongo_dir} does not exist (set --mongo-dir or MONGODB_DATA_DIR)")
@@ -633,7 +617,7 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
         endpoint_url=endpoint.rstrip("/"),
         max_rps=_number_setting(env, "AIRTABLE_MAX_RPS", 5),
         timeout_s=_number_setting(env, "AIRTABLE_TIMEOUT_S", 30),
-        max_retries=_number_setting(env, "AIRTABLE_MAX_RETRIES", 5, whole=True),
+        max_retries=_number_setting(env, "AIRTABLE_MAX_RETRIES", 5, whole=True, zero_ok=True),
         mongo_dir=Path(mongo_dir),
         cache_dir=args.cache_dir or SCRIPT_DIR / "data",
         reports_dir=args.reports_dir or SCRIPT_DIR / "reports",
@@ -652,7 +636,7 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
         force_clear=args.force_clear,
         max_clear_fraction=max_clear_fraction,
         archive_days=_number_setting(env, "AIRTABLE_ARCHIVE_DAYS", 30),
-        monthly_calls=_optional_count(env, "AIRTABLE_MONTHLY_CALLS"),
+        monthly_calls=_number_setting(env, "AIRTABLE_MONTHLY_CALLS", None, whole=True),
         restore=args.restore,
     )
 
