@@ -414,8 +414,6 @@ TABLE_ENV = {
 }
 
 DEFAULT_BASE_ID = "appaquqFN7vvvZGcq"
-BASE_ID_RE = re.compile(r"^app[A-Za-z0-9]{14}$")
-TABLE_ID_RE = re.compile(r"^tbl[A-Za-z0-9]{14}$")
 
 
 @dataclass(frozen=True)
@@ -576,20 +574,19 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
     if not api_key:
         raise UsageError("AIRTABLE_API_KEY is not set: put it in the environment or in .env (see .env.example)")
     base_id = env.get("AIRTABLE_BASE_ID", "").strip() or DEFAULT_BASE_ID
-    if not BASE_ID_RE.match(base_id):
+    if not re.match(r"^app[A-Za-z0-9]{14}$", base_id):
         raise UsageError(f"AIRTABLE_BASE_ID={base_id!r} is not a base id (app followed by 14 letters or digits)")
     table_ids = {}
     for key, (var, default) in TABLE_ENV.items():
         value = env.get(var, "").strip() or default
-        if value.startswith("tbl") and not TABLE_ID_RE.match(value):
+        if value.startswith("tbl") and not re.match(r"^tbl[A-Za-z0-9]{14}$", value):
             raise UsageError(f"{var}={value!r} is not a table id (tbl followed by 14 letters or digits)")
         table_ids[key] = value
     endpoint = env.get("AIRTABLE_ENDPOINT_URL", "").strip() or "https://api.airtable.com"
     if not re.match(r"^https?://[^\s/]+", endpoint):
         raise UsageError(f"AIRTABLE_ENDPOINT_URL={endpoint!r} is not an http(s) URL")
     tables = tuple(t.strip() for t in args.tables.split(",") if t.strip())
-    unknown = [t for t in tables if t not in TABLE_SPECS]
-    if unknown or not tables:
+    if not tables or not TABLE_SPECS.keys() >= set(tables):
         raise UsageError(f"--tables {args.tables!r}: choose from {','.join(TABLE_ORDER)}")
     if args.limit is not None and args.limit < 0:
         raise UsageError("--limit must be zero or more")
@@ -608,9 +605,12 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
     max_delete_fraction = _number_setting(env, "AIRTABLE_MAX_DELETE_FRACTION", 0.05, zero_ok=True, at_most=1)
     max_clear_fraction = _number_setting(env, "AIRTABLE_MAX_CLEAR_FRACTION", 0.05, zero_ok=True, at_most=1)
     mongo_dir = args.mongo_dir or Path(env.get("MONGODB_DATA_DIR", "").strip() or SCRIPT_DIR / "../mongodb_pull/data")
-    if not Path(mongo_dir).is_dir() and not args.check and args.restore is None:
+    if not mongo_dir.is_dir() and not args.check and args.restore is None:
         raise UsageError(f"Mongo data folder {mongo_dir} does not exist (set --mongo-dir or MONGODB_DATA_DIR)")
+    flags = ("dry_run", "check", "use_cache", "limit", "verbose", "full", "delete_missing", "force_delete",
+             "force_clear", "restore")
     return Settings(
+        **{flag: getattr(args, flag) for flag in flags},  # as the command line gave them
         api_key=api_key,
         base_id=base_id,
         table_ids=table_ids,
@@ -618,26 +618,16 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
         max_rps=_number_setting(env, "AIRTABLE_MAX_RPS", 5),
         timeout_s=_number_setting(env, "AIRTABLE_TIMEOUT_S", 30),
         max_retries=_number_setting(env, "AIRTABLE_MAX_RETRIES", 5, whole=True, zero_ok=True),
-        mongo_dir=Path(mongo_dir),
+        mongo_dir=mongo_dir,
         cache_dir=args.cache_dir or SCRIPT_DIR / "data",
         reports_dir=args.reports_dir or SCRIPT_DIR / "reports",
         tables=tuple(t for t in TABLE_ORDER if t in tables),
-        dry_run=args.dry_run,
-        check=args.check,
-        use_cache=args.use_cache,
-        limit=args.limit,
-        verbose=args.verbose,
         change_tracking=tracking == "webhook",
         full_sync_days=_number_setting(env, "AIRTABLE_FULL_SYNC_DAYS", 7),
-        full=args.full,
-        delete_missing=args.delete_missing,
-        force_delete=args.force_delete,
         max_delete_fraction=max_delete_fraction,
-        force_clear=args.force_clear,
         max_clear_fraction=max_clear_fraction,
         archive_days=_number_setting(env, "AIRTABLE_ARCHIVE_DAYS", 30),
         monthly_calls=_number_setting(env, "AIRTABLE_MONTHLY_CALLS", None, whole=True),
-        restore=args.restore,
     )
 
 
