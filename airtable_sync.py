@@ -260,7 +260,7 @@ class Progress:
         self.bar: tqdm | None = None
         self.started = self.logged_at = time.monotonic()
         self.logged = False
-        self.redirect = contextlib.ExitStack()
+        self.closing = contextlib.ExitStack()  # on a terminal: the bar and the log redirect
 
     def __enter__(self) -> Progress:
         try:
@@ -268,13 +268,13 @@ class Progress:
         except (AttributeError, ValueError):  # no isatty, or closed
             live = False
         if live:
-            self.bar = tqdm(total=self.total, desc=self.description, unit=f" {self.unit}", file=self.stream,
-                            mininterval=0.5, dynamic_ncols=True)
+            self.bar = self.closing.enter_context(tqdm(total=self.total, desc=self.description, unit=f" {self.unit}",
+                                                       file=self.stream, mininterval=0.5, dynamic_ncols=True))
             # Console log lines go above the live line instead of through it (tqdm's own redirect
             # keeps the console handler's filters: the token stays masked, file-only lines stay out).
             # Imported here: tqdm.contrib brings in asyncio and ssl, 2.3 MB a run that cron's never use.
             from tqdm.contrib.logging import logging_redirect_tqdm
-            self.redirect.enter_context(logging_redirect_tqdm())
+            self.closing.enter_context(logging_redirect_tqdm())
         return self
 
     def update(self, n: int = 1) -> None:
@@ -297,10 +297,8 @@ class Progress:
         log.info("%s: %d/%d %s (%.1f/s%s)", self.description, self.done, self.total, self.unit, rate, left)
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.redirect.close()
-        elif self.logged and exc_type is None:
+        self.closing.close()
+        if self.bar is None and self.logged and exc_type is None:
             self._log(final=True)
 
 
@@ -322,11 +320,9 @@ def budget_counts(counts: Mapping[str, int], today: date, add: int = 0) -> dict[
     first = today - timedelta(days=BUDGET_DAYS - 1)
     kept = {}
     for day, n in counts.items():
-        try:
+        with contextlib.suppress(TypeError, ValueError):  # not a day: not ours
             if first <= date.fromisoformat(day) <= today and isinstance(n, int) and n > 0:
                 kept[day] = n
-        except (TypeError, ValueError):
-            continue  # not a day: not ours
     if add:
         kept[today.isoformat()] = kept.get(today.isoformat(), 0) + add
     return kept
@@ -546,9 +542,8 @@ def read_environment(dotenv_path: Path | None) -> dict[str, str]:
         if mode & (stat.S_IRWXG | stat.S_IRWXO):
             log.warning("%s is readable by group or others (mode %o); run: chmod 600 %s",
                         dotenv_path, stat.S_IMODE(mode), dotenv_path)
-        values.update({k: v for k, v in dotenv_values(dotenv_path).items() if v is not None})
-    values.update(os.environ)
-    return values
+        values = {k: v for k, v in dotenv_values(dotenv_path).items() if v is not None}
+    return {**values, **os.environ}
 
 
 def _number_setting(env: Mapping[str, str], name: str, default: float | None, *, whole: bool = False,
@@ -593,10 +588,9 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
     if args.force_delete and not args.delete_missing:
         raise UsageError("--force-delete goes with --delete-missing")
     if args.restore is not None:
-        clash = [flag for flag, on in (("--check", args.check), ("--delete-missing", args.delete_missing),
-                                       ("--full", args.full), ("--use-cache", args.use_cache),
-                                       ("--force-clear", args.force_clear),
-                                       ("--limit", args.limit is not None)) if on]
+        given = {"--check": args.check, "--delete-missing": args.delete_missing, "--full": args.full,
+                 "--use-cache": args.use_cache, "--force-clear": args.force_clear, "--limit": args.limit is not None}
+        clash = [flag for flag, on in given.items() if on]
         if clash:
             raise UsageError(f"--restore replays an archive and does not go with {', '.join(clash)}")
     tracking = (env.get("AIRTABLE_CHANGE_TRACKING", "").strip() or "webhook").lower()
