@@ -1,18 +1,15 @@
 #!/usr/bin/env python3
 """One-way sync of Cuculi's MongoDB exports into Airtable.
 
-Reads users.json, events.json and messages.json (written by mongodb_pull.py),
-reads the Users, Events and Messages tables of the Airtable base (in full, or what
-changed since the last run from Airtable's change feed, a webhook's payloads),
-matches every exported record to its Airtable record and writes only what changed:
-Users, then Events, then Messages (which link to both); with --delete-missing it
-then deletes, capped and archived, the records that left Mongo. Writes a log and a
-Markdown + JSON report. The interface and its rules are in docs/RULES.md; README.md
-tells how to run it. --dry-run is the sync without the apply step.
+Reads users.json, events.json and messages.json (written by mongodb_pull.py) and the
+base's Users, Events and Messages tables (in full, or what changed since the last run from
+a webhook's payloads), matches every exported record to its Airtable record and writes
+only what changed: Users, then Events, then Messages (which link to both); --delete-missing
+also deletes, capped and archived, the records that left Mongo. Writes a log and a
+Markdown + JSON report; --dry-run is the sync without the apply step. The rules are in
+docs/RULES.md; README.md tells how to run it.
 
-The sections below, under banners naming what each holds, run in pipeline order, each
-using what stands above it: Common, Settings, Connect, Read, Load exports, Match,
-Convert, Diff, Plan, Apply, Report, Commands, Restore, The run.
+The sections, under banners, run in pipeline order, each using what stands above it.
 """
 from __future__ import annotations
 
@@ -158,8 +155,7 @@ def iso_millis(moment: datetime) -> str:
 LOCAL_WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM,
                                 errno.EFBIG, errno.EIO})
 
-# A scratch file stays in memory up to this size, then moves to the cache dir: a small base
-# never touches the disk for it, a large one never holds it in memory.
+# A scratch file stays in memory up to this size, then spills to the cache dir (a large base's would not fit).
 SCRATCH_IN_MEMORY_BYTES = 512 * 1024
 
 
@@ -246,9 +242,8 @@ def append_archive(path: Path, lines: Iterable[dict]) -> None:
 class Progress:
     """How far a long phase (a pull, a table's writes, deletes) has got: counts only, never values.
 
-    On a terminal (the stream, stderr by default, is a TTY) it is tqdm's live line with
-    done/total, rate and ETA. Otherwise (cron) it logs a line every `log_every_s` seconds,
-    and a last one if it logged any. A total of None means unknown: it counts up with its rate.
+    On a terminal (`stream`, stderr by default, is a TTY) it is tqdm's live line; otherwise (cron)
+    a log line every `log_every_s` seconds, and a last one if it logged any. A total of None is unknown.
     """
 
     def __init__(self, description: str, total: int | None = None, *, unit: str = "records",
@@ -315,8 +310,7 @@ BUDGET_ADVICE = ("once the workspace's monthly calls are spent, Airtable refuses
 
 
 def budget_counts(counts: Mapping[str, int], today: date, add: int = 0) -> dict[str, int]:
-    """A base's requests by UTC day ("YYYY-MM-DD"), with `add` more today and the days that left the
-    rolling window dropped."""
+    """A base's requests by UTC day ("YYYY-MM-DD"), `add` more today, the days out of the window dropped."""
     first = today - timedelta(days=BUDGET_DAYS - 1)
     kept = {}
     for day, n in counts.items():
