@@ -91,8 +91,7 @@ class MonthlyCallsSpent(AirtableAccessError):
 
 
 class LocalWriteError(OSError):
-    """A local file (cache, state, report, log, archive) could not be written: exit 74.
-    An OSError, so the places that may shrug off a failed write still can."""
+    """A local file could not be written: exit 74. An OSError, so places that may shrug off a failed write still can."""
 
     def __init__(self, path: Path, cause: OSError):
         super().__init__(cause.errno, cause.strerror or str(cause), str(path))
@@ -128,10 +127,8 @@ class Outcome(enum.StrEnum):
 
 TEXT_TYPES = {"singleLineText", "multilineText", "richText", "email", "url", "phoneNumber"}
 NUMBER_TYPES = {"number", "currency", "percent", "rating", "duration"}
-
 COMPUTED_TYPES = {"formula", "rollup", "count", "lookup", "multipleLookupValues", "createdTime",
                   "lastModifiedTime", "autoNumber", "createdBy", "lastModifiedBy", "button"}
-
 WRITABLE_TYPES = TEXT_TYPES | NUMBER_TYPES | {"checkbox", "date", "dateTime", "singleSelect",
                                               "multipleSelects", "multipleRecordLinks"}
 
@@ -301,10 +298,8 @@ class Progress:
 # by every integration: support.airtable.com/docs/managing-api-call-limits-in-airtable). The tool
 # counts its own, per base and day, over a rolling 30 days, beside the state.
 REQUEST_BUDGET_FILE = ".requests_30_days.json"
-
 BUDGET_DAYS = 30
 BUDGET_WARNING_SHARE = 0.8
-
 BUDGET_ADVICE = ("once the workspace's monthly calls are spent, Airtable refuses every request until the month "
                  "turns: run less often, or move the workspace to a plan with more calls")
 
@@ -397,13 +392,12 @@ TABLE_SPECS: dict[str, TableSpec] = {spec.key: spec for spec in (
 TABLE_ORDER = ("users", "events", "messages")
 LINK_TARGETS = {link.target for spec in TABLE_SPECS.values() for link in spec.links}
 
-TABLE_ENV = {
+DEFAULT_BASE_ID = "appaquqFN7vvvZGcq"
+TABLE_ENV = {  # each table's setting and its default id
     "users": ("AIRTABLE_USERS_TABLE", "tblQ0OHBit2AqaACy"),
     "events": ("AIRTABLE_EVENTS_TABLE", "tblrscr87h8fbtQTk"),
     "messages": ("AIRTABLE_MESSAGES_TABLE", "tbljma5S4NhUn1OYl"),
 }
-
-DEFAULT_BASE_ID = "appaquqFN7vvvZGcq"
 
 
 @dataclass(frozen=True)
@@ -494,12 +488,9 @@ examples:
 
 
 def build_arg_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="airtable_sync.py",
-        description="Sync the MongoDB exports (users, events, messages) into Airtable.",
-        epilog=EXAMPLES + "\n" + EXIT_CODES_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = argparse.ArgumentParser(prog="airtable_sync.py", epilog=EXAMPLES + "\n" + EXIT_CODES_HELP,
+                                     description="Sync the MongoDB exports (users, events, messages) into Airtable.",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     modes = parser.add_argument_group("modes (the default is the sync)")
     modes.add_argument("--check", action="store_true", help="compare the mappings with Airtable's schema; write nothing")
     modes.add_argument("--dry-run", action="store_true", help="plan and report, send no write request")
