@@ -87,7 +87,7 @@ class AirtableAccessError(Exception):
 
 
 class MonthlyCallsSpent(AirtableAccessError):
-    """Airtable's 429 PUBLIC_API_BILLING_LIMIT_EXCEEDED: refused until the month turns, so never retried."""
+    """Airtable's 429 PUBLIC_API_BILLING_LIMIT_EXCEEDED: every request refused until the month turns; never retried."""
 
 
 class LocalWriteError(OSError):
@@ -152,7 +152,7 @@ def iso_millis(moment: datetime) -> str:
 LOCAL_WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM,
                                 errno.EFBIG, errno.EIO})
 
-# A scratch file stays in memory up to this size, then spills to the cache dir (a large base's would not fit).
+# A scratch file stays in memory up to this size, then spills to the cache dir: only a large base's touches the disk.
 SCRATCH_IN_MEMORY_BYTES = 512 * 1024
 
 
