@@ -2138,20 +2138,14 @@ def _uuid_text(text: Any) -> str | None:
     return "-".join(match.group(1, 3, 4, 5, 6)).lower() if match else None
 
 
-def _hyphenated(hex32: str) -> str:
-    return f"{hex32[:8]}-{hex32[8:12]}-{hex32[12:16]}-{hex32[16:20]}-{hex32[20:]}"
-
-
 def _binary_uuid(data: Any, subtype: Any) -> str | None:
     """A Binary of subtype 4 holding 16 bytes -> its UUID text; None for anything else, which is kept as written
-    (subtype 3, the old drivers' UUIDs, has a byte order that depends on the driver that wrote it)."""
+    (subtype 3, the old drivers' UUIDs, has a byte order that depends on the driver that wrote it).
+    Raises ValueError for base64 that is not."""
     if subtype not in UUID_SUBTYPES or not isinstance(data, str):
         return None
-    try:
-        raw = base64.b64decode(data, validate=True)
-    except ValueError:
-        return None
-    return _hyphenated(raw.hex()) if len(raw) == 16 else None
+    raw = base64.b64decode(data, validate=True)
+    return _uuid_text(raw.hex()) if len(raw) == 16 else None
 
 
 def _extended_date(inner: Any) -> Any:
@@ -2169,15 +2163,13 @@ def _extended_date(inner: Any) -> Any:
 def unwrap_wrapper(obj: dict) -> Any:
     """One MongoDB Extended JSON wrapper -> its plain value (as json's object_hook: inner ones come first).
     A UUID becomes its lowercase hyphenated text; wrappers this tool has no plain value for are kept."""
-    size = len(obj)
-    if size == 2:  # only the legacy Binary {"$binary": base64, "$type": hex} is unwrapped among two-key objects
-        if "$binary" in obj and "$type" in obj:
-            return _binary_uuid(obj["$binary"], obj["$type"]) or obj
-        return obj
-    if size != 1:
-        return obj
-    (tag, inner), = obj.items()
-    if tag[:1] != "$":
+    if len(obj) == 1:
+        (tag, inner), = obj.items()
+        if tag[:1] != "$":
+            return obj
+    elif len(obj) == 2 and "$binary" in obj and "$type" in obj:  # the legacy Binary {"$binary": base64, "$type": hex}
+        tag, inner = "$binary", {"base64": obj["$binary"], "subType": obj["$type"]}
+    else:
         return obj
     try:
         if tag == "$oid" and isinstance(inner, str):
