@@ -2216,10 +2216,8 @@ class ExportText:
         self.decoder = codecs.getincrementaldecoder("utf-8-sig")()
         self.buf = ""
         self.eof = False
-        self.bytes_read = 0
-        self.chars_dropped = 0  # characters of the text already dropped from buf
-        self.lines_dropped = 0  # newlines among them
-        self.column_dropped = 0  # characters of buf's first line dropped with it
+        # Of the text already dropped from buf: its characters, its newlines, and those of buf's first line.
+        self.bytes_read = self.chars_dropped = self.lines_dropped = self.column_dropped = 0
 
     def more(self) -> bool:
         """Read the next chunk into buf; False at the end of the file."""
@@ -2228,23 +2226,20 @@ class ExportText:
         chunk = self.handle.read(READ_CHUNK)
         if self.file_digest is not None:
             self.file_digest.update(chunk)
-        pending = self.decoder.getstate()[0]  # the bytes of a character cut by the last chunk
         try:
             text = self.decoder.decode(chunk, final=not chunk)
         except UnicodeDecodeError as exc:
-            data = len(pending) + len(chunk)  # exc.object is that, less a BOM
-            raise self.utf8_error(self.bytes_read - len(pending) + data - len(exc.object) + exc.start) from None
+            # exc.object is the bytes of a character the last chunk cut, then this chunk (less a BOM).
+            offset = self.bytes_read + len(chunk) - len(exc.object) + exc.start
+            self.handle.seek(0)
+            head = self.handle.read(offset + 1)
+            line = head.count(b"\n", 0, offset) + 1
+            raise UsageError(f"{self.path}: line {line}: not valid UTF-8 "
+                             f"(byte {head[offset]:#04x} at offset {offset})") from None
         self.bytes_read += len(chunk)
         self.eof = not chunk
         self.buf += text
-        return bool(chunk) or bool(text)
-
-    def utf8_error(self, offset: int) -> UsageError:
-        self.handle.seek(0)
-        head = self.handle.read(offset + 1)
-        line = head.count(b"\n", 0, offset) + 1
-        return UsageError(f"{self.path}: line {line}: not valid UTF-8 "
-                          f"(byte {head[offset]:#04x} at offset {offset})")
+        return bool(chunk or text)
 
     def drop(self, pos: int) -> int:
         """Forget the text before `pos` (parsed); returns where `pos` is now."""
