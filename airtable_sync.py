@@ -2363,8 +2363,7 @@ def iter_documents(path: Path, handle: BinaryIO) -> Iterator[dict]:
     """The documents of an export, one at a time, with Extended JSON unwrapped as they are parsed:
     a JSON array, or documents one after another separated by whitespace (JSON Lines, or
     mongoexport --pretty). Only the document being parsed and one chunk of text are in memory."""
-    for doc, _, _ in iter_documents_text(path, handle):
-        yield doc
+    return (doc for doc, _, _ in iter_documents_text(path, handle))
 
 
 def mongo_id_of(doc: dict) -> str | None:
@@ -2391,17 +2390,12 @@ def text_digest(data: bytes) -> int:
 
 
 class ExportIndex:
-    """An export's records, checked in one pass and read again one at a time. The run keeps the
-    file open and holds, per record, only its Mongo id, where its text is in the file and a digest
-    of that text: the export is never copied, and a record is parsed again when the plan needs
-    it. A text that no longer matches its digest means the file was rewritten while the run read
-    it; the run stops there (exit 2), before it writes anything. A record that a run found in sync
-    is skipped by its digest without being read again (PlanMemo).
-
-    The index is kept in the cache dir with a digest of the whole file: the next run that finds
-    the very same bytes (an export not run again since, or a quiet night whose export came out
-    identical) takes the index instead of parsing the file again, since the same bytes pass the
-    same checks. The digests of the records read are checked all the same."""
+    """An export's records, checked in one pass, then parsed again from the open file one at a time
+    when the plan needs them (not at all when PlanMemo knows them in sync). Per record it holds only
+    the Mongo id, where the text is in the file and the text's digest: a text that no longer matches
+    means the file was rewritten while the run read it, and the run stops (exit 2) before it writes.
+    The index is saved in the cache dir: a run that finds the very same bytes (a quiet night's
+    identical export) takes it instead of parsing the file again, but still checks each digest."""
 
     def __init__(self, path: Path, handle: BinaryIO):
         self.path, self.handle = path, handle
@@ -2479,30 +2473,22 @@ class ExportIndex:
         return ExportRecord(index, self.mongo_ids[index], self.decode(data.decode("utf-8", "surrogatepass")))
 
     def __iter__(self) -> Iterator[ExportRecord]:
-        for index in range(len(self)):
-            yield self.load(index)
+        return map(self.load, range(len(self)))
 
     def close(self) -> None:
         self.handle.close()
 
 
-class ExportList:
+class ExportList(list):
     """Records in memory (tests, --check) with ExportIndex's interface, without digests."""
 
-    def __init__(self, records: Sequence[ExportRecord]):
-        self.records = records
-        self.mongo_ids = [r.mongo_id for r in records]
-        self.digests = None
-        self.carried = {k for r in records for k in r.doc}
+    digests = None
+    load = list.__getitem__
 
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def load(self, index: int) -> ExportRecord:
-        return self.records[index]
-
-    def __iter__(self) -> Iterator[ExportRecord]:
-        return iter(self.records)
+    def __init__(self, records: Iterable[ExportRecord]):
+        super().__init__(records)
+        self.mongo_ids = [r.mongo_id for r in self]
+        self.carried = {k for r in self for k in r.doc}
 
 
 def index_export(path: Path, limit: int | None, saved: Path | None = None) -> ExportIndex | None:
