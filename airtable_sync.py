@@ -2521,9 +2521,7 @@ def index_export(path: Path, limit: int | None, saved: Path | None = None) -> Ex
 
 
 def normalize_key(value: Any) -> str:
-    if value is None:
-        return ""
-    return str(value).strip().lower()
+    return "" if value is None else str(value).strip().lower()
 
 
 def natural_key(doc: dict, key_fields: Sequence[str]) -> str:
@@ -2548,29 +2546,28 @@ class Matcher:
         self.candidates: dict[str, deque[str]] = defaultdict(deque)  # natural key -> records without an id
         keys = [k for k in (id_field, key_field) if k is not None]
         for rec_id, values in airtable_records.cells(keys) if keys else ():
-            cells = dict(zip(keys, values))
-            value = cells.get(id_field) if id_field is not None else None
+            cells = dict(zip(keys, values))  # a None field is no key: .get(None) is None
+            value = cells.get(id_field)
             if value not in (None, ""):
                 self.holding.setdefault(str(value), rec_id)
-            elif key_field is not None and (key := normalize_key(cells.get(key_field))):
+            elif key := normalize_key(cells.get(key_field)):
                 self.candidates[key].append(rec_id)
 
     def claim_by_id(self, mongo_id: str | None) -> str | None:
-        rec_id = self.holding.get(mongo_id) if mongo_id is not None else None
+        rec_id = self.holding.get(mongo_id)  # type: ignore[arg-type]
         if rec_id is None or rec_id in self.claimed:
             return None
         self.claimed.add(rec_id)
         return rec_id
 
     def claim_by_key(self, key: str) -> str | None:
-        queue = self.candidates.get(key) if key else None
+        queue = self.candidates.get(key)
         while queue and queue[0] in self.claimed:
             queue.popleft()
         if not queue:
             return None
-        rec_id = queue.popleft()
-        self.claimed.add(rec_id)
-        return rec_id
+        self.claimed.add(queue[0])
+        return queue.popleft()
 
     def orphans(self) -> list[dict]:
         return [self.records.get(rec_id) for rec_id in self.records.ids() if rec_id not in self.claimed]  # type: ignore[misc]
