@@ -2627,11 +2627,9 @@ def _scalar_text(value: Any) -> str:
 def to_text(value: Any) -> str:
     if value.__class__ is str:
         return value
-    if isinstance(value, (list, tuple)):
-        if any(isinstance(v, (dict, list, tuple)) for v in value):
-            return json.dumps(jsonable(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    if isinstance(value, (list, tuple)) and not any(isinstance(v, (dict, list, tuple)) for v in value):
         return ", ".join(_scalar_text(v) for v in value if not _is_null(v))
-    if isinstance(value, dict):
+    if isinstance(value, (dict, list, tuple)):
         return json.dumps(jsonable(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return _scalar_text(value)
 
@@ -2647,35 +2645,19 @@ def to_number(value: Any) -> int | float | None:
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, Decimal):
-        if not value.is_finite():
-            return None
-        number = float(value)
+        number = float(value) if value.is_finite() else math.nan  # float() refuses a signalling NaN
         if not math.isfinite(number):
             return None
         return int(value) if value == value.to_integral_value() and abs(number) <= 2**53 else number
-    if isinstance(value, str):
+    if isinstance(value, str) and "_" not in value:
         text = value.strip()
         if not text:
             return None
-        if "_" not in text:
-            try:
-                return int(text)
-            except ValueError:
-                pass
-            try:
-                number = float(text)
-            except ValueError:
-                pass
-            else:
-                return number if math.isfinite(number) else None
+        with contextlib.suppress(ValueError):
+            return int(text)
+        with contextlib.suppress(ValueError):
+            return to_number(float(text))
     raise Invalid(f"not a number: {value!r}")
-
-
-def to_date(value: Any) -> str:
-    try:
-        return to_instant(value).astimezone(timezone.utc).date().isoformat()
-    except OverflowError:
-        raise Invalid(f"date out of range: {value!r}") from None
 
 
 def to_datetime(value: Any) -> str:
@@ -2683,6 +2665,10 @@ def to_datetime(value: Any) -> str:
         return iso_millis(to_instant(value))
     except OverflowError:
         raise Invalid(f"date out of range: {value!r}") from None
+
+
+def to_date(value: Any) -> str:
+    return to_datetime(value)[:10]  # the day in UTC
 
 
 def to_single_select(value: Any) -> str:
@@ -2693,16 +2679,11 @@ def to_single_select(value: Any) -> str:
 
 def to_multiple_selects(value: Any) -> list[str]:
     items = value if isinstance(value, (list, tuple)) else [value]
-    choices: list[str] = []
     for item in items:
-        if _is_null(item) or item == "":
-            continue
         if isinstance(item, (dict, list, tuple)):
             raise Invalid(f"not a choice: {item!r}")
-        text = _scalar_text(item)
-        if text not in choices:  # Airtable keeps a choice once
-            choices.append(text)
-    return choices
+    # Airtable keeps a choice once.
+    return list(dict.fromkeys(_scalar_text(item) for item in items if not _is_null(item) and item != ""))
 
 
 CONVERTERS: dict[str, Callable[[Any], Any]] = {
@@ -2824,8 +2805,6 @@ def values_equal(new: Any, old: Any, field_type: str) -> bool:
             return a.replace(microsecond=0) == b.replace(microsecond=0)  # whole seconds, before 1970 too
         except (Invalid, OverflowError):
             return new == old
-    if isinstance(new, (int, float)) and isinstance(old, (int, float)) and not isinstance(new, bool):
-        return new == old
     if isinstance(new, list) and isinstance(old, list):
         return len(new) == len(old) and all(str(a) == str(b) for a, b in zip(new, old))
     return new == old
