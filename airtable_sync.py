@@ -2148,18 +2148,6 @@ def _binary_uuid(data: Any, subtype: Any) -> str | None:
     return _uuid_text(raw.hex()) if len(raw) == 16 else None
 
 
-def _extended_date(inner: Any) -> Any:
-    if inner.__class__ is str:  # relaxed: ISO 8601
-        parsed = parse_datetime(inner)
-        if parsed is not None:
-            return parsed
-    elif isinstance(inner, int) and not isinstance(inner, bool):  # ms, or $numberLong ms unwrapped: exact
-        return EPOCH + timedelta(milliseconds=inner)
-    elif isinstance(inner, float):
-        return datetime.fromtimestamp(inner / 1000, tz=timezone.utc)
-    return {"$date": inner}
-
-
 def unwrap_wrapper(obj: dict) -> Any:
     """One MongoDB Extended JSON wrapper -> its plain value (as json's object_hook: inner ones come first).
     A UUID becomes its lowercase hyphenated text; wrappers this tool has no plain value for are kept."""
@@ -2175,7 +2163,12 @@ def unwrap_wrapper(obj: dict) -> Any:
         if tag == "$oid" and isinstance(inner, str):
             return inner
         if tag == "$date":
-            return _extended_date(inner)
+            if inner.__class__ is str:  # relaxed: ISO 8601
+                return parse_datetime(inner) or obj
+            if isinstance(inner, int) and not isinstance(inner, bool):  # ms, or $numberLong ms unwrapped: exact
+                return EPOCH + timedelta(milliseconds=inner)
+            if isinstance(inner, float):
+                return datetime.fromtimestamp(inner / 1000, tz=timezone.utc)
         if tag in ("$numberLong", "$numberInt") and isinstance(inner, (str, int)):
             return int(inner)
         if tag == "$numberDouble" and isinstance(inner, (str, int, float)):
@@ -2202,7 +2195,6 @@ def unwrap_extended_json(value: Any) -> Any:
 
 
 JSON_SPACE = re.compile(r"[ \t\n\r]*")
-LAYOUTS = "a JSON array, JSON Lines or documents one after another"
 READ_CHUNK = 1 << 20  # bytes read at a time: an export is parsed as a stream, never held whole
 
 
@@ -2274,9 +2266,8 @@ class ExportText:
             try:
                 return raw_decode(self.buf, pos)
             except json.JSONDecodeError as exc:
-                if self.more():
-                    continue
-                raise self.json_error(exc.msg, exc.pos, began) from None
+                if not self.more():
+                    raise self.json_error(exc.msg, exc.pos, began) from None
 
     def json_error(self, message: str, pos: int, began: int | None = None) -> UsageError:
         line = self.line(pos)
@@ -2306,13 +2297,12 @@ def _array(text: ExportText, pos: int, raw_decode: Callable[[str, int], tuple[An
                 pos = text.drop(pos)
             if pos == len(text.buf):
                 raise text.json_error("Expecting value", pos)
-            start = pos
-            doc, pos = text.value(pos, raw_decode, None)
+            doc, end = text.value(pos, raw_decode, None)
             n += 1
             if doc.__class__ is not dict:
                 raise UsageError(f"{text.path}: record {n} is not a JSON object ({type(doc).__name__})")
-            yield doc, text.buf[start:pos], text.chars_dropped + start
-            pos = text.skip_space(pos)
+            yield doc, text.buf[pos:end], text.chars_dropped + pos
+            pos = text.skip_space(end)
             if text.buf[pos:pos + 1] == "]":
                 break
             if text.buf[pos:pos + 1] != ",":
@@ -2334,8 +2324,7 @@ def _documents(text: ExportText, pos: int, raw_decode: Callable[[str, int], tupl
         yield doc, text.buf[pos:after], text.chars_dropped + pos
         pos = text.skip_space(after)
         if pos == after < len(text.buf):
-            raise UsageError(f"{text.path}: line {text.line(pos)}: not valid JSON: a document follows the previous "
-                             f"one without whitespace between them (column {text.column(pos)})")
+            raise text.json_error("a document follows the previous one without whitespace between them", pos)
 
 
 def iter_documents_text(path: Path, handle: BinaryIO, unwrap: bool = True,
@@ -2349,7 +2338,7 @@ def iter_documents_text(path: Path, handle: BinaryIO, unwrap: bool = True,
     raw_decode = json.JSONDecoder(object_hook=unwrap_wrapper).raw_decode if unwrap else _checking_decode
     pos = text.skip_space(0)
     if pos == len(text.buf):
-        raise UsageError(f"{path}: file is empty (expected {LAYOUTS})")
+        raise UsageError(f"{path}: file is empty (expected a JSON array, JSON Lines or documents one after another)")
     if text.buf[pos] == "[":
         yield from _array(text, pos + 1, raw_decode)
     elif text.buf[pos] == "{":
@@ -2525,11 +2514,8 @@ def normalize_key(value: Any) -> str:
 
 
 def natural_key(doc: dict, key_fields: Sequence[str]) -> str:
-    for name in key_fields:
-        key = normalize_key(doc.get(name))
-        if key:
-            return key
-    return ""
+    """The first of the document's `key_fields` that is not blank, normalised ("" when none)."""
+    return next(filter(None, (normalize_key(doc.get(name)) for name in key_fields)), "")
 
 
 class Matcher:
@@ -2635,9 +2621,7 @@ def to_text(value: Any) -> str:
 
 
 def to_number(value: Any) -> int | float | None:
-    if isinstance(value, bool):
-        raise Invalid(f"not a number: {value!r}")
-    if isinstance(value, int):
+    if isinstance(value, int) and not isinstance(value, bool):
         # Airtable keeps numbers as doubles (integers past 15 digits come back rounded:
         # github.com/Airtable/airtable.js/issues/423): send what it will give back, or every
         # run rewrites it.
