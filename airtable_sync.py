@@ -2291,23 +2291,21 @@ def _array(text: ExportText, pos: int, raw_decode: Callable[[str, int], tuple[An
     """The elements of a JSON array, each parsed in place; json's own messages for its errors."""
     pos = text.skip_space(pos)
     n = 0
-    if text.buf[pos:pos + 1] != "]":
-        while True:
-            if pos > READ_CHUNK:
-                pos = text.drop(pos)
-            if pos == len(text.buf):
-                raise text.json_error("Expecting value", pos)
-            doc, end = text.value(pos, raw_decode, None)
-            n += 1
-            if doc.__class__ is not dict:
-                raise UsageError(f"{text.path}: record {n} is not a JSON object ({type(doc).__name__})")
-            yield doc, text.buf[pos:end], text.chars_dropped + pos
-            pos = text.skip_space(end)
-            if text.buf[pos:pos + 1] == "]":
-                break
+    while text.buf[pos:pos + 1] != "]":
+        if pos > READ_CHUNK:
+            pos = text.drop(pos)
+        if n:  # a comma after each element but the last
             if text.buf[pos:pos + 1] != ",":
                 raise text.json_error("Expecting ',' delimiter", pos)
             pos = text.skip_space(pos + 1)
+        if pos == len(text.buf):
+            raise text.json_error("Expecting value", pos)
+        doc, end = text.value(pos, raw_decode, None)
+        n += 1
+        if doc.__class__ is not dict:
+            raise UsageError(f"{text.path}: record {n} is not a JSON object ({type(doc).__name__})")
+        yield doc, text.buf[pos:end], text.chars_dropped + pos
+        pos = text.skip_space(end)
     pos = text.skip_space(pos + 1)
     if pos < len(text.buf):
         raise text.json_error("Extra data", pos)
@@ -2329,11 +2327,10 @@ def _documents(text: ExportText, pos: int, raw_decode: Callable[[str, int], tupl
 
 def iter_documents_text(path: Path, handle: BinaryIO, unwrap: bool = True,
                         file_digest: Any = None) -> Iterator[tuple[dict, str, int]]:
-    """iter_documents, each document with its JSON text as the file has it and the position of
-    that text's first character among the file's characters (after a BOM). With `unwrap` False
-    only a document that is itself a wrapper is unwrapped (it is then no document): the values
-    inside keep their Extended JSON, for a pass that checks the file and reads the ids (a
-    third faster than unwrapping every value)."""
+    """iter_documents, each document with its text as the file has it and where that text starts
+    among the file's characters (after a BOM). With `unwrap` False the values keep their Extended
+    JSON (a third faster, for the pass that checks the file and reads the ids): only a document
+    that is itself a wrapper is unwrapped, as it is then no document."""
     text = ExportText(path, handle, file_digest)
     raw_decode = json.JSONDecoder(object_hook=unwrap_wrapper).raw_decode if unwrap else _checking_decode
     pos = text.skip_space(0)
@@ -2368,8 +2365,7 @@ def mongo_id_of(doc: dict) -> str | None:
 
 
 def index_rules() -> str:
-    """What decides how an export is checked and indexed: this tool's source, and the Python that
-    parses (its version, and its limit on the digits of an integer)."""
+    """What decides how an export is checked and indexed: this tool's source and the Python that parses."""
     return f"{SOURCE_DIGEST.hex()} Python {sys.version} int digits {sys.get_int_max_str_digits()}"
 
 
@@ -2439,7 +2435,6 @@ class ExportIndex:
             data = json.loads(body)
             if (data["rules"], data["bytes"], data["limit"]) != (index_rules(), os.fstat(self.handle.fileno()).st_size, limit):
                 return False
-            self.handle.seek(0)
             whole = hashlib.file_digest(self.handle, lambda: hashlib.blake2b(digest_size=16))  # type: ignore[arg-type]
             self.handle.seek(0)
             if whole.hexdigest() != data["file"]:
