@@ -2126,9 +2126,6 @@ class ExportRecord:
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
-# Binary subtype 4 (UUID), as the Extended JSON spec allows it: a one- or two-digit hex string.
-UUID_SUBTYPES = ("04", "4")
-
 UUID_TEXT = re.compile(r"(?:urn:uuid:)?([0-9a-fA-F]{8})(-?)([0-9a-fA-F]{4})\2([0-9a-fA-F]{4})\2([0-9a-fA-F]{4})\2([0-9a-fA-F]{12})")
 
 
@@ -2139,10 +2136,10 @@ def _uuid_text(text: Any) -> str | None:
 
 
 def _binary_uuid(data: Any, subtype: Any) -> str | None:
-    """A Binary of subtype 4 holding 16 bytes -> its UUID text; None for anything else, which is kept as written
-    (subtype 3, the old drivers' UUIDs, has a byte order that depends on the driver that wrote it).
-    Raises ValueError for base64 that is not."""
-    if subtype not in UUID_SUBTYPES or not isinstance(data, str):
+    """A Binary of subtype 4 (one or two hex digits, as the Extended JSON spec allows) holding 16 bytes -> its UUID
+    text; None for anything else, which is kept as written (subtype 3, the old drivers' UUIDs, has a byte order
+    that depends on the driver that wrote it). Raises ValueError for base64 that is not."""
+    if subtype not in ("04", "4") or not isinstance(data, str):
         return None
     raw = base64.b64decode(data, validate=True)
     return _uuid_text(raw.hex()) if len(raw) == 16 else None
@@ -2425,9 +2422,8 @@ class ExportIndex:
         return hashlib.blake2b(body.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest() + "\n" + body
 
     def reuse(self, saved: Path, limit: int | None) -> bool:
-        """Take the index an earlier run saved of the same bytes (same size and digest), read by
-        the same rules (this tool's source, the same Python) and limit; False, and nothing taken,
-        otherwise, or when the saved index is not whole (its own digest)."""
+        """Take the index an earlier run saved (whole, by its own digest) of the same bytes, read by the
+        same rules and limit; False, and nothing taken, otherwise."""
         try:
             check, body = saved.read_bytes().split(b"\n", 1)
             if hashlib.blake2b(body, digest_size=16).hexdigest().encode() != check:
@@ -2514,10 +2510,9 @@ def natural_key(doc: dict, key_fields: Sequence[str]) -> str:
 
 
 class Matcher:
-    """The two passes of matching, as claims one export record at a time: by the `id` field
-    (`id_field`, its key in the records; None when the table has none), then by normalised
-    natural key (`key_field`), first come first served. The caller makes every id claim before
-    any key claim, in export order."""
+    """Matching's two passes, as claims one export record at a time: by the `id` field (`id_field`, its key in
+    the records; None when the table has none), then by normalised natural key (`key_field`), first come first
+    served. The caller makes every id claim before any key claim, in export order."""
 
     def __init__(self, airtable_records: TableSnapshot, key_field: str | None, id_field: str | None):
         # Record ids only: a claimed record is read from the snapshot when it is planned.
@@ -2713,10 +2708,9 @@ def field_types(spec: TableSpec, columns: TableColumns, airtable_records: Sequen
     types, read_only = {}, []
     links = {link.airtable_field for link in spec.links}
     for column in columns.by_mapped.values():
-        if not columns.by_field_id:  # the schema is unreadable: the type from the values
-            if column.mapped in links:
-                types[column.key] = "multipleRecordLinks"
-                continue
+        if not columns.by_field_id and column.mapped in links:  # the schema is unreadable: the type from the values
+            types[column.key] = "multipleRecordLinks"
+        elif not columns.by_field_id:
             mongo_name = next(m for m, a in spec.mapping if a == column.mapped)
             sample = next((r.doc[mongo_name] for r in exported if r.doc.get(mongo_name) is not None), None)
             values = (r["fields"][column.key] for r in airtable_records if column.key in r["fields"])
@@ -2736,9 +2730,8 @@ def mapped_columns(spec: TableSpec, columns: TableColumns, types: Mapping[str, s
 
 def convert_record(record: ExportRecord, columns: Sequence[tuple[str, str, str]],
                    id_field: str | None) -> tuple[dict, list[str], str | None]:
-    """The record's mapped values converted for Airtable (keyed as `columns` name the fields, the
-    Mongo id under `id_field`), the fields whose values were invalid, and why the record cannot
-    be sent at all, if it cannot."""
+    """The record's mapped values converted for Airtable (keyed as `columns` name the fields, the Mongo id
+    under `id_field`), the fields whose values were invalid, and why the record cannot be sent, if it cannot."""
     converted: dict[str, Any] = {id_field: record.mongo_id} if id_field and record.mongo_id is not None else {}
     invalid: list[str] = []
     problem = None
