@@ -2681,10 +2681,8 @@ def convert_value(value: Any, field_type: str) -> Any:
 def infer_type(airtable_values: Iterable[Any], mongo_value: Any) -> str:
     """A field's type when the schema cannot be read: from Airtable's values, else the Mongo value."""
     for value in airtable_values:
-        if isinstance(value, bool):
-            return "checkbox"
         if isinstance(value, (int, float)):
-            return "number"
+            return "checkbox" if isinstance(value, bool) else "number"
         if isinstance(value, list):
             return "multipleSelects" if all(isinstance(v, str) for v in value) else "multilineText"
         if isinstance(value, str):
@@ -2693,13 +2691,8 @@ def infer_type(airtable_values: Iterable[Any], mongo_value: Any) -> str:
             if re.fullmatch(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z", value):
                 return "dateTime"
             return "multilineText"
-    if isinstance(mongo_value, bool):
-        return "checkbox"
-    if isinstance(mongo_value, (int, float, Decimal)):
-        return "number"
-    if isinstance(mongo_value, datetime):
-        return "dateTime"
-    return "multilineText"
+    kinds = ((bool, "checkbox"), ((int, float, Decimal), "number"), (datetime, "dateTime"))
+    return next((name for kind, name in kinds if isinstance(mongo_value, kind)), "multilineText")
 
 
 def field_types(spec: TableSpec, columns: TableColumns, airtable_records: Sequence[dict],
