@@ -2232,13 +2232,8 @@ class ExportText:
 
     def drop(self, pos: int) -> int:
         """Forget the text before `pos` (parsed); returns where `pos` is now."""
-        newlines = self.buf.count("\n", 0, pos)
+        self.lines_dropped, self.column_dropped = self.line(pos) - 1, self.column(pos) - 1
         self.chars_dropped += pos
-        if newlines:
-            self.lines_dropped += newlines
-            self.column_dropped = pos - self.buf.rfind("\n", 0, pos) - 1
-        else:
-            self.column_dropped += pos
         self.buf = self.buf[pos:]
         return 0
 
