@@ -2467,9 +2467,8 @@ class ExportList(list):
 
 
 def index_export(path: Path, limit: int | None, saved: Path | None = None) -> ExportIndex | None:
-    """The export checked and indexed (the file stays open), or the index `saved` by a run that
-    checked the same bytes; None when it is missing. The whole file is parsed even past `limit`,
-    so that a bad file fails the same with --limit."""
+    """The export checked and indexed, the file left open (or the index `saved` of the same bytes); None
+    when it is missing. The whole file is parsed even past `limit`: a bad file fails the same with --limit."""
     try:
         handle = open(path, "rb")
     except FileNotFoundError:
