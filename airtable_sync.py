@@ -2205,7 +2205,7 @@ class ExportText:
         self.decoder = codecs.getincrementaldecoder("utf-8-sig")()
         self.buf = ""
         self.eof = False
-        # Of the text already dropped from buf: its characters, its newlines, and those of buf's first line.
+        # Of the text already dropped from buf: its characters, its newlines, and the characters of buf's first line.
         self.bytes_read = self.chars_dropped = self.lines_dropped = self.column_dropped = 0
 
     def more(self) -> bool:
@@ -2286,7 +2286,7 @@ def _array(text: ExportText, pos: int, raw_decode: Callable[[str, int], tuple[An
     while text.buf[pos:pos + 1] != "]":
         if pos > READ_CHUNK:
             pos = text.drop(pos)
-        if n:  # a comma after each element but the last
+        if n:  # every element but the first follows a comma
             if text.buf[pos:pos + 1] != ",":
                 raise text.json_error("Expecting ',' delimiter", pos)
             pos = text.skip_space(pos + 1)
