@@ -2050,9 +2050,6 @@ class ExportRecord:
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
-# Binary subtype 4 (UUID), as the Extended JSON spec allows it: a one- or two-digit hex string.
-UUID_SUBTYPES = ("04", "4")
-
 UUID_TEXT = re.compile(r"(?:urn:uuid:)?([0-9a-fA-F]{8})(-?)([0-9a-fA-F]{4})\2([0-9a-fA-F]{4})\2([0-9a-fA-F]{4})\2([0-9a-fA-F]{12})")
 
 
@@ -2062,52 +2059,37 @@ def _uuid_text(text: Any) -> str | None:
     return "-".join(match.group(1, 3, 4, 5, 6)).lower() if match else None
 
 
-def _hyphenated(hex32: str) -> str:
-    return f"{hex32[:8]}-{hex32[8:12]}-{hex32[12:16]}-{hex32[16:20]}-{hex32[20:]}"
-
-
 def _binary_uuid(data: Any, subtype: Any) -> str | None:
-    """A Binary of subtype 4 holding 16 bytes -> its UUID text; None for anything else, which is kept as written
-    (subtype 3, the old drivers' UUIDs, has a byte order that depends on the driver that wrote it)."""
-    if subtype not in UUID_SUBTYPES or not isinstance(data, str):
+    """A Binary of subtype 4 (one or two hex digits, as the Extended JSON spec allows) holding 16 bytes -> its UUID
+    text; None for anything else, which is kept as written (subtype 3, the old drivers' UUIDs, has a byte order
+    that depends on the driver that wrote it). Raises ValueError for base64 that is not."""
+    if subtype not in ("04", "4") or not isinstance(data, str):
         return None
-    try:
-        raw = base64.b64decode(data, validate=True)
-    except ValueError:
-        return None
-    return _hyphenated(raw.hex()) if len(raw) == 16 else None
-
-
-def _extended_date(inner: Any) -> Any:
-    if inner.__class__ is str:  # relaxed: ISO 8601
-        parsed = parse_datetime(inner)
-        if parsed is not None:
-            return parsed
-    elif isinstance(inner, int) and not isinstance(inner, bool):  # ms, or $numberLong ms unwrapped: exact
-        return EPOCH + timedelta(milliseconds=inner)
-    elif isinstance(inner, float):
-        return datetime.fromtimestamp(inner / 1000, tz=timezone.utc)
-    return {"$date": inner}
+    raw = base64.b64decode(data, validate=True)
+    return _uuid_text(raw.hex()) if len(raw) == 16 else None
 
 
 def unwrap_wrapper(obj: dict) -> Any:
     """One MongoDB Extended JSON wrapper -> its plain value (as json's object_hook: inner ones come first).
     A UUID becomes its lowercase hyphenated text; wrappers this tool has no plain value for are kept."""
-    size = len(obj)
-    if size == 2:  # only the legacy Binary {"$binary": base64, "$type": hex} is unwrapped among two-key objects
-        if "$binary" in obj and "$type" in obj:
-            return _binary_uuid(obj["$binary"], obj["$type"]) or obj
-        return obj
-    if size != 1:
-        return obj
-    (tag, inner), = obj.items()
-    if tag[:1] != "$":
+    if len(obj) == 1:
+        (tag, inner), = obj.items()
+        if tag[:1] != "$":
+            return obj
+    elif len(obj) == 2 and "$binary" in obj and "$type" in obj:  # the legacy Binary {"$binary": base64, "$type": hex}
+        tag, inner = "$binary", {"base64": obj["$binary"], "subType": obj["$type"]}
+    else:
         return obj
     try:
         if tag == "$oid" and isinstance(inner, str):
             return inner
         if tag == "$date":
-            return _extended_date(inner)
+            if inner.__class__ is str:  # relaxed: ISO 8601
+                return parse_datetime(inner) or obj
+            if isinstance(inner, int) and not isinstance(inner, bool):  # ms, or $numberLong ms unwrapped: exact
+                return EPOCH + timedelta(milliseconds=inner)
+            if isinstance(inner, float):
+                return datetime.fromtimestamp(inner / 1000, tz=timezone.utc)
         if tag in ("$numberLong", "$numberInt") and isinstance(inner, (str, int)):
             return int(inner)
         if tag == "$numberDouble" and isinstance(inner, (str, int, float)):
@@ -2134,7 +2116,6 @@ def unwrap_extended_json(value: Any) -> Any:
 
 
 JSON_SPACE = re.compile(r"[ \t\n\r]*")
-LAYOUTS = "a JSON array, JSON Lines or documents one after another"
 READ_CHUNK = 1 << 20  # bytes read at a time: an export is parsed as a stream, never held whole
 
 
@@ -2148,10 +2129,8 @@ class ExportText:
         self.decoder = codecs.getincrementaldecoder("utf-8-sig")()
         self.buf = ""
         self.eof = False
-        self.bytes_read = 0
-        self.chars_dropped = 0  # characters of the text already dropped from buf
-        self.lines_dropped = 0  # newlines among them
-        self.column_dropped = 0  # characters of buf's first line dropped with it
+        # Of the text already dropped from buf: its characters, its newlines, and the characters of buf's first line.
+        self.bytes_read = self.chars_dropped = self.lines_dropped = self.column_dropped = 0
 
     def more(self) -> bool:
         """Read the next chunk into buf; False at the end of the file."""
@@ -2160,33 +2139,25 @@ class ExportText:
         chunk = self.handle.read(READ_CHUNK)
         if self.file_digest is not None:
             self.file_digest.update(chunk)
-        pending = self.decoder.getstate()[0]  # the bytes of a character cut by the last chunk
         try:
             text = self.decoder.decode(chunk, final=not chunk)
         except UnicodeDecodeError as exc:
-            data = len(pending) + len(chunk)  # exc.object is that, less a BOM
-            raise self.utf8_error(self.bytes_read - len(pending) + data - len(exc.object) + exc.start) from None
+            # exc.object is the bytes of a character the last chunk cut, then this chunk (less a BOM).
+            offset = self.bytes_read + len(chunk) - len(exc.object) + exc.start
+            self.handle.seek(0)
+            head = self.handle.read(offset + 1)
+            line = head.count(b"\n", 0, offset) + 1
+            raise UsageError(f"{self.path}: line {line}: not valid UTF-8 "
+                             f"(byte {head[offset]:#04x} at offset {offset})") from None
         self.bytes_read += len(chunk)
         self.eof = not chunk
         self.buf += text
-        return bool(chunk) or bool(text)
-
-    def utf8_error(self, offset: int) -> UsageError:
-        self.handle.seek(0)
-        head = self.handle.read(offset + 1)
-        line = head.count(b"\n", 0, offset) + 1
-        return UsageError(f"{self.path}: line {line}: not valid UTF-8 "
-                          f"(byte {head[offset]:#04x} at offset {offset})")
+        return bool(chunk or text)
 
     def drop(self, pos: int) -> int:
         """Forget the text before `pos` (parsed); returns where `pos` is now."""
-        newlines = self.buf.count("\n", 0, pos)
+        self.lines_dropped, self.column_dropped = self.line(pos) - 1, self.column(pos) - 1
         self.chars_dropped += pos
-        if newlines:
-            self.lines_dropped += newlines
-            self.column_dropped = pos - self.buf.rfind("\n", 0, pos) - 1
-        else:
-            self.column_dropped += pos
         self.buf = self.buf[pos:]
         return 0
 
@@ -2211,9 +2182,8 @@ class ExportText:
             try:
                 return raw_decode(self.buf, pos)
             except json.JSONDecodeError as exc:
-                if self.more():
-                    continue
-                raise self.json_error(exc.msg, exc.pos, began) from None
+                if not self.more():
+                    raise self.json_error(exc.msg, exc.pos, began) from None
 
     def json_error(self, message: str, pos: int, began: int | None = None) -> UsageError:
         line = self.line(pos)
@@ -2237,24 +2207,21 @@ def _array(text: ExportText, pos: int, raw_decode: Callable[[str, int], tuple[An
     """The elements of a JSON array, each parsed in place; json's own messages for its errors."""
     pos = text.skip_space(pos)
     n = 0
-    if text.buf[pos:pos + 1] != "]":
-        while True:
-            if pos > READ_CHUNK:
-                pos = text.drop(pos)
-            if pos == len(text.buf):
-                raise text.json_error("Expecting value", pos)
-            start = pos
-            doc, pos = text.value(pos, raw_decode, None)
-            n += 1
-            if doc.__class__ is not dict:
-                raise UsageError(f"{text.path}: record {n} is not a JSON object ({type(doc).__name__})")
-            yield doc, text.buf[start:pos], text.chars_dropped + start
-            pos = text.skip_space(pos)
-            if text.buf[pos:pos + 1] == "]":
-                break
+    while text.buf[pos:pos + 1] != "]":
+        if pos > READ_CHUNK:
+            pos = text.drop(pos)
+        if n:  # every element but the first follows a comma
             if text.buf[pos:pos + 1] != ",":
                 raise text.json_error("Expecting ',' delimiter", pos)
             pos = text.skip_space(pos + 1)
+        if pos == len(text.buf):
+            raise text.json_error("Expecting value", pos)
+        doc, end = text.value(pos, raw_decode, None)
+        n += 1
+        if doc.__class__ is not dict:
+            raise UsageError(f"{text.path}: record {n} is not a JSON object ({type(doc).__name__})")
+        yield doc, text.buf[pos:end], text.chars_dropped + pos
+        pos = text.skip_space(end)
     pos = text.skip_space(pos + 1)
     if pos < len(text.buf):
         raise text.json_error("Extra data", pos)
@@ -2271,22 +2238,20 @@ def _documents(text: ExportText, pos: int, raw_decode: Callable[[str, int], tupl
         yield doc, text.buf[pos:after], text.chars_dropped + pos
         pos = text.skip_space(after)
         if pos == after < len(text.buf):
-            raise UsageError(f"{text.path}: line {text.line(pos)}: not valid JSON: a document follows the previous "
-                             f"one without whitespace between them (column {text.column(pos)})")
+            raise text.json_error("a document follows the previous one without whitespace between them", pos)
 
 
 def iter_documents_text(path: Path, handle: BinaryIO, unwrap: bool = True,
                         file_digest: Any = None) -> Iterator[tuple[dict, str, int]]:
-    """iter_documents, each document with its JSON text as the file has it and the position of
-    that text's first character among the file's characters (after a BOM). With `unwrap` False
-    only a document that is itself a wrapper is unwrapped (it is then no document): the values
-    inside keep their Extended JSON, for a pass that checks the file and reads the ids (a
-    third faster than unwrapping every value)."""
+    """iter_documents, each document with its text as the file has it and where that text starts
+    among the file's characters (after a BOM). With `unwrap` False the values keep their Extended
+    JSON (a third faster, for the pass that checks the file and reads the ids): only a document
+    that is itself a wrapper is unwrapped, as it is then no document."""
     text = ExportText(path, handle, file_digest)
     raw_decode = json.JSONDecoder(object_hook=unwrap_wrapper).raw_decode if unwrap else _checking_decode
     pos = text.skip_space(0)
     if pos == len(text.buf):
-        raise UsageError(f"{path}: file is empty (expected {LAYOUTS})")
+        raise UsageError(f"{path}: file is empty (expected a JSON array, JSON Lines or documents one after another)")
     if text.buf[pos] == "[":
         yield from _array(text, pos + 1, raw_decode)
     elif text.buf[pos] == "{":
@@ -2300,8 +2265,7 @@ def iter_documents(path: Path, handle: BinaryIO) -> Iterator[dict]:
     """The documents of an export, one at a time, with Extended JSON unwrapped as they are parsed:
     a JSON array, or documents one after another separated by whitespace (JSON Lines, or
     mongoexport --pretty). Only the document being parsed and one chunk of text are in memory."""
-    for doc, _, _ in iter_documents_text(path, handle):
-        yield doc
+    return (doc for doc, _, _ in iter_documents_text(path, handle))
 
 
 def mongo_id_of(doc: dict) -> str | None:
@@ -2317,8 +2281,7 @@ def mongo_id_of(doc: dict) -> str | None:
 
 
 def index_rules() -> str:
-    """What decides how an export is checked and indexed: this tool's source, and the Python that
-    parses (its version, and its limit on the digits of an integer)."""
+    """What decides how an export is checked and indexed: this tool's source and the Python that parses."""
     return f"{SOURCE_DIGEST.hex()} Python {sys.version} int digits {sys.get_int_max_str_digits()}"
 
 
@@ -2328,17 +2291,12 @@ def text_digest(data: bytes) -> int:
 
 
 class ExportIndex:
-    """An export's records, checked in one pass and read again one at a time. The run keeps the
-    file open and holds, per record, only its Mongo id, where its text is in the file and a digest
-    of that text: the export is never copied, and a record is parsed again when the plan needs
-    it. A text that no longer matches its digest means the file was rewritten while the run read
-    it; the run stops there (exit 2), before it writes anything. A record that a run found in sync
-    is skipped by its digest without being read again (PlanMemo).
-
-    The index is kept in the cache dir with a digest of the whole file: the next run that finds
-    the very same bytes (an export not run again since, or a quiet night whose export came out
-    identical) takes the index instead of parsing the file again, since the same bytes pass the
-    same checks. The digests of the records read are checked all the same."""
+    """An export's records, checked in one pass, then parsed again from the open file one at a time
+    when the plan needs them (not at all when PlanMemo knows them in sync). Per record it holds only
+    the Mongo id, where the text is in the file and the text's digest: a text that no longer matches
+    means the file was rewritten while the run read it, and the run stops (exit 2) before it writes.
+    The index is saved in the cache dir: a run that finds the very same bytes (a quiet night's
+    identical export) takes it instead of parsing the file again, but still checks each digest."""
 
     def __init__(self, path: Path, handle: BinaryIO):
         self.path, self.handle = path, handle
@@ -2383,9 +2341,8 @@ class ExportIndex:
         return hashlib.blake2b(body.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest() + "\n" + body
 
     def reuse(self, saved: Path, limit: int | None) -> bool:
-        """Take the index an earlier run saved of the same bytes (same size and digest), read by
-        the same rules (this tool's source, the same Python) and limit; False, and nothing taken,
-        otherwise, or when the saved index is not whole (its own digest)."""
+        """Take the index an earlier run saved (whole, by its own digest) of the same bytes, read by the
+        same rules and limit; False, and nothing taken, otherwise."""
         try:
             check, body = saved.read_bytes().split(b"\n", 1)
             if hashlib.blake2b(body, digest_size=16).hexdigest().encode() != check:
@@ -2393,7 +2350,6 @@ class ExportIndex:
             data = json.loads(body)
             if (data["rules"], data["bytes"], data["limit"]) != (index_rules(), os.fstat(self.handle.fileno()).st_size, limit):
                 return False
-            self.handle.seek(0)
             whole = hashlib.file_digest(self.handle, lambda: hashlib.blake2b(digest_size=16))  # type: ignore[arg-type]
             self.handle.seek(0)
             if whole.hexdigest() != data["file"]:
@@ -2416,36 +2372,27 @@ class ExportIndex:
         return ExportRecord(index, self.mongo_ids[index], self.decode(data.decode("utf-8", "surrogatepass")))
 
     def __iter__(self) -> Iterator[ExportRecord]:
-        for index in range(len(self)):
-            yield self.load(index)
+        return map(self.load, range(len(self)))
 
     def close(self) -> None:
         self.handle.close()
 
 
-class ExportList:
+class ExportList(list):
     """Records in memory (tests, --check) with ExportIndex's interface, without digests."""
 
-    def __init__(self, records: Sequence[ExportRecord]):
-        self.records = records
-        self.mongo_ids = [r.mongo_id for r in records]
-        self.digests = None
-        self.carried = {k for r in records for k in r.doc}
+    digests = None
+    load = list.__getitem__
 
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def load(self, index: int) -> ExportRecord:
-        return self.records[index]
-
-    def __iter__(self) -> Iterator[ExportRecord]:
-        return iter(self.records)
+    def __init__(self, records: Iterable[ExportRecord]):
+        super().__init__(records)
+        self.mongo_ids = [r.mongo_id for r in self]
+        self.carried = {k for r in self for k in r.doc}
 
 
 def index_export(path: Path, limit: int | None, saved: Path | None = None) -> ExportIndex | None:
-    """The export checked and indexed (the file stays open), or the index `saved` by a run that
-    checked the same bytes; None when it is missing. The whole file is parsed even past `limit`,
-    so that a bad file fails the same with --limit."""
+    """The export checked and indexed, the file left open (or the index `saved` of the same bytes); None
+    when it is missing. The whole file is parsed even past `limit`: a bad file fails the same with --limit."""
     try:
         handle = open(path, "rb")
     except FileNotFoundError:
@@ -2472,24 +2419,18 @@ def index_export(path: Path, limit: int | None, saved: Path | None = None) -> Ex
 
 
 def normalize_key(value: Any) -> str:
-    if value is None:
-        return ""
-    return str(value).strip().lower()
+    return "" if value is None else str(value).strip().lower()
 
 
 def natural_key(doc: dict, key_fields: Sequence[str]) -> str:
-    for name in key_fields:
-        key = normalize_key(doc.get(name))
-        if key:
-            return key
-    return ""
+    """The first of the document's `key_fields` that is not blank, normalised ("" when none)."""
+    return next(filter(None, (normalize_key(doc.get(name)) for name in key_fields)), "")
 
 
 class Matcher:
-    """The two passes of matching, as claims one export record at a time: by the `id` field
-    (`id_field`, its key in the records; None when the table has none), then by normalised
-    natural key (`key_field`), first come first served. The caller makes every id claim before
-    any key claim, in export order."""
+    """Matching's two passes, as claims one export record at a time: by the `id` field (`id_field`, its key in
+    the records; None when the table has none), then by normalised natural key (`key_field`), first come first
+    served. The caller makes every id claim before any key claim, in export order."""
 
     def __init__(self, airtable_records: TableSnapshot, key_field: str | None, id_field: str | None):
         # Record ids only: a claimed record is read from the snapshot when it is planned.
@@ -2499,29 +2440,28 @@ class Matcher:
         self.candidates: dict[str, deque[str]] = defaultdict(deque)  # natural key -> records without an id
         keys = [k for k in (id_field, key_field) if k is not None]
         for rec_id, values in airtable_records.cells(keys) if keys else ():
-            cells = dict(zip(keys, values))
-            value = cells.get(id_field) if id_field is not None else None
+            cells = dict(zip(keys, values))  # a None field is no key: .get(None) is None
+            value = cells.get(id_field)
             if value not in (None, ""):
                 self.holding.setdefault(str(value), rec_id)
-            elif key_field is not None and (key := normalize_key(cells.get(key_field))):
+            elif key := normalize_key(cells.get(key_field)):
                 self.candidates[key].append(rec_id)
 
     def claim_by_id(self, mongo_id: str | None) -> str | None:
-        rec_id = self.holding.get(mongo_id) if mongo_id is not None else None
+        rec_id = self.holding.get(mongo_id)  # type: ignore[arg-type]
         if rec_id is None or rec_id in self.claimed:
             return None
         self.claimed.add(rec_id)
         return rec_id
 
     def claim_by_key(self, key: str) -> str | None:
-        queue = self.candidates.get(key) if key else None
+        queue = self.candidates.get(key)
         while queue and queue[0] in self.claimed:
             queue.popleft()
         if not queue:
             return None
-        rec_id = queue.popleft()
-        self.claimed.add(rec_id)
-        return rec_id
+        self.claimed.add(queue[0])
+        return queue.popleft()
 
     def orphans(self) -> list[dict]:
         return [self.records.get(rec_id) for rec_id in self.records.ids() if rec_id not in self.claimed]  # type: ignore[misc]
@@ -2581,19 +2521,15 @@ def _scalar_text(value: Any) -> str:
 def to_text(value: Any) -> str:
     if value.__class__ is str:
         return value
-    if isinstance(value, (list, tuple)):
-        if any(isinstance(v, (dict, list, tuple)) for v in value):
-            return json.dumps(jsonable(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    if isinstance(value, (list, tuple)) and not any(isinstance(v, (dict, list, tuple)) for v in value):
         return ", ".join(_scalar_text(v) for v in value if not _is_null(v))
-    if isinstance(value, dict):
+    if isinstance(value, (dict, list, tuple)):
         return json.dumps(jsonable(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return _scalar_text(value)
 
 
 def to_number(value: Any) -> int | float | None:
-    if isinstance(value, bool):
-        raise Invalid(f"not a number: {value!r}")
-    if isinstance(value, int):
+    if isinstance(value, int) and not isinstance(value, bool):
         # Airtable keeps numbers as doubles (integers past 15 digits come back rounded:
         # github.com/Airtable/airtable.js/issues/423): send what it will give back, or every
         # run rewrites it.
@@ -2601,35 +2537,19 @@ def to_number(value: Any) -> int | float | None:
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, Decimal):
-        if not value.is_finite():
-            return None
-        number = float(value)
+        number = float(value) if value.is_finite() else math.nan  # float() refuses a signalling NaN
         if not math.isfinite(number):
             return None
         return int(value) if value == value.to_integral_value() and abs(number) <= 2**53 else number
-    if isinstance(value, str):
+    if isinstance(value, str) and "_" not in value:
         text = value.strip()
         if not text:
             return None
-        if "_" not in text:
-            try:
-                return int(text)
-            except ValueError:
-                pass
-            try:
-                number = float(text)
-            except ValueError:
-                pass
-            else:
-                return number if math.isfinite(number) else None
+        with contextlib.suppress(ValueError):
+            return int(text)
+        with contextlib.suppress(ValueError):
+            return to_number(float(text))
     raise Invalid(f"not a number: {value!r}")
-
-
-def to_date(value: Any) -> str:
-    try:
-        return to_instant(value).astimezone(timezone.utc).date().isoformat()
-    except OverflowError:
-        raise Invalid(f"date out of range: {value!r}") from None
 
 
 def to_datetime(value: Any) -> str:
@@ -2637,6 +2557,10 @@ def to_datetime(value: Any) -> str:
         return iso_millis(to_instant(value))
     except OverflowError:
         raise Invalid(f"date out of range: {value!r}") from None
+
+
+def to_date(value: Any) -> str:
+    return to_datetime(value)[:10]  # the day in UTC
 
 
 def to_single_select(value: Any) -> str:
@@ -2647,16 +2571,11 @@ def to_single_select(value: Any) -> str:
 
 def to_multiple_selects(value: Any) -> list[str]:
     items = value if isinstance(value, (list, tuple)) else [value]
-    choices: list[str] = []
     for item in items:
-        if _is_null(item) or item == "":
-            continue
         if isinstance(item, (dict, list, tuple)):
             raise Invalid(f"not a choice: {item!r}")
-        text = _scalar_text(item)
-        if text not in choices:  # Airtable keeps a choice once
-            choices.append(text)
-    return choices
+    # Airtable keeps a choice once.
+    return list(dict.fromkeys(_scalar_text(item) for item in items if not _is_null(item) and item != ""))
 
 
 CONVERTERS: dict[str, Callable[[Any], Any]] = {
@@ -2680,10 +2599,8 @@ def convert_value(value: Any, field_type: str) -> Any:
 def infer_type(airtable_values: Iterable[Any], mongo_value: Any) -> str:
     """A field's type when the schema cannot be read: from Airtable's values, else the Mongo value."""
     for value in airtable_values:
-        if isinstance(value, bool):
-            return "checkbox"
         if isinstance(value, (int, float)):
-            return "number"
+            return "checkbox" if isinstance(value, bool) else "number"
         if isinstance(value, list):
             return "multipleSelects" if all(isinstance(v, str) for v in value) else "multilineText"
         if isinstance(value, str):
@@ -2692,13 +2609,8 @@ def infer_type(airtable_values: Iterable[Any], mongo_value: Any) -> str:
             if re.fullmatch(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z", value):
                 return "dateTime"
             return "multilineText"
-    if isinstance(mongo_value, bool):
-        return "checkbox"
-    if isinstance(mongo_value, (int, float, Decimal)):
-        return "number"
-    if isinstance(mongo_value, datetime):
-        return "dateTime"
-    return "multilineText"
+    kinds = ((bool, "checkbox"), ((int, float, Decimal), "number"), (datetime, "dateTime"))
+    return next((name for kind, name in kinds if isinstance(mongo_value, kind)), "multilineText")
 
 
 def field_types(spec: TableSpec, columns: TableColumns, airtable_records: Sequence[dict],
@@ -2707,10 +2619,9 @@ def field_types(spec: TableSpec, columns: TableColumns, airtable_records: Sequen
     types, read_only = {}, []
     links = {link.airtable_field for link in spec.links}
     for column in columns.by_mapped.values():
-        if not columns.by_field_id:  # the schema is unreadable: the type from the values
-            if column.mapped in links:
-                types[column.key] = "multipleRecordLinks"
-                continue
+        if not columns.by_field_id and column.mapped in links:  # the schema is unreadable: the type from the values
+            types[column.key] = "multipleRecordLinks"
+        elif not columns.by_field_id:
             mongo_name = next(m for m, a in spec.mapping if a == column.mapped)
             sample = next((r.doc[mongo_name] for r in exported if r.doc.get(mongo_name) is not None), None)
             values = (r["fields"][column.key] for r in airtable_records if column.key in r["fields"])
@@ -2730,9 +2641,8 @@ def mapped_columns(spec: TableSpec, columns: TableColumns, types: Mapping[str, s
 
 def convert_record(record: ExportRecord, columns: Sequence[tuple[str, str, str]],
                    id_field: str | None) -> tuple[dict, list[str], str | None]:
-    """The record's mapped values converted for Airtable (keyed as `columns` name the fields, the
-    Mongo id under `id_field`), the fields whose values were invalid, and why the record cannot
-    be sent at all, if it cannot."""
+    """The record's mapped values converted for Airtable (keyed as `columns` name the fields, the Mongo id
+    under `id_field`), the fields whose values were invalid, and why the record cannot be sent, if it cannot."""
     converted: dict[str, Any] = {id_field: record.mongo_id} if id_field and record.mongo_id is not None else {}
     invalid: list[str] = []
     problem = None
@@ -2778,8 +2688,6 @@ def values_equal(new: Any, old: Any, field_type: str) -> bool:
             return a.replace(microsecond=0) == b.replace(microsecond=0)  # whole seconds, before 1970 too
         except (Invalid, OverflowError):
             return new == old
-    if isinstance(new, (int, float)) and isinstance(old, (int, float)) and not isinstance(new, bool):
-        return new == old
     if isinstance(new, list) and isinstance(old, list):
         return len(new) == len(old) and all(str(a) == str(b) for a, b in zip(new, old))
     return new == old
