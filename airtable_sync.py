@@ -4618,14 +4618,10 @@ def plan_restore(archive: Mapping[str, ArchivedCells], restored: Sequence[str], 
     for key, writes in plan.writes.items():
         for cells in (c for c in archive.values() if c.record.table == key):
             same_key = (cells.table_id, cells.key_field.id if cells.key_field else "", cells.key)
-            first = first_with.get(same_key)
-            writes.append(write := decide(cells, tables, holders, first))
-            if first is None and write.action != "error":
-                first_with[same_key] = write
-            if write.action == "restore":
-                plan.created_by[cells.record.record_id] = write
-            elif first is not None and first.action == "restore":
-                plan.created_by[cells.record.record_id] = first  # its links follow the one restored
+            writes.append(write := decide(cells, tables, holders, first_with.get(same_key)))
+            first = first_with.setdefault(same_key, write)  # this record, or the one restored in its place
+            if first.action == "restore":
+                plan.created_by[cells.record.record_id] = first  # a duplicate's links follow the one restored
     exists = {table_id: {rec["id"] for rec in records} for table_id, records in found.items()}
     for key, writes in plan.writes.items():
         for write in writes:
