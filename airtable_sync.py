@@ -4776,16 +4776,15 @@ class RestoreReport(RunReport):
     SUMMARY = (("restored", "restored", True), ("refilled", "refilled", True), ("skipped", "skipped", True),
                ("errors", "failed", True), ("links_left_out", "links left out", False),
                ("fields_left_out", "fields left out", False))
+    # What was left alone, in the attention line: (figure, its word, its plural).
+    LEFT_ALONE: ClassVar[tuple[tuple[str, str, str], ...]] = (("links_left_out", "link left out", "links left out"),)
 
     def how_read(self) -> str:
         return "restore"
 
     def attention_items(self) -> list[str]:
-        return self.left_alone() + [f"{key}.{name} not restored" for key, t in self.tables.items()
-                                    for name in t.fields_left_out]
-
-    def left_alone(self) -> list[str]:
-        return counted(sum(t.links_left_out for t in self.tables.values()), "link left out", "links left out")
+        items = [item for name, one, many in self.LEFT_ALONE for item in counted(*self.totals(name), one, many)]
+        return items + [f"{key}.{name} not restored" for key, t in self.tables.items() for name in t.fields_left_out]
 
     def of_what(self) -> str:
         return f" of `{self.archive}`"
@@ -4936,14 +4935,11 @@ class PutBackReport(RestoreReport):
     SUMMARY = (("put_back", "records put back", True), ("cells_put_back", "cells", True),
                ("already_back", "cells already back", True), ("changed_since", "changed since", True),
                ("gone", "records gone", True), ("errors", "failed", True))
+    LEFT_ALONE = (("changed_since", "cell changed since, left alone", "cells changed since, left alone"),
+                  ("gone", "record gone since", "records gone since"))
 
     def summary(self) -> str:
         return super().summary() + "; the next sync writes Mongo's values again unless the export has changed"
-
-    def left_alone(self) -> list[str]:
-        changed, gone = self.totals("changed_since", "gone")
-        return (counted(changed, "cell changed since, left alone", "cells changed since, left alone")
-                + counted(gone, "record gone since", "records gone since"))
 
     def of_what(self) -> str:
         return f" of the changes archive `{self.archive}`"
