@@ -4330,8 +4330,7 @@ def archive_line(path: Path, number: int, obj: Any) -> "ArchivedRecord | Changed
 
 
 def parse_archive(path: Path, raw: bytes) -> list[ArchivedRecord] | list[ChangedRecord]:
-    """Every line checked before anything is sent: a bad or truncated line is an input error
-    naming the file and the line. Blank lines are skipped."""
+    """A bad or truncated line is an input error naming the file and the line; blank lines are skipped."""
     records = []
     lines = raw.split(b"\n")
     for number, line in enumerate(lines, 1):
@@ -4380,8 +4379,7 @@ class LiveTable:
 
 
 def live_tables(airtable: Airtable, bound: Mapping[str, Mapping[str, str]]) -> dict[str, LiveTable]:
-    """The synced tables by key, from one schema request. Unlike a sync, a restore cannot do
-    without it (which fields are computed, where links lead): without schema.bases:read, exit 3."""
+    """The synced tables by key, from one schema request, which a restore cannot do without (exit 3)."""
     settings = airtable.settings
     schema = fetch_schema(airtable)
     airtable.use_tables(schema)
@@ -4399,8 +4397,7 @@ def live_tables(airtable: Airtable, bound: Mapping[str, Mapping[str, str]]) -> d
 
 @dataclass
 class ArchivedCells:
-    """An archived record against today's schema: what of it can be written back, and how to
-    find it again."""
+    """An archived record against today's schema: what of it can be written back, and how to find it again."""
 
     record: ArchivedRecord
     table_id: str
@@ -4525,8 +4522,7 @@ def restore_groups(writes: Sequence[RestoreWrite]) -> tuple[list[RestoreWrite], 
 
 
 def holders_by_key(archive: Mapping[str, ArchivedCells], found: Mapping[str, Sequence[dict]]) -> dict[str, dict]:
-    """Archived record id -> the record that holds its key in Airtable now (the first listed, as
-    the sync matches)."""
+    """Archived record id -> the record holding its key in Airtable now (the first listed, as the sync matches)."""
     index: dict[tuple[str, str, str], dict] = {}  # (table id, field id, value) -> the first record with it
     for table_id, records in found.items():
         for rec in records:
@@ -4561,8 +4557,7 @@ def decide(cells: ArchivedCells, tables: Mapping[str, LiveTable], holders: Mappi
 
 def map_links(write: RestoreWrite, tables: Mapping[str, LiveTable], exists: Mapping[str, set[str]],
               holders: Mapping[str, dict], created_by: Mapping[str, RestoreWrite]) -> None:
-    """Each link in the cells to send: kept if its record exists, else to the record that holds
-    the archived record's key now or that this run re-creates (Pending), else left out."""
+    """The link cells to send, mapped as described above (to a record this run re-creates: Pending)."""
     table = tables[write.key]
     for field_id, value in list(write.fields.items()):
         live = table.fields[field_id]
@@ -4827,7 +4822,7 @@ class RestoreReport(RunReport):
 # A changes archive (ChangesArchive) is put back cell by cell: a cell that still holds what the
 # run wrote gets its earlier value back; one that holds its earlier value already (a second
 # restore) is left, and so is one changed since (a person's edit, a later sync), counted. Nothing
-# else is touched. Unless the export changed, the next sync writes Mongo's values again.
+# else is touched.
 NEXT_SYNC_NOTE = ("The next sync writes Mongo's values again unless the export has changed: fix the source "
                   "first, or keep the export as it is only for values Mongo lost.")
 
@@ -4962,15 +4957,14 @@ class PutBackReport(RestoreReport):
 
 @dataclass
 class Restore(Command):
-    """One --restore run: the archive checked whole, then what Airtable has of it, the plan, the writes."""
+    """One --restore run: the archive checked whole, then, unless none of its lines is of the tables
+    restored, what Airtable has of it (found by the sync's bindings: its mapped fields and `id`,
+    whatever they are called now), the plan, the writes."""
 
     results: dict[Any, Written] = field(default_factory=dict)
     RESULT: ClassVar[type] = RestoreResult  # a table's figures in the report
 
     def run(self) -> int:
-        """The whole archive, checked before any request; then, unless none of its lines is of the
-        tables restored, the tables as the base has them today, found by the sync's bindings (its
-        mapped fields and `id`, whatever they are called now), and the restore itself."""
         path: Path = self.settings.restore  # type: ignore[assignment]
         try:
             raw = path.read_bytes()
@@ -4989,15 +4983,14 @@ class Restore(Command):
         return EXIT_RECORD_FAILED if self.report.errors else EXIT_OK
 
     def restore(self, airtable: Airtable, tables: dict[str, LiveTable], records: list, chosen: list) -> None:
-        """The archive's lines of the tables restored planned, written (not in a dry run), and
-        summed up in the report however the writes end."""
+        """The lines of the tables restored planned, written (not in a dry run), and summed up however that ends."""
         settings = self.settings
         archive = {rec.record_id: archived_cells(rec, tables[rec.table])
                    for rec in records if rec.table in tables}  # a record archived twice: its last line
         found = self.look_up(airtable, lookup_formulas(*what_to_look_up(archive, settings.tables, tables)))
         plan = plan_restore(archive, settings.tables, tables, found)
         for key, writes in plan.writes.items():
-            count = {a: sum(1 for w in writes if w.action == a) for a in ("restore", "refill", "skip", "error")}
+            count = Counter(w.action for w in writes)
             log.info("%s: restore plan: %d to re-create, %d to refill, %d complete already, %d failing", key,
                      count["restore"], count["refill"], count["skip"], count["error"])
         try:
@@ -5041,8 +5034,7 @@ class Restore(Command):
 
 @dataclass
 class PutBackCommand(Restore):
-    """--restore of a changes archive: each cell back to its value before the run, where it still
-    holds what the run wrote. Only the archive's records are read, by id, a hundred a request."""
+    """--restore of a changes archive: only the archive's records are read, by id, a hundred a request."""
 
     RESULT = PutBackResult
 
