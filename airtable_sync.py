@@ -4632,34 +4632,26 @@ def plan_restore(archive: Mapping[str, ArchivedCells], restored: Sequence[str], 
     return plan
 
 
-class ArchiveWriter(BatchWriter):
-    """Sends cells of records that exist, ten records a request, by record id: the whole of a
-    put-back of a changes archive, and a deletion restore's refills and late links."""
+class RestoreWriter(BatchWriter):
+    """Sends a restore plan: per table, the re-creations, then the refills; last, the link cells
+    that waited for records written after theirs. A changes archive's put-backs, without a plan,
+    are sent as refills are, by record id."""
 
     VERB = "restoring"
     SETTLES = "a second restore settles it"
-    table: Any = None
+    VERBS = {"upsert": "restore", "create": "restore", "update": "refill"}
+
+    def __init__(self, airtable: Airtable, stop: threading.Event, results: dict[Any, Written],
+                 plan: RestorePlan | None = None):
+        super().__init__(airtable, stop, results)
+        self.plan = plan
+        self.table: Any = None
 
     def key_of(self, write: Any) -> str:
         return write.key
 
     def name_of(self, write: Any) -> str:
         return write.name
-
-    def send(self, action: str, batch: list[tuple[Any, dict]]) -> tuple[list[dict], set[str] | None]:
-        return self.table.batch_update([{"id": self.result(w).record_id or w.record_id, "fields": f} for w, f in batch],
-                                       typecast=True, use_field_ids=True), None
-
-
-class RestoreWriter(ArchiveWriter):
-    """Sends a restore plan: per table, the re-creations, then the refills; last, the link cells
-    that waited for records written after theirs."""
-
-    VERBS = {"upsert": "restore", "create": "restore", "update": "refill"}
-
-    def __init__(self, airtable: Airtable, stop: threading.Event, plan: RestorePlan, results: dict[Any, Written]):
-        super().__init__(airtable, stop, results)
-        self.plan = plan
 
     def apply(self) -> None:
         for key, writes in self.plan.writes.items():
@@ -4695,7 +4687,7 @@ class RestoreWriter(ArchiveWriter):
         key_name = batch[0][0].cells.key_field.name
         return f"outcome unknown; a second restore finds the record by its {key_name} if it was made"
 
-    def send(self, action: str, batch: list[tuple[RestoreWrite, dict]]) -> tuple[list[dict], set[str] | None]:
+    def send(self, action: str, batch: list[tuple[Any, dict]]) -> tuple[list[dict], set[str] | None]:
         # Field ids as keys, and in fieldsToMergeOn: the API takes an id wherever it takes a name
         # (airtable.com/developers/web/api/update-multiple-records), and a field renamed since the
         # read still gets its cells.
@@ -4705,7 +4697,8 @@ class RestoreWriter(ArchiveWriter):
                                            use_field_ids=True)["records"], None
         if action == "create":
             return self.table.batch_create([f for _, f in batch], typecast=True, use_field_ids=True), None
-        return super().send(action, batch)
+        return self.table.batch_update([{"id": self.result(w).record_id or w.record_id, "fields": f} for w, f in batch],
+                                       typecast=True, use_field_ids=True), None
 
 
 @dataclass
@@ -4995,7 +4988,7 @@ class Restore(Command):
                      count["restore"], count["refill"], count["skip"], count["error"])
         try:
             if not settings.dry_run:
-                RestoreWriter(airtable, self.stop, plan, self.results).apply()
+                RestoreWriter(airtable, self.stop, self.results, plan).apply()
         except (AirtableAccessError, RunInterrupted) as exc:
             not_attempted((w for writes in plan.writes.values() for w in writes if w.action in ("restore", "refill")),
                           self.results, f"not restored: {stop_reason(exc)}")
@@ -5046,7 +5039,7 @@ class PutBackCommand(Restore):
         writes = plan_put_back(chosen, tables, self.look_up(airtable, lookup_formulas((), wanted)))
         try:
             if not settings.dry_run:
-                writer = ArchiveWriter(airtable, self.stop, self.results)  # type: ignore[arg-type]
+                writer = RestoreWriter(airtable, self.stop, self.results)  # type: ignore[arg-type]
                 for key in RESTORE_ORDER:
                     writer.table = airtable.table(key)
                     writer.send_all(f"{key}: put back", "update", [w for w in writes if w.key == key and w.fields],
