@@ -4645,7 +4645,6 @@ class RestoreWriter(BatchWriter):
                  plan: RestorePlan | None = None):
         super().__init__(airtable, stop, results)
         self.plan = plan
-        self.table: Any = None
 
     def key_of(self, write: Any) -> str:
         return write.key
@@ -4655,7 +4654,6 @@ class RestoreWriter(BatchWriter):
 
     def apply(self) -> None:
         for key, writes in self.plan.writes.items():
-            self.table = self.airtable.table(key)
             for action, group in zip(("upsert", "create", "update"), restore_groups(writes)):
                 for write in group:
                     if action == "update" and not write.fields:
@@ -4664,7 +4662,6 @@ class RestoreWriter(BatchWriter):
                 group = [w for w in group if self.result(w).outcome is Outcome.PLANNED]
                 self.send_all(f"{key}: {self.VERBS[action]}", action, group, lambda w: self.cells(w, w.fields))
         for key, writes in self.plan.writes.items():
-            self.table = self.airtable.table(key)
             waiting = [w for w in writes if w.links_later and self.result(w).outcome is Outcome.DONE]
             self.send_all(f"{key}: links", "update", waiting, lambda w: self.cells(w, w.links_later))
 
@@ -4688,17 +4685,18 @@ class RestoreWriter(BatchWriter):
         return f"outcome unknown; a second restore finds the record by its {key_name} if it was made"
 
     def send(self, action: str, batch: list[tuple[Any, dict]]) -> tuple[list[dict], set[str] | None]:
+        table = self.airtable.table(batch[0][0].key)
         # Field ids as keys, and in fieldsToMergeOn: the API takes an id wherever it takes a name
         # (airtable.com/developers/web/api/update-multiple-records), and a field renamed since the
         # read still gets its cells.
         if action == "upsert":
             merge_on = batch[0][0].cells.key_field.id  # type: ignore[union-attr]
-            return self.table.batch_upsert([{"fields": f} for _, f in batch], key_fields=[merge_on], typecast=True,
-                                           use_field_ids=True)["records"], None
+            return table.batch_upsert([{"fields": f} for _, f in batch], key_fields=[merge_on], typecast=True,
+                                      use_field_ids=True)["records"], None
         if action == "create":
-            return self.table.batch_create([f for _, f in batch], typecast=True, use_field_ids=True), None
-        return self.table.batch_update([{"id": self.result(w).record_id or w.record_id, "fields": f} for w, f in batch],
-                                       typecast=True, use_field_ids=True), None
+            return table.batch_create([f for _, f in batch], typecast=True, use_field_ids=True), None
+        return table.batch_update([{"id": self.result(w).record_id or w.record_id, "fields": f} for w, f in batch],
+                                  typecast=True, use_field_ids=True), None
 
 
 @dataclass
@@ -5041,7 +5039,6 @@ class PutBackCommand(Restore):
             if not settings.dry_run:
                 writer = RestoreWriter(airtable, self.stop, self.results)  # type: ignore[arg-type]
                 for key in RESTORE_ORDER:
-                    writer.table = airtable.table(key)
                     writer.send_all(f"{key}: put back", "update", [w for w in writes if w.key == key and w.fields],
                                     lambda w: w.fields)
         except (AirtableAccessError, RunInterrupted) as exc:
