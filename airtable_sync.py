@@ -4368,13 +4368,11 @@ class LiveTable:
         self.fields = {f.id: f for f in self.by_name.values()}
 
     def archived_field(self, rec: ArchivedRecord, name: str) -> FieldInfo | None:
-        """Today's field for an archived field name: by the id the archive gives (the field may
-        have been renamed since), else by the name."""
+        """Today's field for an archived name: by the id the archive gives (renamed since?), else by name."""
         return self.fields.get(rec.field_ids.get(name, "")) or self.by_name.get(name)
 
     def mapped_field(self, rec: ArchivedRecord, name: str) -> FieldInfo | None:
-        """Today's field of a mapped name: the one the sync binds it to (found whatever it is
-        called now, or was called when archived), else as for any archived field."""
+        """Today's field of a mapped name: the one the sync binds it to, else as for any archived field."""
         return self.fields.get(self.bound.get(name, "")) or self.archived_field(rec, name)
 
 
@@ -4486,8 +4484,7 @@ class RestoreWrite:
     action: str  # restore | refill | skip | error
     record_id: str | None = None  # the record refilled; for a restore, the record made, once written
     fields: dict[str, Any] = field(default_factory=dict)  # field id -> value to send (links hold ids and Pending)
-    links_later: dict[str, list] = field(default_factory=dict)  # field id -> whole link cell, sent once
-    #                                                             the records it names exist
+    links_later: dict[str, list] = field(default_factory=dict)  # field id -> link cell, sent once its records exist
     slot: tuple[int, int, int] = (0, 0, 0)  # (table, group, batch): the order the writes are sent in
     note: str = ""  # why skipped, or why it failed
     left_out_links: list[dict] = field(default_factory=list)  # [{"field": field id, "target": archived record id}]
