@@ -4368,7 +4368,7 @@ class LiveTable:
         self.fields = {f.id: f for f in self.by_name.values()}
 
     def archived_field(self, rec: ArchivedRecord, name: str) -> FieldInfo | None:
-        """Today's field for an archived name: by the id the archive gives (renamed since?), else by name."""
+        """Today's field for an archived name: by the id the archive gives (it may be renamed since), else by name."""
         return self.fields.get(rec.field_ids.get(name, "")) or self.by_name.get(name)
 
     def mapped_field(self, rec: ArchivedRecord, name: str) -> FieldInfo | None:
