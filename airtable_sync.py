@@ -4162,8 +4162,7 @@ def archive_line(path: Path, number: int, obj: Any) -> "ArchivedRecord | Changed
 
 
 def parse_archive(path: Path, raw: bytes) -> list[ArchivedRecord] | list[ChangedRecord]:
-    """Every line checked before anything is sent: a bad or truncated line is an input error
-    naming the file and the line. Blank lines are skipped."""
+    """A bad or truncated line is an input error naming the file and the line; blank lines are skipped."""
     records = []
     lines = raw.split(b"\n")
     for number, line in enumerate(lines, 1):
@@ -4201,19 +4200,16 @@ class LiveTable:
         self.fields = {f.id: f for f in self.by_name.values()}
 
     def archived_field(self, rec: ArchivedRecord, name: str) -> FieldInfo | None:
-        """Today's field for an archived field name: by the id the archive gives (the field may
-        have been renamed since), else by the name."""
+        """Today's field for an archived name: by the id the archive gives (it may be renamed since), else by name."""
         return self.fields.get(rec.field_ids.get(name, "")) or self.by_name.get(name)
 
     def mapped_field(self, rec: ArchivedRecord, name: str) -> FieldInfo | None:
-        """Today's field of a mapped name: the one the sync binds it to (found whatever it is
-        called now, or was called when archived), else as for any archived field."""
+        """Today's field of a mapped name: the one the sync binds it to, else as for any archived field."""
         return self.fields.get(self.bound.get(name, "")) or self.archived_field(rec, name)
 
 
 def live_tables(airtable: Airtable, bound: Mapping[str, Mapping[str, str]]) -> dict[str, LiveTable]:
-    """The synced tables by key, from one schema request. Unlike a sync, a restore cannot do
-    without it (which fields are computed, where links lead): without schema.bases:read, exit 3."""
+    """The synced tables by key, from one schema request, which a restore cannot do without (exit 3)."""
     settings = airtable.settings
     schema = fetch_schema(airtable)
     airtable.use_tables(schema)
@@ -4231,8 +4227,7 @@ def live_tables(airtable: Airtable, bound: Mapping[str, Mapping[str, str]]) -> d
 
 @dataclass
 class ArchivedCells:
-    """An archived record against today's schema: what of it can be written back, and how to
-    find it again."""
+    """An archived record against today's schema: what of it can be written back, and how to find it again."""
 
     record: ArchivedRecord
     table_id: str
@@ -4321,8 +4316,7 @@ class RestoreWrite:
     action: str  # restore | refill | skip | error
     record_id: str | None = None  # the record refilled; for a restore, the record made, once written
     fields: dict[str, Any] = field(default_factory=dict)  # field id -> value to send (links hold ids and Pending)
-    links_later: dict[str, list] = field(default_factory=dict)  # field id -> whole link cell, sent once
-    #                                                             the records it names exist
+    links_later: dict[str, list] = field(default_factory=dict)  # field id -> link cell, sent once its records exist
     slot: tuple[int, int, int] = (0, 0, 0)  # (table, group, batch): the order the writes are sent in
     note: str = ""  # why skipped, or why it failed
     left_out_links: list[dict] = field(default_factory=list)  # [{"field": field id, "target": archived record id}]
@@ -4357,8 +4351,7 @@ def restore_groups(writes: Sequence[RestoreWrite]) -> tuple[list[RestoreWrite], 
 
 
 def holders_by_key(archive: Mapping[str, ArchivedCells], found: Mapping[str, Sequence[dict]]) -> dict[str, dict]:
-    """Archived record id -> the record that holds its key in Airtable now (the first listed, as
-    the sync matches)."""
+    """Archived record id -> the record holding its key in Airtable now (the first listed, as the sync matches)."""
     index: dict[tuple[str, str, str], dict] = {}  # (table id, field id, value) -> the first record with it
     for table_id, records in found.items():
         for rec in records:
@@ -4393,8 +4386,7 @@ def decide(cells: ArchivedCells, tables: Mapping[str, LiveTable], holders: Mappi
 
 def map_links(write: RestoreWrite, tables: Mapping[str, LiveTable], exists: Mapping[str, set[str]],
               holders: Mapping[str, dict], created_by: Mapping[str, RestoreWrite]) -> None:
-    """Each link in the cells to send: kept if its record exists, else to the record that holds
-    the archived record's key now or that this run re-creates (Pending), else left out."""
+    """The link cells to send, mapped as described above (to a record this run re-creates: Pending)."""
     table = tables[write.key]
     for field_id, value in list(write.fields.items()):
         live = table.fields[field_id]
@@ -4450,14 +4442,10 @@ def plan_restore(archive: Mapping[str, ArchivedCells], restored: Sequence[str], 
     for key, writes in plan.writes.items():
         for cells in (c for c in archive.values() if c.record.table == key):
             same_key = (cells.table_id, cells.key_field.id if cells.key_field else "", cells.key)
-            first = first_with.get(same_key)
-            writes.append(write := decide(cells, tables, holders, first))
-            if first is None and write.action != "error":
-                first_with[same_key] = write
-            if write.action == "restore":
-                plan.created_by[cells.record.record_id] = write
-            elif first is not None and first.action == "restore":
-                plan.created_by[cells.record.record_id] = first  # its links follow the one restored
+            writes.append(write := decide(cells, tables, holders, first_with.get(same_key)))
+            first = first_with.setdefault(same_key, write)  # this record, or the one restored in its place
+            if first.action == "restore":
+                plan.created_by[cells.record.record_id] = first  # a duplicate's links follow the one restored
     exists = {table_id: {rec["id"] for rec in records} for table_id, records in found.items()}
     for key, writes in plan.writes.items():
         for write in writes:
@@ -4473,13 +4461,19 @@ def plan_restore(archive: Mapping[str, ArchivedCells], restored: Sequence[str], 
     return plan
 
 
-class ArchiveWriter(BatchWriter):
-    """Sends cells of records that exist, ten records a request, by record id: the whole of a
-    put-back of a changes archive, and a deletion restore's refills and late links."""
+class RestoreWriter(BatchWriter):
+    """Sends a restore plan: per table, the re-creations, then the refills; last, the link cells
+    that waited for records written after theirs. A changes archive's put-backs, without a plan,
+    are sent as refills are, by record id."""
 
     VERB = "restoring"
     SETTLES = "a second restore settles it"
-    table: Any = None
+    VERBS = {"upsert": "restore", "create": "restore", "update": "refill"}
+
+    def __init__(self, airtable: Airtable, stop: threading.Event, results: dict[Any, Written],
+                 plan: RestorePlan | None = None):
+        super().__init__(airtable, stop, results)
+        self.plan = plan
 
     def key_of(self, write: Any) -> str:
         return write.key
@@ -4487,24 +4481,8 @@ class ArchiveWriter(BatchWriter):
     def name_of(self, write: Any) -> str:
         return write.name
 
-    def send(self, action: str, batch: list[tuple[Any, dict]]) -> tuple[list[dict], set[str] | None]:
-        return self.table.batch_update([{"id": self.result(w).record_id or w.record_id, "fields": f} for w, f in batch],
-                                       typecast=True, use_field_ids=True), None
-
-
-class RestoreWriter(ArchiveWriter):
-    """Sends a restore plan: per table, the re-creations, then the refills; last, the link cells
-    that waited for records written after theirs."""
-
-    VERBS = {"upsert": "restore", "create": "restore", "update": "refill"}
-
-    def __init__(self, airtable: Airtable, stop: threading.Event, plan: RestorePlan, results: dict[Any, Written]):
-        super().__init__(airtable, stop, results)
-        self.plan = plan
-
     def apply(self) -> None:
         for key, writes in self.plan.writes.items():
-            self.table = self.airtable.table(key)
             for action, group in zip(("upsert", "create", "update"), restore_groups(writes)):
                 for write in group:
                     if action == "update" and not write.fields:
@@ -4513,7 +4491,6 @@ class RestoreWriter(ArchiveWriter):
                 group = [w for w in group if self.result(w).outcome is Outcome.PLANNED]
                 self.send_all(f"{key}: {self.VERBS[action]}", action, group, lambda w: self.cells(w, w.fields))
         for key, writes in self.plan.writes.items():
-            self.table = self.airtable.table(key)
             waiting = [w for w in writes if w.links_later and self.result(w).outcome is Outcome.DONE]
             self.send_all(f"{key}: links", "update", waiting, lambda w: self.cells(w, w.links_later))
 
@@ -4536,17 +4513,19 @@ class RestoreWriter(ArchiveWriter):
         key_name = batch[0][0].cells.key_field.name
         return f"outcome unknown; a second restore finds the record by its {key_name} if it was made"
 
-    def send(self, action: str, batch: list[tuple[RestoreWrite, dict]]) -> tuple[list[dict], set[str] | None]:
+    def send(self, action: str, batch: list[tuple[Any, dict]]) -> tuple[list[dict], set[str] | None]:
+        table = self.airtable.table(batch[0][0].key)
         # Field ids as keys, and in fieldsToMergeOn: the API takes an id wherever it takes a name
         # (airtable.com/developers/web/api/update-multiple-records), and a field renamed since the
         # read still gets its cells.
         if action == "upsert":
             merge_on = batch[0][0].cells.key_field.id  # type: ignore[union-attr]
-            return self.table.batch_upsert([{"fields": f} for _, f in batch], key_fields=[merge_on], typecast=True,
-                                           use_field_ids=True)["records"], None
+            return table.batch_upsert([{"fields": f} for _, f in batch], key_fields=[merge_on], typecast=True,
+                                      use_field_ids=True)["records"], None
         if action == "create":
-            return self.table.batch_create([f for _, f in batch], typecast=True, use_field_ids=True), None
-        return super().send(action, batch)
+            return table.batch_create([f for _, f in batch], typecast=True, use_field_ids=True), None
+        return table.batch_update([{"id": self.result(w).record_id or w.record_id, "fields": f} for w, f in batch],
+                                  typecast=True, use_field_ids=True), None
 
 
 @dataclass
@@ -4612,16 +4591,15 @@ class RestoreReport(RunReport):
     SUMMARY = (("restored", "restored", True), ("refilled", "refilled", True), ("skipped", "skipped", True),
                ("errors", "failed", True), ("links_left_out", "links left out", False),
                ("fields_left_out", "fields left out", False))
+    # What was left alone, in the attention line: (figure, its word, its plural).
+    LEFT_ALONE: ClassVar[tuple[tuple[str, str, str], ...]] = (("links_left_out", "link left out", "links left out"),)
 
     def how_read(self) -> str:
         return "restore"
 
     def attention_items(self) -> list[str]:
-        return self.left_alone() + [f"{key}.{name} not restored" for key, t in self.tables.items()
-                                    for name in t.fields_left_out]
-
-    def left_alone(self) -> list[str]:
-        return counted(sum(t.links_left_out for t in self.tables.values()), "link left out", "links left out")
+        items = [item for name, one, many in self.LEFT_ALONE for item in counted(*self.totals(name), one, many)]
+        return items + [f"{key}.{name} not restored" for key, t in self.tables.items() for name in t.fields_left_out]
 
     def of_what(self) -> str:
         return f" of `{self.archive}`"
@@ -4664,7 +4642,7 @@ class RestoreReport(RunReport):
 # A changes archive (ChangesArchive) is put back cell by cell: a cell that still holds what the
 # run wrote gets its earlier value back; one that holds its earlier value already (a second
 # restore) is left, and so is one changed since (a person's edit, a later sync), counted. Nothing
-# else is touched. Unless the export changed, the next sync writes Mongo's values again.
+# else is touched.
 NEXT_SYNC_NOTE = ("The next sync writes Mongo's values again unless the export has changed: fix the source "
                   "first, or keep the export as it is only for values Mongo lost.")
 
@@ -4772,14 +4750,11 @@ class PutBackReport(RestoreReport):
     SUMMARY = (("put_back", "records put back", True), ("cells_put_back", "cells", True),
                ("already_back", "cells already back", True), ("changed_since", "changed since", True),
                ("gone", "records gone", True), ("errors", "failed", True))
+    LEFT_ALONE = (("changed_since", "cell changed since, left alone", "cells changed since, left alone"),
+                  ("gone", "record gone since", "records gone since"))
 
     def summary(self) -> str:
         return super().summary() + "; the next sync writes Mongo's values again unless the export has changed"
-
-    def left_alone(self) -> list[str]:
-        changed, gone = self.totals("changed_since", "gone")
-        return (counted(changed, "cell changed since, left alone", "cells changed since, left alone")
-                + counted(gone, "record gone since", "records gone since"))
 
     def of_what(self) -> str:
         return f" of the changes archive `{self.archive}`"
@@ -4802,15 +4777,14 @@ class PutBackReport(RestoreReport):
 
 @dataclass
 class Restore(Command):
-    """One --restore run: the archive checked whole, then what Airtable has of it, the plan, the writes."""
+    """One --restore run: the archive checked whole, then, unless none of its lines is of the tables
+    restored, what Airtable has of it (found by the sync's bindings: its mapped fields and `id`,
+    whatever they are called now), the plan, the writes."""
 
     results: dict[Any, Written] = field(default_factory=dict)
     RESULT: ClassVar[type] = RestoreResult  # a table's figures in the report
 
     def run(self) -> int:
-        """The whole archive, checked before any request; then, unless none of its lines is of the
-        tables restored, the tables as the base has them today, found by the sync's bindings (its
-        mapped fields and `id`, whatever they are called now), and the restore itself."""
         path: Path = self.settings.restore  # type: ignore[assignment]
         try:
             raw = path.read_bytes()
@@ -4829,20 +4803,19 @@ class Restore(Command):
         return EXIT_RECORD_FAILED if self.report.errors else EXIT_OK
 
     def restore(self, airtable: Airtable, tables: dict[str, LiveTable], records: list, chosen: list) -> None:
-        """The archive's lines of the tables restored planned, written (not in a dry run), and
-        summed up in the report however the writes end."""
+        """The lines of the tables restored planned, written (not in a dry run), and summed up however that ends."""
         settings = self.settings
         archive = {rec.record_id: archived_cells(rec, tables[rec.table])
                    for rec in records if rec.table in tables}  # a record archived twice: its last line
         found = self.look_up(airtable, lookup_formulas(*what_to_look_up(archive, settings.tables, tables)))
         plan = plan_restore(archive, settings.tables, tables, found)
         for key, writes in plan.writes.items():
-            count = {a: sum(1 for w in writes if w.action == a) for a in ("restore", "refill", "skip", "error")}
+            count = Counter(w.action for w in writes)
             log.info("%s: restore plan: %d to re-create, %d to refill, %d complete already, %d failing", key,
                      count["restore"], count["refill"], count["skip"], count["error"])
         try:
             if not settings.dry_run:
-                RestoreWriter(airtable, self.stop, plan, self.results).apply()
+                RestoreWriter(airtable, self.stop, self.results, plan).apply()
         except (AirtableAccessError, RunInterrupted) as exc:
             not_attempted((w for writes in plan.writes.values() for w in writes if w.action in ("restore", "refill")),
                           self.results, f"not restored: {stop_reason(exc)}")
@@ -4881,8 +4854,7 @@ class Restore(Command):
 
 @dataclass
 class PutBackCommand(Restore):
-    """--restore of a changes archive: each cell back to its value before the run, where it still
-    holds what the run wrote. Only the archive's records are read, by id, a hundred a request."""
+    """--restore of a changes archive: only the archive's records are read, by id, a hundred a request."""
 
     RESULT = PutBackResult
 
@@ -4894,9 +4866,8 @@ class PutBackCommand(Restore):
         writes = plan_put_back(chosen, tables, self.look_up(airtable, lookup_formulas((), wanted)))
         try:
             if not settings.dry_run:
-                writer = ArchiveWriter(airtable, self.stop, self.results)  # type: ignore[arg-type]
+                writer = RestoreWriter(airtable, self.stop, self.results)  # type: ignore[arg-type]
                 for key in RESTORE_ORDER:
-                    writer.table = airtable.table(key)
                     writer.send_all(f"{key}: put back", "update", [w for w in writes if w.key == key and w.fields],
                                     lambda w: w.fields)
         except (AirtableAccessError, RunInterrupted) as exc:
