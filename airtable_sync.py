@@ -718,11 +718,6 @@ def request_kind(method: str, path: str) -> str:
     return "write"
 
 
-def is_plain_create(method: str, path: str) -> bool:
-    """A POST that creates records: re-sending it after an unknown outcome could duplicate them."""
-    return method.upper() == "POST" and request_kind(method, path) == "write"
-
-
 class Throttle:
     """At most `rate` requests in any rolling second.
 
@@ -843,21 +838,15 @@ def _never_sent(error: BaseException) -> bool:
     return False
 
 
-def retry_delay(
-    attempt: int,
-    max_retries: int,
-    method: str,
-    path: str,
-    status: int | None,
-    headers: Mapping[str, str],
-    error: BaseException | None,
-) -> float | None:
+def retry_delay(attempt: int, max_retries: int, method: str, path: str, status: int | None,
+                headers: Mapping[str, str], error: BaseException | None) -> float | None:
     """Seconds to wait before re-sending, or None to give up.
 
     A 429 was not processed, so any request may be re-sent after the penalty.
     A 5xx, timeout or dropped connection may have been applied: only requests
     that are safe to repeat (reads, updates by record id, upserts merged on
-    `id`) are re-sent; a plain create is re-sent only if it never left.
+    `id`) are re-sent; a plain create (a POST that creates records, which a
+    second copy would duplicate) is re-sent only if it never left.
     """
     if attempt >= max_retries:
         return None
@@ -868,11 +857,11 @@ def retry_delay(
     backoff = min(0.5 * 2**attempt, 8.0)
     if status == 429:  # Airtable's penalty is 30 s; a Retry-After may only shorten it
         return RATE_LIMIT_PENALTY_S if retry_after is None else min(retry_after, RATE_LIMIT_PENALTY_S)
+    if method.upper() == "POST" and request_kind(method, path) == "write":
+        return backoff if error is not None and _never_sent(error) else None
     if error is not None:
-        if _never_sent(error) or not is_plain_create(method, path):
-            return backoff
-        return None
-    if status is not None and status >= 500 and not is_plain_create(method, path):
+        return backoff
+    if status is not None and status >= 500:
         # Airtable's 503 "may provide" Retry-After (errors docs): honoured, within reason.
         return backoff if retry_after is None else min(max(backoff, retry_after), RATE_LIMIT_PENALTY_S)
     return None
