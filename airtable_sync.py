@@ -914,8 +914,7 @@ class AirtableTransport(HTTPAdapter):
         kwargs["timeout"] = self.timeout
         method, path = request.method or "GET", request.path_url
         kind = request_kind(method, path)
-        attempt = 0
-        while True:
+        for attempt in itertools.count():
             if self.stop.is_set():
                 raise RunInterrupted()
             if self.calls_spent:  # whatever a caller makes of the first refusal, no further request
@@ -954,9 +953,7 @@ class AirtableTransport(HTTPAdapter):
                         method, path.split("?", 1)[0], what, delay, attempt + 1, self.retry_limit)
             if response is not None:
                 response.close()
-            attempt += 1
-            if self.stop.wait(delay):
-                raise RunInterrupted()
+            self.stop.wait(delay)  # a stop ends the wait, and the run at the loop's top
 
 
 @dataclass(frozen=True)
