@@ -1081,13 +1081,11 @@ def fetch_schema(airtable: Airtable) -> BaseSchema | None:
     settings = airtable.settings
     try:
         schema = airtable.api.base(settings.base_id).schema()
-    except requests.HTTPError as exc:
-        if exc.response.status_code in (403, 404):
+    except AIRTABLE_FAILURES as exc:
+        if isinstance(exc, requests.HTTPError) and exc.response.status_code in (403, 404):
             log.warning("Airtable refused the schema (HTTP %s): the token lacks schema.bases:read; "
                         "field types will be inferred from the data", exc.response.status_code)
             return None
-        raise access_error(exc, settings, "reading the schema") from None
-    except (requests.ConnectionError, requests.Timeout) as exc:  # an HTTPError is handled above
         raise access_error(exc, settings, "reading the schema") from None
     result = BaseSchema({}, {})
     for key, setting in settings.table_ids.items():
@@ -1105,8 +1103,6 @@ def fetch_schema(airtable: Airtable) -> BaseSchema | None:
 # Read: the mapped fields bound to Airtable's field ids
 # ---------------------------------------------------------------------------
 
-
-#
 # People rename columns. Field names change; field ids don't, and the API takes a field id
 # wherever it takes a name (field-model; create/update records, performUpsert.fieldsToMergeOn;
 # list records' returnFieldsByFieldId; webhook payloads key cells by id). So the first time a
