@@ -1231,16 +1231,12 @@ def export_index_path(settings: Settings, key: str) -> Path:
     return settings.cache_dir / f"export_{key}.index"
 
 
-def _source_digest() -> bytes:
-    """This file's own digest: a plan remembered by another version of the rules is not trusted
-    (PlanMemo). Unreadable (a frozen build): a random one, so that nothing is remembered."""
-    try:
-        return hashlib.blake2b(Path(__file__).read_bytes(), digest_size=16).digest()
-    except OSError:
-        return os.urandom(16)
-
-
-SOURCE_DIGEST = _source_digest()
+# This file's own digest: a plan remembered by another version of the rules is not trusted
+# (PlanMemo). Unreadable (a frozen build): a random one, so that nothing is remembered.
+try:
+    SOURCE_DIGEST = hashlib.blake2b(Path(__file__).read_bytes(), digest_size=16).digest()
+except OSError:
+    SOURCE_DIGEST = os.urandom(16)
 RECORD_ID = re.compile(rb'\{"id": "([^"\\]+)"')  # a cache line as write_cache writes it begins with the record id
 FIELD_ID = re.compile(r"fld[A-Za-z0-9]+")
 JSON_STRING = re.compile(rb'"([^"\\]*(?:\\.[^"\\]*)*)"')  # its text, as group 1
@@ -1313,10 +1309,8 @@ class TableSnapshot:
         except ValueError as exc:
             snapshot.close()
             records = None
-            try:  # not write_cache's layout (a hand-made array): read it whole
+            with contextlib.suppress(OSError, ValueError):
                 records = json.loads(path.read_text(encoding="utf-8", errors="surrogatepass"))
-            except (OSError, ValueError):
-                pass
             if not isinstance(records, list) or not all(isinstance(r, dict) and "id" in r for r in records):
                 log.warning("cache %s unreadable (%s): reading Airtable instead", path, exc)
                 return None
@@ -1349,8 +1343,7 @@ class TableSnapshot:
     def put(self, rec: dict) -> None:
         if self.spill is None:
             self.spill = scratch_file(self.directory)  # type: ignore[assignment]
-        self.spill.seek(0, os.SEEK_END)
-        offset = self.spill.tell()
+        offset = self.spill.seek(0, os.SEEK_END)
         self.spill.write(json.dumps(rec, ensure_ascii=False).encode("utf-8", "surrogatepass") + b"\n")
         self.where[rec["id"]] = ~offset
 
@@ -1395,10 +1388,6 @@ class TableSnapshot:
             if rec is not None:
                 yield rec
 
-    def lines(self) -> Iterator[bytes]:
-        for rec_id in list(self.where):
-            yield self.line(rec_id)  # type: ignore[misc]
-
     def close(self) -> None:
         for handle in (self.cache, self.spill):
             if handle is not None:
@@ -1431,7 +1420,7 @@ def write_cache(path: Path, records: Iterable[dict] | TableSnapshot) -> None:
     # One record a line, streamed: still a JSON array, written by json's C encoder
     # (indent= falls back to pure Python) without the whole file in memory at once. A snapshot's
     # lines are copied as they are, not parsed again.
-    lines = records.lines() if isinstance(records, TableSnapshot) else (
+    lines = map(records.line, records.ids()) if isinstance(records, TableSnapshot) else (
         json.dumps(rec, ensure_ascii=False).encode("utf-8", "surrogatepass") for rec in records)
 
     def chunks() -> Iterator[bytes]:
