@@ -713,9 +713,7 @@ class RequestStats:
 
 def request_kind(method: str, path: str) -> str:
     """read or write, as Airtable's request counts see it."""
-    if method.upper() == "GET" or path.split("?", 1)[0].endswith("/listRecords"):
-        return "read"
-    return "write"
+    return "read" if method.upper() == "GET" or path.split("?", 1)[0].endswith("/listRecords") else "write"
 
 
 class Throttle:
@@ -739,23 +737,17 @@ class Throttle:
         self.in_flight = 0
         self.lock = threading.Lock()
 
-    def _wait_needed(self, now: float) -> float:
-        window_start = now - self.window - self.MARGIN_S
-        while self.completed and self.completed[0] <= window_start:
-            self.completed.popleft()
-        if len(self.completed) + self.in_flight < self.slots:
-            return 0.0
-        if not self.completed:
-            return 0.01  # all slots held by requests still in flight
-        return max(self.completed[0] - window_start, 0.001)  # never a float-rounding spin
-
     def acquire(self) -> None:
         while True:
             with self.lock:
-                delay = self._wait_needed(self.clock())
-                if delay <= 0:
+                window_start = self.clock() - self.window - self.MARGIN_S
+                while self.completed and self.completed[0] <= window_start:
+                    self.completed.popleft()
+                if len(self.completed) + self.in_flight < self.slots:
                     self.in_flight += 1
                     return
+                # 0.01 s when every slot is held by a request still in flight; 0.001 s at least: no float-rounding spin
+                delay = max(self.completed[0] - window_start, 0.001) if self.completed else 0.01
             if self.stop.wait(delay):
                 raise RunInterrupted()
 
@@ -887,8 +879,7 @@ def is_billing_limit(status: int | None, body: Any) -> bool:
     if status != 429 or not isinstance(body, dict):
         return False
     error = body.get("error")
-    kind = error.get("type") if isinstance(error, dict) else error
-    return kind == BILLING_LIMIT_ERROR
+    return (error.get("type") if isinstance(error, dict) else error) == BILLING_LIMIT_ERROR
 
 
 def _json_or_none(response: requests.Response) -> Any:
@@ -1051,17 +1042,14 @@ def airtable_error(exc: requests.HTTPError) -> tuple[str, str]:
     return f"HTTP_{response.status_code}", json.dumps(body)[:300]
 
 
-SCOPE_HINT = ("check AIRTABLE_API_KEY and that the token has the scopes data.records:read, "
-              "data.records:write and schema.bases:read and access to base {base}")
-
-
 def access_error(exc: Exception, settings: Settings, what: str) -> AirtableAccessError:
     if isinstance(exc, requests.HTTPError):
         kind, message = airtable_error(exc)
         status = exc.response.status_code
         hint = ""
         if status in (401, 403, 404):  # a token, scope or id problem; a 429 or 5xx is not one
-            hint = f"; {SCOPE_HINT.format(base=settings.base_id)}"
+            hint = ("; check AIRTABLE_API_KEY and that the token has the scopes data.records:read, "
+                    f"data.records:write and schema.bases:read and access to base {settings.base_id}")
         elif status == 429 or status >= 500:
             hint = f"; gave up after {settings.max_retries} retries"
         return AirtableAccessError(f"{what}: HTTP {status} {kind}: {message}{hint}")
