@@ -696,8 +696,7 @@ class RequestStats:
     """A run's requests, as the report gives them (`reached` aside)."""
 
     total: int = 0
-    # Of those, the ones that reached Airtable, or may have (a connect that failed never did): what
-    # the workspace's monthly count sees. Kept for the budget, not reported.
+    # Of those, the ones that reached Airtable or may have: the monthly count's, for the budget only.
     reached: int = field(default=0, repr=False)
     read: int = 0
     write: int = 0
@@ -717,12 +716,9 @@ def request_kind(method: str, path: str) -> str:
 
 
 class Throttle:
-    """At most `rate` requests in any rolling second.
-
-    A request occupies the window from its start until one second after it
-    completes: the server sees it arrive somewhere in between, so counting from
-    completion is what keeps the server's own rolling count at or under `rate`.
-    """
+    """At most `rate` requests in any rolling second. A request holds its place in the window from its
+    start until a second after it completes: the server sees it arrive somewhere in between, so
+    counting from completion keeps the server's own rolling count at or under `rate`."""
 
     MARGIN_S = 0.005  # clock granularity between this process and the server
 
@@ -762,12 +758,9 @@ RECENT_REQUESTS_FILE = ".recent_requests.json"
 
 
 def shared_throttle(settings: Settings, stop: threading.Event) -> Throttle:
-    """One throttle per base: Airtable counts the base's requests, not our runs'.
-
-    Runs in one process share it; a run right after another process's (say
-    `--check` and then the sync) starts from the completion times that run left
-    in the cache dir, so the two together still stay under the rate.
-    """
+    """One throttle per base: Airtable counts the base's requests, not our runs'. Runs in one process
+    share it; a run right after another process's (say `--check`, then the sync) starts from the
+    completion times that run left in the cache dir, so the two together stay under the rate."""
     key = (settings.endpoint_url, settings.base_id)
     throttle = _THROTTLES.get(key)
     if throttle is None or throttle.rate != settings.max_rps:
@@ -832,14 +825,10 @@ def _never_sent(error: BaseException) -> bool:
 
 def retry_delay(attempt: int, max_retries: int, method: str, path: str, status: int | None,
                 headers: Mapping[str, str], error: BaseException | None) -> float | None:
-    """Seconds to wait before re-sending, or None to give up.
-
-    A 429 was not processed, so any request may be re-sent after the penalty.
-    A 5xx, timeout or dropped connection may have been applied: only requests
-    that are safe to repeat (reads, updates by record id, upserts merged on
-    `id`) are re-sent; a plain create (a POST that creates records, which a
-    second copy would duplicate) is re-sent only if it never left.
-    """
+    """Seconds to wait before re-sending, or None to give up. A 429 was not processed, so any request
+    may be re-sent after the penalty. A 5xx, timeout or dropped connection may have been applied:
+    only requests safe to repeat (reads, updates by record id, upserts merged on `id`) are re-sent;
+    a plain create (a POST, which a second copy would duplicate) only if it never left."""
     if attempt >= max_retries:
         return None
     try:
@@ -1289,7 +1278,7 @@ class TableSnapshot:
                     break
                 if not line.endswith(b"\n"):
                     raise ValueError("the file ends before its closing bracket")
-                found = RECORD_ID.match(line)  # as write_cache writes a record: its id first
+                found = RECORD_ID.match(line)
                 rec_id = found.group(1).decode() if found else _cache_line(line).get("id")
                 if not isinstance(rec_id, str):
                     raise ValueError("a line is not a record")
