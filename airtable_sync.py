@@ -705,9 +705,7 @@ class RequestStats:
     last_30_days: int = 0  # the tool's requests to this base in the last 30 days, this run's included
 
     def as_dict(self) -> dict[str, int]:
-        data = dataclasses.asdict(self)
-        del data["reached"]
-        return data
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "reached"}
 
 
 def request_kind(method: str, path: str) -> str:
@@ -787,9 +785,8 @@ def save_recent_requests(settings: Settings) -> None:
 
 
 def count_requests(settings: Settings, stats: RequestStats, now: datetime | None = None) -> int:
-    """Add this run's requests to the base's rolling 30 days (file mode 0600, written atomically),
-    set stats.last_30_days and return it. A run that made no request only reads the file.
-    Raises LocalWriteError when the file cannot be written; stats.last_30_days is set first."""
+    """Add this run's requests to the base's rolling 30 days and set stats.last_30_days (returned, and set
+    before a LocalWriteError when the file cannot be written). A run that made no request only reads it."""
     path = settings.cache_dir / REQUEST_BUDGET_FILE
     key = f"{settings.endpoint_url} {settings.base_id}"
     today = (now or datetime.now(timezone.utc)).astimezone(timezone.utc).date()
@@ -928,9 +925,8 @@ class AirtableTransport(HTTPAdapter):
                 if error is not None:
                     raise error
                 return response
-            what = f"HTTP {status}" if status else type(error).__name__
-            log.warning("%s %s: %s; retrying in %.1f s (retry %d of %d)",
-                        method, path.split("?", 1)[0], what, delay, attempt + 1, self.retry_limit)
+            log.warning("%s %s: %s; retrying in %.1f s (retry %d of %d)", method, path.split("?", 1)[0],
+                        f"HTTP {status}" if status else type(error).__name__, delay, attempt + 1, self.retry_limit)
             if response is not None:
                 response.close()
             self.stop.wait(delay)  # a stop ends the wait, and the run at the loop's top
@@ -1235,10 +1231,9 @@ def _cache_line(line: bytes) -> Any:
 class TableSnapshot:
     """A table's records as Airtable has them, kept on disk one record a line, as the cache holds
     them, and in memory only as where each line is: a 500,000-record base fits a small machine.
-    The lines are those of the cache file the run started from (read only) and of a spill file,
-    an unnamed temporary file in the cache dir (mode 0600, gone when closed), to which every
-    record the run reads or writes is appended. Iteration follows the order records were added;
-    a record put again keeps its place, as in the cache."""
+    The lines are those of the cache file the run started from (read only) and of a spill file (a
+    scratch_file in the cache dir), to which every record the run reads or writes is appended.
+    Iteration follows the order records were added; a record put again keeps its place, as in the cache."""
 
     def __init__(self, directory: Path | None = None, cache: BinaryIO | None = None):
         if directory is not None:
