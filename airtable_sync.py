@@ -1049,8 +1049,7 @@ def link_options(f: Any) -> tuple[str, str]:
 
 
 def fetch_schema(airtable: Airtable) -> BaseSchema | None:
-    """Field types per table key, or None when the token may not read the schema. Its table ids
-    are the connection's to use (Airtable.use_tables): a table set up by name may be renamed."""
+    """Field types per table key, and table ids for Airtable.use_tables; None when the token may not read it."""
     settings = airtable.settings
     try:
         schema = airtable.api.base(settings.base_id).schema()
@@ -1095,8 +1094,7 @@ class Column:
 
 @dataclass
 class TableColumns:
-    """A table's mapped fields, each found by the field id bound to its mapped name (whatever the
-    field is called now), else, with no binding yet, by the mapped name."""
+    """A table's mapped fields, as bind_columns finds them."""
 
     by_mapped: dict[str, Column]  # mapped name -> column, for the fields Airtable has
     missing: list[str] = field(default_factory=list)  # mapped names with no field
@@ -1170,8 +1168,7 @@ def warn_schema_changes(key: str, columns: TableColumns) -> None:
 
 
 def state_bindings(settings: Settings, state: "ChangeState | None") -> tuple[dict[str, dict[str, str]], dict[str, str]]:
-    """The state's bindings of the tables the settings still name as they did, and those tables'
-    ids, which then serve the run's requests (a table set up by name may have been renamed since)."""
+    """The state's bindings and table ids (for Airtable.use_tables) of the tables the settings still name as before."""
     if state is None or (state.endpoint_url, state.base_id) != (settings.endpoint_url, settings.base_id):
         return {}, {}
     kept = [key for key, setting in state.tables.items()
