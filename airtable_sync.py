@@ -1015,9 +1015,8 @@ AIRTABLE_FAILURES = (requests.HTTPError, requests.ConnectionError, requests.Time
 def airtable_error(exc: requests.HTTPError) -> tuple[str, str]:
     """(type, message) of an Airtable error response."""
     response = exc.response
-    try:
-        body = response.json()
-    except ValueError:
+    body = _json_or_none(response)
+    if body is None:
         return f"HTTP_{response.status_code}", (response.text or "")[:300]
     error = body.get("error") if isinstance(body, dict) else None
     if isinstance(error, dict):
@@ -1221,8 +1220,7 @@ def first_cells(values: list[Any]) -> list[Any]:
 
 
 def _cache_line(line: bytes) -> Any:
-    line = line.rstrip(b"\n")
-    return json.loads((line[:-1] if line.endswith(b",") else line).decode("utf-8", "surrogatepass"))
+    return json.loads(line.rstrip(b"\n").removesuffix(b",").decode("utf-8", "surrogatepass"))
 
 
 class TableSnapshot:
@@ -1302,8 +1300,7 @@ class TableSnapshot:
             return None
         handle = self.cache if at >= 0 else self.spill
         handle.seek(at if at >= 0 else ~at)  # type: ignore[union-attr]
-        line = handle.readline().rstrip(b"\n")  # type: ignore[union-attr]
-        return line[:-1] if line.endswith(b",") else line
+        return handle.readline().rstrip(b"\n").removesuffix(b",")  # type: ignore[union-attr]
 
     def get(self, rec_id: str) -> dict | None:
         line = self.line(rec_id)
