@@ -696,7 +696,7 @@ class RequestStats:
     """A run's requests, as the report gives them (`reached` aside)."""
 
     total: int = 0
-    # Of those, the ones that reached Airtable or may have: the monthly count's, for the budget only.
+    # Of those, the ones that reached Airtable or may have (what the monthly count sees): for the budget, not reported.
     reached: int = field(default=0, repr=False)
     read: int = 0
     write: int = 0
@@ -1206,6 +1206,7 @@ try:
     SOURCE_DIGEST = hashlib.blake2b(Path(__file__).read_bytes(), digest_size=16).digest()
 except OSError:
     SOURCE_DIGEST = os.urandom(16)
+
 RECORD_ID = re.compile(rb'\{"id": "([^"\\]+)"')  # a cache line as write_cache writes it begins with the record id
 FIELD_ID = re.compile(r"fld[A-Za-z0-9]+")
 JSON_STRING = re.compile(rb'"([^"\\]*(?:\\.[^"\\]*)*)"')  # its text, as group 1
