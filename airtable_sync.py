@@ -620,8 +620,7 @@ class RequestStats:
     """A run's requests, as the report gives them (`reached` aside)."""
 
     total: int = 0
-    # Of those, the ones that reached Airtable, or may have (a connect that failed never did): what
-    # the workspace's monthly count sees. Kept for the budget, not reported.
+    # Of those, the ones that reached Airtable or may have (what the monthly count sees): for the budget, not reported.
     reached: int = field(default=0, repr=False)
     read: int = 0
     write: int = 0
@@ -630,30 +629,18 @@ class RequestStats:
     last_30_days: int = 0  # the tool's requests to this base in the last 30 days, this run's included
 
     def as_dict(self) -> dict[str, int]:
-        data = dataclasses.asdict(self)
-        del data["reached"]
-        return data
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "reached"}
 
 
 def request_kind(method: str, path: str) -> str:
     """read or write, as Airtable's request counts see it."""
-    if method.upper() == "GET" or path.split("?", 1)[0].endswith("/listRecords"):
-        return "read"
-    return "write"
-
-
-def is_plain_create(method: str, path: str) -> bool:
-    """A POST that creates records: re-sending it after an unknown outcome could duplicate them."""
-    return method.upper() == "POST" and request_kind(method, path) == "write"
+    return "read" if method.upper() == "GET" or path.split("?", 1)[0].endswith("/listRecords") else "write"
 
 
 class Throttle:
-    """At most `rate` requests in any rolling second.
-
-    A request occupies the window from its start until one second after it
-    completes: the server sees it arrive somewhere in between, so counting from
-    completion is what keeps the server's own rolling count at or under `rate`.
-    """
+    """At most `rate` requests in any rolling second. A request holds its place in the window from its
+    start until a second after it completes: the server sees it arrive somewhere in between, so
+    counting from completion keeps the server's own rolling count at or under `rate`."""
 
     MARGIN_S = 0.005  # clock granularity between this process and the server
 
@@ -668,23 +655,17 @@ class Throttle:
         self.in_flight = 0
         self.lock = threading.Lock()
 
-    def _wait_needed(self, now: float) -> float:
-        window_start = now - self.window - self.MARGIN_S
-        while self.completed and self.completed[0] <= window_start:
-            self.completed.popleft()
-        if len(self.completed) + self.in_flight < self.slots:
-            return 0.0
-        if not self.completed:
-            return 0.01  # all slots held by requests still in flight
-        return max(self.completed[0] - window_start, 0.001)  # never a float-rounding spin
-
     def acquire(self) -> None:
         while True:
             with self.lock:
-                delay = self._wait_needed(self.clock())
-                if delay <= 0:
+                window_start = self.clock() - self.window - self.MARGIN_S
+                while self.completed and self.completed[0] <= window_start:
+                    self.completed.popleft()
+                if len(self.completed) + self.in_flight < self.slots:
                     self.in_flight += 1
                     return
+                # 0.01 s when every slot is held by a request still in flight; 0.001 s at least: no float-rounding spin
+                delay = max(self.completed[0] - window_start, 0.001) if self.completed else 0.01
             if self.stop.wait(delay):
                 raise RunInterrupted()
 
@@ -699,12 +680,9 @@ RECENT_REQUESTS_FILE = ".recent_requests.json"
 
 
 def shared_throttle(settings: Settings, stop: threading.Event) -> Throttle:
-    """One throttle per base: Airtable counts the base's requests, not our runs'.
-
-    Runs in one process share it; a run right after another process's (say
-    `--check` and then the sync) starts from the completion times that run left
-    in the cache dir, so the two together still stay under the rate.
-    """
+    """One throttle per base: Airtable counts the base's requests, not our runs'. Runs in one process
+    share it; a run right after another process's (say `--check`, then the sync) starts from the
+    completion times that run left in the cache dir, so the two together stay under the rate."""
     key = (settings.endpoint_url, settings.base_id)
     throttle = _THROTTLES.get(key)
     if throttle is None or throttle.rate != settings.max_rps:
@@ -731,9 +709,8 @@ def save_recent_requests(settings: Settings) -> None:
 
 
 def count_requests(settings: Settings, stats: RequestStats, now: datetime | None = None) -> int:
-    """Add this run's requests to the base's rolling 30 days (file mode 0600, written atomically),
-    set stats.last_30_days and return it. A run that made no request only reads the file.
-    Raises LocalWriteError when the file cannot be written; stats.last_30_days is set first."""
+    """Add this run's requests to the base's rolling 30 days and set stats.last_30_days (returned, and set
+    before a LocalWriteError when the file cannot be written). A run that made no request only reads it."""
     path = settings.cache_dir / REQUEST_BUDGET_FILE
     key = f"{settings.endpoint_url} {settings.base_id}"
     today = (now or datetime.now(timezone.utc)).astimezone(timezone.utc).date()
@@ -767,22 +744,12 @@ def _never_sent(error: BaseException) -> bool:
     return False
 
 
-def retry_delay(
-    attempt: int,
-    max_retries: int,
-    method: str,
-    path: str,
-    status: int | None,
-    headers: Mapping[str, str],
-    error: BaseException | None,
-) -> float | None:
-    """Seconds to wait before re-sending, or None to give up.
-
-    A 429 was not processed, so any request may be re-sent after the penalty.
-    A 5xx, timeout or dropped connection may have been applied: only requests
-    that are safe to repeat (reads, updates by record id, upserts merged on
-    `id`) are re-sent; a plain create is re-sent only if it never left.
-    """
+def retry_delay(attempt: int, max_retries: int, method: str, path: str, status: int | None,
+                headers: Mapping[str, str], error: BaseException | None) -> float | None:
+    """Seconds to wait before re-sending, or None to give up. A 429 was not processed, so any request
+    may be re-sent after the penalty. A 5xx, timeout or dropped connection may have been applied:
+    only requests safe to repeat (reads, updates by record id, upserts merged on `id`) are re-sent;
+    a plain create (a POST, which a second copy would duplicate) only if it never left."""
     if attempt >= max_retries:
         return None
     try:
@@ -792,11 +759,11 @@ def retry_delay(
     backoff = min(0.5 * 2**attempt, 8.0)
     if status == 429:  # Airtable's penalty is 30 s; a Retry-After may only shorten it
         return RATE_LIMIT_PENALTY_S if retry_after is None else min(retry_after, RATE_LIMIT_PENALTY_S)
+    if method.upper() == "POST" and request_kind(method, path) == "write":
+        return backoff if error is not None and _never_sent(error) else None
     if error is not None:
-        if _never_sent(error) or not is_plain_create(method, path):
-            return backoff
-        return None
-    if status is not None and status >= 500 and not is_plain_create(method, path):
+        return backoff
+    if status is not None and status >= 500:
         # Airtable's 503 "may provide" Retry-After (errors docs): honoured, within reason.
         return backoff if retry_after is None else min(max(backoff, retry_after), RATE_LIMIT_PENALTY_S)
     return None
@@ -822,8 +789,7 @@ def is_billing_limit(status: int | None, body: Any) -> bool:
     if status != 429 or not isinstance(body, dict):
         return False
     error = body.get("error")
-    kind = error.get("type") if isinstance(error, dict) else error
-    return kind == BILLING_LIMIT_ERROR
+    return (error.get("type") if isinstance(error, dict) else error) == BILLING_LIMIT_ERROR
 
 
 def _json_or_none(response: requests.Response) -> Any:
@@ -849,8 +815,7 @@ class AirtableTransport(HTTPAdapter):
         kwargs["timeout"] = self.timeout
         method, path = request.method or "GET", request.path_url
         kind = request_kind(method, path)
-        attempt = 0
-        while True:
+        for attempt in itertools.count():
             if self.stop.is_set():
                 raise RunInterrupted()
             if self.calls_spent:  # whatever a caller makes of the first refusal, no further request
@@ -884,14 +849,11 @@ class AirtableTransport(HTTPAdapter):
                 if error is not None:
                     raise error
                 return response
-            what = f"HTTP {status}" if status else type(error).__name__
-            log.warning("%s %s: %s; retrying in %.1f s (retry %d of %d)",
-                        method, path.split("?", 1)[0], what, delay, attempt + 1, self.retry_limit)
+            log.warning("%s %s: %s; retrying in %.1f s (retry %d of %d)", method, path.split("?", 1)[0],
+                        f"HTTP {status}" if status else type(error).__name__, delay, attempt + 1, self.retry_limit)
             if response is not None:
                 response.close()
-            attempt += 1
-            if self.stop.wait(delay):
-                raise RunInterrupted()
+            self.stop.wait(delay)  # a stop ends the wait, and the run at the loop's top
 
 
 @dataclass(frozen=True)
@@ -977,9 +939,8 @@ AIRTABLE_FAILURES = (requests.HTTPError, requests.ConnectionError, requests.Time
 def airtable_error(exc: requests.HTTPError) -> tuple[str, str]:
     """(type, message) of an Airtable error response."""
     response = exc.response
-    try:
-        body = response.json()
-    except ValueError:
+    body = _json_or_none(response)
+    if body is None:
         return f"HTTP_{response.status_code}", (response.text or "")[:300]
     error = body.get("error") if isinstance(body, dict) else None
     if isinstance(error, dict):
@@ -989,17 +950,14 @@ def airtable_error(exc: requests.HTTPError) -> tuple[str, str]:
     return f"HTTP_{response.status_code}", json.dumps(body)[:300]
 
 
-SCOPE_HINT = ("check AIRTABLE_API_KEY and that the token has the scopes data.records:read, "
-              "data.records:write and schema.bases:read and access to base {base}")
-
-
 def access_error(exc: Exception, settings: Settings, what: str) -> AirtableAccessError:
     if isinstance(exc, requests.HTTPError):
         kind, message = airtable_error(exc)
         status = exc.response.status_code
         hint = ""
         if status in (401, 403, 404):  # a token, scope or id problem; a 429 or 5xx is not one
-            hint = f"; {SCOPE_HINT.format(base=settings.base_id)}"
+            hint = ("; check AIRTABLE_API_KEY and that the token has the scopes data.records:read, "
+                    f"data.records:write and schema.bases:read and access to base {settings.base_id}")
         elif status == 429 or status >= 500:
             hint = f"; gave up after {settings.max_retries} retries"
         return AirtableAccessError(f"{what}: HTTP {status} {kind}: {message}{hint}")
@@ -1014,18 +972,15 @@ def link_options(f: Any) -> tuple[str, str]:
 
 
 def fetch_schema(airtable: Airtable) -> BaseSchema | None:
-    """Field types per table key, or None when the token may not read the schema. Its table ids
-    are the connection's to use (Airtable.use_tables): a table set up by name may be renamed."""
+    """Field types per table key, and table ids for Airtable.use_tables; None when the token may not read it."""
     settings = airtable.settings
     try:
         schema = airtable.api.base(settings.base_id).schema()
-    except requests.HTTPError as exc:
-        if exc.response.status_code in (403, 404):
+    except AIRTABLE_FAILURES as exc:
+        if isinstance(exc, requests.HTTPError) and exc.response.status_code in (403, 404):
             log.warning("Airtable refused the schema (HTTP %s): the token lacks schema.bases:read; "
                         "field types will be inferred from the data", exc.response.status_code)
             return None
-        raise access_error(exc, settings, "reading the schema") from None
-    except (requests.ConnectionError, requests.Timeout) as exc:  # an HTTPError is handled above
         raise access_error(exc, settings, "reading the schema") from None
     result = BaseSchema({}, {})
     for key, setting in settings.table_ids.items():
@@ -1043,8 +998,6 @@ def fetch_schema(airtable: Airtable) -> BaseSchema | None:
 # Read: the mapped fields bound to Airtable's field ids
 # ---------------------------------------------------------------------------
 
-
-#
 # People rename columns. Field names change; field ids don't, and the API takes a field id
 # wherever it takes a name (field-model; create/update records, performUpsert.fieldsToMergeOn;
 # list records' returnFieldsByFieldId; webhook payloads key cells by id). So the first time a
@@ -1064,8 +1017,7 @@ class Column:
 
 @dataclass
 class TableColumns:
-    """A table's mapped fields, each found by the field id bound to its mapped name (whatever the
-    field is called now), else, with no binding yet, by the mapped name."""
+    """A table's mapped fields, as bind_columns finds them."""
 
     by_mapped: dict[str, Column]  # mapped name -> column, for the fields Airtable has
     missing: list[str] = field(default_factory=list)  # mapped names with no field
@@ -1139,8 +1091,7 @@ def warn_schema_changes(key: str, columns: TableColumns) -> None:
 
 
 def state_bindings(settings: Settings, state: "ChangeState | None") -> tuple[dict[str, dict[str, str]], dict[str, str]]:
-    """The state's bindings of the tables the settings still name as they did, and those tables'
-    ids, which then serve the run's requests (a table set up by name may have been renamed since)."""
+    """The state's bindings and table ids (for Airtable.use_tables) of the tables the settings still name as before."""
     if state is None or (state.endpoint_url, state.base_id) != (settings.endpoint_url, settings.base_id):
         return {}, {}
     kept = [key for key, setting in state.tables.items()
@@ -1173,16 +1124,13 @@ def export_index_path(settings: Settings, key: str) -> Path:
     return settings.cache_dir / f"export_{key}.index"
 
 
-def _source_digest() -> bytes:
-    """This file's own digest: a plan remembered by another version of the rules is not trusted
-    (PlanMemo). Unreadable (a frozen build): a random one, so that nothing is remembered."""
-    try:
-        return hashlib.blake2b(Path(__file__).read_bytes(), digest_size=16).digest()
-    except OSError:
-        return os.urandom(16)
+# This file's own digest: a plan remembered by another version of the rules is not trusted
+# (PlanMemo). Unreadable (a frozen build): a random one, so that nothing is remembered.
+try:
+    SOURCE_DIGEST = hashlib.blake2b(Path(__file__).read_bytes(), digest_size=16).digest()
+except OSError:
+    SOURCE_DIGEST = os.urandom(16)
 
-
-SOURCE_DIGEST = _source_digest()
 RECORD_ID = re.compile(rb'\{"id": "([^"\\]+)"')  # a cache line as write_cache writes it begins with the record id
 FIELD_ID = re.compile(r"fld[A-Za-z0-9]+")
 JSON_STRING = re.compile(rb'"([^"\\]*(?:\\.[^"\\]*)*)"')  # its text, as group 1
@@ -1197,17 +1145,15 @@ def first_cells(values: list[Any]) -> list[Any]:
 
 
 def _cache_line(line: bytes) -> Any:
-    line = line.rstrip(b"\n")
-    return json.loads((line[:-1] if line.endswith(b",") else line).decode("utf-8", "surrogatepass"))
+    return json.loads(line.rstrip(b"\n").removesuffix(b",").decode("utf-8", "surrogatepass"))
 
 
 class TableSnapshot:
     """A table's records as Airtable has them, kept on disk one record a line, as the cache holds
     them, and in memory only as where each line is: a 500,000-record base fits a small machine.
-    The lines are those of the cache file the run started from (read only) and of a spill file,
-    an unnamed temporary file in the cache dir (mode 0600, gone when closed), to which every
-    record the run reads or writes is appended. Iteration follows the order records were added;
-    a record put again keeps its place, as in the cache."""
+    The lines are those of the cache file the run started from (read only) and of a spill file (a
+    scratch_file in the cache dir), to which every record the run reads or writes is appended.
+    Iteration follows the order records were added; a record put again keeps its place, as in the cache."""
 
     def __init__(self, directory: Path | None = None, cache: BinaryIO | None = None):
         if directory is not None:
@@ -1247,7 +1193,7 @@ class TableSnapshot:
                     break
                 if not line.endswith(b"\n"):
                     raise ValueError("the file ends before its closing bracket")
-                found = RECORD_ID.match(line)  # as write_cache writes a record: its id first
+                found = RECORD_ID.match(line)
                 rec_id = found.group(1).decode() if found else _cache_line(line).get("id")
                 if not isinstance(rec_id, str):
                     raise ValueError("a line is not a record")
@@ -1255,10 +1201,8 @@ class TableSnapshot:
         except ValueError as exc:
             snapshot.close()
             records = None
-            try:  # not write_cache's layout (a hand-made array): read it whole
+            with contextlib.suppress(OSError, ValueError):
                 records = json.loads(path.read_text(encoding="utf-8", errors="surrogatepass"))
-            except (OSError, ValueError):
-                pass
             if not isinstance(records, list) or not all(isinstance(r, dict) and "id" in r for r in records):
                 log.warning("cache %s unreadable (%s): reading Airtable instead", path, exc)
                 return None
@@ -1281,8 +1225,7 @@ class TableSnapshot:
             return None
         handle = self.cache if at >= 0 else self.spill
         handle.seek(at if at >= 0 else ~at)  # type: ignore[union-attr]
-        line = handle.readline().rstrip(b"\n")  # type: ignore[union-attr]
-        return line[:-1] if line.endswith(b",") else line
+        return handle.readline().rstrip(b"\n").removesuffix(b",")  # type: ignore[union-attr]
 
     def get(self, rec_id: str) -> dict | None:
         line = self.line(rec_id)
@@ -1291,8 +1234,7 @@ class TableSnapshot:
     def put(self, rec: dict) -> None:
         if self.spill is None:
             self.spill = scratch_file(self.directory)  # type: ignore[assignment]
-        self.spill.seek(0, os.SEEK_END)
-        offset = self.spill.tell()
+        offset = self.spill.seek(0, os.SEEK_END)
         self.spill.write(json.dumps(rec, ensure_ascii=False).encode("utf-8", "surrogatepass") + b"\n")
         self.where[rec["id"]] = ~offset
 
@@ -1337,10 +1279,6 @@ class TableSnapshot:
             if rec is not None:
                 yield rec
 
-    def lines(self) -> Iterator[bytes]:
-        for rec_id in list(self.where):
-            yield self.line(rec_id)  # type: ignore[misc]
-
     def close(self) -> None:
         for handle in (self.cache, self.spill):
             if handle is not None:
@@ -1373,7 +1311,7 @@ def write_cache(path: Path, records: Iterable[dict] | TableSnapshot) -> None:
     # One record a line, streamed: still a JSON array, written by json's C encoder
     # (indent= falls back to pure Python) without the whole file in memory at once. A snapshot's
     # lines are copied as they are, not parsed again.
-    lines = records.lines() if isinstance(records, TableSnapshot) else (
+    lines = map(records.line, records.ids()) if isinstance(records, TableSnapshot) else (
         json.dumps(rec, ensure_ascii=False).encode("utf-8", "surrogatepass") for rec in records)
 
     def chunks() -> Iterator[bytes]:
