@@ -2888,9 +2888,7 @@ class PlannedWrite:
     matched_by: str | None = None  # "id" or "key" (pass 1 or 2) for an update or skip
     fields: dict = field(default_factory=dict)  # values to send (links as LinkRef lists)
     error: str | None = None
-    # An update's changed cells as Airtable had them, for the changes archive (None for the others:
-    # a first sync's creates are many).
-    before: dict | None = None
+    before: dict | None = None  # an update's changed cells as Airtable had them, for the changes archive
 
 
 DAY_COUNTER_SHARE = 0.9  # of the records it changed (or that carry the date) that must tell a day counter
@@ -2906,13 +2904,12 @@ def day_of(value: Any) -> date | None:
 
 
 class DayTally:
-    """Over one table's planned updates, how many changed each numeric field, how many of those rose
-    by the days since the previous run, and, per date field, the dates the field counts days to
-    from it (the date plus the value): counters a field, never anything per record.
-
-    A counter counts to the run's date. An export written on another day counts to that day
-    instead (the exporter computed it then; a test's nights a day apart in minutes do too): the
-    formula is the remedy all the same, so any one date that nine in ten records count to will do."""
+    """Per numeric field over one table's planned updates: how many changed it, how many of those rose
+    by the days since the previous run, and per date field the dates it counts days to (the date plus
+    the value). Counters a field, never anything per record. A counter counts to the run's date, or
+    to the day an export was written on (the exporter computed it then; so do a test's nights a day
+    apart in minutes): any one date that nine in ten records count to will do, since the formula is
+    the remedy all the same."""
 
     def __init__(self, elapsed: int | None, types: Mapping[str, str]):
         self.elapsed = elapsed  # whole days since the previous run (None: there was none)
@@ -3034,15 +3031,6 @@ class PlanMemo:
         digest.update(mongo_id.encode("utf-8", "surrogatepass") + text_digest.to_bytes(8, "big", signed=True) + line)
         return int.from_bytes(digest.digest(), "big", signed=True)
 
-    def has(self, key: int) -> bool:
-        if key in self.known:
-            self.kept.append(key)
-            return True
-        return False
-
-    def keep(self, key: int) -> None:
-        self.kept.append(key)
-
     def save(self, path: Path) -> None:
         write_private(path, [self.kept.tobytes()])
 
@@ -3115,10 +3103,9 @@ def plan_table(
     plan = TablePlan(spec, columns, types, id_key, [], [], sorted(carried - spec.consumed_mongo_fields),
                      list(columns.missing), read_only, absent_in_export(spec, carried) if carried else [])
     plan.days = DayTally(days_since_last_run, types)
-    has_id_field = id_key is not None
     matcher = Matcher(airtable_records, columns.key(spec.airtable_key), id_key)
     converting = mapped_columns(spec, columns, types)
-    if exported.digests is None or not has_id_field:
+    if exported.digests is None or id_key is None:
         memo = None
     elif memo is not None:
         memo.sign(spec, columns, types, id_key, link_index)
@@ -3126,7 +3113,7 @@ def plan_table(
     # Airtable record; the rest are matched by id and planned at once.
     unmatched, seen_ids = [], set()
     for index, mongo_id in enumerate(exported.mongo_ids):
-        record = exported.load(index) if mongo_id is None or not has_id_field else None  # the key is needed
+        record = exported.load(index) if mongo_id is None or id_key is None else None  # the key is needed
         error = None
         if record is not None and not natural_key(record.doc, spec.key_fields):
             # With no `id` field in Airtable only the key finds a record again: created, it
@@ -3141,14 +3128,15 @@ def plan_table(
             seen_ids.add(mongo_id)
             if (rec_id := matcher.claim_by_id(mongo_id)) is not None:
                 line: bytes = airtable_records.line(rec_id)  # type: ignore[assignment]
-                known = (memo.key(mongo_id, exported.digests[index], line)  # type: ignore[index,arg-type]
-                         if memo is not None else None)
-                if known is not None and memo.has(known):  # type: ignore[union-attr]
-                    plan.count_skip(mongo_id, rec_id)
-                    continue
+                if memo is not None:
+                    known = memo.key(mongo_id, exported.digests[index], line)  # type: ignore[index,arg-type]
+                    if known in memo.known:
+                        memo.kept.append(known)
+                        plan.count_skip(mongo_id, rec_id)
+                        continue
                 record = record or exported.load(index)
-                if plan_record(plan, record, _cache_line(line), "id", converting, link_index) and known is not None:
-                    memo.keep(known)  # type: ignore[union-attr]
+                if plan_record(plan, record, _cache_line(line), "id", converting, link_index) and memo is not None:
+                    memo.kept.append(known)
             elif not matcher.candidates:  # nothing to match by key (a first sync): a create, at once
                 plan_record(plan, record or exported.load(index), None, "new", converting, link_index)
             else:
