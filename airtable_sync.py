@@ -2997,13 +2997,11 @@ def link_reference(doc: dict, link: LinkSpec) -> str | None:
 
 
 class PlanMemo:
-    """The records a run found in sync, remembered as one 64-bit digest each of everything their
-    plan depended on: the export document's text, the Airtable record's line in the snapshot, and
-    the table's signature (this tool's own code, the mapping, the bound fields and their types,
-    and the link targets' ids). A record whose digest the last run kept is in sync again, since
-    the plan is a function of those alone: a quiet night neither parses nor converts it. Kept in
-    `airtable_<table>.memo` (8 bytes a record, no personal data); a missing or stale file only
-    costs a full plan."""
+    """The records a run found in sync, as one 64-bit digest each of all their plan depends on: the
+    export document's text, the record's snapshot line, and the table's signature (this tool's code,
+    the mapping, the bound fields and their types, the link targets' ids). A record whose digest the
+    last run kept is in sync again: a quiet night neither parses nor converts it. In
+    `airtable_<table>.memo` (8 bytes a record, no personal data); a missing or stale one costs a full plan."""
 
     def __init__(self, known: array | None = None):
         self.known: set[int] = set(known or ())
@@ -3091,9 +3089,7 @@ def plan_table(
     days_since_last_run: int | None = None,
 ) -> TablePlan:
     """What to create, update and skip for one table: pure but for reading the export and the
-    snapshot. Records and writes name the fields by their keys in `columns` (field ids, once
-    bound). An export record is parsed when it is planned, and a record that `memo` knows to be
-    in sync is not parsed at all; an unchanged record leaves nothing in the plan but a count."""
+    snapshot. Fields are named by their keys in `columns` (field ids, once bound)."""
     airtable_records = as_snapshot(airtable_records)
     if not isinstance(exported, (ExportIndex, ExportList)):
         exported = ExportList(exported)
@@ -3189,9 +3185,8 @@ class HeldClears:
 
 
 def clear_limits(clears: Mapping[str, int], holding: Mapping[str, int], fraction: float) -> dict[str, int]:
-    """The fields whose clears are over the cap, and its limit for each: more than
-    CLEARS_ALWAYS_ALLOWED and more than `fraction` of the records holding a value there. Exact,
-    as the deletion cap: 29 of 100 at 0.29 is at the cap, not over it."""
+    """The fields whose clears are over the cap (more than CLEARS_ALWAYS_ALLOWED and than `fraction`
+    of the records holding a value there, exactly as the deletion cap's), and its limit for each."""
     limits = {key: max(CLEARS_ALWAYS_ALLOWED, math.floor(Fraction(str(fraction)) * holding[key])) for key in holding}
     return {key: limit for key, limit in limits.items() if clears[key] > limit}
 
@@ -3294,11 +3289,9 @@ def without_values(message: str) -> str:
 def rejected_field(kind: str, message: str) -> tuple[str, str] | None:
     """(field, 'missing' | 'read_only') when Airtable rejected a whole field, not a value."""
     found = FIELD_IN_MESSAGE.search(message)
-    if not found:
-        return None
-    if kind == "UNKNOWN_FIELD_NAME":
+    if found and kind == "UNKNOWN_FIELD_NAME":
         return found.group(1), "missing"
-    if kind == "INVALID_VALUE_FOR_COLUMN" and "because the field is computed" in message:
+    if found and kind == "INVALID_VALUE_FOR_COLUMN" and "because the field is computed" in message:
         return found.group(1), "read_only"
     return None
 
@@ -3318,8 +3311,7 @@ def write_failure(exc: BaseException) -> tuple[str, int | None]:
 
 @dataclass(frozen=True, slots=True)
 class Written:
-    """What became of one planned write: the apply step's result, kept beside the plan it leaves
-    as it was."""
+    """What became of one planned write: the apply step's result, kept beside the plan it leaves as is."""
 
     outcome: Outcome = Outcome.PLANNED
     record_id: str | None = None  # the record written (a create's once made)
@@ -3337,12 +3329,9 @@ LANDED, LANDED_EXISTING = Written(Outcome.DONE), Written(Outcome.DONE, existed=T
 
 class BatchWriter:
     """Sends writes ten records a request and keeps what became of each in `results`, for the sync
-    and the restore alike; each supplies its own `send` (and what it makes of an answer).
-
-    A request refused for its content (404, 422) is tried record by record, so only the bad
-    records fail; another 4xx fails its records; an outage, a refused token or a 429 left after
-    the retries stops the run (AirtableAccessError), unless only a plain create is in doubt: that
-    is never re-sent, since it could duplicate, and the run goes on.
+    and the restore alike. What a failed request does is write_failure's: a refused one is tried
+    record by record, so only the bad records fail; a lost one stops the run (AirtableAccessError)
+    unless only a plain create is in doubt, which is never re-sent since it could duplicate.
 
     Each command supplies send(action, batch): Airtable's copy of the records written, and which
     were new (None: not known); key_of and name_of, the table and the record for the log (its
@@ -3408,7 +3397,7 @@ class BatchWriter:
             elif how == "failed":
                 self.fail(batch, f"HTTP {status} {kind}: {message}")
             else:
-                self.lost(action, batch, exc, status)
+                self.lost(action, batch, exc, status, kind)
             return
         if len(records) != len(batch):
             raise AirtableAccessError(f"Airtable answered {len(records)} records for {len(batch)} written")
@@ -3423,15 +3412,13 @@ class BatchWriter:
         else:
             self.fail(batch, f"{kind}: {message}")
 
-    def lost(self, action: str, batch: list[tuple[Any, dict]], exc: Exception, status: int | None) -> None:
-        """Retries are spent (or the token refused): the run stops, unless only a plain create is
-        in doubt. A 5xx or a lost connection may have been applied: its records say so."""
+    def lost(self, action: str, batch: list[tuple[Any, dict]], exc: Exception, status: int | None, kind: str) -> None:
+        """A 5xx or a lost connection may have been applied: its records say so."""
         error = access_error(exc, self.airtable.settings, f"{self.VERB} {self.key_of(batch[0][0])}")
         if status in (401, 403, 429) or (status is None and _never_sent(exc)):
             raise error from None  # not applied: reported as not attempted
         if self.plain_create(action):
-            cause = (f"HTTP {status} {airtable_error(exc)[0]}"  # type: ignore[arg-type]
-                     if status else type(exc).__name__)
+            cause = f"HTTP {status} {kind}" if status else type(exc).__name__
             self.fail(batch, self.unknown_create(batch, cause), Outcome.UNKNOWN)
             return  # only this batch is in doubt; the run goes on
         self.fail(batch, f"outcome unknown ({error}); {self.SETTLES}", Outcome.UNKNOWN)
@@ -3488,10 +3475,9 @@ class ChangesArchive:
     archived: set[PlannedWrite] = field(default_factory=set)
 
     def add(self, plan: TablePlan, batch: Sequence[tuple[PlannedWrite, dict]]) -> None:
-        """An update request's lines: per record, the cells it changes by mapped name, as Airtable had
-        them (the snapshot the plan diffed against) and as sent. On disk before the request is sent
-        (LocalWriteError, exit 74, when it cannot be, and the request is not). A record sent again
-        (its request refused, retried alone) is archived once."""
+        """An update request's lines, on disk before it is sent (append_archive): per record, the cells
+        it changes by mapped name, as Airtable had them (the snapshot the plan diffed against) and as
+        sent. A record sent again (its request refused, retried alone) is archived once."""
         batch = [(write, fields) for write, fields in batch if write not in self.archived]
         if not batch:
             return
@@ -3515,7 +3501,7 @@ class SyncWriter(BatchWriter):
     (never mixed in one request), then the updates."""
 
     def __init__(self, airtable: Airtable, stop: threading.Event, plan: TablePlan, applied: Applied,
-                 records: TableSnapshot, changes: ChangesArchive | None = None):
+                 records: TableSnapshot, changes: ChangesArchive):
         super().__init__(airtable, stop, applied.results)
         self.changes = changes  # where an update's previous values go before it is sent
         self.plan, self.applied = plan, applied
@@ -3569,8 +3555,7 @@ class SyncWriter(BatchWriter):
     def send(self, action: str, batch: list[tuple[PlannedWrite, dict]]) -> tuple[list[dict], set[str] | None]:
         by_field_id = self.plan.columns.by_field_id
         if action == "update":
-            if self.changes is not None:
-                self.changes.add(self.plan, batch)
+            self.changes.add(self.plan, batch)
             return self.table.batch_update([{"id": w.record_id, "fields": f} for w, f in batch], typecast=True,
                                            use_field_ids=by_field_id), None
         if not self.plain_create(action):
@@ -3631,16 +3616,15 @@ class SyncWriter(BatchWriter):
                           rec["id"], json.dumps(jsonable(fields), ensure_ascii=False, default=str))
 
 
+@dataclass
 class Deleter:
     """--delete-missing: archives each batch, then deletes it, ten records a request."""
 
-    def __init__(self, airtable: Airtable, archive: Path, stop: threading.Event, schema: BaseSchema | None,
-                 applied: Applied):
-        self.airtable = airtable
-        self.archive = archive
-        self.stop = stop
-        self.schema = schema  # None: the records name their fields by name, not id
-        self.applied = applied
+    airtable: Airtable
+    archive: Path
+    stop: threading.Event
+    schema: BaseSchema | None  # None: the records name their fields by name, not id
+    applied: Applied
 
     def apply(self, deletion: DeletionPlan) -> None:
         table = self.airtable.table(deletion.key)
@@ -3731,12 +3715,8 @@ ARCHIVE_NAME = re.compile(r"(?:deleted|changed)_(\d{8}_\d{6})(?:_\d+)?\.jsonl")
 def prune_archives(reports_dir: Path, days: float, now: datetime) -> None:
     """Deletion and changes archives hold personal data (of people who left, or overwritten):
     kept AIRTABLE_ARCHIVE_DAYS, by the timestamp in their name, and no other file is touched."""
-    try:
-        names = os.listdir(reports_dir)
-    except OSError:
-        return
-    for name in names:
-        found = ARCHIVE_NAME.fullmatch(name)
+    for path in reports_dir.glob("*.jsonl"):  # none when the folder is missing or unreadable
+        found = ARCHIVE_NAME.fullmatch(path.name)
         if not found:
             continue
         try:
@@ -3745,8 +3725,8 @@ def prune_archives(reports_dir: Path, days: float, now: datetime) -> None:
             continue  # not a date: not one of ours, so not ours to remove
         if (now - stamp).total_seconds() > days * 86400:
             with contextlib.suppress(OSError):
-                os.remove(reports_dir / name)
-                log.info("removed the archive %s (older than %g days)", name, days)
+                path.unlink()
+                log.info("removed the archive %s (older than %g days)", path.name, days)
 
 
 # ---------------------------------------------------------------------------
