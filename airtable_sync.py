@@ -3079,15 +3079,10 @@ def plan_record(plan: TablePlan, record: ExportRecord, current: dict | None, how
     return False
 
 
-def plan_table(
-    spec: TableSpec,
-    exported: ExportIndex | ExportList | Sequence[ExportRecord],
-    airtable_records: TableSnapshot | Sequence[dict],
-    columns: TableColumns,
-    link_index: Mapping[str, Mapping[str, str]],
-    memo: PlanMemo | None = None,
-    days_since_last_run: int | None = None,
-) -> TablePlan:
+def plan_table(spec: TableSpec, exported: ExportIndex | ExportList | Sequence[ExportRecord],
+               airtable_records: TableSnapshot | Sequence[dict], columns: TableColumns,
+               link_index: Mapping[str, Mapping[str, str]], memo: PlanMemo | None = None,
+               days_since_last_run: int | None = None) -> TablePlan:
     """What to create, update and skip for one table: pure but for reading the export and the
     snapshot. Fields are named by their keys in `columns` (field ids, once bound)."""
     airtable_records = as_snapshot(airtable_records)
@@ -3261,9 +3256,8 @@ def plan_deletions(plans: Mapping[str, TablePlan], exported_ids: Mapping[str, se
         if not gone:
             continue
         # After this run's creates, and the legacy rows it gives an id: the cap's denominator.
-        with_id = plan.skipped_with_id + sum(1 for w in plan.writes if w.record.mongo_id is not None and (
-            w.action == "create" or w.matched_by is not None)) + sum(
-            1 for r in plan.orphans if r["fields"].get(plan.id_key) not in (None, ""))
+        with_id = sum(1 for w in plan.writes if w.action != "error" and w.record.mongo_id is not None) + sum(
+            1 for r in plan.orphans if r["fields"].get(plan.id_key) not in (None, "")) + plan.skipped_with_id
         # Exact: 29 of 100 at 0.29 is at the cap, not over it (in floats 0.29 * 100 < 29).
         limit = math.floor(Fraction(str(settings.max_delete_fraction)) * with_id)
         held = len(gone) > limit and not settings.force_delete
@@ -3320,11 +3314,9 @@ class Written:
     links_left_out: tuple[dict, ...] = ()  # ({"field", "target"}, ...): the target's create failed
 
 
-PLANNED = Written()
-
 # A first sync holds a result for each of tens of thousands of writes: where nothing but the
 # outcome is worth keeping, they all share one.
-LANDED, LANDED_EXISTING = Written(Outcome.DONE), Written(Outcome.DONE, existed=True)
+PLANNED, LANDED, LANDED_EXISTING = Written(), Written(Outcome.DONE), Written(Outcome.DONE, existed=True)
 
 
 class BatchWriter:
@@ -3385,7 +3377,6 @@ class BatchWriter:
                     progress.update(done - progress.done)
 
     def write_batch(self, action: str, batch: list[tuple[Any, dict]]) -> None:
-        """One request, and what became of each of its records."""
         retried = self.airtable.stats.retried
         try:
             records, created = self.send(action, batch)
@@ -3599,8 +3590,7 @@ class SyncWriter(BatchWriter):
             # Airtable answers in request order; matching by id does not depend on it.
             records = [by_key[w.record_id] if w.record_id in by_key else by_key[f[id_key]] for w, f in batch]
         for (write, fields), rec in zip(batch, records):
-            # An upsert that found the record already there (a stale cache, or this create's
-            # earlier attempt) updated it, and the report says so.
+            # An upsert that found the record there (a stale cache, or its own earlier attempt) updated it.
             existed = write.action == "create" and created is not None and rec["id"] not in created
             if self.result(write).links_left_out:
                 self.record(write, outcome=Outcome.DONE, existed=existed)
