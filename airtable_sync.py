@@ -3239,11 +3239,10 @@ class DeletionPlan:
 
 def plan_deletions(plans: Mapping[str, TablePlan], exported_ids: Mapping[str, set[str]],
                    settings: Settings) -> dict[str, DeletionPlan]:
-    """--delete-missing: per synced table, the Airtable records whose `id` holds a Mongo id its
-    export no longer has. Never a record with an empty id, never in a table whose export is
-    missing or empty or that this run does not sync, never with --limit. A table whose deletions
-    are more than AIRTABLE_MAX_DELETE_FRACTION of its records with an id deletes nothing: a
-    half-written export looks just like mass deletion."""
+    """--delete-missing: per synced table, the Airtable records whose `id` holds a Mongo id its export
+    no longer has; never one with an empty id, in a table whose export is missing or empty or that
+    this run does not sync, or with --limit. A table whose deletions are over AIRTABLE_MAX_DELETE_FRACTION
+    of its records with an id deletes nothing: a half-written export looks just like mass deletion."""
     if not settings.delete_missing or settings.limit is not None:
         return {}
     deletions = {}
@@ -3291,10 +3290,9 @@ def rejected_field(kind: str, message: str) -> tuple[str, str] | None:
 
 
 def write_failure(exc: BaseException) -> tuple[str, int | None]:
-    """How a write request that raised ended, and its HTTP status: "refused" for its content (404,
-    422: its records can be tried apart), "failed" (another 4xx, which no retry mends), or "lost"
-    (an outage, a refused token, a 429 left after the retries: the run stops, and whether the
-    write landed is not known)."""
+    """How a write request that raised ended, and its HTTP status: "refused" for its content (404, 422:
+    its records can be tried apart), "failed" (another 4xx: no retry mends it), or "lost" (an outage,
+    a refused token, a 429 after the retries: the run stops, not knowing whether the write landed)."""
     status = exc.response.status_code if isinstance(exc, requests.HTTPError) else None
     if status in (404, 422):
         return "refused", status
@@ -3637,10 +3635,9 @@ class Deleter:
 
     def as_airtable_has_them(self, table: Any, deletion: DeletionPlan, records: Sequence[dict],
                              outcomes: dict[str, Outcome]) -> list[dict]:
-        """The candidates read again (one request a hundred) just before they are deleted: since
-        the run's read a person may have cleared a row's id to keep it, or deleted it, or typed
-        into it. A row whose id still names a record that left Mongo is archived as Airtable
-        has it now, then deleted; a row without one is kept."""
+        """The candidates read again (one request a hundred) just before they are deleted: since the run's
+        read a person may have cleared a row's id to keep it, deleted it or typed into it. A row whose id
+        still names a record that left Mongo is archived as Airtable has it now, then deleted; no other is."""
         formula = formulas.OR(*(formulas.EQ(formulas.RECORD_ID(), rec["id"]) for rec in records))
         try:
             fresh = {rec["id"]: rec for rec in table.all(formula=str(formula), use_field_ids=self.schema is not None)}
