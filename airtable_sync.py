@@ -3331,9 +3331,7 @@ class BatchWriter:
     SETTLES = "the next run settles it"
 
     def __init__(self, airtable: Airtable, stop: threading.Event, results: dict[Any, Written]):
-        self.airtable = airtable
-        self.stop = stop
-        self.results = results
+        self.airtable, self.stop, self.results = airtable, stop, results
 
     def result(self, write: Any) -> Written:
         return self.results.get(write, PLANNED)
@@ -3492,8 +3490,7 @@ class SyncWriter(BatchWriter):
     def __init__(self, airtable: Airtable, stop: threading.Event, plan: TablePlan, applied: Applied,
                  records: TableSnapshot, changes: ChangesArchive):
         super().__init__(airtable, stop, applied.results)
-        self.changes = changes  # where an update's previous values go before it is sent
-        self.plan, self.applied = plan, applied
+        self.plan, self.applied, self.changes = plan, applied, changes
         self.key = plan.spec.key
         self.table = airtable.table(self.key)
         self.records = records  # the snapshot: Airtable's copy of each record written goes in
@@ -3685,12 +3682,11 @@ class Deleter:
                 outcomes[ids[0]] = Outcome.DONE
                 return
             error = access_error(exc, self.airtable.settings, f"deleting from {deletion.key}")
-            if how != "lost":
-                outcomes.update(dict.fromkeys(ids, Outcome.FAILED))
-                log.warning("%s: delete of %s failed: %s", deletion.key, ", ".join(ids), without_values(str(error)))
-                return
-            outcomes.update(dict.fromkeys(ids, Outcome.UNKNOWN))  # lost answer or outage: the next read settles it
-            raise error from None
+            outcomes.update(dict.fromkeys(ids, Outcome.UNKNOWN if how == "lost" else Outcome.FAILED))
+            if how == "lost":  # a lost answer or an outage: the next read settles it
+                raise error from None
+            log.warning("%s: delete of %s failed: %s", deletion.key, ", ".join(ids), without_values(str(error)))
+            return
         for rec in answered:
             if rec.get("deleted"):
                 outcomes[rec["id"]] = Outcome.DONE
