@@ -2888,7 +2888,7 @@ class PlannedWrite:
     matched_by: str | None = None  # "id" or "key" (pass 1 or 2) for an update or skip
     fields: dict = field(default_factory=dict)  # values to send (links as LinkRef lists)
     error: str | None = None
-    before: dict | None = None  # an update's changed cells as Airtable had them, for the changes archive
+    before: dict | None = None  # an update's changed cells before, for the changes archive (many creates: none)
 
 
 DAY_COUNTER_SHARE = 0.9  # of the records it changed (or that carry the date) that must tell a day counter
@@ -3000,8 +3000,9 @@ class PlanMemo:
     """The records a run found in sync, as one 64-bit digest each of all their plan depends on: the
     export document's text, the record's snapshot line, and the table's signature (this tool's code,
     the mapping, the bound fields and their types, the link targets' ids). A record whose digest the
-    last run kept is in sync again: a quiet night neither parses nor converts it. In
-    `airtable_<table>.memo` (8 bytes a record, no personal data); a missing or stale one costs a full plan."""
+    last run kept is in sync again, the plan being a function of those alone: a quiet night neither
+    parses nor converts it. In `airtable_<table>.memo` (8 bytes a record, no personal data); a
+    missing or stale one costs a full plan."""
 
     def __init__(self, known: array | None = None):
         self.known: set[int] = set(known or ())
@@ -3084,7 +3085,8 @@ def plan_table(spec: TableSpec, exported: ExportIndex | ExportList | Sequence[Ex
                link_index: Mapping[str, Mapping[str, str]], memo: PlanMemo | None = None,
                days_since_last_run: int | None = None) -> TablePlan:
     """What to create, update and skip for one table: pure but for reading the export and the
-    snapshot. Fields are named by their keys in `columns` (field ids, once bound)."""
+    snapshot. Fields are named by their keys in `columns` (field ids, once bound). An export record
+    is parsed only when planned, and not at all when `memo` knows it in sync."""
     airtable_records = as_snapshot(airtable_records)
     if not isinstance(exported, (ExportIndex, ExportList)):
         exported = ExportList(exported)
