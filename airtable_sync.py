@@ -2658,9 +2658,7 @@ class PlannedWrite:
     matched_by: str | None = None  # "id" or "key" (pass 1 or 2) for an update or skip
     fields: dict = field(default_factory=dict)  # values to send (links as LinkRef lists)
     error: str | None = None
-    # An update's changed cells as Airtable had them, for the changes archive (None for the others:
-    # a first sync's creates are many).
-    before: dict | None = None
+    before: dict | None = None  # an update's changed cells before, for the changes archive (many creates: none)
 
 
 DAY_COUNTER_SHARE = 0.9  # of the records it changed (or that carry the date) that must tell a day counter
@@ -2676,13 +2674,12 @@ def day_of(value: Any) -> date | None:
 
 
 class DayTally:
-    """Over one table's planned updates, how many changed each numeric field, how many of those rose
-    by the days since the previous run, and, per date field, the dates the field counts days to
-    from it (the date plus the value): counters a field, never anything per record.
-
-    A counter counts to the run's date. An export written on another day counts to that day
-    instead (the exporter computed it then; a test's nights a day apart in minutes do too): the
-    formula is the remedy all the same, so any one date that nine in ten records count to will do."""
+    """Per numeric field over one table's planned updates: how many changed it, how many of those rose
+    by the days since the previous run, and per date field the dates it counts days to (the date plus
+    the value). Counters a field, never anything per record. A counter counts to the run's date, or
+    to the day an export was written on (the exporter computed it then; so do a test's nights a day
+    apart in minutes): any one date that nine in ten records count to will do, since the formula is
+    the remedy all the same."""
 
     def __init__(self, elapsed: int | None, types: Mapping[str, str]):
         self.elapsed = elapsed  # whole days since the previous run (None: there was none)
@@ -2770,13 +2767,12 @@ def link_reference(doc: dict, link: LinkSpec) -> str | None:
 
 
 class PlanMemo:
-    """The records a run found in sync, remembered as one 64-bit digest each of everything their
-    plan depended on: the export document's text, the Airtable record's line in the snapshot, and
-    the table's signature (this tool's own code, the mapping, the bound fields and their types,
-    and the link targets' ids). A record whose digest the last run kept is in sync again, since
-    the plan is a function of those alone: a quiet night neither parses nor converts it. Kept in
-    `airtable_<table>.memo` (8 bytes a record, no personal data); a missing or stale file only
-    costs a full plan."""
+    """The records a run found in sync, as one 64-bit digest each of all their plan depends on: the
+    export document's text, the record's snapshot line, and the table's signature (this tool's code,
+    the mapping, the bound fields and their types, the link targets' ids). A record whose digest the
+    last run kept is in sync again, the plan being a function of those alone: a quiet night neither
+    parses nor converts it. In `airtable_<table>.memo` (8 bytes a record, no personal data); a
+    missing or stale one costs a full plan."""
 
     def __init__(self, known: array | None = None):
         self.known: set[int] = set(known or ())
@@ -2803,15 +2799,6 @@ class PlanMemo:
         digest = hashlib.blake2b(self.signature, digest_size=8)
         digest.update(mongo_id.encode("utf-8", "surrogatepass") + text_digest.to_bytes(8, "big", signed=True) + line)
         return int.from_bytes(digest.digest(), "big", signed=True)
-
-    def has(self, key: int) -> bool:
-        if key in self.known:
-            self.kept.append(key)
-            return True
-        return False
-
-    def keep(self, key: int) -> None:
-        self.kept.append(key)
 
     def save(self, path: Path) -> None:
         write_private(path, [self.kept.tobytes()])
@@ -2863,19 +2850,13 @@ def plan_record(plan: TablePlan, record: ExportRecord, current: dict | None, how
     return False
 
 
-def plan_table(
-    spec: TableSpec,
-    exported: ExportIndex | ExportList | Sequence[ExportRecord],
-    airtable_records: TableSnapshot | Sequence[dict],
-    columns: TableColumns,
-    link_index: Mapping[str, Mapping[str, str]],
-    memo: PlanMemo | None = None,
-    days_since_last_run: int | None = None,
-) -> TablePlan:
+def plan_table(spec: TableSpec, exported: ExportIndex | ExportList | Sequence[ExportRecord],
+               airtable_records: TableSnapshot | Sequence[dict], columns: TableColumns,
+               link_index: Mapping[str, Mapping[str, str]], memo: PlanMemo | None = None,
+               days_since_last_run: int | None = None) -> TablePlan:
     """What to create, update and skip for one table: pure but for reading the export and the
-    snapshot. Records and writes name the fields by their keys in `columns` (field ids, once
-    bound). An export record is parsed when it is planned, and a record that `memo` knows to be
-    in sync is not parsed at all; an unchanged record leaves nothing in the plan but a count."""
+    snapshot. Fields are named by their keys in `columns` (field ids, once bound). An export record
+    is parsed only when planned, and not at all when `memo` knows it in sync."""
     airtable_records = as_snapshot(airtable_records)
     if not isinstance(exported, (ExportIndex, ExportList)):
         exported = ExportList(exported)
@@ -2885,10 +2866,9 @@ def plan_table(
     plan = TablePlan(spec, columns, types, id_key, [], [], sorted(carried - spec.consumed_mongo_fields),
                      list(columns.missing), read_only, absent_in_export(spec, carried) if carried else [])
     plan.days = DayTally(days_since_last_run, types)
-    has_id_field = id_key is not None
     matcher = Matcher(airtable_records, columns.key(spec.airtable_key), id_key)
     converting = mapped_columns(spec, columns, types)
-    if exported.digests is None or not has_id_field:
+    if exported.digests is None or id_key is None:
         memo = None
     elif memo is not None:
         memo.sign(spec, columns, types, id_key, link_index)
@@ -2896,7 +2876,7 @@ def plan_table(
     # Airtable record; the rest are matched by id and planned at once.
     unmatched, seen_ids = [], set()
     for index, mongo_id in enumerate(exported.mongo_ids):
-        record = exported.load(index) if mongo_id is None or not has_id_field else None  # the key is needed
+        record = exported.load(index) if mongo_id is None or id_key is None else None  # the key is needed
         error = None
         if record is not None and not natural_key(record.doc, spec.key_fields):
             # With no `id` field in Airtable only the key finds a record again: created, it
@@ -2911,14 +2891,15 @@ def plan_table(
             seen_ids.add(mongo_id)
             if (rec_id := matcher.claim_by_id(mongo_id)) is not None:
                 line: bytes = airtable_records.line(rec_id)  # type: ignore[assignment]
-                known = (memo.key(mongo_id, exported.digests[index], line)  # type: ignore[index,arg-type]
-                         if memo is not None else None)
-                if known is not None and memo.has(known):  # type: ignore[union-attr]
-                    plan.count_skip(mongo_id, rec_id)
-                    continue
+                if memo is not None:
+                    known = memo.key(mongo_id, exported.digests[index], line)  # type: ignore[index,arg-type]
+                    if known in memo.known:
+                        memo.kept.append(known)
+                        plan.count_skip(mongo_id, rec_id)
+                        continue
                 record = record or exported.load(index)
-                if plan_record(plan, record, _cache_line(line), "id", converting, link_index) and known is not None:
-                    memo.keep(known)  # type: ignore[union-attr]
+                if plan_record(plan, record, _cache_line(line), "id", converting, link_index) and memo is not None:
+                    memo.kept.append(known)
             elif not matcher.candidates:  # nothing to match by key (a first sync): a create, at once
                 plan_record(plan, record or exported.load(index), None, "new", converting, link_index)
             else:
@@ -2971,9 +2952,8 @@ class HeldClears:
 
 
 def clear_limits(clears: Mapping[str, int], holding: Mapping[str, int], fraction: float) -> dict[str, int]:
-    """The fields whose clears are over the cap, and its limit for each: more than
-    CLEARS_ALWAYS_ALLOWED and more than `fraction` of the records holding a value there. Exact,
-    as the deletion cap: 29 of 100 at 0.29 is at the cap, not over it."""
+    """The fields whose clears are over the cap (more than CLEARS_ALWAYS_ALLOWED and than `fraction`
+    of the records holding a value there, exactly as the deletion cap's), and its limit for each."""
     limits = {key: max(CLEARS_ALWAYS_ALLOWED, math.floor(Fraction(str(fraction)) * holding[key])) for key in holding}
     return {key: limit for key, limit in limits.items() if clears[key] > limit}
 
@@ -3031,11 +3011,10 @@ class DeletionPlan:
 
 def plan_deletions(plans: Mapping[str, TablePlan], exported_ids: Mapping[str, set[str]],
                    settings: Settings) -> dict[str, DeletionPlan]:
-    """--delete-missing: per synced table, the Airtable records whose `id` holds a Mongo id its
-    export no longer has. Never a record with an empty id, never in a table whose export is
-    missing or empty or that this run does not sync, never with --limit. A table whose deletions
-    are more than AIRTABLE_MAX_DELETE_FRACTION of its records with an id deletes nothing: a
-    half-written export looks just like mass deletion."""
+    """--delete-missing: per synced table, the Airtable records whose `id` holds a Mongo id its export
+    no longer has; never one with an empty id, in a table whose export is missing or empty or that
+    this run does not sync, or with --limit. A table whose deletions are over AIRTABLE_MAX_DELETE_FRACTION
+    of its records with an id deletes nothing: a half-written export looks just like mass deletion."""
     if not settings.delete_missing or settings.limit is not None:
         return {}
     deletions = {}
@@ -3048,9 +3027,8 @@ def plan_deletions(plans: Mapping[str, TablePlan], exported_ids: Mapping[str, se
         if not gone:
             continue
         # After this run's creates, and the legacy rows it gives an id: the cap's denominator.
-        with_id = plan.skipped_with_id + sum(1 for w in plan.writes if w.record.mongo_id is not None and (
-            w.action == "create" or w.matched_by is not None)) + sum(
-            1 for r in plan.orphans if r["fields"].get(plan.id_key) not in (None, ""))
+        with_id = sum(1 for w in plan.writes if w.action != "error" and w.record.mongo_id is not None) + sum(
+            1 for r in plan.orphans if r["fields"].get(plan.id_key) not in (None, "")) + plan.skipped_with_id
         # Exact: 29 of 100 at 0.29 is at the cap, not over it (in floats 0.29 * 100 < 29).
         limit = math.floor(Fraction(str(settings.max_delete_fraction)) * with_id)
         held = len(gone) > limit and not settings.force_delete
@@ -3076,20 +3054,17 @@ def without_values(message: str) -> str:
 def rejected_field(kind: str, message: str) -> tuple[str, str] | None:
     """(field, 'missing' | 'read_only') when Airtable rejected a whole field, not a value."""
     found = FIELD_IN_MESSAGE.search(message)
-    if not found:
-        return None
-    if kind == "UNKNOWN_FIELD_NAME":
+    if found and kind == "UNKNOWN_FIELD_NAME":
         return found.group(1), "missing"
-    if kind == "INVALID_VALUE_FOR_COLUMN" and "because the field is computed" in message:
+    if found and kind == "INVALID_VALUE_FOR_COLUMN" and "because the field is computed" in message:
         return found.group(1), "read_only"
     return None
 
 
 def write_failure(exc: BaseException) -> tuple[str, int | None]:
-    """How a write request that raised ended, and its HTTP status: "refused" for its content (404,
-    422: its records can be tried apart), "failed" (another 4xx, which no retry mends), or "lost"
-    (an outage, a refused token, a 429 left after the retries: the run stops, and whether the
-    write landed is not known)."""
+    """How a write request that raised ended, and its HTTP status: "refused" for its content (404, 422:
+    its records can be tried apart), "failed" (another 4xx: no retry mends it), or "lost" (an outage,
+    a refused token, a 429 after the retries: the run stops, not knowing whether the write landed)."""
     status = exc.response.status_code if isinstance(exc, requests.HTTPError) else None
     if status in (404, 422):
         return "refused", status
@@ -3100,8 +3075,7 @@ def write_failure(exc: BaseException) -> tuple[str, int | None]:
 
 @dataclass(frozen=True, slots=True)
 class Written:
-    """What became of one planned write: the apply step's result, kept beside the plan it leaves
-    as it was."""
+    """What became of one planned write: the apply step's result, kept beside the plan it leaves as is."""
 
     outcome: Outcome = Outcome.PLANNED
     record_id: str | None = None  # the record written (a create's once made)
@@ -3110,21 +3084,16 @@ class Written:
     links_left_out: tuple[dict, ...] = ()  # ({"field", "target"}, ...): the target's create failed
 
 
-PLANNED = Written()
-
 # A first sync holds a result for each of tens of thousands of writes: where nothing but the
 # outcome is worth keeping, they all share one.
-LANDED, LANDED_EXISTING = Written(Outcome.DONE), Written(Outcome.DONE, existed=True)
+PLANNED, LANDED, LANDED_EXISTING = Written(), Written(Outcome.DONE), Written(Outcome.DONE, existed=True)
 
 
 class BatchWriter:
     """Sends writes ten records a request and keeps what became of each in `results`, for the sync
-    and the restore alike; each supplies its own `send` (and what it makes of an answer).
-
-    A request refused for its content (404, 422) is tried record by record, so only the bad
-    records fail; another 4xx fails its records; an outage, a refused token or a 429 left after
-    the retries stops the run (AirtableAccessError), unless only a plain create is in doubt: that
-    is never re-sent, since it could duplicate, and the run goes on.
+    and the restore alike. What a failed request does is write_failure's: a refused one is tried
+    record by record, so only the bad records fail; a lost one stops the run (AirtableAccessError)
+    unless only a plain create is in doubt, which is never re-sent since it could duplicate.
 
     Each command supplies send(action, batch): Airtable's copy of the records written, and which
     were new (None: not known); key_of and name_of, the table and the record for the log (its
@@ -3134,9 +3103,7 @@ class BatchWriter:
     SETTLES = "the next run settles it"
 
     def __init__(self, airtable: Airtable, stop: threading.Event, results: dict[Any, Written]):
-        self.airtable = airtable
-        self.stop = stop
-        self.results = results
+        self.airtable, self.stop, self.results = airtable, stop, results
 
     def result(self, write: Any) -> Written:
         return self.results.get(write, PLANNED)
@@ -3178,7 +3145,6 @@ class BatchWriter:
                     progress.update(done - progress.done)
 
     def write_batch(self, action: str, batch: list[tuple[Any, dict]]) -> None:
-        """One request, and what became of each of its records."""
         retried = self.airtable.stats.retried
         try:
             records, created = self.send(action, batch)
@@ -3190,7 +3156,7 @@ class BatchWriter:
             elif how == "failed":
                 self.fail(batch, f"HTTP {status} {kind}: {message}")
             else:
-                self.lost(action, batch, exc, status)
+                self.lost(action, batch, exc, status, kind)
             return
         if len(records) != len(batch):
             raise AirtableAccessError(f"Airtable answered {len(records)} records for {len(batch)} written")
@@ -3205,15 +3171,13 @@ class BatchWriter:
         else:
             self.fail(batch, f"{kind}: {message}")
 
-    def lost(self, action: str, batch: list[tuple[Any, dict]], exc: Exception, status: int | None) -> None:
-        """Retries are spent (or the token refused): the run stops, unless only a plain create is
-        in doubt. A 5xx or a lost connection may have been applied: its records say so."""
+    def lost(self, action: str, batch: list[tuple[Any, dict]], exc: Exception, status: int | None, kind: str) -> None:
+        """A 5xx or a lost connection may have been applied: its records say so."""
         error = access_error(exc, self.airtable.settings, f"{self.VERB} {self.key_of(batch[0][0])}")
         if status in (401, 403, 429) or (status is None and _never_sent(exc)):
             raise error from None  # not applied: reported as not attempted
         if self.plain_create(action):
-            cause = (f"HTTP {status} {airtable_error(exc)[0]}"  # type: ignore[arg-type]
-                     if status else type(exc).__name__)
+            cause = f"HTTP {status} {kind}" if status else type(exc).__name__
             self.fail(batch, self.unknown_create(batch, cause), Outcome.UNKNOWN)
             return  # only this batch is in doubt; the run goes on
         self.fail(batch, f"outcome unknown ({error}); {self.SETTLES}", Outcome.UNKNOWN)
@@ -3270,10 +3234,9 @@ class ChangesArchive:
     archived: set[PlannedWrite] = field(default_factory=set)
 
     def add(self, plan: TablePlan, batch: Sequence[tuple[PlannedWrite, dict]]) -> None:
-        """An update request's lines: per record, the cells it changes by mapped name, as Airtable had
-        them (the snapshot the plan diffed against) and as sent. On disk before the request is sent
-        (LocalWriteError, exit 74, when it cannot be, and the request is not). A record sent again
-        (its request refused, retried alone) is archived once."""
+        """An update request's lines, on disk before it is sent (append_archive): per record, the cells
+        it changes by mapped name, as Airtable had them (the snapshot the plan diffed against) and as
+        sent. A record sent again (its request refused, retried alone) is archived once."""
         batch = [(write, fields) for write, fields in batch if write not in self.archived]
         if not batch:
             return
@@ -3297,10 +3260,9 @@ class SyncWriter(BatchWriter):
     (never mixed in one request), then the updates."""
 
     def __init__(self, airtable: Airtable, stop: threading.Event, plan: TablePlan, applied: Applied,
-                 records: TableSnapshot, changes: ChangesArchive | None = None):
+                 records: TableSnapshot, changes: ChangesArchive):
         super().__init__(airtable, stop, applied.results)
-        self.changes = changes  # where an update's previous values go before it is sent
-        self.plan, self.applied = plan, applied
+        self.plan, self.applied, self.changes = plan, applied, changes
         self.key = plan.spec.key
         self.table = airtable.table(self.key)
         self.records = records  # the snapshot: Airtable's copy of each record written goes in
@@ -3351,8 +3313,7 @@ class SyncWriter(BatchWriter):
     def send(self, action: str, batch: list[tuple[PlannedWrite, dict]]) -> tuple[list[dict], set[str] | None]:
         by_field_id = self.plan.columns.by_field_id
         if action == "update":
-            if self.changes is not None:
-                self.changes.add(self.plan, batch)
+            self.changes.add(self.plan, batch)
             return self.table.batch_update([{"id": w.record_id, "fields": f} for w, f in batch], typecast=True,
                                            use_field_ids=by_field_id), None
         if not self.plain_create(action):
@@ -3396,8 +3357,7 @@ class SyncWriter(BatchWriter):
             # Airtable answers in request order; matching by id does not depend on it.
             records = [by_key[w.record_id] if w.record_id in by_key else by_key[f[id_key]] for w, f in batch]
         for (write, fields), rec in zip(batch, records):
-            # An upsert that found the record already there (a stale cache, or this create's
-            # earlier attempt) updated it, and the report says so.
+            # An upsert that found the record there (a stale cache, or its own earlier attempt) updated it.
             existed = write.action == "create" and created is not None and rec["id"] not in created
             if self.result(write).links_left_out:
                 self.record(write, outcome=Outcome.DONE, existed=existed)
@@ -3413,16 +3373,15 @@ class SyncWriter(BatchWriter):
                           rec["id"], json.dumps(jsonable(fields), ensure_ascii=False, default=str))
 
 
+@dataclass
 class Deleter:
     """--delete-missing: archives each batch, then deletes it, ten records a request."""
 
-    def __init__(self, airtable: Airtable, archive: Path, stop: threading.Event, schema: BaseSchema | None,
-                 applied: Applied):
-        self.airtable = airtable
-        self.archive = archive
-        self.stop = stop
-        self.schema = schema  # None: the records name their fields by name, not id
-        self.applied = applied
+    airtable: Airtable
+    archive: Path
+    stop: threading.Event
+    schema: BaseSchema | None  # None: the records name their fields by name, not id
+    applied: Applied
 
     def apply(self, deletion: DeletionPlan) -> None:
         table = self.airtable.table(deletion.key)
@@ -3445,10 +3404,9 @@ class Deleter:
 
     def as_airtable_has_them(self, table: Any, deletion: DeletionPlan, records: Sequence[dict],
                              outcomes: dict[str, Outcome]) -> list[dict]:
-        """The candidates read again (one request a hundred) just before they are deleted: since
-        the run's read a person may have cleared a row's id to keep it, or deleted it, or typed
-        into it. A row whose id still names a record that left Mongo is archived as Airtable
-        has it now, then deleted; a row without one is kept."""
+        """The candidates read again (one request a hundred) just before they are deleted: since the run's
+        read a person may have cleared a row's id to keep it, deleted it or typed into it. A row whose id
+        still names a record that left Mongo is archived as Airtable has it now, then deleted; no other is."""
         formula = formulas.OR(*(formulas.EQ(formulas.RECORD_ID(), rec["id"]) for rec in records))
         try:
             fresh = {rec["id"]: rec for rec in table.all(formula=str(formula), use_field_ids=self.schema is not None)}
@@ -3496,12 +3454,11 @@ class Deleter:
                 outcomes[ids[0]] = Outcome.DONE
                 return
             error = access_error(exc, self.airtable.settings, f"deleting from {deletion.key}")
-            if how != "lost":
-                outcomes.update(dict.fromkeys(ids, Outcome.FAILED))
-                log.warning("%s: delete of %s failed: %s", deletion.key, ", ".join(ids), without_values(str(error)))
-                return
-            outcomes.update(dict.fromkeys(ids, Outcome.UNKNOWN))  # lost answer or outage: the next read settles it
-            raise error from None
+            outcomes.update(dict.fromkeys(ids, Outcome.UNKNOWN if how == "lost" else Outcome.FAILED))
+            if how == "lost":  # a lost answer or an outage: the next read settles it
+                raise error from None
+            log.warning("%s: delete of %s failed: %s", deletion.key, ", ".join(ids), without_values(str(error)))
+            return
         for rec in answered:
             if rec.get("deleted"):
                 outcomes[rec["id"]] = Outcome.DONE
@@ -3513,12 +3470,8 @@ ARCHIVE_NAME = re.compile(r"(?:deleted|changed)_(\d{8}_\d{6})(?:_\d+)?\.jsonl")
 def prune_archives(reports_dir: Path, days: float, now: datetime) -> None:
     """Deletion and changes archives hold personal data (of people who left, or overwritten):
     kept AIRTABLE_ARCHIVE_DAYS, by the timestamp in their name, and no other file is touched."""
-    try:
-        names = os.listdir(reports_dir)
-    except OSError:
-        return
-    for name in names:
-        found = ARCHIVE_NAME.fullmatch(name)
+    for path in reports_dir.glob("*.jsonl"):  # none when the folder is missing or unreadable
+        found = ARCHIVE_NAME.fullmatch(path.name)
         if not found:
             continue
         try:
@@ -3527,8 +3480,8 @@ def prune_archives(reports_dir: Path, days: float, now: datetime) -> None:
             continue  # not a date: not one of ours, so not ours to remove
         if (now - stamp).total_seconds() > days * 86400:
             with contextlib.suppress(OSError):
-                os.remove(reports_dir / name)
-                log.info("removed the archive %s (older than %g days)", name, days)
+                path.unlink()
+                log.info("removed the archive %s (older than %g days)", path.name, days)
 
 
 # ---------------------------------------------------------------------------
