@@ -1465,8 +1465,6 @@ def write_cache(path: Path, records: Iterable[dict] | TableSnapshot) -> None:
 # Read, by change feed: the snapshot and the state, Airtable's webhook payloads
 # ---------------------------------------------------------------------------
 
-
-#
 # The caches are a snapshot of the tables. Between full reads a run patches them with the
 # payloads of one webhook that the tool keeps on the base (no notification URL: the payloads
 # are read by cursor), and plans against the result exactly as against a full read.
@@ -1515,11 +1513,8 @@ class ChangeState:
     version: int = STATE_VERSION
 
     def as_json(self) -> dict:
-        data = dataclasses.asdict(self)
-        data["schema"] = self.schema.as_json()
-        data["last_full_read"] = self.last_full_read.isoformat()
-        data["last_run"] = self.last_run.isoformat()
-        return data
+        return {**dataclasses.asdict(self), "schema": self.schema.as_json(),
+                "last_full_read": self.last_full_read.isoformat(), "last_run": self.last_run.isoformat()}
 
     @classmethod
     def from_json(cls, data: dict) -> "ChangeState":
