@@ -1845,11 +1845,10 @@ class BaseReader:
         return read
 
     def read_base(self, needed: Sequence[str], state: ChangeState | None) -> BaseRead:
-        settings = self.settings
-        reason, exact = full_read_reason(state, settings, needed, self.now)
-        snapshot = self.load_snapshot(state) if exact else None
+        reason, exact = full_read_reason(state, self.settings, needed, self.now)
+        snapshot = self.load_snapshot(state) if exact else None  # type: ignore[arg-type]
         if exact and snapshot is None:
-            reason, exact = "the cached snapshot does not match the state (an interrupted run, or an edited file)", False
+            reason = "the cached snapshot does not match the state (an interrupted run, or an edited file)"
         hooks = None
         if reason is None:
             try:
@@ -1859,20 +1858,17 @@ class BaseReader:
             except FeedUnavailable as exc:
                 reason = str(exc)
                 self.unavailable = exc
-            exact = exact and reason is None
             if reason is None:
                 read, reason = self.read_feed(state, hook, snapshot)  # type: ignore[arg-type]
                 if read is not None:
                     return read
-                exact = False
-        return self.read_full(reason, state, snapshot if exact else None, hooks, needed)
+            snapshot = None  # the webhook cannot carry the run, or the feed patched part of the snapshot
+        return self.read_full(reason, state, snapshot, hooks, needed)
 
     # -- the change feed ----------------------------------------------------------------
 
-    def load_snapshot(self, state: ChangeState | None) -> dict[str, TableSnapshot] | None:
+    def load_snapshot(self, state: ChangeState) -> dict[str, TableSnapshot] | None:
         """The caches the state wrote, or None if any is missing or was changed since."""
-        if state is None:
-            return None
         snapshot = {}
         for key in state.tables:
             path = cache_path(self.settings, key)
