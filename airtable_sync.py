@@ -1908,34 +1908,32 @@ class BaseReader:
         return BaseRead(snapshot, patch.schema, "webhook", f"the change feed since cursor {state.cursor}",
                         payloads=count, edited=edited, dirty=changed, state=new_state), ""
 
-    def list_webhooks(self) -> list:
+    @contextlib.contextmanager
+    def webhook_request(self, what: str, refused: str) -> Iterator[None]:
+        """A 403 or 404 means the feed is not this token's (FeedUnavailable); other failures stop the run."""
         try:
+            yield
+        except AIRTABLE_FAILURES as exc:
+            if isinstance(exc, requests.HTTPError) and exc.response.status_code in (403, 404):
+                raise FeedUnavailable(refused) from None
+            raise access_error(exc, self.settings, what) from None
+
+    def list_webhooks(self) -> list:
+        with self.webhook_request("listing webhooks", "the token may not manage webhooks (it needs the scope "
+                                  "webhook:manage and Creator access to the base)"):
             hooks = self.base.webhooks()
-            self.listed.update((h.id, h) for h in hooks)
-            return hooks
-        except requests.HTTPError as exc:
-            if exc.response.status_code in (403, 404):
-                raise FeedUnavailable("the token may not manage webhooks (it needs the scope webhook:manage "
-                                      "and Creator access to the base)") from None
-            raise access_error(exc, self.settings, "listing webhooks") from None
-        except (requests.ConnectionError, requests.Timeout) as exc:
-            raise access_error(exc, self.settings, "listing webhooks") from None
+        self.listed.update((h.id, h) for h in hooks)
+        return hooks
 
     def payloads(self, hook: Any, cursor: int) -> Iterator[dict]:
         """Every payload from `cursor` on, as Airtable's JSON, one at a time as pyairtable pages
         them in (50 a page)."""
-        try:
+        with self.webhook_request("reading the change feed", "the webhook's payloads are gone"):
             for payload in hook.payloads(cursor=cursor):
                 self.payloads_read += 1
                 yield payload.model_dump(by_alias=True, exclude_none=True)
                 if self.stop.is_set():
                     raise RunInterrupted()
-        except requests.HTTPError as exc:
-            if exc.response.status_code in (403, 404):
-                raise FeedUnavailable("the webhook's payloads are gone") from None
-            raise access_error(exc, self.settings, "reading the change feed") from None
-        except (requests.ConnectionError, requests.Timeout) as exc:
-            raise access_error(exc, self.settings, "reading the change feed") from None
 
     # -- a full read --------------------------------------------------------------------
 
