@@ -1945,28 +1945,24 @@ class BaseReader:
         log.info("reading every record: %s", reason)
         schema = fetch_schema(self.airtable)
         self.airtable.use_tables(schema)
-        hook_id, cursor = None, None
-        if settings.change_tracking and self.unavailable is not None:
-            log.warning("change tracking unavailable: %s; every run reads in full", self.unavailable)
-        elif settings.change_tracking:
-            if schema is None:
-                log.warning("change tracking unavailable: it needs the schema (scope schema.bases:read); "
-                            "every run reads in full")
-            else:
-                try:
-                    # Reading the payloads for drift extends the webhook's life; otherwise a refresh does.
-                    hook_id, cursor = self.ensure_webhook(state, hooks, refresh=snapshot is None)
-                except FeedUnavailable as exc:
-                    log.warning("change tracking unavailable: %s; every run reads in full", exc)
-                    if not reason.startswith("the token"):
-                        reason = f"{reason}; {exc}"
+        hook_id, cursor, unavailable = None, None, self.unavailable
+        if settings.change_tracking and unavailable is None and schema is not None:
+            try:
+                # Reading the payloads for drift extends the webhook's life; otherwise a refresh does.
+                hook_id, cursor = self.ensure_webhook(state, hooks, refresh=snapshot is None)
+            except FeedUnavailable as exc:
+                unavailable, reason = exc, f"{reason}; {exc}"
+        if settings.change_tracking and unavailable is not None:
+            log.warning("change tracking unavailable: %s; every run reads in full", unavailable)
+        elif settings.change_tracking and schema is None:
+            log.warning("change tracking unavailable: it needs the schema (scope schema.bases:read); "
+                        "every run reads in full")
         records = {key: pull_table(self.airtable, key, self.stop, schema is not None) for key in needed}
         for key in needed:
             log.info("%s: read %d Airtable records", key, len(records[key]))
         read = BaseRead(records, schema, "full", reason, payloads=self.payloads_read, dirty=set(needed))
         tables = {key: settings.table_ids[key] for key in needed}
-        if state is not None and snapshot is not None and schema is not None \
-                and hook_id is not None and hook_id == state.webhook_id:
+        if snapshot is not None and hook_id is not None and hook_id == state.webhook_id:  # type: ignore[union-attr]
             patch, later = SnapshotPatch(snapshot, state.schema), defaultdict(set)
             try:
                 for payload in self.payloads(self.listed[hook_id], state.cursor):  # type: ignore[arg-type]
@@ -1979,7 +1975,6 @@ class BaseReader:
                 log.warning("drift not measured: %s", exc)
                 hook_id = None  # it went away since it was listed: the next run makes another
             else:
-                patch.finish()
                 read.payloads = self.payloads_read
                 read.drift = count_drift(snapshot, records, table_bindings(schema, self.bound, needed), later)
                 if read.drift:
@@ -1992,7 +1987,7 @@ class BaseReader:
                     read.dirty.add(key)
         if schema is not None:  # with change tracking off or unavailable too: the state keeps the bindings
             # A table carried over was not read: its full read stays as due as it was.
-            last_full_read = state.last_full_read if state is not None and set(tables) - set(needed) else self.now
+            last_full_read = state.last_full_read if tables.keys() - set(needed) else self.now
             read.state = ChangeState(settings.endpoint_url, settings.base_id, tables, schema,
                                      hook_id, cursor, last_full_read=last_full_read, last_run=self.now)
         return read
