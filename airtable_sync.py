@@ -1660,12 +1660,6 @@ def feed_schema_change(payloads: Sequence[dict], schema: BaseSchema,
     return None, reread
 
 
-def synced_fields(columns: TableColumns) -> dict[str, Column]:
-    """The fields the sync writes in a table, by key: mapped, present, not computed. Only these
-    can drift; a computed cell (a formula, a last-modified time) is Airtable's own."""
-    return {c.key: c for c in columns.by_mapped.values() if c.type in WRITABLE_TYPES}
-
-
 class SnapshotPatch:
     """Patches the snapshot with payloads one at a time, in order, as they arrive: a night after
     a first sync reads thousands, and holding them all would cost more memory than the snapshot.
@@ -1720,17 +1714,17 @@ class SnapshotPatch:
         changed: set[str] = set()
         for key, seen in self.before.items():
             table = self.index[key]
-            now = {rec_id: table.get(rec_id) for rec_id in seen}
-            if any(old != (now[rec_id]["fields"] if now[rec_id] is not None else None) for rec_id, old in seen.items()):
-                changed.add(key)
             types = {f.id: f.type for f in self.schema.fields[key].values()}
             for rec_id, old in seen.items():
-                rec = now[rec_id]
-                if old is None or rec is None:
+                rec = table.get(rec_id)
+                new = None if rec is None else rec["fields"]
+                if new != old:
+                    changed.add(key)
+                if old is None or new is None:
                     continue  # created or deleted: not an edit of cells
                 # Every cell that changed: the plan keeps those it sets back (set_back).
-                cells = {k for k in rec["fields"].keys() | old.keys()
-                         if not values_equal(rec["fields"].get(k), old.get(k), types.get(k, ""))}
+                cells = {k for k in new.keys() | old.keys()
+                         if not values_equal(new.get(k), old.get(k), types.get(k, ""))}
                 if cells:
                     edited.setdefault(key, {})[rec_id] = cells
         return edited, changed
@@ -1755,18 +1749,19 @@ def count_drift(patched: Mapping[str, TableSnapshot], fresh: Mapping[str, TableS
     for key, new in fresh.items():
         if key not in patched or key not in columns:
             continue
-        mapped = synced_fields(columns[key])
-        old = patched[key]
-        skip = changed_since.get(key, set())
+        # The fields the sync writes (mapped, present, not computed): a computed cell (a formula,
+        # a last-modified time) is Airtable's own and cannot drift.
+        synced = [c for c in columns[key].by_mapped.values() if c.type in WRITABLE_TYPES]
+        old, skip = patched[key], changed_since.get(key, set())
         for rec_id in [*old.ids(), *(i for i in new.ids() if i not in old)]:
             if rec_id in skip:
                 continue
             a, b = old.get(rec_id), new.get(rec_id)
             if a is None or b is None:
-                names = ["(the whole record: " + ("missing from the snapshot" if a is None else "gone from Airtable") + ")"]
+                names = [f"(the whole record: {'missing from the snapshot' if a is None else 'gone from Airtable'})"]
             else:
-                names = [c.mapped for k, c in mapped.items()
-                         if not values_equal(a["fields"].get(k), b["fields"].get(k), c.type)]
+                names = [c.mapped for c in synced
+                         if not values_equal(a["fields"].get(c.key), b["fields"].get(c.key), c.type)]
             if names:
                 drift += 1
                 log.warning("drift: %s %s differs from the change feed in %s", key, rec_id, ", ".join(names))
@@ -1780,10 +1775,9 @@ def touched_records(payloads: Sequence[dict], schema: BaseSchema) -> dict[str, s
     for payload in payloads:
         for table_id, change in (payload.get("changedTablesById") or {}).items():
             if table_id in keys_by_table:
-                ids = touched[keys_by_table[table_id]]
-                ids.update(change.get("createdRecordsById") or {})
-                ids.update(change.get("changedRecordsById") or {})
-                ids.update(change.get("destroyedRecordIds") or [])
+                touched[keys_by_table[table_id]].update(change.get("createdRecordsById") or {},
+                                                        change.get("changedRecordsById") or {},
+                                                        change.get("destroyedRecordIds") or [])
     return touched
 
 
