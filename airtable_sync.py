@@ -1473,7 +1473,6 @@ def write_cache(path: Path, records: Iterable[dict] | TableSnapshot) -> None:
 # model/webhooks-payload, field-model (webhook cell formats).
 
 STATE_FILE = "airtable_state.json"
-
 STATE_VERSION = 2  # 2: caches keyed by field id, and the field bindings
 
 # Airtable keeps payloads 7 days (list-webhook-payloads): a run whose last run is older than
@@ -1600,10 +1599,9 @@ def record_cell(value: Any, field_type: str) -> Any:
     as {id, name, color} and links as [{id, name}] in webhooks, names and record ids in records."""
     if field_type == "singleSelect" and isinstance(value, dict):
         return value.get("name")
-    if field_type == "multipleSelects" and isinstance(value, list):
-        return [v.get("name") if isinstance(v, dict) else v for v in value]
-    if field_type == "multipleRecordLinks" and isinstance(value, list):
-        return [v.get("id") if isinstance(v, dict) else v for v in value]
+    if field_type in ("multipleSelects", "multipleRecordLinks") and isinstance(value, list):
+        part = "name" if field_type == "multipleSelects" else "id"
+        return [v.get(part) if isinstance(v, dict) else v for v in value]
     return value
 
 
@@ -1859,8 +1857,6 @@ class BaseReader:
             snapshot = None  # the webhook cannot carry the run, or the feed patched part of the snapshot
         return self.read_full(reason, state, snapshot, hooks, needed)
 
-    # -- the change feed ----------------------------------------------------------------
-
     def load_snapshot(self, state: ChangeState) -> dict[str, TableSnapshot] | None:
         """The caches the state wrote, or None if any is missing or was changed since."""
         snapshot = {}
@@ -1877,7 +1873,7 @@ class BaseReader:
     def read_feed(self, state: ChangeState, hook: Any, snapshot: dict[str, TableSnapshot]
                   ) -> tuple[BaseRead | None, str]:
         """The snapshot patched with the payloads since the state's cursor; or None and why not."""
-        patch, cursor, count = SnapshotPatch(snapshot, state.schema), state.cursor, 0
+        patch, cursor = SnapshotPatch(snapshot, state.schema), state.cursor
         try:
             for payload in self.payloads(hook, state.cursor):  # type: ignore[arg-type]
                 why, reread = feed_schema_change([payload], patch.schema, self.bound)
@@ -1891,16 +1887,16 @@ class BaseReader:
                     if changed := mapped_fields_changed(state.schema, patch.schema, self.bound):
                         return None, f"the mapped fields of {changed} changed"
                 patch.apply(payload)
-                cursor, count = payload["cursor"] + 1, count + 1
+                cursor = payload["cursor"] + 1
         except FeedUnavailable as exc:
             return None, str(exc)
         edited, changed = patch.finish()
-        log.info("change feed: %d payloads from cursor %d; %s", count, state.cursor,
+        log.info("change feed: %d payloads from cursor %d; %s", self.payloads_read, state.cursor,
                  ", ".join(f"{k}: {len(snapshot[k])} records" for k in snapshot))
         new_state = dataclasses.replace(state, schema=patch.schema, cursor=cursor, last_run=self.now,
                                         caches=dict(state.caches))
         return BaseRead(snapshot, patch.schema, "webhook", f"the change feed since cursor {state.cursor}",
-                        payloads=count, edited=edited, dirty=changed, state=new_state), ""
+                        payloads=self.payloads_read, edited=edited, dirty=changed, state=new_state), ""
 
     @contextlib.contextmanager
     def webhook_request(self, what: str, refused: str) -> Iterator[None]:
@@ -1928,8 +1924,6 @@ class BaseReader:
                 yield payload.model_dump(by_alias=True, exclude_none=True)
                 if self.stop.is_set():
                     raise RunInterrupted()
-
-    # -- a full read --------------------------------------------------------------------
 
     def read_full(self, reason: str, state: ChangeState | None, snapshot: dict[str, TableSnapshot] | None,
                   hooks: list | None, needed: Sequence[str]) -> BaseRead:
@@ -1997,14 +1991,17 @@ class BaseReader:
             if refresh and not self.settings.dry_run:
                 self.refresh(ours)
             return ours.id, ours.cursor_for_next_payload
-        # A webhook of this tool that the state does not name: made by a run whose create answer
-        # or state was lost. Adopted, not doubled.
-        adopted = next((h for h in hooks if h is not ours and is_tool_webhook(h)
-                        and webhook_problem(h, self.now) is None), None)
+        # A usable webhook of this tool that the state does not name (its own is not usable): made by
+        # a run whose create answer or state was lost. Adopted, not doubled.
+        adopted = next((h for h in hooks if is_tool_webhook(h) and webhook_problem(h, self.now) is None), None)
         if self.settings.dry_run:
             return (adopted.id, adopted.cursor_for_next_payload) if adopted is not None else (None, None)
         if ours is not None:
-            self.delete_webhook(ours)
+            try:
+                ours.delete()
+                log.info("change tracking: deleted the unusable webhook %s", ours.id)
+            except AIRTABLE_FAILURES as exc:
+                log.warning("deleting webhook %s failed (%s)", ours.id, type(exc).__name__)
             hooks = [h for h in hooks if h is not ours]
         if adopted is not None:
             log.info("change tracking: using the existing webhook %s", adopted.id)
@@ -2035,15 +2032,6 @@ class BaseReader:
             hook.extend_expiration()
         except AIRTABLE_FAILURES as exc:
             log.warning("refreshing webhook %s failed (%s): it expires on its own date", hook.id, type(exc).__name__)
-
-    def delete_webhook(self, hook: Any) -> None:
-        try:
-            hook.delete()
-            log.info("change tracking: deleted the unusable webhook %s", hook.id)
-        except AIRTABLE_FAILURES as exc:
-            log.warning("deleting webhook %s failed (%s)", hook.id, type(exc).__name__)
-
-    # -- --use-cache ----------------------------------------------------------------------
 
     def read_caches(self, needed: Sequence[str], state: ChangeState | None) -> BaseRead:
         """--use-cache: the caches where there are any, read in full where not; the state keeps
