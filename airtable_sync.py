@@ -1521,8 +1521,7 @@ class ChangeState:
         if data.get("version") == 1:  # before bindings: the mapped names as its schema knew them
             data = {**data, "bindings": {key: {name: fields[name].id for name in TABLE_SPECS[key].airtable_fields
                                                if name in fields} for key, fields in schema.fields.items()}}
-        return cls(**{**data, "schema": schema,
-                      "last_full_read": datetime.fromisoformat(data["last_full_read"]),
+        return cls(**{**data, "schema": schema, "last_full_read": datetime.fromisoformat(data["last_full_read"]),
                       "last_run": datetime.fromisoformat(data["last_run"])})
 
 
@@ -1550,9 +1549,8 @@ def cache_fingerprint(path: Path) -> list[int] | None:
 
 def full_read_reason(state: ChangeState | None, settings: Settings, needed: Iterable[str],
                      now: datetime) -> tuple[str | None, bool]:
-    """Why this run must read every record instead of the change feed (None: it need not), and
-    whether the previous snapshot and feed are still exact, so a full read can measure drift.
-    These are the checks that cost no request; the webhook's own are in webhook_problem()."""
+    """Why this run must read every record (None: it need not), and whether the snapshot and feed
+    are still exact, so a full read can measure drift: the checks that cost no request (webhook_problem: the rest)."""
     if not settings.change_tracking:
         return "change tracking is off (AIRTABLE_CHANGE_TRACKING=off)", False
     if state is None:
@@ -1621,11 +1619,10 @@ def set_cells(fields: dict, cells: Mapping[str, Any], fields_by_id: Mapping[str,
 
 def feed_schema_change(payloads: Sequence[dict], schema: BaseSchema,
                        bound: Mapping[str, Mapping[str, str]]) -> tuple[str | None, bool]:
-    """(why the payloads force a full read, whether the schema must be read again).
-    A bound field deleted or retyped, or a field created under a mapped name, forces a full read;
-    a rename (the binding follows the id, and the snapshot is keyed by id) and other field changes
-    only mean reading the schema again; an options-only change (select options added by typecast)
-    is neither."""
+    """(why the payloads force a full read, whether the schema must be read again). A bound field
+    deleted or retyped, or a field created under a mapped name, forces a full read; a rename (the
+    binding and the snapshot follow the id) or another field change, only a read of the schema; an
+    options-only change (select options added by typecast), neither."""
     keys_by_table = {table_id: key for key, table_id in schema.table_ids.items()}
     reread = False
     for payload in payloads:
@@ -1705,9 +1702,8 @@ class SnapshotPatch:
                     before.setdefault(rec_id, rec["fields"])
 
     def finish(self) -> tuple[dict[str, dict[str, set[str]]], set[str]]:
-        """Per table, the records whose mapped cells the payloads left different from the
-        snapshot (changed by someone other than this tool: its own writes are in the snapshot
-        already); and the tables whose records really changed (their caches are rewritten)."""
+        """Per table, the records whose cells the payloads left changed (by someone else: the tool's
+        own writes are in the snapshot already); and the tables whose records changed (caches to rewrite)."""
         edited: dict[str, dict[str, set[str]]] = {}
         changed: set[str] = set()
         for key, seen in self.before.items():
@@ -1740,9 +1736,8 @@ def mapped_fields_changed(old: BaseSchema, new: BaseSchema, bound: Mapping[str, 
 
 def count_drift(patched: Mapping[str, TableSnapshot], fresh: Mapping[str, TableSnapshot],
                 columns: Mapping[str, TableColumns], changed_since: Mapping[str, set[str]]) -> int:
-    """Records whose fresh read differs from the snapshot patched with every payload up to the
-    read, in the mapped fields, leaving out those a later payload changed. Logs record id and
-    field names, never values."""
+    """Records whose fresh read differs in a synced field from the snapshot patched up to the read,
+    but for those a later payload changed. Logs record ids and field names, never values."""
     drift = 0
     for key, new in fresh.items():
         if key not in patched or key not in columns:
@@ -1916,8 +1911,7 @@ class BaseReader:
         return hooks
 
     def payloads(self, hook: Any, cursor: int) -> Iterator[dict]:
-        """Every payload from `cursor` on, as Airtable's JSON, one at a time as pyairtable pages
-        them in (50 a page)."""
+        """Each payload from `cursor` on, as Airtable's JSON, as pyairtable pages them in (50 a page)."""
         with self.webhook_request("reading the change feed", "the webhook's payloads are gone"):
             for payload in hook.payloads(cursor=cursor):
                 self.payloads_read += 1
