@@ -1811,7 +1811,6 @@ class BaseReader:
         self.base = airtable.api.base(self.settings.base_id)
         self.stop = stop
         self.now = now
-        self.listed: dict[str, Any] = {}  # webhook id -> pyairtable's Webhook, as last listed
         self.unavailable: FeedUnavailable | None = None  # the token may not manage webhooks
         self.payloads_read = 0  # this run's, also those of a feed that then fell back to a full read
         self.bound: dict[str, dict[str, str]] = {}  # the state's field bindings that hold for this run
@@ -1906,9 +1905,7 @@ class BaseReader:
     def list_webhooks(self) -> list:
         with self.webhook_request("listing webhooks", "the token may not manage webhooks (it needs the scope "
                                   "webhook:manage and Creator access to the base)"):
-            hooks = self.base.webhooks()
-        self.listed.update((h.id, h) for h in hooks)
-        return hooks
+            return self.base.webhooks()
 
     def payloads(self, hook: Any, cursor: int) -> Iterator[dict]:
         """Each payload from `cursor` on, as Airtable's JSON, as pyairtable pages them in (50 a page)."""
@@ -1930,6 +1927,7 @@ class BaseReader:
         hook_id, cursor, unavailable = None, None, self.unavailable
         if settings.change_tracking and unavailable is None and schema is not None:
             try:
+                hooks = self.list_webhooks() if hooks is None else hooks
                 # Reading the payloads for drift extends the webhook's life; otherwise a refresh does.
                 hook_id, cursor = self.ensure_webhook(state, hooks, refresh=snapshot is None)
             except FeedUnavailable as exc:
@@ -1947,7 +1945,8 @@ class BaseReader:
         if snapshot is not None and hook_id is not None and hook_id == state.webhook_id:  # type: ignore[union-attr]
             patch, later = SnapshotPatch(snapshot, state.schema), defaultdict(set)
             try:
-                for payload in self.payloads(self.listed[hook_id], state.cursor):  # type: ignore[arg-type]
+                hook = next(h for h in hooks if h.id == hook_id)  # type: ignore[union-attr]
+                for payload in self.payloads(hook, state.cursor):  # type: ignore[arg-type]
                     if payload["cursor"] < cursor:  # type: ignore[operator]
                         patch.apply(payload)  # up to the read: what the snapshot should now say
                     else:  # during or after the read: those records are left out
@@ -1974,12 +1973,10 @@ class BaseReader:
                                      hook_id, cursor, last_full_read=last_full_read, last_run=self.now)
         return read
 
-    def ensure_webhook(self, state: ChangeState | None, hooks: list | None, refresh: bool
-                       ) -> tuple[str | None, int | None]:
+    def ensure_webhook(self, state: ChangeState | None, hooks: list, refresh: bool) -> tuple[str | None, int | None]:
         """The state's webhook if it is usable, else a new one (the old one deleted), with its next
         cursor. A dry run creates, refreshes and deletes nothing. A create whose answer was lost is
         settled by listing the webhooks, never by creating another: a base holds at most 10."""
-        hooks = self.list_webhooks() if hooks is None else hooks
         ours = next((h for h in hooks if state is not None and h.id == state.webhook_id), None)
         if ours is not None and webhook_problem(ours, self.now) is None:
             if refresh and not self.settings.dry_run:
@@ -2040,19 +2037,19 @@ class BaseReader:
                 log.warning("%s: the cache names fields by name (an earlier version wrote it): reading the table", key)
                 cached.close()
                 cached = None
-            if cached is not None:
-                log.info("%s: %d Airtable records from the cache", key, len(cached))
-                records[key], _ = cached, from_cache.add(key)
-            else:
+            if cached is None:
                 records[key] = pull_table(self.airtable, key, self.stop, schema is not None)
+            else:
+                log.info("%s: %d Airtable records from the cache", key, len(cached))
+                records[key] = cached
+                from_cache.add(key)
         # The state takes the rewritten caches only if the ones read were its own: a foreign or
         # hand-edited cache must not become the snapshot the change feed patches.
         own = state is not None and all(
             k in state.tables and cache_fingerprint(cache_path(self.settings, k)) == state.caches.get(k)
             for k in needed)
-        keep = state if own else None
-        return BaseRead(records, schema, "full", "--use-cache: planned against the caches", state=keep,
-                        from_cache=from_cache, dirty=set(needed) - from_cache)
+        return BaseRead(records, schema, "full", "--use-cache: planned against the caches",
+                        state=state if own else None, from_cache=from_cache, dirty=set(needed) - from_cache)
 
 
 def save_snapshot(settings: Settings, read: BaseRead, changed: set[str]) -> None:
