@@ -2055,12 +2055,11 @@ class BaseReader:
 def save_snapshot(settings: Settings, read: BaseRead, changed: set[str]) -> None:
     """The caches that changed, then the state that names them: the state is written last, so a
     run that dies in between leaves caches the state does not match, and the next run reads in full."""
-    for key in sorted(changed):
-        if key in read.records:
-            path = cache_path(settings, key)
-            write_cache(path, read.records[key])
-            if read.state is not None:
-                read.state.caches[key] = cache_fingerprint(path)  # type: ignore[assignment]
+    for key in sorted(changed & read.records.keys()):
+        path = cache_path(settings, key)
+        write_cache(path, read.records[key])
+        if read.state is not None:
+            read.state.caches[key] = cache_fingerprint(path)  # type: ignore[assignment]
     if read.state is not None:
         write_private(state_path(settings), json.dumps(read.state.as_json()))
 
