@@ -1550,7 +1550,7 @@ def cache_fingerprint(path: Path) -> list[int] | None:
 def full_read_reason(state: ChangeState | None, settings: Settings, needed: Iterable[str],
                      now: datetime) -> tuple[str | None, bool]:
     """Why this run must read every record (None: it need not), and whether the snapshot and feed
-    are still exact, so a full read can measure drift: the checks that cost no request (webhook_problem: the rest)."""
+    are still exact, so a full read can measure drift. No request: the webhook's own checks are in webhook_problem()."""
     if not settings.change_tracking:
         return "change tracking is off (AIRTABLE_CHANGE_TRACKING=off)", False
     if state is None:
