@@ -1327,8 +1327,6 @@ def write_cache(path: Path, records: Iterable[dict] | TableSnapshot) -> None:
 # Read, by change feed: the snapshot and the state, Airtable's webhook payloads
 # ---------------------------------------------------------------------------
 
-
-#
 # The caches are a snapshot of the tables. Between full reads a run patches them with the
 # payloads of one webhook that the tool keeps on the base (no notification URL: the payloads
 # are read by cursor), and plans against the result exactly as against a full read.
@@ -1337,7 +1335,6 @@ def write_cache(path: Path, records: Iterable[dict] | TableSnapshot) -> None:
 # model/webhooks-payload, field-model (webhook cell formats).
 
 STATE_FILE = "airtable_state.json"
-
 STATE_VERSION = 2  # 2: caches keyed by field id, and the field bindings
 
 # Airtable keeps payloads 7 days (list-webhook-payloads): a run whose last run is older than
@@ -1377,11 +1374,8 @@ class ChangeState:
     version: int = STATE_VERSION
 
     def as_json(self) -> dict:
-        data = dataclasses.asdict(self)
-        data["schema"] = self.schema.as_json()
-        data["last_full_read"] = self.last_full_read.isoformat()
-        data["last_run"] = self.last_run.isoformat()
-        return data
+        return {**dataclasses.asdict(self), "schema": self.schema.as_json(),
+                "last_full_read": self.last_full_read.isoformat(), "last_run": self.last_run.isoformat()}
 
     @classmethod
     def from_json(cls, data: dict) -> "ChangeState":
@@ -1389,8 +1383,7 @@ class ChangeState:
         if data.get("version") == 1:  # before bindings: the mapped names as its schema knew them
             data = {**data, "bindings": {key: {name: fields[name].id for name in TABLE_SPECS[key].airtable_fields
                                                if name in fields} for key, fields in schema.fields.items()}}
-        return cls(**{**data, "schema": schema,
-                      "last_full_read": datetime.fromisoformat(data["last_full_read"]),
+        return cls(**{**data, "schema": schema, "last_full_read": datetime.fromisoformat(data["last_full_read"]),
                       "last_run": datetime.fromisoformat(data["last_run"])})
 
 
@@ -1418,9 +1411,8 @@ def cache_fingerprint(path: Path) -> list[int] | None:
 
 def full_read_reason(state: ChangeState | None, settings: Settings, needed: Iterable[str],
                      now: datetime) -> tuple[str | None, bool]:
-    """Why this run must read every record instead of the change feed (None: it need not), and
-    whether the previous snapshot and feed are still exact, so a full read can measure drift.
-    These are the checks that cost no request; the webhook's own are in webhook_problem()."""
+    """Why this run must read every record (None: it need not), and whether the snapshot and feed
+    are still exact, so a full read can measure drift. No request: the webhook's own checks are in webhook_problem()."""
     if not settings.change_tracking:
         return "change tracking is off (AIRTABLE_CHANGE_TRACKING=off)", False
     if state is None:
@@ -1467,10 +1459,9 @@ def record_cell(value: Any, field_type: str) -> Any:
     as {id, name, color} and links as [{id, name}] in webhooks, names and record ids in records."""
     if field_type == "singleSelect" and isinstance(value, dict):
         return value.get("name")
-    if field_type == "multipleSelects" and isinstance(value, list):
-        return [v.get("name") if isinstance(v, dict) else v for v in value]
-    if field_type == "multipleRecordLinks" and isinstance(value, list):
-        return [v.get("id") if isinstance(v, dict) else v for v in value]
+    if field_type in ("multipleSelects", "multipleRecordLinks") and isinstance(value, list):
+        part = "name" if field_type == "multipleSelects" else "id"
+        return [v.get(part) if isinstance(v, dict) else v for v in value]
     return value
 
 
@@ -1490,11 +1481,10 @@ def set_cells(fields: dict, cells: Mapping[str, Any], fields_by_id: Mapping[str,
 
 def feed_schema_change(payloads: Sequence[dict], schema: BaseSchema,
                        bound: Mapping[str, Mapping[str, str]]) -> tuple[str | None, bool]:
-    """(why the payloads force a full read, whether the schema must be read again).
-    A bound field deleted or retyped, or a field created under a mapped name, forces a full read;
-    a rename (the binding follows the id, and the snapshot is keyed by id) and other field changes
-    only mean reading the schema again; an options-only change (select options added by typecast)
-    is neither."""
+    """(why the payloads force a full read, whether the schema must be read again). A bound field
+    deleted or retyped, or a field created under a mapped name, forces a full read; a rename (the
+    binding and the snapshot follow the id) or another field change, only a read of the schema; an
+    options-only change (select options added by typecast), neither."""
     keys_by_table = {table_id: key for key, table_id in schema.table_ids.items()}
     reread = False
     for payload in payloads:
@@ -1525,12 +1515,6 @@ def feed_schema_change(payloads: Sequence[dict], schema: BaseSchema,
                     return f"field {mapped_by_id[field_id]} of {key} was retyped", False
                 reread = reread or renamed or retyped
     return None, reread
-
-
-def synced_fields(columns: TableColumns) -> dict[str, Column]:
-    """The fields the sync writes in a table, by key: mapped, present, not computed. Only these
-    can drift; a computed cell (a formula, a last-modified time) is Airtable's own."""
-    return {c.key: c for c in columns.by_mapped.values() if c.type in WRITABLE_TYPES}
 
 
 class SnapshotPatch:
@@ -1580,24 +1564,23 @@ class SnapshotPatch:
                     before.setdefault(rec_id, rec["fields"])
 
     def finish(self) -> tuple[dict[str, dict[str, set[str]]], set[str]]:
-        """Per table, the records whose mapped cells the payloads left different from the
-        snapshot (changed by someone other than this tool: its own writes are in the snapshot
-        already); and the tables whose records really changed (their caches are rewritten)."""
+        """Per table, the records whose cells the payloads left changed (by someone else: the tool's
+        own writes are in the snapshot already); and the tables whose records changed (caches to rewrite)."""
         edited: dict[str, dict[str, set[str]]] = {}
         changed: set[str] = set()
         for key, seen in self.before.items():
             table = self.index[key]
-            now = {rec_id: table.get(rec_id) for rec_id in seen}
-            if any(old != (now[rec_id]["fields"] if now[rec_id] is not None else None) for rec_id, old in seen.items()):
-                changed.add(key)
             types = {f.id: f.type for f in self.schema.fields[key].values()}
             for rec_id, old in seen.items():
-                rec = now[rec_id]
-                if old is None or rec is None:
+                rec = table.get(rec_id)
+                new = None if rec is None else rec["fields"]
+                if new != old:
+                    changed.add(key)
+                if old is None or new is None:
                     continue  # created or deleted: not an edit of cells
                 # Every cell that changed: the plan keeps those it sets back (set_back).
-                cells = {k for k in rec["fields"].keys() | old.keys()
-                         if not values_equal(rec["fields"].get(k), old.get(k), types.get(k, ""))}
+                cells = {k for k in new.keys() | old.keys()
+                         if not values_equal(new.get(k), old.get(k), types.get(k, ""))}
                 if cells:
                     edited.setdefault(key, {})[rec_id] = cells
         return edited, changed
@@ -1615,25 +1598,25 @@ def mapped_fields_changed(old: BaseSchema, new: BaseSchema, bound: Mapping[str, 
 
 def count_drift(patched: Mapping[str, TableSnapshot], fresh: Mapping[str, TableSnapshot],
                 columns: Mapping[str, TableColumns], changed_since: Mapping[str, set[str]]) -> int:
-    """Records whose fresh read differs from the snapshot patched with every payload up to the
-    read, in the mapped fields, leaving out those a later payload changed. Logs record id and
-    field names, never values."""
+    """Records whose fresh read differs in a synced field from the snapshot patched up to the read,
+    but for those a later payload changed. Logs record ids and field names, never values."""
     drift = 0
     for key, new in fresh.items():
         if key not in patched or key not in columns:
             continue
-        mapped = synced_fields(columns[key])
-        old = patched[key]
-        skip = changed_since.get(key, set())
+        # The fields the sync writes (mapped, present, not computed): a computed cell (a formula,
+        # a last-modified time) is Airtable's own and cannot drift.
+        synced = [c for c in columns[key].by_mapped.values() if c.type in WRITABLE_TYPES]
+        old, skip = patched[key], changed_since.get(key, set())
         for rec_id in [*old.ids(), *(i for i in new.ids() if i not in old)]:
             if rec_id in skip:
                 continue
             a, b = old.get(rec_id), new.get(rec_id)
             if a is None or b is None:
-                names = ["(the whole record: " + ("missing from the snapshot" if a is None else "gone from Airtable") + ")"]
+                names = [f"(the whole record: {'missing from the snapshot' if a is None else 'gone from Airtable'})"]
             else:
-                names = [c.mapped for k, c in mapped.items()
-                         if not values_equal(a["fields"].get(k), b["fields"].get(k), c.type)]
+                names = [c.mapped for c in synced
+                         if not values_equal(a["fields"].get(c.key), b["fields"].get(c.key), c.type)]
             if names:
                 drift += 1
                 log.warning("drift: %s %s differs from the change feed in %s", key, rec_id, ", ".join(names))
@@ -1647,10 +1630,9 @@ def touched_records(payloads: Sequence[dict], schema: BaseSchema) -> dict[str, s
     for payload in payloads:
         for table_id, change in (payload.get("changedTablesById") or {}).items():
             if table_id in keys_by_table:
-                ids = touched[keys_by_table[table_id]]
-                ids.update(change.get("createdRecordsById") or {})
-                ids.update(change.get("changedRecordsById") or {})
-                ids.update(change.get("destroyedRecordIds") or [])
+                touched[keys_by_table[table_id]].update(change.get("createdRecordsById") or {},
+                                                        change.get("changedRecordsById") or {},
+                                                        change.get("destroyedRecordIds") or [])
     return touched
 
 
@@ -1691,7 +1673,6 @@ class BaseReader:
         self.base = airtable.api.base(self.settings.base_id)
         self.stop = stop
         self.now = now
-        self.listed: dict[str, Any] = {}  # webhook id -> pyairtable's Webhook, as last listed
         self.unavailable: FeedUnavailable | None = None  # the token may not manage webhooks
         self.payloads_read = 0  # this run's, also those of a feed that then fell back to a full read
         self.bound: dict[str, dict[str, str]] = {}  # the state's field bindings that hold for this run
@@ -1712,11 +1693,10 @@ class BaseReader:
         return read
 
     def read_base(self, needed: Sequence[str], state: ChangeState | None) -> BaseRead:
-        settings = self.settings
-        reason, exact = full_read_reason(state, settings, needed, self.now)
-        snapshot = self.load_snapshot(state) if exact else None
+        reason, exact = full_read_reason(state, self.settings, needed, self.now)
+        snapshot = self.load_snapshot(state) if exact else None  # type: ignore[arg-type]
         if exact and snapshot is None:
-            reason, exact = "the cached snapshot does not match the state (an interrupted run, or an edited file)", False
+            reason = "the cached snapshot does not match the state (an interrupted run, or an edited file)"
         hooks = None
         if reason is None:
             try:
@@ -1726,20 +1706,15 @@ class BaseReader:
             except FeedUnavailable as exc:
                 reason = str(exc)
                 self.unavailable = exc
-            exact = exact and reason is None
             if reason is None:
                 read, reason = self.read_feed(state, hook, snapshot)  # type: ignore[arg-type]
                 if read is not None:
                     return read
-                exact = False
-        return self.read_full(reason, state, snapshot if exact else None, hooks, needed)
+            snapshot = None  # the webhook cannot carry the run, or the feed patched part of the snapshot
+        return self.read_full(reason, state, snapshot, hooks, needed)
 
-    # -- the change feed ----------------------------------------------------------------
-
-    def load_snapshot(self, state: ChangeState | None) -> dict[str, TableSnapshot] | None:
+    def load_snapshot(self, state: ChangeState) -> dict[str, TableSnapshot] | None:
         """The caches the state wrote, or None if any is missing or was changed since."""
-        if state is None:
-            return None
         snapshot = {}
         for key in state.tables:
             path = cache_path(self.settings, key)
@@ -1754,7 +1729,7 @@ class BaseReader:
     def read_feed(self, state: ChangeState, hook: Any, snapshot: dict[str, TableSnapshot]
                   ) -> tuple[BaseRead | None, str]:
         """The snapshot patched with the payloads since the state's cursor; or None and why not."""
-        patch, cursor, count = SnapshotPatch(snapshot, state.schema), state.cursor, 0
+        patch, cursor = SnapshotPatch(snapshot, state.schema), state.cursor
         try:
             for payload in self.payloads(hook, state.cursor):  # type: ignore[arg-type]
                 why, reread = feed_schema_change([payload], patch.schema, self.bound)
@@ -1768,47 +1743,40 @@ class BaseReader:
                     if changed := mapped_fields_changed(state.schema, patch.schema, self.bound):
                         return None, f"the mapped fields of {changed} changed"
                 patch.apply(payload)
-                cursor, count = payload["cursor"] + 1, count + 1
+                cursor = payload["cursor"] + 1
         except FeedUnavailable as exc:
             return None, str(exc)
         edited, changed = patch.finish()
-        log.info("change feed: %d payloads from cursor %d; %s", count, state.cursor,
+        log.info("change feed: %d payloads from cursor %d; %s", self.payloads_read, state.cursor,
                  ", ".join(f"{k}: {len(snapshot[k])} records" for k in snapshot))
         new_state = dataclasses.replace(state, schema=patch.schema, cursor=cursor, last_run=self.now,
                                         caches=dict(state.caches))
         return BaseRead(snapshot, patch.schema, "webhook", f"the change feed since cursor {state.cursor}",
-                        payloads=count, edited=edited, dirty=changed, state=new_state), ""
+                        payloads=self.payloads_read, edited=edited, dirty=changed, state=new_state), ""
+
+    @contextlib.contextmanager
+    def webhook_request(self, what: str, refused: str) -> Iterator[None]:
+        """A 403 or 404 means the feed is not this token's (FeedUnavailable); other failures stop the run."""
+        try:
+            yield
+        except AIRTABLE_FAILURES as exc:
+            if isinstance(exc, requests.HTTPError) and exc.response.status_code in (403, 404):
+                raise FeedUnavailable(refused) from None
+            raise access_error(exc, self.settings, what) from None
 
     def list_webhooks(self) -> list:
-        try:
-            hooks = self.base.webhooks()
-            self.listed.update((h.id, h) for h in hooks)
-            return hooks
-        except requests.HTTPError as exc:
-            if exc.response.status_code in (403, 404):
-                raise FeedUnavailable("the token may not manage webhooks (it needs the scope webhook:manage "
-                                      "and Creator access to the base)") from None
-            raise access_error(exc, self.settings, "listing webhooks") from None
-        except (requests.ConnectionError, requests.Timeout) as exc:
-            raise access_error(exc, self.settings, "listing webhooks") from None
+        with self.webhook_request("listing webhooks", "the token may not manage webhooks (it needs the scope "
+                                  "webhook:manage and Creator access to the base)"):
+            return self.base.webhooks()
 
     def payloads(self, hook: Any, cursor: int) -> Iterator[dict]:
-        """Every payload from `cursor` on, as Airtable's JSON, one at a time as pyairtable pages
-        them in (50 a page)."""
-        try:
+        """Each payload from `cursor` on, as Airtable's JSON, as pyairtable pages them in (50 a page)."""
+        with self.webhook_request("reading the change feed", "the webhook's payloads are gone"):
             for payload in hook.payloads(cursor=cursor):
                 self.payloads_read += 1
                 yield payload.model_dump(by_alias=True, exclude_none=True)
                 if self.stop.is_set():
                     raise RunInterrupted()
-        except requests.HTTPError as exc:
-            if exc.response.status_code in (403, 404):
-                raise FeedUnavailable("the webhook's payloads are gone") from None
-            raise access_error(exc, self.settings, "reading the change feed") from None
-        except (requests.ConnectionError, requests.Timeout) as exc:
-            raise access_error(exc, self.settings, "reading the change feed") from None
-
-    # -- a full read --------------------------------------------------------------------
 
     def read_full(self, reason: str, state: ChangeState | None, snapshot: dict[str, TableSnapshot] | None,
                   hooks: list | None, needed: Sequence[str]) -> BaseRead:
@@ -1818,31 +1786,29 @@ class BaseReader:
         log.info("reading every record: %s", reason)
         schema = fetch_schema(self.airtable)
         self.airtable.use_tables(schema)
-        hook_id, cursor = None, None
-        if settings.change_tracking and self.unavailable is not None:
-            log.warning("change tracking unavailable: %s; every run reads in full", self.unavailable)
-        elif settings.change_tracking:
-            if schema is None:
-                log.warning("change tracking unavailable: it needs the schema (scope schema.bases:read); "
-                            "every run reads in full")
-            else:
-                try:
-                    # Reading the payloads for drift extends the webhook's life; otherwise a refresh does.
-                    hook_id, cursor = self.ensure_webhook(state, hooks, refresh=snapshot is None)
-                except FeedUnavailable as exc:
-                    log.warning("change tracking unavailable: %s; every run reads in full", exc)
-                    if not reason.startswith("the token"):
-                        reason = f"{reason}; {exc}"
+        hook_id, cursor, unavailable = None, None, self.unavailable
+        if settings.change_tracking and unavailable is None and schema is not None:
+            try:
+                hooks = self.list_webhooks() if hooks is None else hooks
+                # Reading the payloads for drift extends the webhook's life; otherwise a refresh does.
+                hook_id, cursor = self.ensure_webhook(state, hooks, refresh=snapshot is None)
+            except FeedUnavailable as exc:
+                unavailable, reason = exc, f"{reason}; {exc}"
+        if settings.change_tracking and unavailable is not None:
+            log.warning("change tracking unavailable: %s; every run reads in full", unavailable)
+        elif settings.change_tracking and schema is None:
+            log.warning("change tracking unavailable: it needs the schema (scope schema.bases:read); "
+                        "every run reads in full")
         records = {key: pull_table(self.airtable, key, self.stop, schema is not None) for key in needed}
         for key in needed:
             log.info("%s: read %d Airtable records", key, len(records[key]))
         read = BaseRead(records, schema, "full", reason, payloads=self.payloads_read, dirty=set(needed))
         tables = {key: settings.table_ids[key] for key in needed}
-        if state is not None and snapshot is not None and schema is not None \
-                and hook_id is not None and hook_id == state.webhook_id:
+        if snapshot is not None and hook_id is not None and hook_id == state.webhook_id:  # type: ignore[union-attr]
             patch, later = SnapshotPatch(snapshot, state.schema), defaultdict(set)
             try:
-                for payload in self.payloads(self.listed[hook_id], state.cursor):  # type: ignore[arg-type]
+                hook = next(h for h in hooks if h.id == hook_id)  # type: ignore[union-attr]
+                for payload in self.payloads(hook, state.cursor):  # type: ignore[arg-type]
                     if payload["cursor"] < cursor:  # type: ignore[operator]
                         patch.apply(payload)  # up to the read: what the snapshot should now say
                     else:  # during or after the read: those records are left out
@@ -1852,7 +1818,6 @@ class BaseReader:
                 log.warning("drift not measured: %s", exc)
                 hook_id = None  # it went away since it was listed: the next run makes another
             else:
-                patch.finish()
                 read.payloads = self.payloads_read
                 read.drift = count_drift(snapshot, records, table_bindings(schema, self.bound, needed), later)
                 if read.drift:
@@ -1865,30 +1830,31 @@ class BaseReader:
                     read.dirty.add(key)
         if schema is not None:  # with change tracking off or unavailable too: the state keeps the bindings
             # A table carried over was not read: its full read stays as due as it was.
-            last_full_read = state.last_full_read if state is not None and set(tables) - set(needed) else self.now
+            last_full_read = state.last_full_read if tables.keys() - set(needed) else self.now
             read.state = ChangeState(settings.endpoint_url, settings.base_id, tables, schema,
                                      hook_id, cursor, last_full_read=last_full_read, last_run=self.now)
         return read
 
-    def ensure_webhook(self, state: ChangeState | None, hooks: list | None, refresh: bool
-                       ) -> tuple[str | None, int | None]:
+    def ensure_webhook(self, state: ChangeState | None, hooks: list, refresh: bool) -> tuple[str | None, int | None]:
         """The state's webhook if it is usable, else a new one (the old one deleted), with its next
         cursor. A dry run creates, refreshes and deletes nothing. A create whose answer was lost is
         settled by listing the webhooks, never by creating another: a base holds at most 10."""
-        hooks = self.list_webhooks() if hooks is None else hooks
         ours = next((h for h in hooks if state is not None and h.id == state.webhook_id), None)
         if ours is not None and webhook_problem(ours, self.now) is None:
             if refresh and not self.settings.dry_run:
                 self.refresh(ours)
             return ours.id, ours.cursor_for_next_payload
-        # A webhook of this tool that the state does not name: made by a run whose create answer
-        # or state was lost. Adopted, not doubled.
-        adopted = next((h for h in hooks if h is not ours and is_tool_webhook(h)
-                        and webhook_problem(h, self.now) is None), None)
+        # A usable webhook of this tool that the state does not name (its own is not usable): made by
+        # a run whose create answer or state was lost. Adopted, not doubled.
+        adopted = next((h for h in hooks if is_tool_webhook(h) and webhook_problem(h, self.now) is None), None)
         if self.settings.dry_run:
             return (adopted.id, adopted.cursor_for_next_payload) if adopted is not None else (None, None)
         if ours is not None:
-            self.delete_webhook(ours)
+            try:
+                ours.delete()
+                log.info("change tracking: deleted the unusable webhook %s", ours.id)
+            except AIRTABLE_FAILURES as exc:
+                log.warning("deleting webhook %s failed (%s)", ours.id, type(exc).__name__)
             hooks = [h for h in hooks if h is not ours]
         if adopted is not None:
             log.info("change tracking: using the existing webhook %s", adopted.id)
@@ -1920,15 +1886,6 @@ class BaseReader:
         except AIRTABLE_FAILURES as exc:
             log.warning("refreshing webhook %s failed (%s): it expires on its own date", hook.id, type(exc).__name__)
 
-    def delete_webhook(self, hook: Any) -> None:
-        try:
-            hook.delete()
-            log.info("change tracking: deleted the unusable webhook %s", hook.id)
-        except AIRTABLE_FAILURES as exc:
-            log.warning("deleting webhook %s failed (%s)", hook.id, type(exc).__name__)
-
-    # -- --use-cache ----------------------------------------------------------------------
-
     def read_caches(self, needed: Sequence[str], state: ChangeState | None) -> BaseRead:
         """--use-cache: the caches where there are any, read in full where not; the state keeps
         its cursor (the run's own writes come back in the feed and change nothing)."""
@@ -1942,30 +1899,29 @@ class BaseReader:
                 log.warning("%s: the cache names fields by name (an earlier version wrote it): reading the table", key)
                 cached.close()
                 cached = None
-            if cached is not None:
-                log.info("%s: %d Airtable records from the cache", key, len(cached))
-                records[key], _ = cached, from_cache.add(key)
-            else:
+            if cached is None:
                 records[key] = pull_table(self.airtable, key, self.stop, schema is not None)
+            else:
+                log.info("%s: %d Airtable records from the cache", key, len(cached))
+                records[key] = cached
+                from_cache.add(key)
         # The state takes the rewritten caches only if the ones read were its own: a foreign or
         # hand-edited cache must not become the snapshot the change feed patches.
         own = state is not None and all(
             k in state.tables and cache_fingerprint(cache_path(self.settings, k)) == state.caches.get(k)
             for k in needed)
-        keep = state if own else None
-        return BaseRead(records, schema, "full", "--use-cache: planned against the caches", state=keep,
-                        from_cache=from_cache, dirty=set(needed) - from_cache)
+        return BaseRead(records, schema, "full", "--use-cache: planned against the caches",
+                        state=state if own else None, from_cache=from_cache, dirty=set(needed) - from_cache)
 
 
 def save_snapshot(settings: Settings, read: BaseRead, changed: set[str]) -> None:
     """The caches that changed, then the state that names them: the state is written last, so a
     run that dies in between leaves caches the state does not match, and the next run reads in full."""
-    for key in sorted(changed):
-        if key in read.records:
-            path = cache_path(settings, key)
-            write_cache(path, read.records[key])
-            if read.state is not None:
-                read.state.caches[key] = cache_fingerprint(path)  # type: ignore[assignment]
+    for key in sorted(changed & read.records.keys()):
+        path = cache_path(settings, key)
+        write_cache(path, read.records[key])
+        if read.state is not None:
+            read.state.caches[key] = cache_fingerprint(path)  # type: ignore[assignment]
     if read.state is not None:
         write_private(state_path(settings), json.dumps(read.state.as_json()))
 
