@@ -1804,10 +1804,10 @@ class BaseReader:
             log.info("%s: read %d Airtable records", key, len(records[key]))
         read = BaseRead(records, schema, "full", reason, payloads=self.payloads_read, dirty=set(needed))
         tables = {key: settings.table_ids[key] for key in needed}
-        if snapshot is not None and hook_id is not None and hook_id == state.webhook_id:  # type: ignore[union-attr]
+        hook = next((h for h in hooks or () if h.id == hook_id), None)  # None: made this run, or gone
+        if snapshot is not None and hook is not None and hook_id == state.webhook_id:  # type: ignore[union-attr]
             patch, later = SnapshotPatch(snapshot, state.schema), defaultdict(set)
             try:
-                hook = next(h for h in hooks if h.id == hook_id)  # type: ignore[union-attr]
                 for payload in self.payloads(hook, state.cursor):  # type: ignore[arg-type]
                     if payload["cursor"] < cursor:  # type: ignore[operator]
                         patch.apply(payload)  # up to the read: what the snapshot should now say
