@@ -3779,8 +3779,7 @@ VOLATILE_MIN_RECORDS = 100  # below this a rewritten column costs too little to 
 
 @dataclass
 class VolatileField:
-    """A mapped field this run's updates, and those of the last earlier run that wrote it, wrote in
-    nearly every record of its table."""
+    """A mapped field written in nearly every record of its table, this run and the last that wrote it."""
 
     field: str  # mapped name
     share: float  # of the table's synced records that this run's updates wrote it in
@@ -3797,9 +3796,8 @@ def days_since_last_run(previous: ChangeState | None, now: datetime) -> int | No
 
 
 def writes_by_field(plan: TablePlan, applied: Applied) -> dict[str, dict[str, int]]:
-    """Per mapped field, in how many of this run's updates it was written (`cells`) and in how many
-    it was the only field written (`alone`), largest first: the updates done (a dry run: planned).
-    Creates are not counted; a field that Airtable rejected midway (dropped) was not written."""
+    """Per mapped field, largest first, in how many of this run's updates done (a dry run: planned) it was
+    written (`cells`) and the only field written (`alone`): not creates, nor a field Airtable rejected midway."""
     cells: Counter[str] = Counter()
     alone: Counter[str] = Counter()
     dropped = applied.dropped.get(plan.spec.key, {})
@@ -4200,12 +4198,10 @@ def write_report(report: RunReport, reports_dir: Path, secret: str) -> Path | No
 
 
 def attention_line(report: RunReport) -> str:
-    """What needs a person after this run, without values, for the last line a run prints:
-    'attention: 1 failed record, 31 reverted edits, users.occupation missing in Airtable',
-    or '' when nothing does."""
+    """What needs a person after this run, without values, for the last line a run prints, or '' when
+    nothing does: 'attention: 1 failed record, 31 reverted edits, users.occupation missing in Airtable'."""
     tables = report.tables.values()
-    # Writes a run that stopped midway (an outage, a spent month) never made are counted apart:
-    # they did not fail, and the next run makes them.
+    # Writes a run that stopped midway (an outage, a spent month) never made did not fail: the next run makes them.
     items = counted(sum(t.errors - t.not_attempted for t in tables), "failed record")
     items += counted(sum(t.not_attempted for t in tables), "write not attempted", "writes not attempted")
     items += report.attention_items()
@@ -5156,9 +5152,10 @@ def log_file_failure() -> LocalWriteError | None:
     return next((h.failure for h in logging.getLogger().handlers if isinstance(h, LogFile) and h.failure), None)
 
 
-def setup_logging(verbose: bool, log_file: Path, secret: str = "") -> list[logging.Handler]:
-    """Console and log-file handlers; `secret` (and any added later with RedactToken) is masked.
-    Raises OSError when the log file cannot be opened."""
+@contextlib.contextmanager
+def logging_to(verbose: bool, log_file: Path, secret: str = "") -> Iterator[list[logging.Handler]]:
+    """Console and log-file handlers for the block; `secret` (and any added later with RedactToken) is
+    masked. Raises OSError when the log file cannot be opened."""
     formatter = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
     console = logging.StreamHandler(sys.stderr)
     console.addFilter(lambda record: not getattr(record, "log_file_only", False))
@@ -5172,14 +5169,12 @@ def setup_logging(verbose: bool, log_file: Path, secret: str = "") -> list[loggi
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     if not verbose:
         logging.getLogger("urllib3").setLevel(logging.WARNING)
-    return handlers
-
-
-def teardown_logging(handlers: Sequence[logging.Handler]) -> None:
-    root = logging.getLogger()
-    for handler in handlers:
-        root.removeHandler(handler)
-        handler.close()
+    try:
+        yield handlers
+    finally:
+        for handler in handlers:
+            root.removeHandler(handler)
+            handler.close()
 
 
 @contextlib.contextmanager
@@ -5348,8 +5343,7 @@ class Sync(Command):
                         "export is right, rerun with --force-clear", key, cap.count, cap.name,
                         "would be held" if settings.dry_run else "held", cap.limit, settings.max_clear_fraction,
                         cap.holding)
-        failed = any(t.errors for t in self.report.tables.values())
-        return EXIT_RECORD_FAILED if failed or held or clears_held else EXIT_OK
+        return EXIT_RECORD_FAILED if self.report.errors or held or clears_held else EXIT_OK
 
     def summarize(self, read: BaseRead) -> None:
         applied, report = self.applied, self.report
@@ -5404,14 +5398,12 @@ def column_status(name: str, columns: TableColumns) -> str:
 def check_export(settings: Settings, spec: TableSpec) -> list[str]:
     """--check: the mapped Mongo fields that no record of the table's export carries, when the
     export is there (an unreadable one is left to the sync to report)."""
-    try:
+    with contextlib.suppress(UsageError):
         index = index_export(settings.mongo_dir / spec.export_file, None)
-    except UsageError:
-        return []
-    if index is None:
-        return []
-    index.close()
-    return absent_in_export(spec, index.carried) if index.carried else []
+        if index is not None:
+            index.close()
+            return absent_in_export(spec, index.carried) if index.carried else []
+    return []
 
 
 def change_tracking_status(airtable: Airtable, schema: BaseSchema | None) -> str:
@@ -5442,35 +5434,33 @@ class Check(Command):
     """--check: is each table readable, and how do the mappings compare with the schema. Prints
     as it goes; writes nothing to Airtable."""
 
-    out: Any = None
-
     def run(self) -> int:
-        settings, out = self.settings, self.out or sys.stdout
+        settings = self.settings
         airtable = connect(settings, self.stop, self.report.requests)
         bound, table_ids = state_bindings(settings, load_state(state_path(settings)))
         airtable.use_tables(table_ids)
         schema = fetch_schema(airtable)
         airtable.use_tables(schema)
-        print(f"Airtable base {settings.base_id} at {settings.endpoint_url}", file=out)
+        print(f"Airtable base {settings.base_id} at {settings.endpoint_url}")
         if schema is None:
-            print("schema: not readable (the token lacks schema.bases:read); types would be inferred", file=out)
+            print("schema: not readable (the token lacks schema.bases:read); types would be inferred")
         for key in settings.tables:
             spec = TABLE_SPECS[key]
             try:
                 airtable.table(key).first()
             except AIRTABLE_FAILURES as exc:
                 raise access_error(exc, settings, f"reading table {key}") from None
-            print(f"\n{key} ({settings.table_ids[key]}): reachable", file=out)
+            print(f"\n{key} ({settings.table_ids[key]}): reachable")
             if absent := check_export(settings, spec):
-                print(f"  mapped Mongo fields no exported record carries: {', '.join(absent)}", file=out)
+                print(f"  mapped Mongo fields no exported record carries: {', '.join(absent)}")
             table_schema = None if schema is None else schema.get(key)
             if table_schema is None:
                 continue
             columns = bind_columns(spec, table_schema, bound.get(key, {}))
             width = max(len(n) for n in spec.airtable_fields) + 2
             for name in spec.airtable_fields:
-                print(f"  {name:<{width}}{column_status(name, columns)}", file=out)
-        print(f"\nchange tracking: {change_tracking_status(airtable, schema)}", file=out)
+                print(f"  {name:<{width}}{column_status(name, columns)}")
+        print(f"\nchange tracking: {change_tracking_status(airtable, schema)}")
         return EXIT_OK
 
 
@@ -5497,9 +5487,8 @@ def execute(settings: Settings, started: datetime) -> tuple[int, RunReport, Path
             try:
                 with scratch_files(settings.cache_dir):
                     code = command.run()
-                failed = any(getattr(t, "errors", 0) for t in report.tables.values()) or report.errors
-                report.ended = "ok" if code == EXIT_OK else "finished with failed records" if failed else \
-                    "finished with changes held by a safety cap"
+                report.ended = ("ok" if code == EXIT_OK else "finished with failed records" if report.errors
+                                else "finished with changes held by a safety cap")
             except UsageError as exc:
                 code, report.ended, report.message = EXIT_USAGE, "input error", str(exc)
                 log.error("%s", exc)
@@ -5585,9 +5574,8 @@ def run_demo(verbose: bool) -> int:
             ["--mongo-dir", str(fixtures), "--cache-dir", str(workdir / "data"),
              "--reports-dir", str(workdir / "reports")] + (["-v"] if verbose else []))
         settings = settings_from(args, env)
-        handlers = setup_logging(verbose, settings.reports_dir / LOG_NAME, token)
         runs = []  # (exit code, report path) of each
-        try:
+        with logging_to(verbose, settings.reports_dir / LOG_NAME, token):
             print(f"Demo: syncing {fixtures} into a local Airtable emulator at {emulator.url}", flush=True)
             for title in ("\nFirst run", "Second run, the exports unchanged"):
                 code, report, path = execute(settings, datetime.now())
@@ -5595,8 +5583,6 @@ def run_demo(verbose: bool) -> int:
                 print(f"{title}: exit {code}; {report.summary()}; {requests_line(report)}", flush=True)
                 if attention := attention_line(report):
                     print(f"  {attention}", flush=True)
-        finally:
-            teardown_logging(handlers)
     (code, path), (code2, path2) = runs
     print(f"\nReport: {path}\nSecond report: {path2}\nCaches and log: {workdir}")
     if code == EXIT_RECORD_FAILED:
@@ -5619,15 +5605,15 @@ def main(argv: Sequence[str] | None = None, *, environ: Mapping[str, str] | None
         return run_demo(args.verbose)
     # Logging first, so that a settings error or the .env warning reaches cron's log file too.
     log_file = (args.reports_dir or SCRIPT_DIR / "reports") / LOG_NAME
-    try:
-        handlers = setup_logging(args.verbose, log_file)
-    except OSError as exc:
-        if exc.errno in LOCAL_WRITE_ERRNOS:  # a full disk or an unwritable folder
-            print(f"airtable_sync: {LocalWriteError(log_file, exc)}", file=sys.stderr)
-            return EXIT_IOERR
-        print(f"airtable_sync: reports folder {log_file.parent}: {exc.strerror}", file=sys.stderr)
-        return EXIT_USAGE
-    try:
+    with contextlib.ExitStack() as stack:
+        try:
+            handlers = stack.enter_context(logging_to(args.verbose, log_file))
+        except OSError as exc:
+            if exc.errno in LOCAL_WRITE_ERRNOS:  # a full disk or an unwritable folder
+                print(f"airtable_sync: {LocalWriteError(log_file, exc)}", file=sys.stderr)
+                return EXIT_IOERR
+            print(f"airtable_sync: reports folder {log_file.parent}: {exc.strerror}", file=sys.stderr)
+            return EXIT_USAGE
         try:
             settings = settings_from(args, dict(environ) if environ is not None else read_environment(dotenv_path))
         except UsageError as exc:
@@ -5644,8 +5630,6 @@ def main(argv: Sequence[str] | None = None, *, environ: Mapping[str, str] | None
             if attention := attention_line(report):
                 print(attention)  # what needs a person, last: `tail` of a cron log shows it
         return code
-    finally:
-        teardown_logging(handlers)
 
 
 if __name__ == "__main__":
