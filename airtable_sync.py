@@ -3788,13 +3788,6 @@ class VolatileField:
     counts_days_since: str | None  # the Airtable name of the date field it counts days from
 
 
-def days_since_last_run(previous: ChangeState | None, now: datetime) -> int | None:
-    """Whole days (UTC dates) since the run that left `previous`: what a day counter rose by."""
-    if previous is None:
-        return None
-    return (now.astimezone(timezone.utc).date() - previous.last_run.astimezone(timezone.utc).date()).days
-
-
 def writes_by_field(plan: TablePlan, applied: Applied) -> dict[str, dict[str, int]]:
     """Per mapped field, largest first, in how many of this run's updates done (a dry run: planned) it was
     written (`cells`) and the only field written (`alone`): not creates, nor a field Airtable rejected midway."""
@@ -3830,8 +3823,7 @@ def volatile_fields(written: Mapping[str, Mapping[str, int]], total: int, earlie
 
 def volatile_text(key: str, volatile: VolatileField) -> str:
     """The WARNING and attention item: the field, its cost and, for a day counter, the remedy."""
-    n = volatile.requests
-    cost = f"{n:,} request{'' if n == 1 else 's'} a night"
+    cost = f"{volatile.requests:,} request{'' if volatile.requests == 1 else 's'} a night"
     name = f"{key}.{volatile.field}"
     if volatile.counts_days and volatile.counts_days_since:
         since = volatile.counts_days_since
@@ -4158,7 +4150,6 @@ class RunReport:
         return [f"{self.ended}: {self.summary()}; {requests_line(self)}; report: {path or 'not written'}"]
 
 
-@dataclass
 class CheckReport(RunReport):
     """--check prints as it goes: no report files, and its last lines say what it cost."""
 
@@ -4175,8 +4166,7 @@ class CheckReport(RunReport):
 
 
 def write_report(report: RunReport, reports_dir: Path, secret: str) -> Path | None:
-    """The Markdown report and its JSON twin; the token is masked even where Airtable's
-    (or a proxy's) error text quoted it."""
+    """The Markdown report and its JSON twin, the token masked even where an error text quoted it."""
     def masked(text: str) -> str:
         return text.replace(secret, "[token]") if secret else text
 
@@ -4218,8 +4208,7 @@ def attention_line(report: RunReport) -> str:
 
 @dataclass
 class Command:
-    """A peer command behind the runner (execute): it runs, says whether it wrote anything, and
-    its report renders itself. The runner owns the lock, signals, exit codes and request counts."""
+    """A command the runner (execute) runs; the runner owns the lock, signals, exit codes and request counts."""
 
     settings: Settings
     stop: threading.Event
@@ -5147,11 +5136,6 @@ class LogFile(logging.Handler):
         super().close()
 
 
-def log_file_failure() -> LocalWriteError | None:
-    """The first log line the log file could not take, if any."""
-    return next((h.failure for h in logging.getLogger().handlers if isinstance(h, LogFile) and h.failure), None)
-
-
 @contextlib.contextmanager
 def logging_to(verbose: bool, log_file: Path, secret: str = "") -> Iterator[list[logging.Handler]]:
     """Console and log-file handlers for the block; `secret` (and any added later with RedactToken) is
@@ -5253,7 +5237,9 @@ class Sync(Command):
 
     def plan(self, exports: dict[str, ExportIndex], read: BaseRead, airtable: Airtable) -> dict[str, TablePlan]:
         plans: dict[str, TablePlan] = {}
-        elapsed = days_since_last_run(read.previous, datetime.now(timezone.utc))
+        # Whole days (UTC dates) since the last run: what a day counter rose by.
+        elapsed = None if read.previous is None else (
+            datetime.now(timezone.utc).date() - read.previous.last_run.astimezone(timezone.utc).date()).days
         for key in (k for k in TABLE_ORDER if k in exports):
             spec, columns = TABLE_SPECS[key], read.columns[key]
             link_index = {link.target: build_link_index(read.records.get(link.target, ()), plans.get(link.target),
@@ -5274,9 +5260,8 @@ class Sync(Command):
             if plan.absent_in_export:
                 log.warning("%s: mapped Mongo fields that no exported record carries (renamed or dropped by the "
                             "exporter?): %s; Airtable keeps their values", key, ", ".join(plan.absent_in_export))
-            counts = plan.planned
             log.info("%s: plan: %d to create, %d to update, %d unchanged, %d failing, %d orphans", key,
-                     counts["create"], counts["update"], counts["skip"], counts["error"], len(plan.orphans))
+                     *(plan.planned[k] for k in ("create", "update", "skip", "error")), len(plan.orphans))
         exported_ids = {key: {i for i in records.mongo_ids if i is not None} for key, records in exports.items()
                         } if self.settings.delete_missing else {}
         self.deletions = plan_deletions(plans, exported_ids, self.settings)
@@ -5396,8 +5381,7 @@ def column_status(name: str, columns: TableColumns) -> str:
 
 
 def check_export(settings: Settings, spec: TableSpec) -> list[str]:
-    """--check: the mapped Mongo fields that no record of the table's export carries, when the
-    export is there (an unreadable one is left to the sync to report)."""
+    """--check: the mapped Mongo fields no record of the export carries (a missing or unreadable one: none)."""
     with contextlib.suppress(UsageError):
         index = index_export(settings.mongo_dir / spec.export_file, None)
         if index is not None:
@@ -5429,10 +5413,8 @@ def change_tracking_status(airtable: Airtable, schema: BaseSchema | None) -> str
             f"{webhook}; {len(hooks)} of {WEBHOOKS_PER_BASE} webhooks on the base")
 
 
-@dataclass
 class Check(Command):
-    """--check: is each table readable, and how do the mappings compare with the schema. Prints
-    as it goes; writes nothing to Airtable."""
+    """--check: each table reachable, its mapped fields against the schema; prints as it goes, writes nothing."""
 
     def run(self) -> int:
         settings = self.settings
@@ -5493,8 +5475,7 @@ def execute(settings: Settings, started: datetime) -> tuple[int, RunReport, Path
                 code, report.ended, report.message = EXIT_USAGE, "input error", str(exc)
                 log.error("%s", exc)
             except LocalWriteError as exc:
-                # Saving the snapshot as a run stopped for Airtable (a spent month, an outage):
-                # that reason is worth its line too.
+                # Saving the snapshot as a run stopped for Airtable (a spent month, an outage): log that too.
                 context = exc.__context__
                 while context is not None and not isinstance(context, AirtableAccessError):
                     context = context.__context__
@@ -5544,8 +5525,9 @@ def execute(settings: Settings, started: datetime) -> tuple[int, RunReport, Path
     log.info("%s: %s; %s", report.ended, report.summary(), requests_line(report), extra=LOG_FILE_ONLY)
     if attention := attention_line(report):
         log.warning("%s", attention, extra=LOG_FILE_ONLY)
-    if failure := log_file_failure():
-        code = local_write_failed(code, report, failure)
+    for handler in logging.getLogger().handlers:  # a log line the log file could not take
+        if isinstance(handler, LogFile) and handler.failure:
+            code = local_write_failed(code, report, handler.failure)
     report.exit_code, report.duration_s = code, time.monotonic() - clock
     try:
         path: Path | None = write_report(report, settings.reports_dir, settings.api_key)
