@@ -5109,9 +5109,8 @@ LOG_NAME = "airtable_sync.log"  # in the reports dir
 
 
 class LogFile(logging.Handler):
-    """The log file, appended a whole line a write. A line it cannot take (a full disk) is cut
-    back out, so no half line stays, and instead of a traceback on stderr for every line after,
-    the first failure is kept (execute() makes it exit 74) and the file is left alone."""
+    """The log file, a whole line a write (append_whole). Instead of a traceback on stderr for every line
+    after one it cannot take (a full disk), it keeps the first failure (execute() exits 74) and writes no more."""
 
     def __init__(self, path: Path):
         super().__init__()
