@@ -3458,8 +3458,7 @@ VOLATILE_MIN_RECORDS = 100  # below this a rewritten column costs too little to 
 
 @dataclass
 class VolatileField:
-    """A mapped field this run's updates, and those of the last earlier run that wrote it, wrote in
-    nearly every record of its table."""
+    """A mapped field written in nearly every record of its table, this run and the last that wrote it."""
 
     field: str  # mapped name
     share: float  # of the table's synced records that this run's updates wrote it in
@@ -3468,17 +3467,9 @@ class VolatileField:
     counts_days_since: str | None  # the Airtable name of the date field it counts days from
 
 
-def days_since_last_run(previous: ChangeState | None, now: datetime) -> int | None:
-    """Whole days (UTC dates) since the run that left `previous`: what a day counter rose by."""
-    if previous is None:
-        return None
-    return (now.astimezone(timezone.utc).date() - previous.last_run.astimezone(timezone.utc).date()).days
-
-
 def writes_by_field(plan: TablePlan, applied: Applied) -> dict[str, dict[str, int]]:
-    """Per mapped field, in how many of this run's updates it was written (`cells`) and in how many
-    it was the only field written (`alone`), largest first: the updates done (a dry run: planned).
-    Creates are not counted; a field that Airtable rejected midway (dropped) was not written."""
+    """Per mapped field, largest first, in how many of this run's updates done (a dry run: planned) it was
+    written (`cells`) and the only field written (`alone`): not creates, nor a field Airtable rejected midway."""
     cells: Counter[str] = Counter()
     alone: Counter[str] = Counter()
     dropped = applied.dropped.get(plan.spec.key, {})
@@ -3511,8 +3502,7 @@ def volatile_fields(written: Mapping[str, Mapping[str, int]], total: int, earlie
 
 def volatile_text(key: str, volatile: VolatileField) -> str:
     """The WARNING and attention item: the field, its cost and, for a day counter, the remedy."""
-    n = volatile.requests
-    cost = f"{n:,} request{'' if n == 1 else 's'} a night"
+    cost = f"{volatile.requests:,} request{'' if volatile.requests == 1 else 's'} a night"
     name = f"{key}.{volatile.field}"
     if volatile.counts_days and volatile.counts_days_since:
         since = volatile.counts_days_since
@@ -3839,7 +3829,6 @@ class RunReport:
         return [f"{self.ended}: {self.summary()}; {requests_line(self)}; report: {path or 'not written'}"]
 
 
-@dataclass
 class CheckReport(RunReport):
     """--check prints as it goes: no report files, and its last lines say what it cost."""
 
@@ -3856,8 +3845,7 @@ class CheckReport(RunReport):
 
 
 def write_report(report: RunReport, reports_dir: Path, secret: str) -> Path | None:
-    """The Markdown report and its JSON twin; the token is masked even where Airtable's
-    (or a proxy's) error text quoted it."""
+    """The Markdown report and its JSON twin, the token masked even where an error text quoted it."""
     def masked(text: str) -> str:
         return text.replace(secret, "[token]") if secret else text
 
@@ -3879,12 +3867,10 @@ def write_report(report: RunReport, reports_dir: Path, secret: str) -> Path | No
 
 
 def attention_line(report: RunReport) -> str:
-    """What needs a person after this run, without values, for the last line a run prints:
-    'attention: 1 failed record, 31 reverted edits, users.occupation missing in Airtable',
-    or '' when nothing does."""
+    """What needs a person after this run, without values, for the last line a run prints, or '' when
+    nothing does: 'attention: 1 failed record, 31 reverted edits, users.occupation missing in Airtable'."""
     tables = report.tables.values()
-    # Writes a run that stopped midway (an outage, a spent month) never made are counted apart:
-    # they did not fail, and the next run makes them.
+    # Writes a run that stopped midway (an outage, a spent month) never made did not fail: the next run makes them.
     items = counted(sum(t.errors - t.not_attempted for t in tables), "failed record")
     items += counted(sum(t.not_attempted for t in tables), "write not attempted", "writes not attempted")
     items += report.attention_items()
@@ -3901,8 +3887,7 @@ def attention_line(report: RunReport) -> str:
 
 @dataclass
 class Command:
-    """A peer command behind the runner (execute): it runs, says whether it wrote anything, and
-    its report renders itself. The runner owns the lock, signals, exit codes and request counts."""
+    """A command the runner (execute) runs; the runner owns the lock, signals, exit codes and request counts."""
 
     settings: Settings
     stop: threading.Event
@@ -4774,9 +4759,8 @@ LOG_NAME = "airtable_sync.log"  # in the reports dir
 
 
 class LogFile(logging.Handler):
-    """The log file, appended a whole line a write. A line it cannot take (a full disk) is cut
-    back out, so no half line stays, and instead of a traceback on stderr for every line after,
-    the first failure is kept (execute() makes it exit 74) and the file is left alone."""
+    """The log file, a whole line a write (append_whole). Instead of a traceback on stderr for every line
+    after one it cannot take (a full disk), it keeps the first failure (execute() exits 74) and writes no more."""
 
     def __init__(self, path: Path):
         super().__init__()
@@ -4801,14 +4785,10 @@ class LogFile(logging.Handler):
         super().close()
 
 
-def log_file_failure() -> LocalWriteError | None:
-    """The first log line the log file could not take, if any."""
-    return next((h.failure for h in logging.getLogger().handlers if isinstance(h, LogFile) and h.failure), None)
-
-
-def setup_logging(verbose: bool, log_file: Path, secret: str = "") -> list[logging.Handler]:
-    """Console and log-file handlers; `secret` (and any added later with RedactToken) is masked.
-    Raises OSError when the log file cannot be opened."""
+@contextlib.contextmanager
+def logging_to(verbose: bool, log_file: Path, secret: str = "") -> Iterator[list[logging.Handler]]:
+    """Console and log-file handlers for the block; `secret` (and any added later with RedactToken) is
+    masked. Raises OSError when the log file cannot be opened."""
     formatter = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
     console = logging.StreamHandler(sys.stderr)
     console.addFilter(lambda record: not getattr(record, "log_file_only", False))
@@ -4822,14 +4802,12 @@ def setup_logging(verbose: bool, log_file: Path, secret: str = "") -> list[loggi
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     if not verbose:
         logging.getLogger("urllib3").setLevel(logging.WARNING)
-    return handlers
-
-
-def teardown_logging(handlers: Sequence[logging.Handler]) -> None:
-    root = logging.getLogger()
-    for handler in handlers:
-        root.removeHandler(handler)
-        handler.close()
+    try:
+        yield handlers
+    finally:
+        for handler in handlers:
+            root.removeHandler(handler)
+            handler.close()
 
 
 @contextlib.contextmanager
@@ -4908,7 +4886,9 @@ class Sync(Command):
 
     def plan(self, exports: dict[str, ExportIndex], read: BaseRead, airtable: Airtable) -> dict[str, TablePlan]:
         plans: dict[str, TablePlan] = {}
-        elapsed = days_since_last_run(read.previous, datetime.now(timezone.utc))
+        # Whole days (UTC dates) since the last run: what a day counter rose by.
+        elapsed = None if read.previous is None else (
+            datetime.now(timezone.utc).date() - read.previous.last_run.astimezone(timezone.utc).date()).days
         for key in (k for k in TABLE_ORDER if k in exports):
             spec, columns = TABLE_SPECS[key], read.columns[key]
             link_index = {link.target: build_link_index(read.records.get(link.target, ()), plans.get(link.target),
@@ -4929,9 +4909,8 @@ class Sync(Command):
             if plan.absent_in_export:
                 log.warning("%s: mapped Mongo fields that no exported record carries (renamed or dropped by the "
                             "exporter?): %s; Airtable keeps their values", key, ", ".join(plan.absent_in_export))
-            counts = plan.planned
             log.info("%s: plan: %d to create, %d to update, %d unchanged, %d failing, %d orphans", key,
-                     counts["create"], counts["update"], counts["skip"], counts["error"], len(plan.orphans))
+                     *(plan.planned[k] for k in ("create", "update", "skip", "error")), len(plan.orphans))
         exported_ids = {key: {i for i in records.mongo_ids if i is not None} for key, records in exports.items()
                         } if self.settings.delete_missing else {}
         self.deletions = plan_deletions(plans, exported_ids, self.settings)
@@ -4998,8 +4977,7 @@ class Sync(Command):
                         "export is right, rerun with --force-clear", key, cap.count, cap.name,
                         "would be held" if settings.dry_run else "held", cap.limit, settings.max_clear_fraction,
                         cap.holding)
-        failed = any(t.errors for t in self.report.tables.values())
-        return EXIT_RECORD_FAILED if failed or held or clears_held else EXIT_OK
+        return EXIT_RECORD_FAILED if self.report.errors or held or clears_held else EXIT_OK
 
     def summarize(self, read: BaseRead) -> None:
         applied, report = self.applied, self.report
@@ -5052,16 +5030,13 @@ def column_status(name: str, columns: TableColumns) -> str:
 
 
 def check_export(settings: Settings, spec: TableSpec) -> list[str]:
-    """--check: the mapped Mongo fields that no record of the table's export carries, when the
-    export is there (an unreadable one is left to the sync to report)."""
-    try:
+    """--check: the mapped Mongo fields no record of the export carries (a missing or unreadable one: none)."""
+    with contextlib.suppress(UsageError):
         index = index_export(settings.mongo_dir / spec.export_file, None)
-    except UsageError:
-        return []
-    if index is None:
-        return []
-    index.close()
-    return absent_in_export(spec, index.carried) if index.carried else []
+        if index is not None:
+            index.close()
+            return absent_in_export(spec, index.carried) if index.carried else []
+    return []
 
 
 def change_tracking_status(airtable: Airtable, schema: BaseSchema | None) -> str:
@@ -5087,40 +5062,36 @@ def change_tracking_status(airtable: Airtable, schema: BaseSchema | None) -> str
             f"{webhook}; {len(hooks)} of {WEBHOOKS_PER_BASE} webhooks on the base")
 
 
-@dataclass
 class Check(Command):
-    """--check: is each table readable, and how do the mappings compare with the schema. Prints
-    as it goes; writes nothing to Airtable."""
-
-    out: Any = None
+    """--check: each table reachable, its mapped fields against the schema; prints as it goes, writes nothing."""
 
     def run(self) -> int:
-        settings, out = self.settings, self.out or sys.stdout
+        settings = self.settings
         airtable = connect(settings, self.stop, self.report.requests)
         bound, table_ids = state_bindings(settings, load_state(state_path(settings)))
         airtable.use_tables(table_ids)
         schema = fetch_schema(airtable)
         airtable.use_tables(schema)
-        print(f"Airtable base {settings.base_id} at {settings.endpoint_url}", file=out)
+        print(f"Airtable base {settings.base_id} at {settings.endpoint_url}")
         if schema is None:
-            print("schema: not readable (the token lacks schema.bases:read); types would be inferred", file=out)
+            print("schema: not readable (the token lacks schema.bases:read); types would be inferred")
         for key in settings.tables:
             spec = TABLE_SPECS[key]
             try:
                 airtable.table(key).first()
             except AIRTABLE_FAILURES as exc:
                 raise access_error(exc, settings, f"reading table {key}") from None
-            print(f"\n{key} ({settings.table_ids[key]}): reachable", file=out)
+            print(f"\n{key} ({settings.table_ids[key]}): reachable")
             if absent := check_export(settings, spec):
-                print(f"  mapped Mongo fields no exported record carries: {', '.join(absent)}", file=out)
+                print(f"  mapped Mongo fields no exported record carries: {', '.join(absent)}")
             table_schema = None if schema is None else schema.get(key)
             if table_schema is None:
                 continue
             columns = bind_columns(spec, table_schema, bound.get(key, {}))
             width = max(len(n) for n in spec.airtable_fields) + 2
             for name in spec.airtable_fields:
-                print(f"  {name:<{width}}{column_status(name, columns)}", file=out)
-        print(f"\nchange tracking: {change_tracking_status(airtable, schema)}", file=out)
+                print(f"  {name:<{width}}{column_status(name, columns)}")
+        print(f"\nchange tracking: {change_tracking_status(airtable, schema)}")
         return EXIT_OK
 
 
@@ -5147,15 +5118,13 @@ def execute(settings: Settings, started: datetime) -> tuple[int, RunReport, Path
             try:
                 with scratch_files(settings.cache_dir):
                     code = command.run()
-                failed = any(getattr(t, "errors", 0) for t in report.tables.values()) or report.errors
-                report.ended = "ok" if code == EXIT_OK else "finished with failed records" if failed else \
-                    "finished with changes held by a safety cap"
+                report.ended = ("ok" if code == EXIT_OK else "finished with failed records" if report.errors
+                                else "finished with changes held by a safety cap")
             except UsageError as exc:
                 code, report.ended, report.message = EXIT_USAGE, "input error", str(exc)
                 log.error("%s", exc)
             except LocalWriteError as exc:
-                # Saving the snapshot as a run stopped for Airtable (a spent month, an outage):
-                # that reason is worth its line too.
+                # Saving the snapshot as a run stopped for Airtable (a spent month, an outage): log that too.
                 context = exc.__context__
                 while context is not None and not isinstance(context, AirtableAccessError):
                     context = context.__context__
@@ -5205,8 +5174,9 @@ def execute(settings: Settings, started: datetime) -> tuple[int, RunReport, Path
     log.info("%s: %s; %s", report.ended, report.summary(), requests_line(report), extra=LOG_FILE_ONLY)
     if attention := attention_line(report):
         log.warning("%s", attention, extra=LOG_FILE_ONLY)
-    if failure := log_file_failure():
-        code = local_write_failed(code, report, failure)
+    for handler in logging.getLogger().handlers:  # a log line the log file could not take
+        if isinstance(handler, LogFile) and handler.failure:
+            code = local_write_failed(code, report, handler.failure)
     report.exit_code, report.duration_s = code, time.monotonic() - clock
     try:
         path: Path | None = write_report(report, settings.reports_dir, settings.api_key)
@@ -5235,9 +5205,8 @@ def run_demo(verbose: bool) -> int:
             ["--mongo-dir", str(fixtures), "--cache-dir", str(workdir / "data"),
              "--reports-dir", str(workdir / "reports")] + (["-v"] if verbose else []))
         settings = settings_from(args, env)
-        handlers = setup_logging(verbose, settings.reports_dir / LOG_NAME, token)
         runs = []  # (exit code, report path) of each
-        try:
+        with logging_to(verbose, settings.reports_dir / LOG_NAME, token):
             print(f"Demo: syncing {fixtures} into a local Airtable emulator at {emulator.url}", flush=True)
             for title in ("\nFirst run", "Second run, the exports unchanged"):
                 code, report, path = execute(settings, datetime.now())
@@ -5245,8 +5214,6 @@ def run_demo(verbose: bool) -> int:
                 print(f"{title}: exit {code}; {report.summary()}; {requests_line(report)}", flush=True)
                 if attention := attention_line(report):
                     print(f"  {attention}", flush=True)
-        finally:
-            teardown_logging(handlers)
     (code, path), (code2, path2) = runs
     print(f"\nReport: {path}\nSecond report: {path2}\nCaches and log: {workdir}")
     if code == EXIT_RECORD_FAILED:
@@ -5269,15 +5236,15 @@ def main(argv: Sequence[str] | None = None, *, environ: Mapping[str, str] | None
         return run_demo(args.verbose)
     # Logging first, so that a settings error or the .env warning reaches cron's log file too.
     log_file = (args.reports_dir or SCRIPT_DIR / "reports") / LOG_NAME
-    try:
-        handlers = setup_logging(args.verbose, log_file)
-    except OSError as exc:
-        if exc.errno in LOCAL_WRITE_ERRNOS:  # a full disk or an unwritable folder
-            print(f"airtable_sync: {LocalWriteError(log_file, exc)}", file=sys.stderr)
-            return EXIT_IOERR
-        print(f"airtable_sync: reports folder {log_file.parent}: {exc.strerror}", file=sys.stderr)
-        return EXIT_USAGE
-    try:
+    with contextlib.ExitStack() as stack:
+        try:
+            handlers = stack.enter_context(logging_to(args.verbose, log_file))
+        except OSError as exc:
+            if exc.errno in LOCAL_WRITE_ERRNOS:  # a full disk or an unwritable folder
+                print(f"airtable_sync: {LocalWriteError(log_file, exc)}", file=sys.stderr)
+                return EXIT_IOERR
+            print(f"airtable_sync: reports folder {log_file.parent}: {exc.strerror}", file=sys.stderr)
+            return EXIT_USAGE
         try:
             settings = settings_from(args, dict(environ) if environ is not None else read_environment(dotenv_path))
         except UsageError as exc:
@@ -5294,8 +5261,6 @@ def main(argv: Sequence[str] | None = None, *, environ: Mapping[str, str] | None
             if attention := attention_line(report):
                 print(attention)  # what needs a person, last: `tail` of a cron log shows it
         return code
-    finally:
-        teardown_logging(handlers)
 
 
 if __name__ == "__main__":
