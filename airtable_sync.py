@@ -9,7 +9,10 @@ also deletes, capped and archived, the records that left Mongo. Writes a log and
 Markdown + JSON report; --dry-run is the sync without the apply step. The rules are in
 docs/RULES.md; README.md tells how to run it.
 
-The sections, under banners, run in pipeline order, each using what stands above it.
+The sections, under banners, in pipeline order, each using what stands above it: Common;
+Settings; Connect; Read (the fields bound by id, in full, by change feed); Load exports;
+Match; Convert; Diff; Plan; Apply; Report (what the writes were for, the files); Commands
+and Restore (what the runner runs); The run (logging, the lock, the one runner, main).
 """
 from __future__ import annotations
 
