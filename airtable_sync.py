@@ -237,17 +237,13 @@ def append_archive(path: Path, lines: Iterable[dict]) -> None:
 
 
 class Progress:
-    """How far a long phase (a pull, a table's writes, deletes) has got: counts only, never values.
+    """How far a long phase (a pull, a table's writes, deletes) has got, in records, never values: on a
+    terminal (`stream`, stderr by default, is a TTY) tqdm's live line; otherwise (cron) a log line every
+    `log_every_s` seconds, and a last one if it logged any. A total of None is unknown."""
 
-    On a terminal (`stream`, stderr by default, is a TTY) it is tqdm's live line; otherwise (cron)
-    a log line every `log_every_s` seconds, and a last one if it logged any. A total of None is unknown.
-    """
-
-    def __init__(self, description: str, total: int | None = None, *, unit: str = "records",
-                 stream=None, log_every_s: float = 5.0):
-        self.description, self.total, self.unit = description, total, unit
+    def __init__(self, description: str, total: int | None = None, *, stream=None, log_every_s: float = 5.0):
+        self.description, self.total, self.log_every_s = description, total, log_every_s
         self.stream = sys.stderr if stream is None else stream
-        self.log_every_s = log_every_s
         self.done = 0
         self.bar: tqdm | None = None
         self.started = self.logged_at = time.monotonic()
@@ -260,7 +256,7 @@ class Progress:
         except (AttributeError, ValueError):  # no isatty, or closed
             live = False
         if live:
-            self.bar = self.closing.enter_context(tqdm(total=self.total, desc=self.description, unit=f" {self.unit}",
+            self.bar = self.closing.enter_context(tqdm(total=self.total, desc=self.description, unit=" records",
                                                        file=self.stream, mininterval=0.5, dynamic_ncols=True))
             # Console log lines go above the live line instead of through it (tqdm's own redirect
             # keeps the console handler's filters: the token stays masked, file-only lines stay out).
@@ -283,10 +279,10 @@ class Progress:
         self.logged = True
         rate = self.done / max(time.monotonic() - self.started, 1e-9)
         if self.total is None:
-            log.info("%s: %d %s%s (%.1f/s)", self.description, self.done, self.unit, "" if final else " so far", rate)
+            log.info("%s: %d records%s (%.1f/s)", self.description, self.done, "" if final else " so far", rate)
             return
         left = f", about {(self.total - self.done) / rate:.0f} s left" if rate and self.done < self.total else ""
-        log.info("%s: %d/%d %s (%.1f/s%s)", self.description, self.done, self.total, self.unit, rate, left)
+        log.info("%s: %d/%d records (%.1f/s%s)", self.description, self.done, self.total, rate, left)
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self.closing.close()
