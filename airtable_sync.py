@@ -389,11 +389,7 @@ TABLE_ORDER = ("users", "events", "messages")
 LINK_TARGETS = {link.target for spec in TABLE_SPECS.values() for link in spec.links}
 
 DEFAULT_BASE_ID = "appaquqFN7vvvZGcq"
-TABLE_ENV = {  # each table's setting and its default id
-    "users": ("AIRTABLE_USERS_TABLE", "tblQ0OHBit2AqaACy"),
-    "events": ("AIRTABLE_EVENTS_TABLE", "tblrscr87h8fbtQTk"),
-    "messages": ("AIRTABLE_MESSAGES_TABLE", "tbljma5S4NhUn1OYl"),
-}
+DEFAULT_TABLE_IDS = {"users": "tblQ0OHBit2AqaACy", "events": "tblrscr87h8fbtQTk", "messages": "tbljma5S4NhUn1OYl"}
 
 
 @dataclass(frozen=True)
@@ -553,7 +549,8 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
     if not re.match(r"^app[A-Za-z0-9]{14}$", base_id):
         raise UsageError(f"AIRTABLE_BASE_ID={base_id!r} is not a base id (app followed by 14 letters or digits)")
     table_ids = {}
-    for key, (var, default) in TABLE_ENV.items():
+    for key, default in DEFAULT_TABLE_IDS.items():
+        var = f"AIRTABLE_{key.upper()}_TABLE"
         value = env.get(var, "").strip() or default
         if value.startswith("tbl") and not re.match(r"^tbl[A-Za-z0-9]{14}$", value):
             raise UsageError(f"{var}={value!r} is not a table id (tbl followed by 14 letters or digits)")
