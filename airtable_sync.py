@@ -513,14 +513,13 @@ def build_arg_parser() -> argparse.ArgumentParser:
 
 def read_environment(dotenv_path: Path | None) -> dict[str, str]:
     """The process environment over the .env file (a real variable wins)."""
-    values: dict[str, str] = {}
-    if dotenv_path is not None and dotenv_path.is_file():
-        mode = dotenv_path.stat().st_mode
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            log.warning("%s is readable by group or others (mode %o); run: chmod 600 %s",
-                        dotenv_path, stat.S_IMODE(mode), dotenv_path)
-        values = {k: v for k, v in dotenv_values(dotenv_path).items() if v is not None}
-    return {**values, **os.environ}
+    if dotenv_path is None or not dotenv_path.is_file():
+        return dict(os.environ)
+    mode = dotenv_path.stat().st_mode
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        log.warning("%s is readable by group or others (mode %o); run: chmod 600 %s",
+                    dotenv_path, stat.S_IMODE(mode), dotenv_path)
+    return {**{k: v for k, v in dotenv_values(dotenv_path).items() if v is not None}, **os.environ}
 
 
 def _number_setting(env: Mapping[str, str], name: str, default: float | None, *, whole: bool = False,
