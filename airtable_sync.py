@@ -573,8 +573,6 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
     tracking = (env.get("AIRTABLE_CHANGE_TRACKING", "").strip() or "webhook").lower()
     if tracking not in ("webhook", "off"):
         raise UsageError(f"AIRTABLE_CHANGE_TRACKING={tracking!r}: choose webhook or off")
-    max_delete_fraction = _number_setting(env, "AIRTABLE_MAX_DELETE_FRACTION", 0.05, zero_ok=True, at_most=1)
-    max_clear_fraction = _number_setting(env, "AIRTABLE_MAX_CLEAR_FRACTION", 0.05, zero_ok=True, at_most=1)
     mongo_dir = args.mongo_dir or Path(env.get("MONGODB_DATA_DIR", "").strip() or SCRIPT_DIR / "../mongodb_pull/data")
     if not mongo_dir.is_dir() and not args.check and args.restore is None:
         raise UsageError(f"Mongo data folder {mongo_dir} does not exist (set --mongo-dir or MONGODB_DATA_DIR)")
@@ -595,8 +593,8 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
         tables=tuple(t for t in TABLE_ORDER if t in tables),
         change_tracking=tracking == "webhook",
         full_sync_days=_number_setting(env, "AIRTABLE_FULL_SYNC_DAYS", 7),
-        max_delete_fraction=max_delete_fraction,
-        max_clear_fraction=max_clear_fraction,
+        max_delete_fraction=_number_setting(env, "AIRTABLE_MAX_DELETE_FRACTION", 0.05, zero_ok=True, at_most=1),
+        max_clear_fraction=_number_setting(env, "AIRTABLE_MAX_CLEAR_FRACTION", 0.05, zero_ok=True, at_most=1),
         archive_days=_number_setting(env, "AIRTABLE_ARCHIVE_DAYS", 30),
         monthly_calls=_number_setting(env, "AIRTABLE_MONTHLY_CALLS", None, whole=True),
     )
