@@ -269,15 +269,13 @@ class Progress:
         self.done += n
         if self.bar is not None:
             self.bar.update(n)
-            return
-        now = time.monotonic()
-        if now - self.logged_at >= self.log_every_s:
-            self.logged_at = now
+        elif time.monotonic() - self.logged_at >= self.log_every_s:
             self._log()
 
     def _log(self, final: bool = False) -> None:
         self.logged = True
-        rate = self.done / max(time.monotonic() - self.started, 1e-9)
+        self.logged_at = time.monotonic()
+        rate = self.done / max(self.logged_at - self.started, 1e-9)
         if self.total is None:
             log.info("%s: %d records%s (%.1f/s)", self.description, self.done, "" if final else " so far", rate)
             return
