@@ -172,24 +172,23 @@ def scratch_files(directory: Path) -> Iterator[None]:
         raise LocalWriteError(directory / "(a temporary file of this run)", exc) from None
 
 
-def open_private(path: Path, flags: int, named: Path | None = None) -> int:
-    """os.open at mode 0600, its folder made; LocalWriteError naming `named` (else the file) when that fails."""
+def open_private(path: Path, flags: int) -> int:
+    """os.open at mode 0600, its folder made; LocalWriteError when that fails."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         return os.open(path, flags, 0o600)
     except OSError as exc:
-        raise LocalWriteError(named or path, exc) from None
+        raise LocalWriteError(path, exc) from None
 
 
 def write_private(path: Path, text: str | Iterable[str | bytes]) -> None:
     """Write a file only its owner can read (it holds personal data), whole or not at all: on
     LocalWriteError the previous file stays as it was, and no tmp file is left behind."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = open_private(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, path)
     try:
         # surrogatepass: a cell may hold half an emoji (a lone surrogate, valid in JSON text),
         # which strict UTF-8 refuses; the snapshot reads it back the same way (_cache_line).
-        with os.fdopen(fd, "wb") as handle:
+        with os.fdopen(open_private(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "wb") as handle:
             for piece in [text] if isinstance(text, str) else text:
                 handle.write(piece.encode("utf-8", "surrogatepass") if isinstance(piece, str) else piece)
             handle.flush()
@@ -199,7 +198,7 @@ def write_private(path: Path, text: str | Iterable[str | bytes]) -> None:
     except BaseException as exc:
         with contextlib.suppress(OSError):
             os.remove(tmp)
-        if isinstance(exc, OSError) and not isinstance(exc, LocalWriteError):
+        if isinstance(exc, OSError):  # the tmp file's failures too: they are the file's
             raise LocalWriteError(path, exc) from None
         raise
 
