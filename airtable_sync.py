@@ -198,7 +198,7 @@ def write_private(path: Path, text: str | Iterable[str | bytes]) -> None:
     except BaseException as exc:
         with contextlib.suppress(OSError):
             os.remove(tmp)
-        if isinstance(exc, OSError):  # the tmp file's failures too: they are the file's
+        if isinstance(exc, OSError):  # the tmp file's open too: the error names the file written
             raise LocalWriteError(path, exc) from None
         raise
 
@@ -236,7 +236,7 @@ def append_archive(path: Path, lines: Iterable[dict]) -> None:
 
 
 class Progress:
-    """How far a long phase (a pull, a table's writes, deletes) has got, in records, never values: on a
+    """How far a long phase (a pull, a table's writes, deletes) has got, in record counts, never values: on a
     terminal (`stream`, stderr by default, is a TTY) tqdm's live line; otherwise (cron) a log line every
     `log_every_s` seconds, and a last one if it logged any. A total of None is unknown."""
 
