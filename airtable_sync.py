@@ -175,24 +175,23 @@ def scratch_files(directory: Path) -> Iterator[None]:
         raise LocalWriteError(directory / "(a temporary file of this run)", exc) from None
 
 
-def open_private(path: Path, flags: int, named: Path | None = None) -> int:
-    """os.open at mode 0600, its folder made; LocalWriteError naming `named` (else the file) when that fails."""
+def open_private(path: Path, flags: int) -> int:
+    """os.open at mode 0600, its folder made; LocalWriteError when that fails."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         return os.open(path, flags, 0o600)
     except OSError as exc:
-        raise LocalWriteError(named or path, exc) from None
+        raise LocalWriteError(path, exc) from None
 
 
 def write_private(path: Path, text: str | Iterable[str | bytes]) -> None:
     """Write a file only its owner can read (it holds personal data), whole or not at all: on
     LocalWriteError the previous file stays as it was, and no tmp file is left behind."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = open_private(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, path)
     try:
         # surrogatepass: a cell may hold half an emoji (a lone surrogate, valid in JSON text),
         # which strict UTF-8 refuses; the snapshot reads it back the same way (_cache_line).
-        with os.fdopen(fd, "wb") as handle:
+        with os.fdopen(open_private(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "wb") as handle:
             for piece in [text] if isinstance(text, str) else text:
                 handle.write(piece.encode("utf-8", "surrogatepass") if isinstance(piece, str) else piece)
             handle.flush()
@@ -202,7 +201,7 @@ def write_private(path: Path, text: str | Iterable[str | bytes]) -> None:
     except BaseException as exc:
         with contextlib.suppress(OSError):
             os.remove(tmp)
-        if isinstance(exc, OSError) and not isinstance(exc, LocalWriteError):
+        if isinstance(exc, OSError):  # the tmp file's open too: the error names the file written
             raise LocalWriteError(path, exc) from None
         raise
 
@@ -240,17 +239,13 @@ def append_archive(path: Path, lines: Iterable[dict]) -> None:
 
 
 class Progress:
-    """How far a long phase (a pull, a table's writes, deletes) has got: counts only, never values.
+    """How far a long phase (a pull, a table's writes, deletes) has got, in record counts, never values: on a
+    terminal (`stream`, stderr by default, is a TTY) tqdm's live line; otherwise (cron) a log line every
+    `log_every_s` seconds, and a last one if it logged any. A total of None is unknown."""
 
-    On a terminal (`stream`, stderr by default, is a TTY) it is tqdm's live line; otherwise (cron)
-    a log line every `log_every_s` seconds, and a last one if it logged any. A total of None is unknown.
-    """
-
-    def __init__(self, description: str, total: int | None = None, *, unit: str = "records",
-                 stream=None, log_every_s: float = 5.0):
-        self.description, self.total, self.unit = description, total, unit
+    def __init__(self, description: str, total: int | None = None, *, stream=None, log_every_s: float = 5.0):
+        self.description, self.total, self.log_every_s = description, total, log_every_s
         self.stream = sys.stderr if stream is None else stream
-        self.log_every_s = log_every_s
         self.done = 0
         self.bar: tqdm | None = None
         self.started = self.logged_at = time.monotonic()
@@ -263,7 +258,7 @@ class Progress:
         except (AttributeError, ValueError):  # no isatty, or closed
             live = False
         if live:
-            self.bar = self.closing.enter_context(tqdm(total=self.total, desc=self.description, unit=f" {self.unit}",
+            self.bar = self.closing.enter_context(tqdm(total=self.total, desc=self.description, unit=" records",
                                                        file=self.stream, mininterval=0.5, dynamic_ncols=True))
             # Console log lines go above the live line instead of through it (tqdm's own redirect
             # keeps the console handler's filters: the token stays masked, file-only lines stay out).
@@ -276,20 +271,18 @@ class Progress:
         self.done += n
         if self.bar is not None:
             self.bar.update(n)
-            return
-        now = time.monotonic()
-        if now - self.logged_at >= self.log_every_s:
-            self.logged_at = now
+        elif time.monotonic() - self.logged_at >= self.log_every_s:
             self._log()
 
     def _log(self, final: bool = False) -> None:
         self.logged = True
-        rate = self.done / max(time.monotonic() - self.started, 1e-9)
+        self.logged_at = time.monotonic()
+        rate = self.done / max(self.logged_at - self.started, 1e-9)
         if self.total is None:
-            log.info("%s: %d %s%s (%.1f/s)", self.description, self.done, self.unit, "" if final else " so far", rate)
+            log.info("%s: %d records%s (%.1f/s)", self.description, self.done, "" if final else " so far", rate)
             return
         left = f", about {(self.total - self.done) / rate:.0f} s left" if rate and self.done < self.total else ""
-        log.info("%s: %d/%d %s (%.1f/s%s)", self.description, self.done, self.total, self.unit, rate, left)
+        log.info("%s: %d/%d records (%.1f/s%s)", self.description, self.done, self.total, rate, left)
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self.closing.close()
@@ -396,11 +389,7 @@ TABLE_ORDER = ("users", "events", "messages")
 LINK_TARGETS = {link.target for spec in TABLE_SPECS.values() for link in spec.links}
 
 DEFAULT_BASE_ID = "appaquqFN7vvvZGcq"
-TABLE_ENV = {  # each table's setting and its default id
-    "users": ("AIRTABLE_USERS_TABLE", "tblQ0OHBit2AqaACy"),
-    "events": ("AIRTABLE_EVENTS_TABLE", "tblrscr87h8fbtQTk"),
-    "messages": ("AIRTABLE_MESSAGES_TABLE", "tbljma5S4NhUn1OYl"),
-}
+DEFAULT_TABLE_IDS = {"users": "tblQ0OHBit2AqaACy", "events": "tblrscr87h8fbtQTk", "messages": "tbljma5S4NhUn1OYl"}
 
 
 @dataclass(frozen=True)
@@ -524,14 +513,13 @@ def build_arg_parser() -> argparse.ArgumentParser:
 
 def read_environment(dotenv_path: Path | None) -> dict[str, str]:
     """The process environment over the .env file (a real variable wins)."""
-    values: dict[str, str] = {}
-    if dotenv_path is not None and dotenv_path.is_file():
-        mode = dotenv_path.stat().st_mode
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            log.warning("%s is readable by group or others (mode %o); run: chmod 600 %s",
-                        dotenv_path, stat.S_IMODE(mode), dotenv_path)
-        values = {k: v for k, v in dotenv_values(dotenv_path).items() if v is not None}
-    return {**values, **os.environ}
+    if dotenv_path is None or not dotenv_path.is_file():
+        return dict(os.environ)
+    mode = dotenv_path.stat().st_mode
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        log.warning("%s is readable by group or others (mode %o); run: chmod 600 %s",
+                    dotenv_path, stat.S_IMODE(mode), dotenv_path)
+    return {**{k: v for k, v in dotenv_values(dotenv_path).items() if v is not None}, **os.environ}
 
 
 def _number_setting(env: Mapping[str, str], name: str, default: float | None, *, whole: bool = False,
@@ -560,7 +548,8 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
     if not re.match(r"^app[A-Za-z0-9]{14}$", base_id):
         raise UsageError(f"AIRTABLE_BASE_ID={base_id!r} is not a base id (app followed by 14 letters or digits)")
     table_ids = {}
-    for key, (var, default) in TABLE_ENV.items():
+    for key, default in DEFAULT_TABLE_IDS.items():
+        var = f"AIRTABLE_{key.upper()}_TABLE"
         value = env.get(var, "").strip() or default
         if value.startswith("tbl") and not re.match(r"^tbl[A-Za-z0-9]{14}$", value):
             raise UsageError(f"{var}={value!r} is not a table id (tbl followed by 14 letters or digits)")
@@ -584,8 +573,6 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
     tracking = (env.get("AIRTABLE_CHANGE_TRACKING", "").strip() or "webhook").lower()
     if tracking not in ("webhook", "off"):
         raise UsageError(f"AIRTABLE_CHANGE_TRACKING={tracking!r}: choose webhook or off")
-    max_delete_fraction = _number_setting(env, "AIRTABLE_MAX_DELETE_FRACTION", 0.05, zero_ok=True, at_most=1)
-    max_clear_fraction = _number_setting(env, "AIRTABLE_MAX_CLEAR_FRACTION", 0.05, zero_ok=True, at_most=1)
     mongo_dir = args.mongo_dir or Path(env.get("MONGODB_DATA_DIR", "").strip() or SCRIPT_DIR / "../mongodb_pull/data")
     if not mongo_dir.is_dir() and not args.check and args.restore is None:
         raise UsageError(f"Mongo data folder {mongo_dir} does not exist (set --mongo-dir or MONGODB_DATA_DIR)")
@@ -606,8 +593,8 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
         tables=tuple(t for t in TABLE_ORDER if t in tables),
         change_tracking=tracking == "webhook",
         full_sync_days=_number_setting(env, "AIRTABLE_FULL_SYNC_DAYS", 7),
-        max_delete_fraction=max_delete_fraction,
-        max_clear_fraction=max_clear_fraction,
+        max_delete_fraction=_number_setting(env, "AIRTABLE_MAX_DELETE_FRACTION", 0.05, zero_ok=True, at_most=1),
+        max_clear_fraction=_number_setting(env, "AIRTABLE_MAX_CLEAR_FRACTION", 0.05, zero_ok=True, at_most=1),
         archive_days=_number_setting(env, "AIRTABLE_ARCHIVE_DAYS", 30),
         monthly_calls=_number_setting(env, "AIRTABLE_MONTHLY_CALLS", None, whole=True),
     )
