@@ -675,7 +675,7 @@ class Throttle:
             self.completed.append(self.clock())
 
 
-_THROTTLES: dict[tuple[str, str], Throttle] = {}
+_THROTTLES: dict[str, Throttle] = {}  # by "endpoint base", as in RECENT_REQUESTS_FILE
 RECENT_REQUESTS_FILE = ".recent_requests.json"
 
 
@@ -683,12 +683,12 @@ def shared_throttle(settings: Settings, stop: threading.Event) -> Throttle:
     """One throttle per base: Airtable counts the base's requests, not our runs'. Runs in one process
     share it; a run right after another process's (say `--check`, then the sync) starts from the
     completion times that run left in the cache dir, so the two together stay under the rate."""
-    key = (settings.endpoint_url, settings.base_id)
+    key = f"{settings.endpoint_url} {settings.base_id}"
     throttle = _THROTTLES.get(key)
     if throttle is None or throttle.rate != settings.max_rps:
         throttle = _THROTTLES[key] = Throttle(settings.max_rps, stop)
         try:
-            recent = json.loads((settings.cache_dir / RECENT_REQUESTS_FILE).read_text()).get(" ".join(key), [])
+            recent = json.loads((settings.cache_dir / RECENT_REQUESTS_FILE).read_text()).get(key, [])
         except (OSError, ValueError, AttributeError):
             recent = []
         wall, mono = time.time(), time.monotonic()
@@ -698,38 +698,34 @@ def shared_throttle(settings: Settings, stop: threading.Event) -> Throttle:
 
 
 def save_recent_requests(settings: Settings) -> None:
-    throttle = _THROTTLES.get((settings.endpoint_url, settings.base_id))
+    key = f"{settings.endpoint_url} {settings.base_id}"
+    throttle = _THROTTLES.get(key)
     if throttle is None:
         return
     wall, mono = time.time(), time.monotonic()
     recent = [wall - (mono - t) for t in throttle.completed if mono - t < throttle.window + 1]
     with contextlib.suppress(OSError):
-        write_private(settings.cache_dir / RECENT_REQUESTS_FILE,
-                      json.dumps({f"{settings.endpoint_url} {settings.base_id}": recent}))
+        write_private(settings.cache_dir / RECENT_REQUESTS_FILE, json.dumps({key: recent}))
 
 
-def count_requests(settings: Settings, stats: RequestStats, now: datetime | None = None) -> int:
-    """Add this run's requests to the base's rolling 30 days and set stats.last_30_days (returned, and set
-    before a LocalWriteError when the file cannot be written). A run that made no request only reads it."""
+def count_requests(settings: Settings, stats: RequestStats) -> None:
+    """Add this run's requests to the base's rolling 30 days and set stats.last_30_days (before a
+    LocalWriteError when the file cannot be written). A run that made no request only reads it."""
     path = settings.cache_dir / REQUEST_BUDGET_FILE
     key = f"{settings.endpoint_url} {settings.base_id}"
-    today = (now or datetime.now(timezone.utc)).astimezone(timezone.utc).date()
+    today = datetime.now(timezone.utc).date()
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        data = data if isinstance(data, dict) else {}
-    except FileNotFoundError:
-        data = {}
     except (OSError, ValueError) as exc:
-        log.warning("request counts %s unreadable (%s): counting from this run", path, type(exc).__name__)
+        if not isinstance(exc, FileNotFoundError):
+            log.warning("request counts %s unreadable (%s): counting from this run", path, type(exc).__name__)
         data = {}
-    mine = budget_counts(data.get(key) if isinstance(data.get(key), dict) else {}, today, stats.reached)
+    counts = {k: v for k, v in data.items() if isinstance(v, dict)} if isinstance(data, dict) else {}
+    mine = budget_counts(counts.pop(key, {}), today, stats.reached)
     stats.last_30_days = sum(mine.values())
     if stats.reached:
-        data = {k: budget_counts(v, today) for k, v in data.items() if k != key and isinstance(v, dict)}
-        data = {k: v for k, v in data.items() if v}
-        data[key] = mine
-        write_private(path, json.dumps(data, sort_keys=True))
-    return stats.last_30_days
+        counts = {k: budget_counts(v, today) for k, v in counts.items()}
+        write_private(path, json.dumps({**{k: v for k, v in counts.items() if v}, key: mine}, sort_keys=True))
 
 
 def _never_sent(error: BaseException) -> bool:
@@ -895,14 +891,14 @@ class Airtable:
     transport: "AirtableTransport"
     # Table key -> the table's id once the schema (or the state's binding) gave it, else the
     # setting: a table the settings name keeps working after a person renames it.
-    table_ids: dict[str, str] = field(default_factory=dict)
+    table_ids: dict[str, str]
 
     @property
     def stats(self) -> RequestStats:
         return self.transport.stats
 
     def table(self, key: str):
-        return self.api.table(self.settings.base_id, self.table_ids.get(key) or self.settings.table_ids[key])
+        return self.api.table(self.settings.base_id, self.table_ids[key])
 
     def use_tables(self, source: "BaseSchema | dict[str, str] | None") -> None:
         """Requests go to these table ids (from the schema, or the state's bindings) from now on."""
@@ -910,22 +906,16 @@ class Airtable:
             self.table_ids.update(source.table_ids if isinstance(source, BaseSchema) else source)
 
 
-class BearerToken(requests.auth.AuthBase):
-    """The token as requests' auth, not only a session header: requests documents that a
-    ~/.netrc entry for the host replaces an Authorization header when no auth is given."""
-
-    def __init__(self, token: str):
-        self.token = token
-
-    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
-        request.headers["Authorization"] = f"Bearer {self.token}"
-        return request
-
-
 def connect(settings: Settings, stop: threading.Event, stats: RequestStats | None = None) -> Airtable:
-    api = Api(settings.api_key, timeout=(settings.timeout_s, settings.timeout_s),
-              retry_strategy=None, endpoint_url=settings.endpoint_url)
-    api.session.auth = BearerToken(settings.api_key)
+    # The transport sets every request's timeout, so Api is given none.
+    api = Api(settings.api_key, retry_strategy=None, endpoint_url=settings.endpoint_url)
+
+    def bearer_token(request: requests.PreparedRequest) -> requests.PreparedRequest:
+        """The token as requests' auth, not only a session header: requests documents that a
+        ~/.netrc entry for the host replaces an Authorization header when no auth is given."""
+        request.headers["Authorization"] = f"Bearer {settings.api_key}"
+        return request
+    api.session.auth = bearer_token
     transport = AirtableTransport(settings, RequestStats() if stats is None else stats, stop)
     api.session.mount("https://", transport)
     api.session.mount("http://", transport)
