@@ -638,9 +638,8 @@ def request_kind(method: str, path: str) -> str:
 
 
 class Throttle:
-    """At most `rate` requests in any rolling second. A request holds its place in the window from its
-    start until a second after it completes: the server sees it arrive somewhere in between, so
-    counting from completion keeps the server's own rolling count at or under `rate`."""
+    """At most `rate` requests in any rolling second, each holding its place from its start until a second
+    after it completes: the server sees it arrive in between, so its own rolling count stays at or under `rate`."""
 
     MARGIN_S = 0.005  # clock granularity between this process and the server
 
@@ -680,9 +679,8 @@ RECENT_REQUESTS_FILE = ".recent_requests.json"
 
 
 def shared_throttle(settings: Settings, stop: threading.Event) -> Throttle:
-    """One throttle per base: Airtable counts the base's requests, not our runs'. Runs in one process
-    share it; a run right after another process's (say `--check`, then the sync) starts from the
-    completion times that run left in the cache dir, so the two together stay under the rate."""
+    """One throttle per base, as Airtable counts requests. Runs in one process share it; a run right after
+    another process's (say `--check`, then the sync) starts from the completion times that one left in the cache dir."""
     key = f"{settings.endpoint_url} {settings.base_id}"
     throttle = _THROTTLES.get(key)
     if throttle is None or throttle.rate != settings.max_rps:
@@ -884,18 +882,14 @@ class BaseSchema:
 
 @dataclass
 class Airtable:
-    """The connection: pyairtable's Api with our transport, and the request counts."""
+    """The connection: pyairtable's Api with our transport, and the transport's request counts."""
 
     api: Api
     settings: Settings
-    transport: "AirtableTransport"
+    stats: RequestStats
     # Table key -> the table's id once the schema (or the state's binding) gave it, else the
     # setting: a table the settings name keeps working after a person renames it.
     table_ids: dict[str, str]
-
-    @property
-    def stats(self) -> RequestStats:
-        return self.transport.stats
 
     def table(self, key: str):
         return self.api.table(self.settings.base_id, self.table_ids[key])
@@ -919,7 +913,7 @@ def connect(settings: Settings, stop: threading.Event, stats: RequestStats | Non
     transport = AirtableTransport(settings, RequestStats() if stats is None else stats, stop)
     api.session.mount("https://", transport)
     api.session.mount("http://", transport)
-    return Airtable(api, settings, transport, dict(settings.table_ids))
+    return Airtable(api, settings, transport.stats, dict(settings.table_ids))
 
 
 # What a request to Airtable can end in, once the transport's retries are spent.
@@ -1139,10 +1133,9 @@ def _cache_line(line: bytes) -> Any:
 
 
 class TableSnapshot:
-    """A table's records as Airtable has them, kept on disk one record a line, as the cache holds
-    them, and in memory only as where each line is: a 500,000-record base fits a small machine.
-    The lines are those of the cache file the run started from (read only) and of a spill file (a
-    scratch_file in the cache dir), to which every record the run reads or writes is appended.
+    """A table's records as Airtable has them, on disk one record a line as the cache holds them, and in memory
+    only as where each line is, so a 500,000-record base fits a small machine: in the cache file the run started
+    from (read only) or in a spill (scratch_file) to which every record the run reads or writes is appended.
     Iteration follows the order records were added; a record put again keeps its place, as in the cache."""
 
     def __init__(self, directory: Path | None = None, cache: BinaryIO | None = None):
@@ -1163,9 +1156,8 @@ class TableSnapshot:
 
     @classmethod
     def from_cache(cls, path: Path, directory: Path | None = None) -> "TableSnapshot | None":
-        """A cache as write_cache writes it, indexed line by line (each parsed for its id, then
-        dropped); any other JSON array (a hand-made file) is read whole into the spill. None when
-        the file is missing or unreadable."""
+        """A cache as write_cache writes it, indexed by each line's id; any other JSON array (a hand-made
+        file) read whole into the spill; None when the file is missing or unreadable."""
         try:
             handle = open(path, "rb")
         except FileNotFoundError:
@@ -1234,11 +1226,10 @@ class TableSnapshot:
         return rec
 
     def cells(self, keys: Sequence[str]) -> Iterator[tuple[str, list[Any]]]:
-        """Each record's id and its cells under `keys` (None where absent), up to the first cell
-        that is not blank: the ones after it are None (matching needs a natural key only where
-        there is no id). Where the keys are field ids and the cells text, they are read from the
-        line without parsing it: an unescaped `"fld…": ` in a record's JSON can only be one of
-        its cells (quotes in a string are escaped, and no cell holds field ids as keys)."""
+        """Each record's id and its cells under `keys` (None where absent) up to the first not blank, the rest
+        None (matching needs a natural key only where there is no id). Text cells under field ids are read from
+        the line unparsed: an unescaped `"fld…": ` in a record's JSON can only be one of its cells (quotes in a
+        string are escaped, and no cell holds field ids as keys)."""
         if not all(FIELD_ID.fullmatch(k) for k in keys):
             for rec in self:  # cells by name (the schema is unreadable): "id" is also the record's own key
                 yield rec["id"], first_cells([rec["fields"].get(k) for k in keys])
@@ -1298,9 +1289,8 @@ def pull_table(airtable: Airtable, key: str, stop: threading.Event, by_field_id:
 
 
 def write_cache(path: Path, records: Iterable[dict] | TableSnapshot) -> None:
-    # One record a line, streamed: still a JSON array, written by json's C encoder
-    # (indent= falls back to pure Python) without the whole file in memory at once. A snapshot's
-    # lines are copied as they are, not parsed again.
+    # One record a line, streamed: still a JSON array, written by json's C encoder (indent= falls back
+    # to pure Python) without the whole file in memory. A snapshot's lines are copied, not parsed again.
     lines = map(records.line, records.ids()) if isinstance(records, TableSnapshot) else (
         json.dumps(rec, ensure_ascii=False).encode("utf-8", "surrogatepass") for rec in records)
 
