@@ -1036,7 +1036,6 @@ def bind_columns(spec: TableSpec, fields: Mapping[str, FieldInfo] | None, bound:
         return TableColumns({m: Column(m, m, m, "") for m in spec.airtable_fields}, by_field_id=False)
     by_field_id = {f.id: f for f in fields.values()}
     taken = {fid for fid in bound.values() if fid in by_field_id}  # fields that serve a mapped name already
-    bound_here = set(taken)
     columns = TableColumns({})
     for mapped in spec.airtable_fields:
         bound_id = bound.get(mapped)
@@ -1053,7 +1052,7 @@ def bind_columns(spec: TableSpec, fields: Mapping[str, FieldInfo] | None, bound:
         columns.by_mapped[mapped] = Column(mapped, info.id, info.name, info.type)
         if info.name != mapped:
             columns.renamed.append({"mapped": mapped, "airtable": info.name})
-            if named is not None and named.id not in bound_here:  # another field took the name: not synced
+            if named is not None and named.id not in bound.values():  # another field took the name: not synced
                 columns.shadowed.add(mapped)
     return columns
 
@@ -1160,10 +1159,9 @@ class TableSnapshot:
         file) read whole into the spill; None when the file is missing or unreadable."""
         try:
             handle = open(path, "rb")
-        except FileNotFoundError:
-            return None
         except OSError as exc:
-            log.warning("cache %s unreadable (%s): reading Airtable instead", path, exc)
+            if not isinstance(exc, FileNotFoundError):
+                log.warning("cache %s unreadable (%s): reading Airtable instead", path, exc)
             return None
         snapshot = cls(directory, handle)
         try:
