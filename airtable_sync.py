@@ -707,8 +707,7 @@ def save_recent_requests(settings: Settings) -> None:
 
 
 def count_requests(settings: Settings, stats: RequestStats) -> None:
-    """Add this run's requests to the base's rolling 30 days and set stats.last_30_days (before a
-    LocalWriteError when the file cannot be written). A run that made no request only reads it."""
+    """Add this run's requests to the base's rolling 30 days and set stats.last_30_days, even if the file cannot be."""
     path = settings.cache_dir / REQUEST_BUDGET_FILE
     key = f"{settings.endpoint_url} {settings.base_id}"
     today = datetime.now(timezone.utc).date()
@@ -1065,12 +1064,9 @@ def warn_schema_changes(key: str, columns: TableColumns) -> None:
         log.warning("%s: field '%s' is called '%s' in Airtable now; still synced by its field id%s",
                     key, mapped, now, other)
     for mapped in columns.gone:
-        if mapped in columns.missing:
-            log.warning("%s: field '%s' was deleted in Airtable: not synced until a field named '%s' exists",
-                        key, mapped, mapped)
-        else:
-            log.warning("%s: field '%s' was deleted in Airtable and another field took its name: synced into "
-                        "that one now", key, mapped)
+        outcome = (f": not synced until a field named '{mapped}' exists" if mapped in columns.missing
+                   else " and another field took its name: synced into that one now")
+        log.warning("%s: field '%s' was deleted in Airtable%s", key, mapped, outcome)
 
 
 def state_bindings(settings: Settings, state: "ChangeState | None") -> tuple[dict[str, dict[str, str]], dict[str, str]]:
@@ -1140,9 +1136,8 @@ class TableSnapshot:
     def __init__(self, directory: Path | None = None, cache: BinaryIO | None = None):
         if directory is not None:
             directory.mkdir(parents=True, exist_ok=True)
-        self.directory = directory
         self.cache = cache
-        self.spill: BinaryIO | None = None
+        self.spill: BinaryIO = scratch_file(directory)  # in memory until it grows: cheap when nothing is put
         # Record id -> where its line starts: an offset in the cache file, or ~offset (< 0) in the spill.
         self.where: dict[str, int] = {}
 
@@ -1212,8 +1207,6 @@ class TableSnapshot:
         return None if line is None else _cache_line(line)
 
     def put(self, rec: dict) -> None:
-        if self.spill is None:
-            self.spill = scratch_file(self.directory)  # type: ignore[assignment]
         offset = self.spill.seek(0, os.SEEK_END)
         self.spill.write(json.dumps(rec, ensure_ascii=False).encode("utf-8", "surrogatepass") + b"\n")
         self.where[rec["id"]] = ~offset
@@ -1270,8 +1263,7 @@ def as_snapshot(records: TableSnapshot | Iterable[dict]) -> TableSnapshot:
 
 
 def pull_table(airtable: Airtable, key: str, stop: threading.Event, by_field_id: bool) -> TableSnapshot:
-    """Every record of a table, its cells keyed by field id (`by_field_id`, returnFieldsByFieldId) or,
-    when the schema is unreadable, by name; each page goes to disk as it comes."""
+    """A table's every record, cells by field id (returnFieldsByFieldId) or by name; each page to disk as it comes."""
     records = TableSnapshot(airtable.settings.cache_dir)
     try:
         with Progress(f"{key}: pull") as progress:  # 100 records a page at 5 a second: say how far
@@ -1289,12 +1281,11 @@ def pull_table(airtable: Airtable, key: str, stop: threading.Event, by_field_id:
 def write_cache(path: Path, records: Iterable[dict] | TableSnapshot) -> None:
     # One record a line, streamed: still a JSON array, written by json's C encoder (indent= falls back
     # to pure Python) without the whole file in memory. A snapshot's lines are copied, not parsed again.
-    lines = map(records.line, records.ids()) if isinstance(records, TableSnapshot) else (
-        json.dumps(rec, ensure_ascii=False).encode("utf-8", "surrogatepass") for rec in records)
+    snapshot = as_snapshot(records)
 
     def chunks() -> Iterator[bytes]:
         first = True
-        for line in lines:
+        for line in map(snapshot.line, snapshot.ids()):
             yield (b"[\n" if first else b",\n") + line
             first = False
         yield b"[]\n" if first else b"\n]\n"
