@@ -685,10 +685,9 @@ def shared_throttle(settings: Settings, stop: threading.Event) -> Throttle:
     throttle = _THROTTLES.get(key)
     if throttle is None or throttle.rate != settings.max_rps:
         throttle = _THROTTLES[key] = Throttle(settings.max_rps, stop)
-        try:
+        recent = []
+        with contextlib.suppress(OSError, ValueError, AttributeError):
             recent = json.loads((settings.cache_dir / RECENT_REQUESTS_FILE).read_text()).get(key, [])
-        except (OSError, ValueError, AttributeError):
-            recent = []
         wall, mono = time.time(), time.monotonic()
         throttle.completed.extend(sorted(mono - (wall - t) for t in recent if 0 <= wall - t < throttle.window + 1))
     throttle.stop = stop
@@ -745,10 +744,9 @@ def retry_delay(attempt: int, max_retries: int, method: str, path: str, status: 
     a plain create (a POST, which a second copy would duplicate) only if it never left."""
     if attempt >= max_retries:
         return None
-    try:
-        retry_after: float | None = max(0.0, float((headers.get("Retry-After") or "").strip()))
-    except ValueError:
-        retry_after = None  # absent, or an HTTP date: the defaults below
+    retry_after: float | None = None  # absent, or an HTTP date: the defaults below
+    with contextlib.suppress(ValueError):
+        retry_after = max(0.0, float(headers.get("Retry-After") or ""))
     backoff = min(0.5 * 2**attempt, 8.0)
     if status == 429:  # Airtable's penalty is 30 s; a Retry-After may only shorten it
         return RATE_LIMIT_PENALTY_S if retry_after is None else min(retry_after, RATE_LIMIT_PENALTY_S)
@@ -786,10 +784,9 @@ def is_billing_limit(status: int | None, body: Any) -> bool:
 
 
 def _json_or_none(response: requests.Response) -> Any:
-    try:
+    with contextlib.suppress(ValueError):
         return response.json()
-    except ValueError:
-        return None
+    return None
 
 
 class AirtableTransport(HTTPAdapter):
@@ -900,7 +897,6 @@ class Airtable:
 
 
 def connect(settings: Settings, stop: threading.Event, stats: RequestStats | None = None) -> Airtable:
-    # The transport sets every request's timeout, so Api is given none.
     api = Api(settings.api_key, retry_strategy=None, endpoint_url=settings.endpoint_url)
 
     def bearer_token(request: requests.PreparedRequest) -> requests.PreparedRequest:
@@ -923,14 +919,12 @@ def airtable_error(exc: requests.HTTPError) -> tuple[str, str]:
     """(type, message) of an Airtable error response."""
     response = exc.response
     body = _json_or_none(response)
-    if body is None:
-        return f"HTTP_{response.status_code}", (response.text or "")[:300]
     error = body.get("error") if isinstance(body, dict) else None
     if isinstance(error, dict):
         return str(error.get("type", f"HTTP_{response.status_code}")), str(error.get("message", ""))
     if isinstance(error, str):
         return error, str(body.get("message", error))
-    return f"HTTP_{response.status_code}", json.dumps(body)[:300]
+    return f"HTTP_{response.status_code}", (response.text or "")[:300] if body is None else json.dumps(body)[:300]
 
 
 def access_error(exc: Exception, settings: Settings, what: str) -> AirtableAccessError:
