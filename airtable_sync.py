@@ -1067,10 +1067,9 @@ def state_bindings(settings: Settings, state: "ChangeState | None") -> tuple[dic
     """The state's bindings and table ids (for Airtable.use_tables) of the tables the settings still name as before."""
     if state is None or (state.endpoint_url, state.base_id) != (settings.endpoint_url, settings.base_id):
         return {}, {}
-    kept = [key for key, setting in state.tables.items()
-            if setting == settings.table_ids.get(key) and key in state.schema.table_ids]
-    return ({key: dict(state.bindings.get(key, {})) for key in kept},
-            {key: state.schema.table_ids[key] for key in kept})
+    table_ids = {key: state.schema.table_ids[key] for key, setting in state.tables.items()
+                 if setting == settings.table_ids.get(key) and key in state.schema.table_ids}
+    return {key: dict(state.bindings.get(key, {})) for key in table_ids}, table_ids
 
 
 def table_bindings(schema: BaseSchema | None, bound: Mapping[str, Mapping[str, str]],
@@ -1276,14 +1275,8 @@ def write_cache(path: Path, records: Iterable[dict] | TableSnapshot) -> None:
     # One record a line, streamed: still a JSON array, written by json's C encoder (indent= falls back
     # to pure Python) without the whole file in memory. A snapshot's lines are copied, not parsed again.
     snapshot = as_snapshot(records)
-
-    def chunks() -> Iterator[bytes]:
-        first = True
-        for line in map(snapshot.line, snapshot.ids()):
-            yield (b"[\n" if first else b",\n") + line
-            first = False
-        yield b"[]\n" if first else b"\n]\n"
-    write_private(path, chunks())
+    lines = ((b",\n" if i else b"[\n") + snapshot.line(rec_id) for i, rec_id in enumerate(snapshot.ids()))
+    write_private(path, itertools.chain(lines, [b"\n]\n" if len(snapshot) else b"[]\n"]))
 
 
 # ---------------------------------------------------------------------------
