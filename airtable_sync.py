@@ -706,7 +706,7 @@ def save_recent_requests(settings: Settings) -> None:
 
 
 def count_requests(settings: Settings, stats: RequestStats) -> None:
-    """Add this run's requests to the base's rolling 30 days and set stats.last_30_days, even if the file cannot be."""
+    """Add this run's requests to the base's rolling 30 days and set stats.last_30_days, even if writing them fails."""
     path = settings.cache_dir / REQUEST_BUDGET_FILE
     key = f"{settings.endpoint_url} {settings.base_id}"
     today = datetime.now(timezone.utc).date()
@@ -1122,8 +1122,8 @@ def _cache_line(line: bytes) -> Any:
 
 class TableSnapshot:
     """A table's records as Airtable has them, on disk one record a line as the cache holds them, and in memory
-    only as where each line is, so a 500,000-record base fits a small machine: in the cache file the run started
-    from (read only) or in a spill (scratch_file) to which every record the run reads or writes is appended.
+    only as where each line is (a 500,000-record base fits a small machine): a line of the cache file the run
+    started from (read only), or of a spill (scratch_file) to which every record the run reads or writes is appended.
     Iteration follows the order records were added; a record put again keeps its place, as in the cache."""
 
     def __init__(self, directory: Path | None = None, cache: BinaryIO | None = None):
