@@ -628,9 +628,8 @@ def request_kind(method: str, path: str) -> str:
 
 
 class Throttle:
-    """At most `rate` requests in any rolling second. A request holds its place in the window from its
-    start until a second after it completes: the server sees it arrive somewhere in between, so
-    counting from completion keeps the server's own rolling count at or under `rate`."""
+    """At most `rate` requests in any rolling second, each holding its place from its start until a second
+    after it completes: the server sees it arrive in between, so its own rolling count stays at or under `rate`."""
 
     MARGIN_S = 0.005  # clock granularity between this process and the server
 
@@ -665,22 +664,20 @@ class Throttle:
             self.completed.append(self.clock())
 
 
-_THROTTLES: dict[tuple[str, str], Throttle] = {}
+_THROTTLES: dict[str, Throttle] = {}  # by "endpoint base", as in RECENT_REQUESTS_FILE
 RECENT_REQUESTS_FILE = ".recent_requests.json"
 
 
 def shared_throttle(settings: Settings, stop: threading.Event) -> Throttle:
-    """One throttle per base: Airtable counts the base's requests, not our runs'. Runs in one process
-    share it; a run right after another process's (say `--check`, then the sync) starts from the
-    completion times that run left in the cache dir, so the two together stay under the rate."""
-    key = (settings.endpoint_url, settings.base_id)
+    """One throttle per base, as Airtable counts requests. Runs in one process share it; a run right after
+    another process's (say `--check`, then the sync) starts from the completion times that one left in the cache dir."""
+    key = f"{settings.endpoint_url} {settings.base_id}"
     throttle = _THROTTLES.get(key)
     if throttle is None or throttle.rate != settings.max_rps:
         throttle = _THROTTLES[key] = Throttle(settings.max_rps, stop)
-        try:
-            recent = json.loads((settings.cache_dir / RECENT_REQUESTS_FILE).read_text()).get(" ".join(key), [])
-        except (OSError, ValueError, AttributeError):
-            recent = []
+        recent = []
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            recent = json.loads((settings.cache_dir / RECENT_REQUESTS_FILE).read_text()).get(key, [])
         wall, mono = time.time(), time.monotonic()
         throttle.completed.extend(sorted(mono - (wall - t) for t in recent if 0 <= wall - t < throttle.window + 1))
     throttle.stop = stop
@@ -688,38 +685,33 @@ def shared_throttle(settings: Settings, stop: threading.Event) -> Throttle:
 
 
 def save_recent_requests(settings: Settings) -> None:
-    throttle = _THROTTLES.get((settings.endpoint_url, settings.base_id))
+    key = f"{settings.endpoint_url} {settings.base_id}"
+    throttle = _THROTTLES.get(key)
     if throttle is None:
         return
     wall, mono = time.time(), time.monotonic()
     recent = [wall - (mono - t) for t in throttle.completed if mono - t < throttle.window + 1]
     with contextlib.suppress(OSError):
-        write_private(settings.cache_dir / RECENT_REQUESTS_FILE,
-                      json.dumps({f"{settings.endpoint_url} {settings.base_id}": recent}))
+        write_private(settings.cache_dir / RECENT_REQUESTS_FILE, json.dumps({key: recent}))
 
 
-def count_requests(settings: Settings, stats: RequestStats, now: datetime | None = None) -> int:
-    """Add this run's requests to the base's rolling 30 days and set stats.last_30_days (returned, and set
-    before a LocalWriteError when the file cannot be written). A run that made no request only reads it."""
+def count_requests(settings: Settings, stats: RequestStats) -> None:
+    """Add this run's requests to the base's rolling 30 days and set stats.last_30_days, even if writing them fails."""
     path = settings.cache_dir / REQUEST_BUDGET_FILE
     key = f"{settings.endpoint_url} {settings.base_id}"
-    today = (now or datetime.now(timezone.utc)).astimezone(timezone.utc).date()
+    today = datetime.now(timezone.utc).date()
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        data = data if isinstance(data, dict) else {}
-    except FileNotFoundError:
-        data = {}
     except (OSError, ValueError) as exc:
-        log.warning("request counts %s unreadable (%s): counting from this run", path, type(exc).__name__)
+        if not isinstance(exc, FileNotFoundError):
+            log.warning("request counts %s unreadable (%s): counting from this run", path, type(exc).__name__)
         data = {}
-    mine = budget_counts(data.get(key) if isinstance(data.get(key), dict) else {}, today, stats.reached)
+    counts = {k: v for k, v in data.items() if isinstance(v, dict)} if isinstance(data, dict) else {}
+    mine = budget_counts(counts.pop(key, {}), today, stats.reached)
     stats.last_30_days = sum(mine.values())
     if stats.reached:
-        data = {k: budget_counts(v, today) for k, v in data.items() if k != key and isinstance(v, dict)}
-        data = {k: v for k, v in data.items() if v}
-        data[key] = mine
-        write_private(path, json.dumps(data, sort_keys=True))
-    return stats.last_30_days
+        counts = {k: budget_counts(v, today) for k, v in counts.items()}
+        write_private(path, json.dumps({**{k: v for k, v in counts.items() if v}, key: mine}, sort_keys=True))
 
 
 def _never_sent(error: BaseException) -> bool:
@@ -742,10 +734,9 @@ def retry_delay(attempt: int, max_retries: int, method: str, path: str, status: 
     a plain create (a POST, which a second copy would duplicate) only if it never left."""
     if attempt >= max_retries:
         return None
-    try:
-        retry_after: float | None = max(0.0, float((headers.get("Retry-After") or "").strip()))
-    except ValueError:
-        retry_after = None  # absent, or an HTTP date: the defaults below
+    retry_after: float | None = None  # absent, or an HTTP date: the defaults below
+    with contextlib.suppress(ValueError):
+        retry_after = max(0.0, float(headers.get("Retry-After") or ""))
     backoff = min(0.5 * 2**attempt, 8.0)
     if status == 429:  # Airtable's penalty is 30 s; a Retry-After may only shorten it
         return RATE_LIMIT_PENALTY_S if retry_after is None else min(retry_after, RATE_LIMIT_PENALTY_S)
@@ -783,10 +774,9 @@ def is_billing_limit(status: int | None, body: Any) -> bool:
 
 
 def _json_or_none(response: requests.Response) -> Any:
-    try:
+    with contextlib.suppress(ValueError):
         return response.json()
-    except ValueError:
-        return None
+    return None
 
 
 class AirtableTransport(HTTPAdapter):
@@ -878,21 +868,17 @@ class BaseSchema:
 
 @dataclass
 class Airtable:
-    """The connection: pyairtable's Api with our transport, and the request counts."""
+    """The connection: pyairtable's Api with our transport, and the transport's request counts."""
 
     api: Api
     settings: Settings
-    transport: "AirtableTransport"
+    stats: RequestStats
     # Table key -> the table's id once the schema (or the state's binding) gave it, else the
     # setting: a table the settings name keeps working after a person renames it.
-    table_ids: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def stats(self) -> RequestStats:
-        return self.transport.stats
+    table_ids: dict[str, str]
 
     def table(self, key: str):
-        return self.api.table(self.settings.base_id, self.table_ids.get(key) or self.settings.table_ids[key])
+        return self.api.table(self.settings.base_id, self.table_ids[key])
 
     def use_tables(self, source: "BaseSchema | dict[str, str] | None") -> None:
         """Requests go to these table ids (from the schema, or the state's bindings) from now on."""
@@ -900,26 +886,19 @@ class Airtable:
             self.table_ids.update(source.table_ids if isinstance(source, BaseSchema) else source)
 
 
-class BearerToken(requests.auth.AuthBase):
-    """The token as requests' auth, not only a session header: requests documents that a
-    ~/.netrc entry for the host replaces an Authorization header when no auth is given."""
-
-    def __init__(self, token: str):
-        self.token = token
-
-    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
-        request.headers["Authorization"] = f"Bearer {self.token}"
-        return request
-
-
 def connect(settings: Settings, stop: threading.Event, stats: RequestStats | None = None) -> Airtable:
-    api = Api(settings.api_key, timeout=(settings.timeout_s, settings.timeout_s),
-              retry_strategy=None, endpoint_url=settings.endpoint_url)
-    api.session.auth = BearerToken(settings.api_key)
+    api = Api(settings.api_key, retry_strategy=None, endpoint_url=settings.endpoint_url)
+
+    def bearer_token(request: requests.PreparedRequest) -> requests.PreparedRequest:
+        """The token as requests' auth, not only a session header: requests documents that a
+        ~/.netrc entry for the host replaces an Authorization header when no auth is given."""
+        request.headers["Authorization"] = f"Bearer {settings.api_key}"
+        return request
+    api.session.auth = bearer_token
     transport = AirtableTransport(settings, RequestStats() if stats is None else stats, stop)
     api.session.mount("https://", transport)
     api.session.mount("http://", transport)
-    return Airtable(api, settings, transport, dict(settings.table_ids))
+    return Airtable(api, settings, transport.stats, dict(settings.table_ids))
 
 
 # What a request to Airtable can end in, once the transport's retries are spent.
@@ -930,14 +909,12 @@ def airtable_error(exc: requests.HTTPError) -> tuple[str, str]:
     """(type, message) of an Airtable error response."""
     response = exc.response
     body = _json_or_none(response)
-    if body is None:
-        return f"HTTP_{response.status_code}", (response.text or "")[:300]
     error = body.get("error") if isinstance(body, dict) else None
     if isinstance(error, dict):
         return str(error.get("type", f"HTTP_{response.status_code}")), str(error.get("message", ""))
     if isinstance(error, str):
         return error, str(body.get("message", error))
-    return f"HTTP_{response.status_code}", json.dumps(body)[:300]
+    return f"HTTP_{response.status_code}", (response.text or "")[:300] if body is None else json.dumps(body)[:300]
 
 
 def access_error(exc: Exception, settings: Settings, what: str) -> AirtableAccessError:
@@ -1042,7 +1019,6 @@ def bind_columns(spec: TableSpec, fields: Mapping[str, FieldInfo] | None, bound:
         return TableColumns({m: Column(m, m, m, "") for m in spec.airtable_fields}, by_field_id=False)
     by_field_id = {f.id: f for f in fields.values()}
     taken = {fid for fid in bound.values() if fid in by_field_id}  # fields that serve a mapped name already
-    bound_here = set(taken)
     columns = TableColumns({})
     for mapped in spec.airtable_fields:
         bound_id = bound.get(mapped)
@@ -1059,7 +1035,7 @@ def bind_columns(spec: TableSpec, fields: Mapping[str, FieldInfo] | None, bound:
         columns.by_mapped[mapped] = Column(mapped, info.id, info.name, info.type)
         if info.name != mapped:
             columns.renamed.append({"mapped": mapped, "airtable": info.name})
-            if named is not None and named.id not in bound_here:  # another field took the name: not synced
+            if named is not None and named.id not in bound.values():  # another field took the name: not synced
                 columns.shadowed.add(mapped)
     return columns
 
@@ -1072,22 +1048,18 @@ def warn_schema_changes(key: str, columns: TableColumns) -> None:
         log.warning("%s: field '%s' is called '%s' in Airtable now; still synced by its field id%s",
                     key, mapped, now, other)
     for mapped in columns.gone:
-        if mapped in columns.missing:
-            log.warning("%s: field '%s' was deleted in Airtable: not synced until a field named '%s' exists",
-                        key, mapped, mapped)
-        else:
-            log.warning("%s: field '%s' was deleted in Airtable and another field took its name: synced into "
-                        "that one now", key, mapped)
+        outcome = (f": not synced until a field named '{mapped}' exists" if mapped in columns.missing
+                   else " and another field took its name: synced into that one now")
+        log.warning("%s: field '%s' was deleted in Airtable%s", key, mapped, outcome)
 
 
 def state_bindings(settings: Settings, state: "ChangeState | None") -> tuple[dict[str, dict[str, str]], dict[str, str]]:
     """The state's bindings and table ids (for Airtable.use_tables) of the tables the settings still name as before."""
     if state is None or (state.endpoint_url, state.base_id) != (settings.endpoint_url, settings.base_id):
         return {}, {}
-    kept = [key for key, setting in state.tables.items()
-            if setting == settings.table_ids.get(key) and key in state.schema.table_ids]
-    return ({key: dict(state.bindings.get(key, {})) for key in kept},
-            {key: state.schema.table_ids[key] for key in kept})
+    table_ids = {key: state.schema.table_ids[key] for key, setting in state.tables.items()
+                 if setting == settings.table_ids.get(key) and key in state.schema.table_ids}
+    return {key: dict(state.bindings.get(key, {})) for key in table_ids}, table_ids
 
 
 def table_bindings(schema: BaseSchema | None, bound: Mapping[str, Mapping[str, str]],
@@ -1139,18 +1111,16 @@ def _cache_line(line: bytes) -> Any:
 
 
 class TableSnapshot:
-    """A table's records as Airtable has them, kept on disk one record a line, as the cache holds
-    them, and in memory only as where each line is: a 500,000-record base fits a small machine.
-    The lines are those of the cache file the run started from (read only) and of a spill file (a
-    scratch_file in the cache dir), to which every record the run reads or writes is appended.
+    """A table's records as Airtable has them, on disk one record a line as the cache holds them, and in memory
+    only as where each line is (a 500,000-record base fits a small machine): a line of the cache file the run
+    started from (read only), or of a spill (scratch_file) to which every record the run reads or writes is appended.
     Iteration follows the order records were added; a record put again keeps its place, as in the cache."""
 
     def __init__(self, directory: Path | None = None, cache: BinaryIO | None = None):
         if directory is not None:
             directory.mkdir(parents=True, exist_ok=True)
-        self.directory = directory
         self.cache = cache
-        self.spill: BinaryIO | None = None
+        self.spill: BinaryIO = scratch_file(directory)  # in memory until it grows: cheap when nothing is put
         # Record id -> where its line starts: an offset in the cache file, or ~offset (< 0) in the spill.
         self.where: dict[str, int] = {}
 
@@ -1163,15 +1133,13 @@ class TableSnapshot:
 
     @classmethod
     def from_cache(cls, path: Path, directory: Path | None = None) -> "TableSnapshot | None":
-        """A cache as write_cache writes it, indexed line by line (each parsed for its id, then
-        dropped); any other JSON array (a hand-made file) is read whole into the spill. None when
-        the file is missing or unreadable."""
+        """A cache as write_cache writes it, indexed by each line's id; any other JSON array (a hand-made
+        file) read whole into the spill; None when the file is missing or unreadable."""
         try:
             handle = open(path, "rb")
-        except FileNotFoundError:
-            return None
         except OSError as exc:
-            log.warning("cache %s unreadable (%s): reading Airtable instead", path, exc)
+            if not isinstance(exc, FileNotFoundError):
+                log.warning("cache %s unreadable (%s): reading Airtable instead", path, exc)
             return None
         snapshot = cls(directory, handle)
         try:
@@ -1222,8 +1190,6 @@ class TableSnapshot:
         return None if line is None else _cache_line(line)
 
     def put(self, rec: dict) -> None:
-        if self.spill is None:
-            self.spill = scratch_file(self.directory)  # type: ignore[assignment]
         offset = self.spill.seek(0, os.SEEK_END)
         self.spill.write(json.dumps(rec, ensure_ascii=False).encode("utf-8", "surrogatepass") + b"\n")
         self.where[rec["id"]] = ~offset
@@ -1234,11 +1200,10 @@ class TableSnapshot:
         return rec
 
     def cells(self, keys: Sequence[str]) -> Iterator[tuple[str, list[Any]]]:
-        """Each record's id and its cells under `keys` (None where absent), up to the first cell
-        that is not blank: the ones after it are None (matching needs a natural key only where
-        there is no id). Where the keys are field ids and the cells text, they are read from the
-        line without parsing it: an unescaped `"fld…": ` in a record's JSON can only be one of
-        its cells (quotes in a string are escaped, and no cell holds field ids as keys)."""
+        """Each record's id and its cells under `keys` (None where absent) up to the first not blank, the rest
+        None (matching needs a natural key only where there is no id). Text cells under field ids are read from
+        the line unparsed: an unescaped `"fld…": ` in a record's JSON can only be one of its cells (quotes in a
+        string are escaped, and no cell holds field ids as keys)."""
         if not all(FIELD_ID.fullmatch(k) for k in keys):
             for rec in self:  # cells by name (the schema is unreadable): "id" is also the record's own key
                 yield rec["id"], first_cells([rec["fields"].get(k) for k in keys])
@@ -1281,8 +1246,7 @@ def as_snapshot(records: TableSnapshot | Iterable[dict]) -> TableSnapshot:
 
 
 def pull_table(airtable: Airtable, key: str, stop: threading.Event, by_field_id: bool) -> TableSnapshot:
-    """Every record of a table, its cells keyed by field id (`by_field_id`, returnFieldsByFieldId) or,
-    when the schema is unreadable, by name; each page goes to disk as it comes."""
+    """A table's every record, cells by field id (returnFieldsByFieldId) or by name; each page to disk as it comes."""
     records = TableSnapshot(airtable.settings.cache_dir)
     try:
         with Progress(f"{key}: pull") as progress:  # 100 records a page at 5 a second: say how far
@@ -1298,19 +1262,11 @@ def pull_table(airtable: Airtable, key: str, stop: threading.Event, by_field_id:
 
 
 def write_cache(path: Path, records: Iterable[dict] | TableSnapshot) -> None:
-    # One record a line, streamed: still a JSON array, written by json's C encoder
-    # (indent= falls back to pure Python) without the whole file in memory at once. A snapshot's
-    # lines are copied as they are, not parsed again.
-    lines = map(records.line, records.ids()) if isinstance(records, TableSnapshot) else (
-        json.dumps(rec, ensure_ascii=False).encode("utf-8", "surrogatepass") for rec in records)
-
-    def chunks() -> Iterator[bytes]:
-        first = True
-        for line in lines:
-            yield (b"[\n" if first else b",\n") + line
-            first = False
-        yield b"[]\n" if first else b"\n]\n"
-    write_private(path, chunks())
+    # One record a line, streamed: still a JSON array, written by json's C encoder (indent= falls back
+    # to pure Python) without the whole file in memory. A snapshot's lines are copied, not parsed again.
+    snapshot = as_snapshot(records)
+    lines = ((b",\n" if i else b"[\n") + snapshot.line(rec_id) for i, rec_id in enumerate(snapshot.ids()))
+    write_private(path, itertools.chain(lines, [b"\n]\n" if len(snapshot) else b"[]\n"]))
 
 
 # ---------------------------------------------------------------------------
