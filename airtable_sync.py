@@ -1517,15 +1517,15 @@ def feed_schema_change(payloads: Sequence[dict], schema: BaseSchema,
     return None, reread
 
 
+@dataclass
 class SnapshotPatch:
     """Patches the snapshot with payloads one at a time, in order, as they arrive: a night after
     a first sync reads thousands, and holding them all would cost more memory than the snapshot.
     A payload sets values, it never adds to them, so replaying one is harmless."""
 
-    def __init__(self, records: dict[str, TableSnapshot], schema: BaseSchema):
-        self.index = records
-        self.schema = schema  # replaced when a payload says fields changed and the schema is read again
-        self.before: dict[str, dict[str, dict | None]] = defaultdict(dict)  # key -> record id -> cells
+    index: dict[str, TableSnapshot]
+    schema: BaseSchema  # replaced when a payload says fields changed and the schema is read again
+    before: dict[str, dict[str, dict | None]] = field(default_factory=lambda: defaultdict(dict))  # key -> id -> cells
 
     def apply(self, payload: dict) -> None:
         keys_by_table = {table_id: key for key, table_id in self.schema.table_ids.items() if key in self.index}
@@ -1602,8 +1602,6 @@ def count_drift(patched: Mapping[str, TableSnapshot], fresh: Mapping[str, TableS
     but for those a later payload changed. Logs record ids and field names, never values."""
     drift = 0
     for key, new in fresh.items():
-        if key not in patched or key not in columns:
-            continue
         # The fields the sync writes (mapped, present, not computed): a computed cell (a formula,
         # a last-modified time) is Airtable's own and cannot drift.
         synced = [c for c in columns[key].by_mapped.values() if c.type in WRITABLE_TYPES]
@@ -1794,11 +1792,9 @@ class BaseReader:
                 hook_id, cursor = self.ensure_webhook(state, hooks, refresh=snapshot is None)
             except FeedUnavailable as exc:
                 unavailable, reason = exc, f"{reason}; {exc}"
-        if settings.change_tracking and unavailable is not None:
-            log.warning("change tracking unavailable: %s; every run reads in full", unavailable)
-        elif settings.change_tracking and schema is None:
-            log.warning("change tracking unavailable: it needs the schema (scope schema.bases:read); "
-                        "every run reads in full")
+        if settings.change_tracking and (unavailable is not None or schema is None):
+            why = "it needs the schema (scope schema.bases:read)" if unavailable is None else unavailable
+            log.warning("change tracking unavailable: %s; every run reads in full", why)
         records = {key: pull_table(self.airtable, key, self.stop, schema is not None) for key in needed}
         for key in needed:
             log.info("%s: read %d Airtable records", key, len(records[key]))
@@ -1821,8 +1817,7 @@ class BaseReader:
                 read.payloads = self.payloads_read
                 read.drift = count_drift(snapshot, records, table_bindings(schema, self.bound, needed), later)
                 if read.drift:
-                    log.warning("drift: %d records differ from what the change feed said; see the report",
-                                read.drift)
+                    log.warning("drift: %d records differ from what the change feed said; see the report", read.drift)
                 # Tables this run did not read (--tables) stay in the snapshot, patched up to the
                 # same cursor as the fresh ones, so the change feed keeps them current.
                 for key in state.tables.keys() - set(needed):
