@@ -1466,8 +1466,7 @@ def record_cell(value: Any, field_type: str) -> Any:
 
 
 def set_cells(fields: dict, cells: Mapping[str, Any], fields_by_id: Mapping[str, FieldInfo]) -> None:
-    """Patch a record's fields (keyed by field id, as the snapshot reads them) with payload cells;
-    the records API leaves empty cells out, and so does the snapshot."""
+    """Patch a record's fields (by field id) with payload cells; empty cells are left out, as the records API does."""
     for field_id, value in cells.items():
         info = fields_by_id.get(field_id)
         if info is None:
@@ -1481,10 +1480,9 @@ def set_cells(fields: dict, cells: Mapping[str, Any], fields_by_id: Mapping[str,
 
 def feed_schema_change(payloads: Sequence[dict], schema: BaseSchema,
                        bound: Mapping[str, Mapping[str, str]]) -> tuple[str | None, bool]:
-    """(why the payloads force a full read, whether the schema must be read again). A bound field
-    deleted or retyped, or a field created under a mapped name, forces a full read; a rename (the
-    binding and the snapshot follow the id) or another field change, only a read of the schema; an
-    options-only change (select options added by typecast), neither."""
+    """(why the payloads force a full read, whether the schema must be read again). A full read: a bound
+    field deleted or retyped, or a field created under a mapped name. The schema: a rename (the binding and
+    the snapshot follow the id) or another field change. Neither: select options added (by typecast)."""
     keys_by_table = {table_id: key for key, table_id in schema.table_ids.items()}
     reread = False
     for payload in payloads:
@@ -1702,8 +1700,7 @@ class BaseReader:
                 hook = next((h for h in hooks if h.id == state.webhook_id), None)  # type: ignore[union-attr]
                 reason = webhook_problem(hook, self.now)
             except FeedUnavailable as exc:
-                reason = str(exc)
-                self.unavailable = exc
+                reason, self.unavailable = str(exc), exc
             if reason is None:
                 read, reason = self.read_feed(state, hook, snapshot)  # type: ignore[arg-type]
                 if read is not None:
@@ -1831,16 +1828,15 @@ class BaseReader:
         return read
 
     def ensure_webhook(self, state: ChangeState | None, hooks: list, refresh: bool) -> tuple[str | None, int | None]:
-        """The state's webhook if it is usable, else a new one (the old one deleted), with its next
-        cursor. A dry run creates, refreshes and deletes nothing. A create whose answer was lost is
-        settled by listing the webhooks, never by creating another: a base holds at most 10."""
+        """With its next cursor: the state's webhook if it is usable; else (the old one deleted) a usable one
+        of this tool's that the state does not name, made by a run whose create answer or state was lost
+        (adopted, not doubled); else a new one. A dry run creates, refreshes and deletes nothing. A create
+        whose answer was lost is settled by listing the webhooks, never by creating another: a base holds at most 10."""
         ours = next((h for h in hooks if state is not None and h.id == state.webhook_id), None)
         if ours is not None and webhook_problem(ours, self.now) is None:
             if refresh and not self.settings.dry_run:
                 self.refresh(ours)
             return ours.id, ours.cursor_for_next_payload
-        # A usable webhook of this tool that the state does not name (its own is not usable): made by
-        # a run whose create answer or state was lost. Adopted, not doubled.
         adopted = next((h for h in hooks if is_tool_webhook(h) and webhook_problem(h, self.now) is None), None)
         if self.settings.dry_run:
             return (adopted.id, adopted.cursor_for_next_payload) if adopted is not None else (None, None)
