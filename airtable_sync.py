@@ -1412,8 +1412,7 @@ def record_cell(value: Any, field_type: str) -> Any:
 
 
 def set_cells(fields: dict, cells: Mapping[str, Any], fields_by_id: Mapping[str, FieldInfo]) -> None:
-    """Patch a record's fields (keyed by field id, as the snapshot reads them) with payload cells;
-    the records API leaves empty cells out, and so does the snapshot."""
+    """Patch a record's fields (by field id) with payload cells; empty cells are left out, as the records API does."""
     for field_id, value in cells.items():
         info = fields_by_id.get(field_id)
         if info is None:
@@ -1427,10 +1426,9 @@ def set_cells(fields: dict, cells: Mapping[str, Any], fields_by_id: Mapping[str,
 
 def feed_schema_change(payloads: Sequence[dict], schema: BaseSchema,
                        bound: Mapping[str, Mapping[str, str]]) -> tuple[str | None, bool]:
-    """(why the payloads force a full read, whether the schema must be read again). A bound field
-    deleted or retyped, or a field created under a mapped name, forces a full read; a rename (the
-    binding and the snapshot follow the id) or another field change, only a read of the schema; an
-    options-only change (select options added by typecast), neither."""
+    """(why the payloads force a full read, whether the schema must be read again). A full read: a bound
+    field deleted or retyped, or a field created under a mapped name. The schema: a rename (the binding and
+    the snapshot follow the id) or another field change. Neither: select options added (by typecast)."""
     keys_by_table = {table_id: key for key, table_id in schema.table_ids.items()}
     reread = False
     for payload in payloads:
@@ -1463,15 +1461,15 @@ def feed_schema_change(payloads: Sequence[dict], schema: BaseSchema,
     return None, reread
 
 
+@dataclass
 class SnapshotPatch:
     """Patches the snapshot with payloads one at a time, in order, as they arrive: a night after
     a first sync reads thousands, and holding them all would cost more memory than the snapshot.
     A payload sets values, it never adds to them, so replaying one is harmless."""
 
-    def __init__(self, records: dict[str, TableSnapshot], schema: BaseSchema):
-        self.index = records
-        self.schema = schema  # replaced when a payload says fields changed and the schema is read again
-        self.before: dict[str, dict[str, dict | None]] = defaultdict(dict)  # key -> record id -> cells
+    index: dict[str, TableSnapshot]
+    schema: BaseSchema  # replaced when a payload says fields changed and the schema is read again
+    before: dict[str, dict[str, dict | None]] = field(default_factory=lambda: defaultdict(dict))  # key -> id -> cells
 
     def apply(self, payload: dict) -> None:
         keys_by_table = {table_id: key for key, table_id in self.schema.table_ids.items() if key in self.index}
@@ -1548,8 +1546,6 @@ def count_drift(patched: Mapping[str, TableSnapshot], fresh: Mapping[str, TableS
     but for those a later payload changed. Logs record ids and field names, never values."""
     drift = 0
     for key, new in fresh.items():
-        if key not in patched or key not in columns:
-            continue
         # The fields the sync writes (mapped, present, not computed): a computed cell (a formula,
         # a last-modified time) is Airtable's own and cannot drift.
         synced = [c for c in columns[key].by_mapped.values() if c.type in WRITABLE_TYPES]
@@ -1650,8 +1646,7 @@ class BaseReader:
                 hook = next((h for h in hooks if h.id == state.webhook_id), None)  # type: ignore[union-attr]
                 reason = webhook_problem(hook, self.now)
             except FeedUnavailable as exc:
-                reason = str(exc)
-                self.unavailable = exc
+                reason, self.unavailable = str(exc), exc
             if reason is None:
                 read, reason = self.read_feed(state, hook, snapshot)  # type: ignore[arg-type]
                 if read is not None:
@@ -1740,11 +1735,9 @@ class BaseReader:
                 hook_id, cursor = self.ensure_webhook(state, hooks, refresh=snapshot is None)
             except FeedUnavailable as exc:
                 unavailable, reason = exc, f"{reason}; {exc}"
-        if settings.change_tracking and unavailable is not None:
-            log.warning("change tracking unavailable: %s; every run reads in full", unavailable)
-        elif settings.change_tracking and schema is None:
-            log.warning("change tracking unavailable: it needs the schema (scope schema.bases:read); "
-                        "every run reads in full")
+        if settings.change_tracking and (unavailable is not None or schema is None):
+            why = "it needs the schema (scope schema.bases:read)" if unavailable is None else unavailable
+            log.warning("change tracking unavailable: %s; every run reads in full", why)
         records = {key: pull_table(self.airtable, key, self.stop, schema is not None) for key in needed}
         for key in needed:
             log.info("%s: read %d Airtable records", key, len(records[key]))
@@ -1767,8 +1760,7 @@ class BaseReader:
                 read.payloads = self.payloads_read
                 read.drift = count_drift(snapshot, records, table_bindings(schema, self.bound, needed), later)
                 if read.drift:
-                    log.warning("drift: %d records differ from what the change feed said; see the report",
-                                read.drift)
+                    log.warning("drift: %d records differ from what the change feed said; see the report", read.drift)
                 # Tables this run did not read (--tables) stay in the snapshot, patched up to the
                 # same cursor as the fresh ones, so the change feed keeps them current.
                 for key in state.tables.keys() - set(needed):
@@ -1782,16 +1774,15 @@ class BaseReader:
         return read
 
     def ensure_webhook(self, state: ChangeState | None, hooks: list, refresh: bool) -> tuple[str | None, int | None]:
-        """The state's webhook if it is usable, else a new one (the old one deleted), with its next
-        cursor. A dry run creates, refreshes and deletes nothing. A create whose answer was lost is
-        settled by listing the webhooks, never by creating another: a base holds at most 10."""
+        """With its next cursor: the state's webhook if it is usable; else (the old one deleted) a usable one
+        of this tool's that the state does not name, made by a run whose create answer or state was lost
+        (adopted, not doubled); else a new one. A dry run creates, refreshes and deletes nothing. A create
+        whose answer was lost is settled by listing the webhooks, never by creating another: a base holds at most 10."""
         ours = next((h for h in hooks if state is not None and h.id == state.webhook_id), None)
         if ours is not None and webhook_problem(ours, self.now) is None:
             if refresh and not self.settings.dry_run:
                 self.refresh(ours)
             return ours.id, ours.cursor_for_next_payload
-        # A usable webhook of this tool that the state does not name (its own is not usable): made by
-        # a run whose create answer or state was lost. Adopted, not doubled.
         adopted = next((h for h in hooks if is_tool_webhook(h) and webhook_problem(h, self.now) is None), None)
         if self.settings.dry_run:
             return (adopted.id, adopted.cursor_for_next_payload) if adopted is not None else (None, None)
