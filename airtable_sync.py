@@ -2324,7 +2324,8 @@ def natural_key(doc: dict, key_fields: Sequence[str]) -> str:
 class Matcher:
     """Matching's two passes, as claims one export record at a time: by the `id` field (`id_field`, its key in
     the records; None when the table has none), then by normalised natural key (`key_field`), first come first
-    served. The caller makes every id claim before any key claim, in export order."""
+    served. The caller claims each Mongo id once, every id claim before any key claim, in export order: a record
+    holding an id is claimed by that id alone, and one without is a candidate of one key, so none is claimed twice."""
 
     def __init__(self, airtable_records: TableSnapshot, key_field: str | None, id_field: str | None):
         # Record ids only: a claimed record is read from the snapshot when it is planned.
@@ -2343,15 +2344,12 @@ class Matcher:
 
     def claim_by_id(self, mongo_id: str | None) -> str | None:
         rec_id = self.holding.get(mongo_id)  # type: ignore[arg-type]
-        if rec_id is None or rec_id in self.claimed:
-            return None
-        self.claimed.add(rec_id)
+        if rec_id is not None:
+            self.claimed.add(rec_id)
         return rec_id
 
     def claim_by_key(self, key: str) -> str | None:
         queue = self.candidates.get(key)
-        while queue and queue[0] in self.claimed:
-            queue.popleft()
         if not queue:
             return None
         self.claimed.add(queue[0])
