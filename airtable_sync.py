@@ -2069,12 +2069,12 @@ class ExportText:
             if pos < len(self.buf) or not self.more():
                 return pos
 
-    def value(self, pos: int, raw_decode: Callable[[str, int], tuple[Any, int]], began: int | None) -> tuple[Any, int]:
+    def value(self, pos: int, began: int | None) -> tuple[Any, int]:
         """The JSON value at `pos` and where it ends, reading on while it is cut by the chunk's end.
         An error names the line its document began on (`began`), when that is another line."""
         while True:
             try:
-                return raw_decode(self.buf, pos)
+                return _checking_decode(self.buf, pos)
             except json.JSONDecodeError as exc:
                 if not self.more():
                     raise self.json_error(exc.msg, exc.pos, began) from None
@@ -2090,14 +2090,15 @@ PLAIN_DECODE = json.JSONDecoder().raw_decode
 
 
 def _checking_decode(text: str, pos: int) -> tuple[Any, int]:
+    """The value at `pos`, its Extended JSON kept (a third faster, for the pass that checks the file and reads the
+    ids) but for a value that is itself a wrapper (one or two keys, as unwrap_wrapper has it): that is no document."""
     doc, end = PLAIN_DECODE(text, pos)
-    # A wrapper, as the object_hook sees it (unwrap_wrapper: wrappers have one or two keys).
     if doc.__class__ is dict and len(doc) <= 2 and any(key[:1] == "$" for key in doc):
         doc = unwrap_extended_json(doc)
     return doc, end
 
 
-def _array(text: ExportText, pos: int, raw_decode: Callable[[str, int], tuple[Any, int]]) -> Iterator[tuple[dict, str, int]]:
+def _array(text: ExportText, pos: int) -> Iterator[tuple[dict, str, int]]:
     """The elements of a JSON array, each parsed in place; json's own messages for its errors."""
     pos = text.skip_space(pos)
     n = 0
@@ -2110,7 +2111,7 @@ def _array(text: ExportText, pos: int, raw_decode: Callable[[str, int], tuple[An
             pos = text.skip_space(pos + 1)
         if pos == len(text.buf):
             raise text.json_error("Expecting value", pos)
-        doc, end = text.value(pos, raw_decode, None)
+        doc, end = text.value(pos, None)
         n += 1
         if doc.__class__ is not dict:
             raise UsageError(f"{text.path}: record {n} is not a JSON object ({type(doc).__name__})")
@@ -2121,12 +2122,12 @@ def _array(text: ExportText, pos: int, raw_decode: Callable[[str, int], tuple[An
         raise text.json_error("Extra data", pos)
 
 
-def _documents(text: ExportText, pos: int, raw_decode: Callable[[str, int], tuple[Any, int]]) -> Iterator[tuple[dict, str, int]]:
+def _documents(text: ExportText, pos: int) -> Iterator[tuple[dict, str, int]]:
     """Documents one after another, each parsed in place from the buffered text."""
     while pos < len(text.buf):
         if pos > READ_CHUNK:
             pos = text.drop(pos)
-        doc, after = text.value(pos, raw_decode, pos)
+        doc, after = text.value(pos, pos)
         if doc.__class__ is not dict:
             raise UsageError(f"{text.path}: line {text.line(pos)} is not a JSON object ({type(doc).__name__})")
         yield doc, text.buf[pos:after], text.chars_dropped + pos
@@ -2135,31 +2136,27 @@ def _documents(text: ExportText, pos: int, raw_decode: Callable[[str, int], tupl
             raise text.json_error("a document follows the previous one without whitespace between them", pos)
 
 
-def iter_documents_text(path: Path, handle: BinaryIO, unwrap: bool = True,
-                        file_digest: Any = None) -> Iterator[tuple[dict, str, int]]:
-    """iter_documents, each document with its text as the file has it and where that text starts
-    among the file's characters (after a BOM). With `unwrap` False the values keep their Extended
-    JSON (a third faster, for the pass that checks the file and reads the ids): only a document
-    that is itself a wrapper is unwrapped, as it is then no document."""
+def iter_documents_text(path: Path, handle: BinaryIO, file_digest: Any = None) -> Iterator[tuple[dict, str, int]]:
+    """The documents of an export, their values still Extended JSON, one at a time: a JSON array, or documents
+    one after another separated by whitespace (JSON Lines, or mongoexport --pretty). Each comes with its text as
+    the file has it and where that text starts among the file's characters (after a BOM). Only the document
+    being parsed and one chunk of text are in memory."""
     text = ExportText(path, handle, file_digest)
-    raw_decode = json.JSONDecoder(object_hook=unwrap_wrapper).raw_decode if unwrap else _checking_decode
     pos = text.skip_space(0)
     if pos == len(text.buf):
         raise UsageError(f"{path}: file is empty (expected a JSON array, JSON Lines or documents one after another)")
     if text.buf[pos] == "[":
-        yield from _array(text, pos + 1, raw_decode)
+        yield from _array(text, pos + 1)
     elif text.buf[pos] == "{":
-        yield from _documents(text, pos, raw_decode)
+        yield from _documents(text, pos)
     else:
         raise UsageError(f"{path}: expected a JSON array or JSON Lines (or documents one after another), "
                          f"found {text.buf[pos:pos + 20]!r}")
 
 
 def iter_documents(path: Path, handle: BinaryIO) -> Iterator[dict]:
-    """The documents of an export, one at a time, with Extended JSON unwrapped as they are parsed:
-    a JSON array, or documents one after another separated by whitespace (JSON Lines, or
-    mongoexport --pretty). Only the document being parsed and one chunk of text are in memory."""
-    return (doc for doc, _, _ in iter_documents_text(path, handle))
+    """The documents of an export, one at a time, Extended JSON unwrapped."""
+    return (unwrap_extended_json(doc) for doc, _, _ in iter_documents_text(path, handle))
 
 
 def mongo_id_of(doc: dict) -> str | None:
@@ -2297,7 +2294,7 @@ def index_export(path: Path, limit: int | None, saved: Path | None = None) -> Ex
         index = ExportIndex(path, handle)
         if saved is not None and index.reuse(saved, limit):
             return index
-        for doc, text, start in iter_documents_text(path, handle, unwrap=False, file_digest=index.file_digest):
+        for doc, text, start in iter_documents_text(path, handle, index.file_digest):
             if limit is None or len(index) < limit:
                 index.add(doc, text, start)
         index.size = handle.tell()
