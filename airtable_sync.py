@@ -2389,9 +2389,7 @@ def jsonable(value: Any) -> Any:
         if not value.is_finite():
             return None
         return int(value) if value == value.to_integral_value() else float(value)
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
+    return None if _is_null(value) else value
 
 
 def _is_null(value: Any) -> bool:
