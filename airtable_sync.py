@@ -2024,7 +2024,7 @@ class ExportText:
         self.buf = ""
         self.eof = False
         # Of the text already dropped from buf: its characters, its newlines, and the characters of buf's first line.
-        self.bytes_read = self.chars_dropped = self.lines_dropped = self.column_dropped = 0
+        self.chars_dropped = self.lines_dropped = self.column_dropped = 0
 
     def more(self) -> bool:
         """Read the next chunk into buf; False at the end of the file."""
@@ -2036,14 +2036,11 @@ class ExportText:
         try:
             text = self.decoder.decode(chunk, final=not chunk)
         except UnicodeDecodeError as exc:
-            # exc.object is the bytes of a character the last chunk cut, then this chunk (less a BOM).
-            offset = self.bytes_read + len(chunk) - len(exc.object) + exc.start
-            self.handle.seek(0)
-            head = self.handle.read(offset + 1)
-            line = head.count(b"\n", 0, offset) + 1
+            # exc.object is the bytes of a character the last chunk cut, then this chunk (less a BOM), after buf's.
+            offset = self.handle.tell() - len(exc.object) + exc.start
+            line = self.line(len(self.buf)) + exc.object.count(b"\n", 0, exc.start)
             raise UsageError(f"{self.path}: line {line}: not valid UTF-8 "
-                             f"(byte {head[offset]:#04x} at offset {offset})") from None
-        self.bytes_read += len(chunk)
+                             f"(byte {exc.object[exc.start]:#04x} at offset {offset})") from None
         self.eof = not chunk
         self.buf += text
         return bool(chunk or text)
