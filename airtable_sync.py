@@ -2455,11 +2455,8 @@ def to_single_select(value: Any) -> str:
 
 def to_multiple_selects(value: Any) -> list[str]:
     items = value if isinstance(value, (list, tuple)) else [value]
-    for item in items:
-        if isinstance(item, (dict, list, tuple)):
-            raise Invalid(f"not a choice: {item!r}")
     # Airtable keeps a choice once.
-    return list(dict.fromkeys(_scalar_text(item) for item in items if not _is_null(item) and item != ""))
+    return list(dict.fromkeys(to_single_select(item) for item in items if not _is_null(item) and item != ""))
 
 
 CONVERTERS: dict[str, Callable[[Any], Any]] = {
