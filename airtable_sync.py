@@ -2151,11 +2151,6 @@ def iter_documents_text(path: Path, handle: BinaryIO, file_digest: Any = None) -
                          f"found {text.buf[pos:pos + 20]!r}")
 
 
-def iter_documents(path: Path, handle: BinaryIO) -> Iterator[dict]:
-    """The documents of an export, one at a time, Extended JSON unwrapped."""
-    return (unwrap_extended_json(doc) for doc, _, _ in iter_documents_text(path, handle))
-
-
 def mongo_id_of(doc: dict) -> str | None:
     """`id`, else `_id`, as text (as a text field would hold it: an unwrapped ObjectId or UUID is its string).
     The document's values may still be Extended JSON (the first pass leaves them wrapped)."""
