@@ -2550,23 +2550,21 @@ def is_clear(value: Any) -> bool:
 
 
 def values_equal(new: Any, old: Any, field_type: str) -> bool:
-    """The contract's equality: blank forms are equal, numbers as numbers,
-    dates as instants at whole seconds, lists in order."""
+    """The contract's equality: blanks alike, numbers as numbers, dates as instants to the second, lists in order."""
     if new == old:
         return True
     if is_blank(new, field_type) or is_blank(old, field_type):
         return is_blank(new, field_type) and is_blank(old, field_type)
     if field_type in ("date", "dateTime"):
-        try:
+        with contextlib.suppress(Invalid, OverflowError):
             a, b = to_instant(new), to_instant(old)
             if field_type == "date":
                 return a.date() == b.date()
             return a.replace(microsecond=0) == b.replace(microsecond=0)  # whole seconds, before 1970 too
-        except (Invalid, OverflowError):
-            return new == old
+        return False
     if isinstance(new, list) and isinstance(old, list):
         return len(new) == len(old) and all(str(a) == str(b) for a, b in zip(new, old))
-    return new == old
+    return False
 
 
 def changed_fields(converted: Mapping[str, Any], current: Mapping[str, Any], types: Mapping[str, str]) -> dict:
