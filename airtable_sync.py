@@ -2010,6 +2010,7 @@ def unwrap_extended_json(value: Any) -> Any:
 
 
 JSON_SPACE = re.compile(r"[ \t\n\r]*")
+PLAIN_DECODE = json.JSONDecoder().raw_decode
 READ_CHUNK = 1 << 20  # bytes read at a time: an export is parsed as a stream, never held whole
 
 
@@ -2067,32 +2068,26 @@ class ExportText:
                 return pos
 
     def value(self, pos: int, began: int | None) -> tuple[Any, int]:
-        """The JSON value at `pos` and where it ends, reading on while it is cut by the chunk's end.
-        An error names the line its document began on (`began`), when that is another line."""
+        """The JSON value at `pos` and where it ends, reading on while it is cut by the chunk's end. Its Extended
+        JSON is kept (a third faster, for the pass that checks the file and reads the ids) but for a value that is
+        itself a wrapper (one or two keys, as unwrap_wrapper has it): that is no document. An error names the line
+        its document began on (`began`), when that is another line."""
         while True:
             try:
-                return _checking_decode(self.buf, pos)
+                doc, end = PLAIN_DECODE(self.buf, pos)
             except json.JSONDecodeError as exc:
                 if not self.more():
                     raise self.json_error(exc.msg, exc.pos, began) from None
+                continue
+            if doc.__class__ is dict and len(doc) <= 2 and any(key[:1] == "$" for key in doc):
+                doc = unwrap_extended_json(doc)
+            return doc, end
 
     def json_error(self, message: str, pos: int, began: int | None = None) -> UsageError:
         line = self.line(pos)
         start = line if began is None else self.line(began)
         where = "" if start == line else f", in the document from line {start}"
         return UsageError(f"{self.path}: line {line}: not valid JSON: {message} (column {self.column(pos)}{where})")
-
-
-PLAIN_DECODE = json.JSONDecoder().raw_decode
-
-
-def _checking_decode(text: str, pos: int) -> tuple[Any, int]:
-    """The value at `pos`, its Extended JSON kept (a third faster, for the pass that checks the file and reads the
-    ids) but for a value that is itself a wrapper (one or two keys, as unwrap_wrapper has it): that is no document."""
-    doc, end = PLAIN_DECODE(text, pos)
-    if doc.__class__ is dict and len(doc) <= 2 and any(key[:1] == "$" for key in doc):
-        doc = unwrap_extended_json(doc)
-    return doc, end
 
 
 def _array(text: ExportText, pos: int) -> Iterator[tuple[dict, str, int]]:
