@@ -2019,8 +2019,7 @@ class ExportText:
     positions in it map back to the file's lines and columns for error messages."""
 
     def __init__(self, path: Path, handle: BinaryIO, file_digest: Any = None):
-        self.path, self.handle = path, handle
-        self.file_digest = file_digest  # a hashlib object given every byte read, when given
+        self.path, self.handle, self.file_digest = path, handle, file_digest  # the digest is given every byte read
         self.decoder = codecs.getincrementaldecoder("utf-8-sig")()
         self.buf = ""
         self.eof = False
@@ -2068,10 +2067,9 @@ class ExportText:
                 return pos
 
     def value(self, pos: int, began: int | None) -> tuple[Any, int]:
-        """The JSON value at `pos` and where it ends, reading on while it is cut by the chunk's end. Its Extended
-        JSON is kept (a third faster, for the pass that checks the file and reads the ids) but for a value that is
-        itself a wrapper (one or two keys, as unwrap_wrapper has it): that is no document. An error names the line
-        its document began on (`began`), when that is another line."""
+        """The JSON value at `pos` and where it ends, reading on while the chunk's end cuts it; an error names the
+        line its document began on (`began`), when that is another. Extended JSON is kept (a third faster: this pass
+        only checks the file and reads ids), but a whole value that is a wrapper is unwrapped: it is no document."""
         while True:
             try:
                 doc, end = PLAIN_DECODE(self.buf, pos)
@@ -2129,10 +2127,9 @@ def _documents(text: ExportText, pos: int) -> Iterator[tuple[dict, str, int]]:
 
 
 def iter_documents_text(path: Path, handle: BinaryIO, file_digest: Any = None) -> Iterator[tuple[dict, str, int]]:
-    """The documents of an export, their values still Extended JSON, one at a time: a JSON array, or documents
-    one after another separated by whitespace (JSON Lines, or mongoexport --pretty). Each comes with its text as
-    the file has it and where that text starts among the file's characters (after a BOM). Only the document
-    being parsed and one chunk of text are in memory."""
+    """An export's documents, still Extended JSON, each with its text as the file has it and where that text starts
+    among the file's characters (after a BOM): a JSON array, or documents one after another separated by whitespace
+    (JSON Lines, or mongoexport --pretty). Only the document being parsed and one chunk of text are in memory."""
     text = ExportText(path, handle, file_digest)
     pos = text.skip_space(0)
     if pos == len(text.buf):
@@ -2169,12 +2166,11 @@ def text_digest(data: bytes) -> int:
 
 
 class ExportIndex:
-    """An export's records, checked in one pass, then parsed again from the open file one at a time
-    when the plan needs them (not at all when PlanMemo knows them in sync). Per record it holds only
-    the Mongo id, where the text is in the file and the text's digest: a text that no longer matches
-    means the file was rewritten while the run read it, and the run stops (exit 2) before it writes.
-    The index is saved in the cache dir: a run that finds the very same bytes (a quiet night's
-    identical export) takes it instead of parsing the file again, but still checks each digest."""
+    """An export checked in one pass, its records parsed again from the open file when the plan needs them (never
+    when PlanMemo knows them in sync). Per record it holds only the Mongo id, where the text is and the text's digest:
+    a text that no longer matches means the file was rewritten while the run read it, and the run stops (exit 2)
+    before it writes. Saved in the cache dir, the index spares a run that finds the very same bytes (a quiet night's
+    identical export) parsing the file again; each digest is still checked."""
 
     def __init__(self, path: Path, handle: BinaryIO):
         self.path, self.handle = path, handle
@@ -2187,16 +2183,14 @@ class ExportIndex:
         self.digests = array("q")
         self.carried: set[str] = set()  # every Mongo field some record carries
         self.decode = json.JSONDecoder(object_hook=unwrap_wrapper).decode
-        # The file's bytes and characters at the end of the last record. What lies between two
-        # records ("[", ",", whitespace) is ASCII, one byte a character: the first byte of a
-        # record is the last one's end plus the characters since.
+        # Bytes and characters up to the last record's end. What lies between records ("[", ",", whitespace) is
+        # ASCII, one byte a character: a record's first byte is the last one's end plus the characters since.
         self.end_byte = len(codecs.BOM_UTF8) if handle.read(len(codecs.BOM_UTF8)) == codecs.BOM_UTF8 else 0
         self.end_char = 0
         handle.seek(0)
 
     def add(self, doc: dict, text: str, start: int) -> None:
-        """A document as the first pass parsed it (its values still Extended JSON), its text, and
-        the position of the text's first character in the file."""
+        """A document as the first pass parsed it (still Extended JSON), its text, and where that starts in the file."""
         self.carried.update(doc)
         data = text.encode("utf-8", "surrogatepass")
         offset = self.end_byte + start - self.end_char
@@ -2404,9 +2398,8 @@ def to_text(value: Any) -> str:
 
 def to_number(value: Any) -> int | float | None:
     if isinstance(value, int) and not isinstance(value, bool):
-        # Airtable keeps numbers as doubles (integers past 15 digits come back rounded:
-        # github.com/Airtable/airtable.js/issues/423): send what it will give back, or every
-        # run rewrites it.
+        # Airtable keeps numbers as doubles, so an integer past 15 digits comes back rounded: send what it will
+        # give back, or every run rewrites it (github.com/Airtable/airtable.js/issues/423).
         return value if abs(value) <= 2**53 else float(value)
     if isinstance(value, float):
         return value if math.isfinite(value) else None
