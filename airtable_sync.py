@@ -2144,8 +2144,7 @@ def iter_documents_text(path: Path, handle: BinaryIO, file_digest: Any = None) -
 
 
 def mongo_id_of(doc: dict) -> str | None:
-    """`id`, else `_id`, as text (as a text field would hold it: an unwrapped ObjectId or UUID is its string).
-    The document's values may still be Extended JSON (the first pass leaves them wrapped)."""
+    """`id`, else `_id`, as a text field would hold it (an ObjectId or UUID is its string), even if still wrapped."""
     for key in ("id", "_id"):
         value = doc.get(key)
         if value.__class__ is dict or value.__class__ is list:
@@ -2178,9 +2177,8 @@ class ExportIndex:
         self.reused = False  # True when taken from a run that checked the same bytes
         self.size = 0  # the bytes the first pass read (and file_digest covers)
         self.mongo_ids: list[str | None] = []
-        self.offsets = array("q")  # record i's text is offsets[i]:offsets[i] + sizes[i] in the file
-        self.sizes = array("q")
-        self.digests = array("q")
+        # Record i's text is offsets[i]:offsets[i] + sizes[i] in the file, and digests[i] its digest.
+        self.offsets, self.sizes, self.digests = array("q"), array("q"), array("q")
         self.carried: set[str] = set()  # every Mongo field some record carries
         self.decode = json.JSONDecoder(object_hook=unwrap_wrapper).decode
         # Bytes and characters up to the last record's end. What lies between records ("[", ",", whitespace) is
@@ -2300,10 +2298,10 @@ def natural_key(doc: dict, key_fields: Sequence[str]) -> str:
 
 
 class Matcher:
-    """Matching's two passes, as claims one export record at a time: by the `id` field (`id_field`, its key in
-    the records; None when the table has none), then by normalised natural key (`key_field`), first come first
-    served. The caller claims each Mongo id once, every id claim before any key claim, in export order: a record
-    holding an id is claimed by that id alone, and one without is a candidate of one key, so none is claimed twice."""
+    """Matching's two passes, as claims one export record at a time: by the `id` field (`id_field`, its key in the
+    records; None when the table has none), then by normalised natural key (`key_field`), first come first served.
+    The caller claims each Mongo id once, all before any key claim, in export order: a record holding an id is
+    claimed by it alone, and one without is a candidate of one key, so none is claimed twice."""
 
     def __init__(self, airtable_records: TableSnapshot, key_field: str | None, id_field: str | None):
         # Record ids only: a claimed record is read from the snapshot when it is planned.
