@@ -2022,14 +2022,11 @@ class ExportText:
         self.path, self.handle, self.file_digest = path, handle, file_digest  # the digest is given every byte read
         self.decoder = codecs.getincrementaldecoder("utf-8-sig")()
         self.buf = ""
-        self.eof = False
         # Of the text already dropped from buf: its characters, its newlines, and the characters of buf's first line.
         self.chars_dropped = self.lines_dropped = self.column_dropped = 0
 
     def more(self) -> bool:
-        """Read the next chunk into buf; False at the end of the file."""
-        if self.eof:
-            return False
+        """Read the next chunk into buf; False at the end of the file (no caller asks again)."""
         chunk = self.handle.read(READ_CHUNK)
         if self.file_digest is not None:
             self.file_digest.update(chunk)
@@ -2041,7 +2038,6 @@ class ExportText:
             line = self.line(len(self.buf)) + exc.object.count(b"\n", 0, exc.start)
             raise UsageError(f"{self.path}: line {line}: not valid UTF-8 "
                              f"(byte {exc.object[exc.start]:#04x} at offset {offset})") from None
-        self.eof = not chunk
         self.buf += text
         return bool(chunk or text)
 
