@@ -2462,11 +2462,8 @@ def infer_type(airtable_values: Iterable[Any], mongo_value: Any) -> str:
         if isinstance(value, list):
             return "multipleSelects" if all(isinstance(v, str) for v in value) else "multilineText"
         if isinstance(value, str):
-            if re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
-                return "date"
-            if re.fullmatch(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z", value):
-                return "dateTime"
-            return "multilineText"
+            patterns = ((r"\d{4}-\d{2}-\d{2}", "date"), (r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z", "dateTime"))
+            return next((name for pattern, name in patterns if re.fullmatch(pattern, value)), "multilineText")
     kinds = ((bool, "checkbox"), ((int, float, Decimal), "number"), (datetime, "dateTime"))
     return next((name for kind, name in kinds if isinstance(mongo_value, kind)), "multilineText")
 
