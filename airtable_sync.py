@@ -1947,6 +1947,7 @@ def unwrap_extended_json(value: Any) -> Any:
 
 
 JSON_SPACE = re.compile(r"[ \t\n\r]*")
+PLAIN_DECODE = json.JSONDecoder().raw_decode
 READ_CHUNK = 1 << 20  # bytes read at a time: an export is parsed as a stream, never held whole
 
 
@@ -1955,33 +1956,25 @@ class ExportText:
     positions in it map back to the file's lines and columns for error messages."""
 
     def __init__(self, path: Path, handle: BinaryIO, file_digest: Any = None):
-        self.path, self.handle = path, handle
-        self.file_digest = file_digest  # a hashlib object given every byte read, when given
+        self.path, self.handle, self.file_digest = path, handle, file_digest  # the digest is given every byte read
         self.decoder = codecs.getincrementaldecoder("utf-8-sig")()
         self.buf = ""
-        self.eof = False
         # Of the text already dropped from buf: its characters, its newlines, and the characters of buf's first line.
-        self.bytes_read = self.chars_dropped = self.lines_dropped = self.column_dropped = 0
+        self.chars_dropped = self.lines_dropped = self.column_dropped = 0
 
     def more(self) -> bool:
-        """Read the next chunk into buf; False at the end of the file."""
-        if self.eof:
-            return False
+        """Read the next chunk into buf; False at the end of the file (no caller asks again)."""
         chunk = self.handle.read(READ_CHUNK)
         if self.file_digest is not None:
             self.file_digest.update(chunk)
         try:
             text = self.decoder.decode(chunk, final=not chunk)
         except UnicodeDecodeError as exc:
-            # exc.object is the bytes of a character the last chunk cut, then this chunk (less a BOM).
-            offset = self.bytes_read + len(chunk) - len(exc.object) + exc.start
-            self.handle.seek(0)
-            head = self.handle.read(offset + 1)
-            line = head.count(b"\n", 0, offset) + 1
+            # exc.object is the bytes of a character the last chunk cut, then this chunk (less a BOM), after buf's.
+            offset = self.handle.tell() - len(exc.object) + exc.start
+            line = self.line(len(self.buf)) + exc.object.count(b"\n", 0, exc.start)
             raise UsageError(f"{self.path}: line {line}: not valid UTF-8 "
-                             f"(byte {head[offset]:#04x} at offset {offset})") from None
-        self.bytes_read += len(chunk)
-        self.eof = not chunk
+                             f"(byte {exc.object[exc.start]:#04x} at offset {offset})") from None
         self.buf += text
         return bool(chunk or text)
 
@@ -2006,15 +1999,20 @@ class ExportText:
             if pos < len(self.buf) or not self.more():
                 return pos
 
-    def value(self, pos: int, raw_decode: Callable[[str, int], tuple[Any, int]], began: int | None) -> tuple[Any, int]:
-        """The JSON value at `pos` and where it ends, reading on while it is cut by the chunk's end.
-        An error names the line its document began on (`began`), when that is another line."""
+    def value(self, pos: int, began: int | None) -> tuple[Any, int]:
+        """The JSON value at `pos` and where it ends, reading on while the chunk's end cuts it; an error names the
+        line its document began on (`began`), when that is another. Extended JSON is kept (a third faster: this pass
+        only checks the file and reads ids), but a whole value that is a wrapper is unwrapped: it is no document."""
         while True:
             try:
-                return raw_decode(self.buf, pos)
+                doc, end = PLAIN_DECODE(self.buf, pos)
             except json.JSONDecodeError as exc:
                 if not self.more():
                     raise self.json_error(exc.msg, exc.pos, began) from None
+                continue
+            if doc.__class__ is dict and len(doc) <= 2 and any(key[:1] == "$" for key in doc):
+                doc = unwrap_extended_json(doc)
+            return doc, end
 
     def json_error(self, message: str, pos: int, began: int | None = None) -> UsageError:
         line = self.line(pos)
@@ -2023,18 +2021,7 @@ class ExportText:
         return UsageError(f"{self.path}: line {line}: not valid JSON: {message} (column {self.column(pos)}{where})")
 
 
-PLAIN_DECODE = json.JSONDecoder().raw_decode
-
-
-def _checking_decode(text: str, pos: int) -> tuple[Any, int]:
-    doc, end = PLAIN_DECODE(text, pos)
-    # A wrapper, as the object_hook sees it (unwrap_wrapper: wrappers have one or two keys).
-    if doc.__class__ is dict and len(doc) <= 2 and any(key[:1] == "$" for key in doc):
-        doc = unwrap_extended_json(doc)
-    return doc, end
-
-
-def _array(text: ExportText, pos: int, raw_decode: Callable[[str, int], tuple[Any, int]]) -> Iterator[tuple[dict, str, int]]:
+def _array(text: ExportText, pos: int) -> Iterator[tuple[dict, str, int]]:
     """The elements of a JSON array, each parsed in place; json's own messages for its errors."""
     pos = text.skip_space(pos)
     n = 0
@@ -2047,7 +2034,7 @@ def _array(text: ExportText, pos: int, raw_decode: Callable[[str, int], tuple[An
             pos = text.skip_space(pos + 1)
         if pos == len(text.buf):
             raise text.json_error("Expecting value", pos)
-        doc, end = text.value(pos, raw_decode, None)
+        doc, end = text.value(pos, None)
         n += 1
         if doc.__class__ is not dict:
             raise UsageError(f"{text.path}: record {n} is not a JSON object ({type(doc).__name__})")
@@ -2058,12 +2045,12 @@ def _array(text: ExportText, pos: int, raw_decode: Callable[[str, int], tuple[An
         raise text.json_error("Extra data", pos)
 
 
-def _documents(text: ExportText, pos: int, raw_decode: Callable[[str, int], tuple[Any, int]]) -> Iterator[tuple[dict, str, int]]:
+def _documents(text: ExportText, pos: int) -> Iterator[tuple[dict, str, int]]:
     """Documents one after another, each parsed in place from the buffered text."""
     while pos < len(text.buf):
         if pos > READ_CHUNK:
             pos = text.drop(pos)
-        doc, after = text.value(pos, raw_decode, pos)
+        doc, after = text.value(pos, pos)
         if doc.__class__ is not dict:
             raise UsageError(f"{text.path}: line {text.line(pos)} is not a JSON object ({type(doc).__name__})")
         yield doc, text.buf[pos:after], text.chars_dropped + pos
@@ -2072,36 +2059,25 @@ def _documents(text: ExportText, pos: int, raw_decode: Callable[[str, int], tupl
             raise text.json_error("a document follows the previous one without whitespace between them", pos)
 
 
-def iter_documents_text(path: Path, handle: BinaryIO, unwrap: bool = True,
-                        file_digest: Any = None) -> Iterator[tuple[dict, str, int]]:
-    """iter_documents, each document with its text as the file has it and where that text starts
-    among the file's characters (after a BOM). With `unwrap` False the values keep their Extended
-    JSON (a third faster, for the pass that checks the file and reads the ids): only a document
-    that is itself a wrapper is unwrapped, as it is then no document."""
+def iter_documents_text(path: Path, handle: BinaryIO, file_digest: Any = None) -> Iterator[tuple[dict, str, int]]:
+    """An export's documents, still Extended JSON, each with its text as the file has it and where that text starts
+    among the file's characters (after a BOM): a JSON array, or documents one after another separated by whitespace
+    (JSON Lines, or mongoexport --pretty). Only the document being parsed and one chunk of text are in memory."""
     text = ExportText(path, handle, file_digest)
-    raw_decode = json.JSONDecoder(object_hook=unwrap_wrapper).raw_decode if unwrap else _checking_decode
     pos = text.skip_space(0)
     if pos == len(text.buf):
         raise UsageError(f"{path}: file is empty (expected a JSON array, JSON Lines or documents one after another)")
     if text.buf[pos] == "[":
-        yield from _array(text, pos + 1, raw_decode)
+        yield from _array(text, pos + 1)
     elif text.buf[pos] == "{":
-        yield from _documents(text, pos, raw_decode)
+        yield from _documents(text, pos)
     else:
         raise UsageError(f"{path}: expected a JSON array or JSON Lines (or documents one after another), "
                          f"found {text.buf[pos:pos + 20]!r}")
 
 
-def iter_documents(path: Path, handle: BinaryIO) -> Iterator[dict]:
-    """The documents of an export, one at a time, with Extended JSON unwrapped as they are parsed:
-    a JSON array, or documents one after another separated by whitespace (JSON Lines, or
-    mongoexport --pretty). Only the document being parsed and one chunk of text are in memory."""
-    return (doc for doc, _, _ in iter_documents_text(path, handle))
-
-
 def mongo_id_of(doc: dict) -> str | None:
-    """`id`, else `_id`, as text (as a text field would hold it: an unwrapped ObjectId or UUID is its string).
-    The document's values may still be Extended JSON (the first pass leaves them wrapped)."""
+    """`id`, else `_id`, as a text field would hold it (an ObjectId or UUID is its string), even if still wrapped."""
     for key in ("id", "_id"):
         value = doc.get(key)
         if value.__class__ is dict or value.__class__ is list:
@@ -2122,12 +2098,11 @@ def text_digest(data: bytes) -> int:
 
 
 class ExportIndex:
-    """An export's records, checked in one pass, then parsed again from the open file one at a time
-    when the plan needs them (not at all when PlanMemo knows them in sync). Per record it holds only
-    the Mongo id, where the text is in the file and the text's digest: a text that no longer matches
-    means the file was rewritten while the run read it, and the run stops (exit 2) before it writes.
-    The index is saved in the cache dir: a run that finds the very same bytes (a quiet night's
-    identical export) takes it instead of parsing the file again, but still checks each digest."""
+    """An export checked in one pass, its records parsed again from the open file when the plan needs them (never
+    when PlanMemo knows them in sync). Per record it holds only the Mongo id, where the text is and the text's digest:
+    a text that no longer matches means the file was rewritten while the run read it, and the run stops (exit 2)
+    before it writes. Saved in the cache dir, the index spares a run that finds the very same bytes (a quiet night's
+    identical export) parsing the file again; each digest is still checked."""
 
     def __init__(self, path: Path, handle: BinaryIO):
         self.path, self.handle = path, handle
@@ -2135,21 +2110,18 @@ class ExportIndex:
         self.reused = False  # True when taken from a run that checked the same bytes
         self.size = 0  # the bytes the first pass read (and file_digest covers)
         self.mongo_ids: list[str | None] = []
-        self.offsets = array("q")  # record i's text is offsets[i]:offsets[i] + sizes[i] in the file
-        self.sizes = array("q")
-        self.digests = array("q")
+        # Record i's text is offsets[i]:offsets[i] + sizes[i] in the file, and digests[i] its digest.
+        self.offsets, self.sizes, self.digests = array("q"), array("q"), array("q")
         self.carried: set[str] = set()  # every Mongo field some record carries
         self.decode = json.JSONDecoder(object_hook=unwrap_wrapper).decode
-        # The file's bytes and characters at the end of the last record. What lies between two
-        # records ("[", ",", whitespace) is ASCII, one byte a character: the first byte of a
-        # record is the last one's end plus the characters since.
+        # Bytes and characters up to the last record's end. What lies between records ("[", ",", whitespace) is
+        # ASCII, one byte a character: a record's first byte is the last one's end plus the characters since.
         self.end_byte = len(codecs.BOM_UTF8) if handle.read(len(codecs.BOM_UTF8)) == codecs.BOM_UTF8 else 0
         self.end_char = 0
         handle.seek(0)
 
     def add(self, doc: dict, text: str, start: int) -> None:
-        """A document as the first pass parsed it (its values still Extended JSON), its text, and
-        the position of the text's first character in the file."""
+        """A document as the first pass parsed it (still Extended JSON), its text, and where that starts in the file."""
         self.carried.update(doc)
         data = text.encode("utf-8", "surrogatepass")
         offset = self.end_byte + start - self.end_char
@@ -2234,7 +2206,7 @@ def index_export(path: Path, limit: int | None, saved: Path | None = None) -> Ex
         index = ExportIndex(path, handle)
         if saved is not None and index.reuse(saved, limit):
             return index
-        for doc, text, start in iter_documents_text(path, handle, unwrap=False, file_digest=index.file_digest):
+        for doc, text, start in iter_documents_text(path, handle, index.file_digest):
             if limit is None or len(index) < limit:
                 index.add(doc, text, start)
         index.size = handle.tell()
@@ -2259,9 +2231,10 @@ def natural_key(doc: dict, key_fields: Sequence[str]) -> str:
 
 
 class Matcher:
-    """Matching's two passes, as claims one export record at a time: by the `id` field (`id_field`, its key in
-    the records; None when the table has none), then by normalised natural key (`key_field`), first come first
-    served. The caller makes every id claim before any key claim, in export order."""
+    """Matching's two passes, as claims one export record at a time: by the `id` field (`id_field`, its key in the
+    records; None when the table has none), then by normalised natural key (`key_field`), first come first served.
+    The caller claims each Mongo id once, all before any key claim, in export order: a record holding an id is
+    claimed by it alone, and one without is a candidate of one key, so none is claimed twice."""
 
     def __init__(self, airtable_records: TableSnapshot, key_field: str | None, id_field: str | None):
         # Record ids only: a claimed record is read from the snapshot when it is planned.
@@ -2280,15 +2253,12 @@ class Matcher:
 
     def claim_by_id(self, mongo_id: str | None) -> str | None:
         rec_id = self.holding.get(mongo_id)  # type: ignore[arg-type]
-        if rec_id is None or rec_id in self.claimed:
-            return None
-        self.claimed.add(rec_id)
+        if rec_id is not None:
+            self.claimed.add(rec_id)
         return rec_id
 
     def claim_by_key(self, key: str) -> str | None:
         queue = self.candidates.get(key)
-        while queue and queue[0] in self.claimed:
-            queue.popleft()
         if not queue:
             return None
         self.claimed.add(queue[0])
@@ -2331,9 +2301,7 @@ def jsonable(value: Any) -> Any:
         if not value.is_finite():
             return None
         return int(value) if value == value.to_integral_value() else float(value)
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
+    return None if _is_null(value) else value
 
 
 def _is_null(value: Any) -> bool:
@@ -2361,9 +2329,8 @@ def to_text(value: Any) -> str:
 
 def to_number(value: Any) -> int | float | None:
     if isinstance(value, int) and not isinstance(value, bool):
-        # Airtable keeps numbers as doubles (integers past 15 digits come back rounded:
-        # github.com/Airtable/airtable.js/issues/423): send what it will give back, or every
-        # run rewrites it.
+        # Airtable keeps numbers as doubles, so an integer past 15 digits comes back rounded: send what it will
+        # give back, or every run rewrites it (github.com/Airtable/airtable.js/issues/423).
         return value if abs(value) <= 2**53 else float(value)
     if isinstance(value, float):
         return value if math.isfinite(value) else None
@@ -2402,11 +2369,8 @@ def to_single_select(value: Any) -> str:
 
 def to_multiple_selects(value: Any) -> list[str]:
     items = value if isinstance(value, (list, tuple)) else [value]
-    for item in items:
-        if isinstance(item, (dict, list, tuple)):
-            raise Invalid(f"not a choice: {item!r}")
     # Airtable keeps a choice once.
-    return list(dict.fromkeys(_scalar_text(item) for item in items if not _is_null(item) and item != ""))
+    return list(dict.fromkeys(to_single_select(item) for item in items if not _is_null(item) and item != ""))
 
 
 CONVERTERS: dict[str, Callable[[Any], Any]] = {
@@ -2435,11 +2399,8 @@ def infer_type(airtable_values: Iterable[Any], mongo_value: Any) -> str:
         if isinstance(value, list):
             return "multipleSelects" if all(isinstance(v, str) for v in value) else "multilineText"
         if isinstance(value, str):
-            if re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
-                return "date"
-            if re.fullmatch(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z", value):
-                return "dateTime"
-            return "multilineText"
+            patterns = ((r"\d{4}-\d{2}-\d{2}", "date"), (r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z", "dateTime"))
+            return next((name for pattern, name in patterns if re.fullmatch(pattern, value)), "multilineText")
     kinds = ((bool, "checkbox"), ((int, float, Decimal), "number"), (datetime, "dateTime"))
     return next((name for kind, name in kinds if isinstance(mongo_value, kind)), "multilineText")
 
@@ -2505,23 +2466,21 @@ def is_clear(value: Any) -> bool:
 
 
 def values_equal(new: Any, old: Any, field_type: str) -> bool:
-    """The contract's equality: blank forms are equal, numbers as numbers,
-    dates as instants at whole seconds, lists in order."""
+    """The contract's equality: blanks alike, numbers as numbers, dates as instants to the second, lists in order."""
     if new == old:
         return True
     if is_blank(new, field_type) or is_blank(old, field_type):
         return is_blank(new, field_type) and is_blank(old, field_type)
     if field_type in ("date", "dateTime"):
-        try:
+        with contextlib.suppress(Invalid, OverflowError):
             a, b = to_instant(new), to_instant(old)
             if field_type == "date":
                 return a.date() == b.date()
             return a.replace(microsecond=0) == b.replace(microsecond=0)  # whole seconds, before 1970 too
-        except (Invalid, OverflowError):
-            return new == old
+        return False
     if isinstance(new, list) and isinstance(old, list):
         return len(new) == len(old) and all(str(a) == str(b) for a, b in zip(new, old))
-    return new == old
+    return False
 
 
 def changed_fields(converted: Mapping[str, Any], current: Mapping[str, Any], types: Mapping[str, str]) -> dict:

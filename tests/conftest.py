@@ -67,7 +67,8 @@ def parse_export(path: Path, raw: bytes) -> list[dict]:
     """An export's documents from its bytes, as the tool reads them."""
     import io
     import airtable_sync
-    return list(airtable_sync.iter_documents(path, io.BytesIO(raw)))
+    documents = airtable_sync.iter_documents_text(path, io.BytesIO(raw))
+    return [airtable_sync.unwrap_extended_json(doc) for doc, _, _ in documents]
 
 
 def load_export(path: Path, limit: int | None) -> list | None:
