@@ -2730,17 +2730,16 @@ class PlanMemo:
     parses nor converts it. In `airtable_<table>.memo` (8 bytes a record, no personal data); a
     missing or stale one costs a full plan."""
 
-    def __init__(self, known: array | None = None):
-        self.known: set[int] = set(known or ())
+    def __init__(self, known: Iterable[int] = ()):
+        self.known = set(known)
         self.kept = array("q")
         self.signature = b""
 
     @classmethod
     def load(cls, path: Path) -> "PlanMemo":
-        known = array("q")
         with contextlib.suppress(OSError, ValueError), open(path, "rb") as handle:
-            known.frombytes(handle.read())  # a length not a multiple of 8 adds nothing
-        return cls(known)
+            return cls(array("q", handle.read()))  # a length not a multiple of 8 raises: none known
+        return cls()
 
     def sign(self, spec: TableSpec, columns: TableColumns, types: Mapping[str, str], id_key: str | None,
              link_index: Mapping[str, Mapping[str, str]]) -> None:
@@ -2987,8 +2986,8 @@ def plan_deletions(plans: Mapping[str, TablePlan], exported_ids: Mapping[str, se
             1 for r in plan.orphans if r["fields"].get(plan.id_key) not in (None, "")) + plan.skipped_with_id
         # Exact: 29 of 100 at 0.29 is at the cap, not over it (in floats 0.29 * 100 < 29).
         limit = math.floor(Fraction(str(settings.max_delete_fraction)) * with_id)
-        held = len(gone) > limit and not settings.force_delete
-        deletions[key] = DeletionPlan(key, gone, with_id, limit, held, exported_ids[key], id_key=probe.id_key)
+        deletions[key] = dataclasses.replace(probe, records=gone, with_id=with_id, limit=limit,
+                                             held=len(gone) > limit and not settings.force_delete)
     return deletions
 
 
@@ -3386,14 +3385,10 @@ class Deleter:
         cells by field name, as a person reads them, and each name's field id (fieldIds), by which
         --restore finds the field even if it was renamed since."""
         names = {f.id: f.name for f in (self.schema.get(key) or {}).values()} if self.schema is not None else {}
-        lines = []
-        for rec in batch:
-            line = {"table": key, "id": rec["id"], "createdTime": rec.get("createdTime"),
-                    "fields": {names.get(k, k): v for k, v in rec["fields"].items()}}
-            if names:
-                line["fieldIds"] = {names.get(k, k): k for k in rec["fields"]}
-            lines.append(line)
-        append_archive(self.archive, lines)
+        append_archive(self.archive, [
+            {"table": key, "id": rec["id"], "createdTime": rec.get("createdTime"),
+             "fields": {names.get(k, k): v for k, v in rec["fields"].items()}}
+            | ({"fieldIds": {names.get(k, k): k for k in rec["fields"]}} if names else {}) for rec in batch])
 
     def delete_batch(self, table: Any, deletion: DeletionPlan, batch: Sequence[dict],
                      outcomes: dict[str, Outcome]) -> None:
@@ -3415,9 +3410,7 @@ class Deleter:
                 raise error from None
             log.warning("%s: delete of %s failed: %s", deletion.key, ", ".join(ids), without_values(str(error)))
             return
-        for rec in answered:
-            if rec.get("deleted"):
-                outcomes[rec["id"]] = Outcome.DONE
+        outcomes.update((rec["id"], Outcome.DONE) for rec in answered if rec.get("deleted"))
 
 
 ARCHIVE_NAME = re.compile(r"(?:deleted|changed)_(\d{8}_\d{6})(?:_\d+)?\.jsonl")
