@@ -2794,8 +2794,7 @@ def plan_record(plan: TablePlan, record: ExportRecord, current: dict | None, how
         fields = {k: v for k, v in converted.items() if v is not None and v is not False and v != "" and v != []}
         plan.writes.append(PlannedWrite(record.bare(), "create", fields=fields))
     elif changes := changed_fields(converted, current["fields"], types):
-        if plan.days is not None:
-            plan.days.add(changes, current["fields"], converted)
+        plan.days.add(changes, current["fields"], converted)  # type: ignore[union-attr]
         plan.writes.append(PlannedWrite(record.bare(), "update", record_id=current["id"], fields=changes,
                                         matched_by=how, before={k: current["fields"].get(k) for k in changes}))
         plan.clears.update(k for k, v in changes.items() if is_clear(v))
@@ -3046,13 +3045,9 @@ PLANNED, LANDED, LANDED_EXISTING = Written(), Written(Outcome.DONE), Written(Out
 
 class BatchWriter:
     """Sends writes ten records a request and keeps what became of each in `results`, for the sync
-    and the restore alike. What a failed request does is write_failure's: a refused one is tried
-    record by record, so only the bad records fail; a lost one stops the run (AirtableAccessError)
-    unless only a plain create is in doubt, which is never re-sent since it could duplicate.
-
-    Each command supplies send(action, batch): Airtable's copy of the records written, and which
-    were new (None: not known); key_of and name_of, the table and the record for the log (its
-    Mongo id, never a value); and unknown_create, the note of a plain create in doubt."""
+    and the restore alike. Each command supplies send(action, batch): Airtable's copy of the records
+    written, and which were new (None: not known); key_of and name_of, the table and the record for
+    the log (its Mongo id, never a value); and unknown_create, the note of a plain create in doubt."""
 
     VERB = "writing"
     SETTLES = "the next run settles it"
@@ -3069,7 +3064,7 @@ class BatchWriter:
     def label(self, write: Any) -> str:
         return f"{self.key_of(write)} {self.name_of(write)}"
 
-    def landed(self, action: str, batch: list[tuple[Any, dict]], records: list[dict], created: set[str] | None) -> None:
+    def landed(self, batch: list[tuple[Any, dict]], records: list[dict], created: set[str] | None) -> None:
         """Airtable answers in request order."""
         for (write, _), rec in zip(batch, records):
             self.record(write, outcome=Outcome.DONE, record_id=rec["id"])
@@ -3117,9 +3112,10 @@ class BatchWriter:
             raise AirtableAccessError(f"Airtable answered {len(records)} records for {len(batch)} written")
         if self.airtable.stats.retried != retried:
             created = None  # a retried upsert finds what its own lost first attempt made
-        self.landed(action, batch, records, created)
+        self.landed(batch, records, created)
 
     def refused(self, action: str, batch: list[tuple[Any, dict]], kind: str, message: str) -> None:
+        """Tried record by record, so that only the bad records fail."""
         if len(batch) > 1:
             for item in batch:
                 self.write_batch(action, [item])
@@ -3301,8 +3297,7 @@ class SyncWriter(BatchWriter):
         if remaining:
             self.write_batch(action, remaining)
 
-    def landed(self, action: str, batch: list[tuple[PlannedWrite, dict]], records: list[dict],
-               created: set[str] | None) -> None:
+    def landed(self, batch: list[tuple[PlannedWrite, dict]], records: list[dict], created: set[str] | None) -> None:
         for rec in records:
             self.records.put(rec)
         self.applied.written.add(self.key)
