@@ -2631,11 +2631,10 @@ def day_of(value: Any) -> date | None:
 
 class DayTally:
     """Per numeric field over one table's planned updates: how many changed it, how many of those rose
-    by the days since the previous run, and per date field the dates it counts days to (the date plus
-    the value). Counters a field, never anything per record. A counter counts to the run's date, or
-    to the day an export was written on (the exporter computed it then; so do a test's nights a day
-    apart in minutes): any one date that nine in ten records count to will do, since the formula is
-    the remedy all the same."""
+    by the days since the previous run, and per date field the dates it counts days to (date plus value);
+    no figure per record. A counter counts to the run's date or to the day its export was computed (a
+    test's nights are minutes apart): any date nine in ten records count to will do, since the formula
+    is the remedy all the same."""
 
     def __init__(self, elapsed: int | None, types: Mapping[str, str]):
         self.elapsed = elapsed  # whole days since the previous run (None: there was none)
@@ -2874,14 +2873,10 @@ def plan_table(spec: TableSpec, exported: ExportIndex | ExportList | Sequence[Ex
 
 def build_link_index(airtable_records: Iterable[dict], plan: TablePlan | None, id_key: str | None) -> dict[str, str]:
     """Mongo id -> Airtable record id (or PENDING) of a link target table after its planned sync."""
-    index: dict[str, str] = {}
     if plan is not None and plan.airtable_ids is not None:
-        index.update(plan.airtable_ids)  # the plan's matching read them already
-    else:
-        for rec in airtable_records if id_key is not None else ():
-            value = rec["fields"].get(id_key)
-            if value not in (None, ""):
-                index.setdefault(str(value), rec["id"])
+        index = dict(plan.airtable_ids)  # the plan's matching read them already
+    else:  # as its matching would
+        index = Matcher(as_snapshot(airtable_records), None, id_key).holding
     if plan is not None:
         index.update(plan.skipped_ids)
         for write in plan.writes:
@@ -2913,9 +2908,8 @@ def clear_limits(clears: Mapping[str, int], holding: Mapping[str, int], fraction
 
 
 def hold_back(plan: TablePlan, keys: set[str]) -> None:
-    """Takes the clears of `keys` out of the planned updates; their other changes stay. An update
-    left with nothing to send is no write: a skip, and one the memo never kept (plan_record keeps
-    only records in sync), so that the next run plans the clear again."""
+    """Takes the clears of `keys` out of the planned updates, their other changes staying. An update left
+    empty is a skip the memo never kept (it keeps records in sync only): the next run plans the clear again."""
     kept = []
     for write in plan.writes:
         held = [k for k in keys & write.fields.keys() if is_clear(write.fields[k])] if write.action == "update" else []
@@ -3305,7 +3299,7 @@ class SyncWriter(BatchWriter):
         by_key = {r["id"]: r for r in records} | {r["fields"][id_key]: r for r in records if r["fields"].get(id_key)}
         if all((w.record_id or f.get(id_key)) in by_key for w, f in batch):
             # Airtable answers in request order; matching by id does not depend on it.
-            records = [by_key[w.record_id] if w.record_id in by_key else by_key[f[id_key]] for w, f in batch]
+            records = [by_key[w.record_id or f.get(id_key)] for w, f in batch]
         for (write, fields), rec in zip(batch, records):
             # An upsert that found the record there (a stale cache, or its own earlier attempt) updated it.
             existed = write.action == "create" and created is not None and rec["id"] not in created
@@ -3376,9 +3370,8 @@ class Deleter:
         return batch
 
     def archive_records(self, key: str, batch: Sequence[dict]) -> None:
-        """Appended and flushed to disk before the delete request: nothing is lost for good. The
-        cells by field name, as a person reads them, and each name's field id (fieldIds), by which
-        --restore finds the field even if it was renamed since."""
+        """On disk before the delete request: nothing is lost for good. The cells by field name, as a
+        person reads them, and each name's field id (fieldIds), by which --restore finds a field renamed since."""
         names = {f.id: f.name for f in (self.schema.get(key) or {}).values()} if self.schema is not None else {}
         append_archive(self.archive, [
             {"table": key, "id": rec["id"], "createdTime": rec.get("createdTime"),
