@@ -2693,8 +2693,7 @@ class TablePlan:
     invalid_values: int = 0
     unresolved_links: int = 0
     planned: dict[str, int] = field(default_factory=dict)  # counts per action, as planned
-    # Unchanged records are counted, not kept: a quiet night's plan holds no write objects.
-    skipped: int = 0
+    skipped: int = 0  # unchanged records are counted, not kept: a quiet night's plan holds no write objects
     skipped_with_id: int = 0  # of those, the ones with a Mongo id (the deletion cap counts them)
     skipped_ids: dict[str, str] = field(default_factory=dict)  # Mongo id -> record id, when the table has no id field
     airtable_ids: dict[str, str] | None = None  # Mongo id -> Airtable record id, as matching found them
@@ -2825,15 +2824,13 @@ def plan_table(spec: TableSpec, exported: ExportIndex | ExportList | Sequence[Ex
         memo = None
     elif memo is not None:
         memo.sign(spec, columns, types, id_key, link_index)
-    # Pass one: records that cannot be matched safely fail before matching, so they claim no
-    # Airtable record; the rest are matched by id and planned at once.
+    # Pass one: records unsafe to match fail, claiming no Airtable record; the rest are matched by id, planned at once.
     unmatched, seen_ids = [], set()
     for index, mongo_id in enumerate(exported.mongo_ids):
         record = exported.load(index) if mongo_id is None or id_key is None else None  # the key is needed
         error = None
         if record is not None and not natural_key(record.doc, spec.key_fields):
-            # With no `id` field in Airtable only the key finds a record again: created, it
-            # would be created again on every run.
+            # With no `id` field only the key finds a record again: created, it would be created again each run.
             error = (f"record #{index + 1} has no id and no {'/'.join(spec.key_fields)}" if mongo_id is None else
                      f"no {'/'.join(spec.key_fields)}, and the Airtable table has no id field to find it by")
         elif mongo_id is not None and mongo_id in seen_ids:
@@ -3032,8 +3029,7 @@ class Written:
     links_left_out: tuple[dict, ...] = ()  # ({"field", "target"}, ...): the target's create failed
 
 
-# A first sync holds a result for each of tens of thousands of writes: where nothing but the
-# outcome is worth keeping, they all share one.
+# Shared by every write whose result is its outcome alone: a first sync holds tens of thousands.
 PLANNED, LANDED, LANDED_EXISTING = Written(), Written(Outcome.DONE), Written(Outcome.DONE, existed=True)
 
 
@@ -3186,11 +3182,9 @@ class ChangesArchive:
         if not batch:
             return
         if self.path is None:
-            stamp, n = f"{self.started:%Y%m%d_%H%M%S}", 1
-            self.path = self.reports_dir / f"changed_{stamp}.jsonl"
-            while self.path.exists():
-                n += 1
-                self.path = self.reports_dir / f"changed_{stamp}_{n}.jsonl"
+            stem = f"changed_{self.started:%Y%m%d_%H%M%S}"
+            names = (f"{stem}_{n}.jsonl" if n > 1 else f"{stem}.jsonl" for n in itertools.count(1))
+            self.path = next(path for path in map(self.reports_dir.joinpath, names) if not path.exists())
         name = plan.columns.mapped_name
         append_archive(self.path, [
             {"table": plan.spec.key, "id": write.record_id, "mongo_id": write.record.mongo_id,
