@@ -2721,12 +2721,11 @@ def link_reference(doc: dict, link: LinkSpec) -> str | None:
 
 
 class PlanMemo:
-    """The records a run found in sync, as one 64-bit digest each of all their plan depends on: the
-    export document's text, the record's snapshot line, and the table's signature (this tool's code,
-    the mapping, the bound fields and their types, the link targets' ids). A record whose digest the
-    last run kept is in sync again, the plan being a function of those alone: a quiet night neither
-    parses nor converts it. In `airtable_<table>.memo` (8 bytes a record, no personal data); a
-    missing or stale one costs a full plan."""
+    """The records a run found in sync, as a 64-bit digest of all each one's plan depends on: its export
+    text, its snapshot line and the table's signature (this tool's code, the mapping, the bound fields
+    and types, the link targets' ids). The plan being a function of those alone, a record whose digest
+    the last run kept is in sync again: a quiet night neither parses nor converts it. In
+    `airtable_<table>.memo` (8 bytes a record, no personal data); missing or stale, it costs a full plan."""
 
     def __init__(self, known: Iterable[int] = ()):
         self.known = set(known)
