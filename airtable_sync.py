@@ -2632,9 +2632,9 @@ def day_of(value: Any) -> date | None:
 class DayTally:
     """Per numeric field over one table's planned updates: how many changed it, how many of those rose
     by the days since the previous run, and per date field the dates it counts days to (date plus value);
-    no figure per record. A counter counts to the run's date or to the day its export was computed (a
-    test's nights are minutes apart): any date nine in ten records count to will do, since the formula
-    is the remedy all the same."""
+    no figure per record. A counter counts to the run's date or to the day its export was computed (so
+    do a test's nights a day apart in minutes): any date nine in ten records count to will do, since the
+    formula is the remedy all the same."""
 
     def __init__(self, elapsed: int | None, types: Mapping[str, str]):
         self.elapsed = elapsed  # whole days since the previous run (None: there was none)
