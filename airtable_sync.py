@@ -2527,11 +2527,10 @@ def day_of(value: Any) -> date | None:
 
 class DayTally:
     """Per numeric field over one table's planned updates: how many changed it, how many of those rose
-    by the days since the previous run, and per date field the dates it counts days to (the date plus
-    the value). Counters a field, never anything per record. A counter counts to the run's date, or
-    to the day an export was written on (the exporter computed it then; so do a test's nights a day
-    apart in minutes): any one date that nine in ten records count to will do, since the formula is
-    the remedy all the same."""
+    by the days since the previous run, and per date field the dates it counts days to (date plus value);
+    no figure per record. A counter counts to the run's date or to the day its export was computed (so
+    do a test's nights a day apart in minutes): any date nine in ten records count to will do, since the
+    formula is the remedy all the same."""
 
     def __init__(self, elapsed: int | None, types: Mapping[str, str]):
         self.elapsed = elapsed  # whole days since the previous run (None: there was none)
@@ -2590,8 +2589,7 @@ class TablePlan:
     invalid_values: int = 0
     unresolved_links: int = 0
     planned: dict[str, int] = field(default_factory=dict)  # counts per action, as planned
-    # Unchanged records are counted, not kept: a quiet night's plan holds no write objects.
-    skipped: int = 0
+    skipped: int = 0  # unchanged records are counted, not kept: a quiet night's plan holds no write objects
     skipped_with_id: int = 0  # of those, the ones with a Mongo id (the deletion cap counts them)
     skipped_ids: dict[str, str] = field(default_factory=dict)  # Mongo id -> record id, when the table has no id field
     airtable_ids: dict[str, str] | None = None  # Mongo id -> Airtable record id, as matching found them
@@ -2619,24 +2617,22 @@ def link_reference(doc: dict, link: LinkSpec) -> str | None:
 
 
 class PlanMemo:
-    """The records a run found in sync, as one 64-bit digest each of all their plan depends on: the
-    export document's text, the record's snapshot line, and the table's signature (this tool's code,
-    the mapping, the bound fields and their types, the link targets' ids). A record whose digest the
-    last run kept is in sync again, the plan being a function of those alone: a quiet night neither
-    parses nor converts it. In `airtable_<table>.memo` (8 bytes a record, no personal data); a
-    missing or stale one costs a full plan."""
+    """The records a run found in sync, as a 64-bit digest of all each one's plan depends on: its export
+    text, its snapshot line and the table's signature (this tool's code, the mapping, the bound fields
+    and types, the link targets' ids). The plan being a function of those alone, a record whose digest
+    the last run kept is in sync again: a quiet night neither parses nor converts it. In
+    `airtable_<table>.memo` (8 bytes a record, no personal data); missing or stale, it costs a full plan."""
 
-    def __init__(self, known: array | None = None):
-        self.known: set[int] = set(known or ())
+    def __init__(self, known: Iterable[int] = ()):
+        self.known = set(known)
         self.kept = array("q")
         self.signature = b""
 
     @classmethod
     def load(cls, path: Path) -> "PlanMemo":
-        known = array("q")
         with contextlib.suppress(OSError, ValueError), open(path, "rb") as handle:
-            known.frombytes(handle.read())  # a length not a multiple of 8 adds nothing
-        return cls(known)
+            return cls(array("q", handle.read()))  # a length not a multiple of 8 raises: none known
+        return cls()
 
     def sign(self, spec: TableSpec, columns: TableColumns, types: Mapping[str, str], id_key: str | None,
              link_index: Mapping[str, Mapping[str, str]]) -> None:
@@ -2691,8 +2687,7 @@ def plan_record(plan: TablePlan, record: ExportRecord, current: dict | None, how
         fields = {k: v for k, v in converted.items() if v is not None and v is not False and v != "" and v != []}
         plan.writes.append(PlannedWrite(record.bare(), "create", fields=fields))
     elif changes := changed_fields(converted, current["fields"], types):
-        if plan.days is not None:
-            plan.days.add(changes, current["fields"], converted)
+        plan.days.add(changes, current["fields"], converted)  # type: ignore[union-attr]
         plan.writes.append(PlannedWrite(record.bare(), "update", record_id=current["id"], fields=changes,
                                         matched_by=how, before={k: current["fields"].get(k) for k in changes}))
         plan.clears.update(k for k, v in changes.items() if is_clear(v))
@@ -2724,15 +2719,13 @@ def plan_table(spec: TableSpec, exported: ExportIndex | ExportList | Sequence[Ex
         memo = None
     elif memo is not None:
         memo.sign(spec, columns, types, id_key, link_index)
-    # Pass one: records that cannot be matched safely fail before matching, so they claim no
-    # Airtable record; the rest are matched by id and planned at once.
+    # Pass one: records unsafe to match fail, claiming no Airtable record; the rest are matched by id, planned at once.
     unmatched, seen_ids = [], set()
     for index, mongo_id in enumerate(exported.mongo_ids):
         record = exported.load(index) if mongo_id is None or id_key is None else None  # the key is needed
         error = None
         if record is not None and not natural_key(record.doc, spec.key_fields):
-            # With no `id` field in Airtable only the key finds a record again: created, it
-            # would be created again on every run.
+            # With no `id` field only the key finds a record again: created, it would be created again each run.
             error = (f"record #{index + 1} has no id and no {'/'.join(spec.key_fields)}" if mongo_id is None else
                      f"no {'/'.join(spec.key_fields)}, and the Airtable table has no id field to find it by")
         elif mongo_id is not None and mongo_id in seen_ids:
@@ -2772,14 +2765,10 @@ def plan_table(spec: TableSpec, exported: ExportIndex | ExportList | Sequence[Ex
 
 def build_link_index(airtable_records: Iterable[dict], plan: TablePlan | None, id_key: str | None) -> dict[str, str]:
     """Mongo id -> Airtable record id (or PENDING) of a link target table after its planned sync."""
-    index: dict[str, str] = {}
     if plan is not None and plan.airtable_ids is not None:
-        index.update(plan.airtable_ids)  # the plan's matching read them already
-    else:
-        for rec in airtable_records if id_key is not None else ():
-            value = rec["fields"].get(id_key)
-            if value not in (None, ""):
-                index.setdefault(str(value), rec["id"])
+        index = dict(plan.airtable_ids)  # the plan's matching read them already
+    else:  # as its matching would
+        index = Matcher(as_snapshot(airtable_records), None, id_key).holding
     if plan is not None:
         index.update(plan.skipped_ids)
         for write in plan.writes:
@@ -2811,9 +2800,8 @@ def clear_limits(clears: Mapping[str, int], holding: Mapping[str, int], fraction
 
 
 def hold_back(plan: TablePlan, keys: set[str]) -> None:
-    """Takes the clears of `keys` out of the planned updates; their other changes stay. An update
-    left with nothing to send is no write: a skip, and one the memo never kept (plan_record keeps
-    only records in sync), so that the next run plans the clear again."""
+    """Takes the clears of `keys` out of the planned updates, their other changes staying. An update left
+    empty is a skip the memo never kept (it keeps records in sync only): the next run plans the clear again."""
     kept = []
     for write in plan.writes:
         held = [k for k in keys & write.fields.keys() if is_clear(write.fields[k])] if write.action == "update" else []
@@ -2883,8 +2871,8 @@ def plan_deletions(plans: Mapping[str, TablePlan], exported_ids: Mapping[str, se
             1 for r in plan.orphans if r["fields"].get(plan.id_key) not in (None, "")) + plan.skipped_with_id
         # Exact: 29 of 100 at 0.29 is at the cap, not over it (in floats 0.29 * 100 < 29).
         limit = math.floor(Fraction(str(settings.max_delete_fraction)) * with_id)
-        held = len(gone) > limit and not settings.force_delete
-        deletions[key] = DeletionPlan(key, gone, with_id, limit, held, exported_ids[key], id_key=probe.id_key)
+        deletions[key] = dataclasses.replace(probe, records=gone, with_id=with_id, limit=limit,
+                                             held=len(gone) > limit and not settings.force_delete)
     return deletions
 
 
@@ -2936,20 +2924,15 @@ class Written:
     links_left_out: tuple[dict, ...] = ()  # ({"field", "target"}, ...): the target's create failed
 
 
-# A first sync holds a result for each of tens of thousands of writes: where nothing but the
-# outcome is worth keeping, they all share one.
+# Shared by every write whose result is its outcome alone: a first sync holds tens of thousands.
 PLANNED, LANDED, LANDED_EXISTING = Written(), Written(Outcome.DONE), Written(Outcome.DONE, existed=True)
 
 
 class BatchWriter:
     """Sends writes ten records a request and keeps what became of each in `results`, for the sync
-    and the restore alike. What a failed request does is write_failure's: a refused one is tried
-    record by record, so only the bad records fail; a lost one stops the run (AirtableAccessError)
-    unless only a plain create is in doubt, which is never re-sent since it could duplicate.
-
-    Each command supplies send(action, batch): Airtable's copy of the records written, and which
-    were new (None: not known); key_of and name_of, the table and the record for the log (its
-    Mongo id, never a value); and unknown_create, the note of a plain create in doubt."""
+    and the restore alike. Each command supplies send(action, batch): Airtable's copy of the records
+    written, and which were new (None: not known); key_of and name_of, the table and the record for
+    the log (its Mongo id, never a value); and unknown_create, the note of a plain create in doubt."""
 
     VERB = "writing"
     SETTLES = "the next run settles it"
@@ -2966,7 +2949,7 @@ class BatchWriter:
     def label(self, write: Any) -> str:
         return f"{self.key_of(write)} {self.name_of(write)}"
 
-    def landed(self, action: str, batch: list[tuple[Any, dict]], records: list[dict], created: set[str] | None) -> None:
+    def landed(self, batch: list[tuple[Any, dict]], records: list[dict], created: set[str] | None) -> None:
         """Airtable answers in request order."""
         for (write, _), rec in zip(batch, records):
             self.record(write, outcome=Outcome.DONE, record_id=rec["id"])
@@ -3014,9 +2997,10 @@ class BatchWriter:
             raise AirtableAccessError(f"Airtable answered {len(records)} records for {len(batch)} written")
         if self.airtable.stats.retried != retried:
             created = None  # a retried upsert finds what its own lost first attempt made
-        self.landed(action, batch, records, created)
+        self.landed(batch, records, created)
 
     def refused(self, action: str, batch: list[tuple[Any, dict]], kind: str, message: str) -> None:
+        """Tried record by record, so that only the bad records fail."""
         if len(batch) > 1:
             for item in batch:
                 self.write_batch(action, [item])
@@ -3093,11 +3077,9 @@ class ChangesArchive:
         if not batch:
             return
         if self.path is None:
-            stamp, n = f"{self.started:%Y%m%d_%H%M%S}", 1
-            self.path = self.reports_dir / f"changed_{stamp}.jsonl"
-            while self.path.exists():
-                n += 1
-                self.path = self.reports_dir / f"changed_{stamp}_{n}.jsonl"
+            stem = f"changed_{self.started:%Y%m%d_%H%M%S}"
+            names = (f"{stem}_{n}.jsonl" if n > 1 else f"{stem}.jsonl" for n in itertools.count(1))
+            self.path = next(path for path in map(self.reports_dir.joinpath, names) if not path.exists())
         name = plan.columns.mapped_name
         append_archive(self.path, [
             {"table": plan.spec.key, "id": write.record_id, "mongo_id": write.record.mongo_id,
@@ -3198,8 +3180,7 @@ class SyncWriter(BatchWriter):
         if remaining:
             self.write_batch(action, remaining)
 
-    def landed(self, action: str, batch: list[tuple[PlannedWrite, dict]], records: list[dict],
-               created: set[str] | None) -> None:
+    def landed(self, batch: list[tuple[PlannedWrite, dict]], records: list[dict], created: set[str] | None) -> None:
         for rec in records:
             self.records.put(rec)
         self.applied.written.add(self.key)
@@ -3207,7 +3188,7 @@ class SyncWriter(BatchWriter):
         by_key = {r["id"]: r for r in records} | {r["fields"][id_key]: r for r in records if r["fields"].get(id_key)}
         if all((w.record_id or f.get(id_key)) in by_key for w, f in batch):
             # Airtable answers in request order; matching by id does not depend on it.
-            records = [by_key[w.record_id] if w.record_id in by_key else by_key[f[id_key]] for w, f in batch]
+            records = [by_key[w.record_id or f.get(id_key)] for w, f in batch]
         for (write, fields), rec in zip(batch, records):
             # An upsert that found the record there (a stale cache, or its own earlier attempt) updated it.
             existed = write.action == "create" and created is not None and rec["id"] not in created
@@ -3278,18 +3259,13 @@ class Deleter:
         return batch
 
     def archive_records(self, key: str, batch: Sequence[dict]) -> None:
-        """Appended and flushed to disk before the delete request: nothing is lost for good. The
-        cells by field name, as a person reads them, and each name's field id (fieldIds), by which
-        --restore finds the field even if it was renamed since."""
+        """On disk before the delete request: nothing is lost for good. The cells by field name, as a
+        person reads them, and each name's field id (fieldIds), by which --restore finds a field renamed since."""
         names = {f.id: f.name for f in (self.schema.get(key) or {}).values()} if self.schema is not None else {}
-        lines = []
-        for rec in batch:
-            line = {"table": key, "id": rec["id"], "createdTime": rec.get("createdTime"),
-                    "fields": {names.get(k, k): v for k, v in rec["fields"].items()}}
-            if names:
-                line["fieldIds"] = {names.get(k, k): k for k in rec["fields"]}
-            lines.append(line)
-        append_archive(self.archive, lines)
+        append_archive(self.archive, [
+            {"table": key, "id": rec["id"], "createdTime": rec.get("createdTime"),
+             "fields": {names.get(k, k): v for k, v in rec["fields"].items()}}
+            | ({"fieldIds": {names.get(k, k): k for k in rec["fields"]}} if names else {}) for rec in batch])
 
     def delete_batch(self, table: Any, deletion: DeletionPlan, batch: Sequence[dict],
                      outcomes: dict[str, Outcome]) -> None:
@@ -3311,9 +3287,7 @@ class Deleter:
                 raise error from None
             log.warning("%s: delete of %s failed: %s", deletion.key, ", ".join(ids), without_values(str(error)))
             return
-        for rec in answered:
-            if rec.get("deleted"):
-                outcomes[rec["id"]] = Outcome.DONE
+        outcomes.update((rec["id"], Outcome.DONE) for rec in answered if rec.get("deleted"))
 
 
 ARCHIVE_NAME = re.compile(r"(?:deleted|changed)_(\d{8}_\d{6})(?:_\d+)?\.jsonl")
