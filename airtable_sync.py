@@ -25,7 +25,6 @@ import enum
 import errno
 import fcntl
 import hashlib
-import importlib.util
 import itertools
 import json
 import logging
@@ -5062,14 +5061,11 @@ def run_demo(verbose: bool) -> int:
     if not emulator_path.is_file() or not (fixtures / "base.json").is_file():
         print(f"airtable_sync: --demo needs {emulator_path} and {fixtures}/ from the repository", file=sys.stderr)
         return EXIT_USAGE
-    spec = importlib.util.spec_from_file_location(
-        "airtable_emulator", emulator_path, submodule_search_locations=[str(emulator_path.parent)])
-    emulator_module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    sys.modules[spec.name] = emulator_module  # its dataclasses look their module up by name
-    spec.loader.exec_module(emulator_module)  # type: ignore[union-attr]
+    sys.path.insert(0, str(emulator_path.parent.parent))  # the repository's tests/, as the tests import it
+    import airtable_emulator
     workdir = Path(tempfile.mkdtemp(prefix="airtable-sync-demo-"))
     token = "demo-token-not-a-secret"
-    with emulator_module.Emulator(fixtures / "base.json", token=token, rps=5) as emulator:
+    with airtable_emulator.Emulator(fixtures / "base.json", token=token, rps=5) as emulator:
         env = {"AIRTABLE_API_KEY": token, "AIRTABLE_ENDPOINT_URL": emulator.url, "AIRTABLE_BASE_ID": emulator.base_id}
         args = build_arg_parser().parse_args(
             ["--mongo-dir", str(fixtures), "--cache-dir", str(workdir / "data"),
