@@ -3952,8 +3952,6 @@ def stop_reason(exc: BaseException) -> str:
 # name add a few); a forced mass deletion costs about what a full read does.
 LOOKUP_TERMS_PER_QUERY = 100
 
-RESTORE_ORDER = TABLE_ORDER  # the reverse of DELETE_ORDER: the records links point to come first
-
 
 @dataclass
 class ArchivedRecord:
@@ -4098,15 +4096,13 @@ def archived_cells(rec: ArchivedRecord, table: LiveTable) -> ArchivedCells:
         elif live is None or live.type not in COMPUTED_TYPES:
             left_out.append(name)
     mapped = {f.id for name in spec.airtable_fields if (f := table.mapped_field(rec, name)) is not None}
-    found = ArchivedCells(rec, table.id, cells, mapped, left_out)
     for name in ("id", spec.airtable_key):
         live = table.mapped_field(rec, name)
         value = cells.get(live.id) if live is not None else None
-        if live is not None and isinstance(value, (str, int, float)) and str(value).strip():
-            found.key_field, found.key = live, str(value)
-            found.mongo_id = found.key if name == "id" else None
-            break
-    return found
+        if isinstance(value, (str, int, float)) and str(value).strip():
+            key = str(value)
+            return ArchivedCells(rec, table.id, cells, mapped, left_out, live, key, key if name == "id" else None)
+    return ArchivedCells(rec, table.id, cells, mapped, left_out)
 
 
 def what_to_look_up(archive: Mapping[str, ArchivedCells], restored: Sequence[str],
@@ -4212,7 +4208,6 @@ def holders_by_key(archive: Mapping[str, ArchivedCells], found: Mapping[str, Seq
 def decide(cells: ArchivedCells, tables: Mapping[str, LiveTable], holders: Mapping[str, dict],
            first: RestoreWrite | None) -> RestoreWrite:
     """Restore, refill, skip or fail: one archived record, its links not yet mapped."""
-    table = tables[cells.record.table]
     if cells.key is None:
         return RestoreWrite(cells, "error", note=f"no id and no {TABLE_SPECS[cells.record.table].airtable_key}: "
                             "a restore could not tell whether it made the record already; restore it by hand")
@@ -4220,13 +4215,13 @@ def decide(cells: ArchivedCells, tables: Mapping[str, LiveTable], holders: Mappi
         return RestoreWrite(cells, "skip", record_id=first.record_id,
                             note=f"the same {cells.key_field.name} as archived record "  # type: ignore[union-attr]
                             f"{first.cells.record.record_id}, restored in its place")
+    fields = tables[cells.record.table].fields
+    filled = {field_id: value for field_id, value in cells.cells.items() if not is_blank(value, fields[field_id].type)}
     holder = holders.get(cells.record.record_id)
     if holder is None:
-        return RestoreWrite(cells, "restore", fields={field_id: value for field_id, value in cells.cells.items()
-                                                      if not is_blank(value, table.fields[field_id].type)})
-    refill = {field_id: value for field_id, value in cells.cells.items()
-              if field_id not in cells.mapped and not is_blank(value, table.fields[field_id].type)
-              and is_blank(holder["fields"].get(field_id), table.fields[field_id].type)}
+        return RestoreWrite(cells, "restore", fields=filled)
+    refill = {field_id: value for field_id, value in filled.items()
+              if field_id not in cells.mapped and is_blank(holder["fields"].get(field_id), fields[field_id].type)}
     return RestoreWrite(cells, "refill" if refill else "skip", record_id=holder["id"], fields=refill,
                         note="" if refill else "already complete")
 
@@ -4246,12 +4241,11 @@ def map_links(write: RestoreWrite, tables: Mapping[str, LiveTable], exists: Mapp
             elif isinstance(old, str) and old in holders:
                 new = holders[old]["id"]
             elif isinstance(old, str) and old in created_by:
-                new = Pending(created_by[old].cells.record.record_id)
+                new = created_by[old].ref
             else:
-                new = None
-            if new is None:
                 write.left_out_links.append({"field": field_id, "target": old})
-            elif new not in targets:
+                continue
+            if new not in targets:
                 targets.append(new)
         if targets:
             write.fields[field_id] = targets
@@ -4284,7 +4278,7 @@ def plan_restore(archive: Mapping[str, ArchivedCells], restored: Sequence[str], 
                  found: Mapping[str, Sequence[dict]]) -> RestorePlan:
     """What to re-create, what to refill, and every link cell mapped: pure, no I/O."""
     holders = holders_by_key(archive, found)
-    plan = RestorePlan({key: [] for key in RESTORE_ORDER if key in restored})
+    plan = RestorePlan({key: [] for key in TABLE_ORDER if key in restored})
     first_with: dict[tuple, RestoreWrite] = {}  # (table, key field, key) -> the first record archived with it
     for key, writes in plan.writes.items():
         for cells in (c for c in archive.values() if c.record.table == key):
@@ -4676,20 +4670,18 @@ class Restore(Command):
                     for w in writes if w.action == "error" or w in self.results and self.results[w].outcome.failed]
 
     def look_up(self, airtable: Airtable, formulas: Mapping[str, Sequence[str]]) -> dict[str, list[dict]]:
-        """The records the formulas match, per table id, cells keyed by field id, in listing order."""
-        found: dict[str, list[dict]] = {}
+        """The records the formulas match, per table id, cells keyed by field id, in listing order (one that
+        two formulas match is listed twice: every reader keys by record id or takes the first)."""
+        found: dict[str, list[dict]] = defaultdict(list)
         for table_id, queries in formulas.items():
             table = airtable.api.table(self.settings.base_id, table_id)
-            records: dict[str, dict] = {}
             for formula in queries:
                 if self.stop.is_set():
                     raise RunInterrupted()
                 try:
-                    for rec in table.all(formula=formula, use_field_ids=True):
-                        records.setdefault(rec["id"], rec)
+                    found[table_id] += table.all(formula=formula, use_field_ids=True)
                 except AIRTABLE_FAILURES as exc:
                     raise access_error(exc, self.settings, f"looking up the archive's records in {table_id}") from None
-            found[table_id] = list(records.values())
         return found
 
     @property
@@ -4714,7 +4706,7 @@ class PutBackCommand(Restore):
         try:
             if not settings.dry_run:
                 writer = RestoreWriter(airtable, self.stop, self.results)  # type: ignore[arg-type]
-                for key in RESTORE_ORDER:
+                for key in TABLE_ORDER:
                     writer.send_all(f"{key}: put back", "update", [w for w in writes if w.key == key and w.fields],
                                     lambda w: w.fields)
         except (AirtableAccessError, RunInterrupted) as exc:
