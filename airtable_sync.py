@@ -3985,8 +3985,7 @@ def is_changes_line(obj: Any) -> bool:
 def archive_line(path: Path, number: int, obj: Any) -> "ArchivedRecord | ChangedRecord":
     """A line of either archive, told apart by content."""
     where = f"{path}: line {number}"
-    changes = is_changes_line(obj)
-    if changes:
+    if changes := is_changes_line(obj):
         before, after = obj.get("before"), obj.get("after")
         shaped = (isinstance(before, dict) and isinstance(after, dict) and before.keys() == after.keys()
                   and isinstance(obj.get("mongo_id"), (str, type(None))))
@@ -4254,10 +4253,9 @@ def map_links(write: RestoreWrite, tables: Mapping[str, LiveTable], exists: Mapp
 
 
 def defer_links(write: RestoreWrite, tables: Mapping[str, LiveTable], created_by: Mapping[str, RestoreWrite]) -> None:
-    """A link to a record re-created in the same request or a later one cannot be sent with this
-    record. If that record's own write sets the inverse link back to this one, Airtable fills this
-    side by itself: nothing more to send. Otherwise the whole cell waits, and is sent once every
-    record is written."""
+    """A link to a record re-created in the same request or a later one cannot be sent with this one.
+    If that record's write sets the inverse link back to this one, Airtable fills this side itself;
+    otherwise the whole cell waits, sent once every record is written."""
     for field_id, value in list(write.fields.items()):
         later = [t for t in value if isinstance(t, Pending) and created_by[t.archived_id].slot >= write.slot] \
             if isinstance(value, list) else []
@@ -4456,24 +4454,18 @@ class RestoreReport(RunReport):
         return []
 
     def table_notes(self, result: Any) -> list[str]:
-        would = " (would be)" if self.dry_run else ""
-        notes = []
-        if result.restored_records:
-            shown = ", ".join(f"{r['archived_id']} -> {r['record_id'] or '(new)'} ({r['mongo_id'] or 'no id'})"
-                              for r in result.restored_records[:MARKDOWN_RECORD_REFS])
-            notes.append(f"Restored{would}: {len(result.restored_records)}: {shown}")
-        if result.refilled_records:
-            notes.append(f"Refilled{would}: {len(result.refilled_records)}: "
-                         + record_refs(result.refilled_records, lambda r: f": {', '.join(r['fields'])}"))
-        if result.fields_left_out:
-            notes.append("Fields left out (gone from Airtable, or of a type the tool does not write): "
-                         + ", ".join(result.fields_left_out))
-        if result.links_left_out:
-            shown = ", ".join(f"{r['archived_id']} {r['field']} -> {r['target']}"
-                              for r in result.left_out_links[:MARKDOWN_RECORD_REFS])
-            notes.append(f"{result.links_left_out} links left out, to records that are gone: {shown}")
-        if result.not_attempted:
-            notes.append(f"{result.not_attempted} records not attempted")
+        would, first = " (would be)" if self.dry_run else "", MARKDOWN_RECORD_REFS
+        restored = ", ".join(f"{r['archived_id']} -> {r['record_id'] or '(new)'} ({r['mongo_id'] or 'no id'})"
+                             for r in result.restored_records[:first])
+        links = ", ".join(f"{r['archived_id']} {r['field']} -> {r['target']}" for r in result.left_out_links[:first])
+        notes = [note for shown, note in (
+            (result.restored_records, f"Restored{would}: {len(result.restored_records)}: {restored}"),
+            (result.refilled_records, f"Refilled{would}: {len(result.refilled_records)}: "
+             + record_refs(result.refilled_records, lambda r: f": {', '.join(r['fields'])}")),
+            (result.fields_left_out, "Fields left out (gone from Airtable, or of a type the tool does not write): "
+             + ", ".join(result.fields_left_out)),
+            (result.links_left_out, f"{result.links_left_out} links left out, to records that are gone: {links}"),
+            (result.not_attempted, f"{result.not_attempted} records not attempted")) if shown]
         return notes + ["All records in the JSON report."] if notes else []
 
     def after_tables(self) -> list[str]:
@@ -4618,9 +4610,8 @@ class PutBackReport(RestoreReport):
 
 @dataclass
 class Restore(Command):
-    """One --restore run: the archive checked whole, then, unless none of its lines is of the tables
-    restored, what Airtable has of it (found by the sync's bindings: its mapped fields and `id`,
-    whatever they are called now), the plan, the writes."""
+    """One --restore run, in the steps the section's note gives; Airtable's records are found by the sync's
+    bindings (its mapped fields and `id`, whatever they are called now)."""
 
     results: dict[Any, Written] = field(default_factory=dict)
     RESULT: ClassVar[type] = RestoreResult  # a table's figures in the report
@@ -4670,8 +4661,8 @@ class Restore(Command):
                     for w in writes if w.action == "error" or w in self.results and self.results[w].outcome.failed]
 
     def look_up(self, airtable: Airtable, formulas: Mapping[str, Sequence[str]]) -> dict[str, list[dict]]:
-        """The records the formulas match, per table id, cells keyed by field id, in listing order (one that
-        two formulas match is listed twice: every reader keys by record id or takes the first)."""
+        """The records the formulas match, per table id, cells keyed by field id, in listing order (twice if
+        two formulas match: what reads them keys by record id or takes the first)."""
         found: dict[str, list[dict]] = defaultdict(list)
         for table_id, queries in formulas.items():
             table = airtable.api.table(self.settings.base_id, table_id)
