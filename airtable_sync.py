@@ -4172,11 +4172,6 @@ class RestoreWrite:
         """For the log: the Mongo id, else the archived record id (never a natural key: an email)."""
         return self.cells.mongo_id or f"(archived record {self.cells.record.record_id})"
 
-    @property
-    def ref(self) -> str | Pending | None:
-        """How a link names this record in the plan."""
-        return Pending(self.cells.record.record_id) if self.action == "restore" else self.record_id
-
 
 @dataclass
 class RestorePlan:
@@ -4240,7 +4235,7 @@ def map_links(write: RestoreWrite, tables: Mapping[str, LiveTable], exists: Mapp
             elif isinstance(old, str) and old in holders:
                 new = holders[old]["id"]
             elif isinstance(old, str) and old in created_by:
-                new = created_by[old].ref
+                new = Pending(created_by[old].cells.record.record_id)
             else:
                 write.left_out_links.append({"field": field_id, "target": old})
                 continue
@@ -4256,6 +4251,7 @@ def defer_links(write: RestoreWrite, tables: Mapping[str, LiveTable], created_by
     """A link to a record re-created in the same request or a later one cannot be sent with this one.
     If that record's write sets the inverse link back to this one, Airtable fills this side itself;
     otherwise the whole cell waits, sent once every record is written."""
+    ref = Pending(write.cells.record.record_id) if write.action == "restore" else write.record_id  # as links name it
     for field_id, value in list(write.fields.items()):
         later = [t for t in value if isinstance(t, Pending) and created_by[t.archived_id].slot >= write.slot] \
             if isinstance(value, list) else []
@@ -4263,7 +4259,7 @@ def defer_links(write: RestoreWrite, tables: Mapping[str, LiveTable], created_by
             continue
         inverse = tables[write.key].fields[field_id].inverse
         if any(not (inverse and created_by[t.archived_id].slot > write.slot
-                    and write.ref in created_by[t.archived_id].fields.get(inverse, ())) for t in later):
+                    and ref in created_by[t.archived_id].fields.get(inverse, ())) for t in later):
             write.links_later[field_id] = value
         now = [t for t in value if t not in later]
         if now:
@@ -4301,9 +4297,8 @@ def plan_restore(archive: Mapping[str, ArchivedCells], restored: Sequence[str], 
 
 
 class RestoreWriter(BatchWriter):
-    """Sends a restore plan: per table, the re-creations, then the refills; last, the link cells
-    that waited for records written after theirs. A changes archive's put-backs, without a plan,
-    are sent as refills are, by record id."""
+    """Sends a restore plan in restore_groups' order, then the link cells that waited for records written
+    after theirs; or, without a plan, a changes archive's put-backs, as refills are sent."""
 
     VERB = "restoring"
     SETTLES = "a second restore settles it"
@@ -4340,10 +4335,9 @@ class RestoreWriter(BatchWriter):
             if isinstance(value, list) and any(isinstance(t, Pending) for t in value):
                 made = [t if isinstance(t, str) else self.result(self.plan.created_by[t.archived_id]).record_id
                         for t in value]
-                for target, new in zip(value, made):
-                    if new is None:  # its re-creation failed
-                        self.record(write, links_left_out=(*self.result(write).links_left_out,
-                                                           {"field": field_id, "target": target.archived_id}))
+                lost = [{"field": field_id, "target": t.archived_id} for t, new in zip(value, made) if new is None]
+                if lost:  # their re-creation failed
+                    self.record(write, links_left_out=(*self.result(write).links_left_out, *lost))
                 value = [t for t in made if t is not None]
             fields[field_id] = value
         return fields
@@ -4416,13 +4410,14 @@ class RestoreReport(RunReport):
     tables: dict[str, RestoreResult] = field(default_factory=dict)  # type: ignore[assignment]
 
     def as_dict(self) -> dict:
-        """The run report's fields, the archive first; a restore reads no change feed."""
+        """The run report's fields, the archive first and its kind's note last; a restore reads no change feed."""
         data = {"restore": self.archive, "archive_kind": self.KIND, **super().as_dict()}
         del data["change_tracking"]
-        return data
+        return {**data, "note": self.NOTE} if self.NOTE else data
 
     NAME = "restore_report"
     KIND: ClassVar[str] = "deletion"
+    NOTE: ClassVar[str] = ""  # what a reader must know first, atop the Markdown and in the JSON
     NOTHING = "no table restored"
     TITLE = "restore"
     COLUMNS = ("archived", "restored", "refilled", "skipped", "errors", "links_left_out", "fields_left_out")
@@ -4451,7 +4446,7 @@ class RestoreReport(RunReport):
                 f"{errors} failed, {links} links left out")
 
     def preface(self) -> list[str]:
-        return []
+        return [f"> {self.NOTE}", ""] if self.NOTE else []
 
     def table_notes(self, result: Any) -> list[str]:
         would, first = " (would be)" if self.dry_run else "", MARKDOWN_RECORD_REFS
@@ -4476,8 +4471,6 @@ class RestoreReport(RunReport):
 # run wrote gets its earlier value back; one that holds its earlier value already (a second
 # restore) is left, and so is one changed since (a person's edit, a later sync), counted. Nothing
 # else is touched.
-NEXT_SYNC_NOTE = ("The next sync writes Mongo's values again unless the export has changed: fix the source "
-                  "first, or keep the export as it is only for values Mongo lost.")
 
 
 @dataclass(eq=False)  # one put-back is one key of the writer's results
@@ -4507,8 +4500,7 @@ class PutBack:
 
 def plan_put_back(changed: Sequence[ChangedRecord], tables: Mapping[str, LiveTable],
                   found: Mapping[str, Sequence[dict]]) -> list[PutBack]:
-    """Each archived cell against Airtable now (`found`, keyed by field id), compared as change
-    detection compares: pure, no I/O."""
+    """Each archived cell against Airtable now (`found`, by field id), compared as change detection compares: pure."""
     now = {rec["id"]: rec for records in found.values() for rec in records}
     plan = []
     for line in changed:
@@ -4574,10 +4566,9 @@ class PutBackReport(RestoreReport):
 
     tables: dict[str, PutBackResult] = field(default_factory=dict)  # type: ignore[assignment]
 
-    def as_dict(self) -> dict:
-        return {**super().as_dict(), "note": NEXT_SYNC_NOTE}
-
     KIND = "changes"
+    NOTE = ("The next sync writes Mongo's values again unless the export has changed: fix the source first, or keep "
+            "the export as it is only for values Mongo lost.")
     COLUMNS = ("archived", "put_back", "cells_put_back", "already_back", "changed_since", "gone", "errors",
                "fields_left_out")
     SUMMARY = (("put_back", "records put back", True), ("cells_put_back", "cells", True),
@@ -4597,9 +4588,6 @@ class PutBackReport(RestoreReport):
                                                             "errors")
         return (f"{records} records {'would be ' if self.dry_run else ''}put back ({cells} cells), {changed} cells "
                 f"changed since and {gone} records gone (left alone), {errors} failed")
-
-    def preface(self) -> list[str]:
-        return [f"> {NEXT_SYNC_NOTE}", ""]
 
     def table_notes(self, result: Any) -> list[str]:
         notes = [f"{label}: " + record_refs(refs, lambda r: f": {r['field']}" if "field" in r else "")
@@ -4666,9 +4654,7 @@ class Restore(Command):
         found: dict[str, list[dict]] = defaultdict(list)
         for table_id, queries in formulas.items():
             table = airtable.api.table(self.settings.base_id, table_id)
-            for formula in queries:
-                if self.stop.is_set():
-                    raise RunInterrupted()
+            for formula in queries:  # the transport checks for a stop before each request
                 try:
                     found[table_id] += table.all(formula=formula, use_field_ids=True)
                 except AIRTABLE_FAILURES as exc:
