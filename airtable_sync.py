@@ -3925,11 +3925,10 @@ def stop_reason(exc: BaseException) -> str:
 # ---------------------------------------------------------------------------
 
 # A deletion archive (Deleter.archive_records) holds what --delete-missing deleted, one JSON
-# object a line, as Airtable had it: {"table", "id", "createdTime", "fields"}, and in archives
-# written since fields are bound by id, "fieldIds" ({field name: field id}). A restore checks
-# the whole archive before its first request, reads the schema and, by formula, only the
-# records it needs, plans (pure functions), then writes Users, Events, Messages (the reverse of
-# deleting, so that links find their targets):
+# object a line, as Airtable had it: {"table", "id", "createdTime", "fields"}, and since fields
+# are bound by id, "fieldIds" ({field name: field id}). A restore checks it whole before its
+# first request, reads the schema and only the records it needs, plans (pure functions), then
+# writes Users, Events, Messages (the reverse of deleting, so that links find their targets):
 # - a record whose Mongo id (its `id` cell) is in Airtable again, because its export came back
 #   and a sync re-created it, gets back only its Airtable-only cells (fields outside the
 #   mappings, such as a person's notes) where they are empty now: "refilled";
@@ -4290,9 +4289,8 @@ def plan_restore(archive: Mapping[str, ArchivedCells], restored: Sequence[str], 
         for group_index, group in enumerate(restore_groups(writes)):
             for position, write in enumerate(group):
                 write.slot = (TABLE_ORDER.index(key), group_index, position // RECORDS_PER_WRITE)
-    for writes in plan.writes.values():
-        for write in writes:
-            defer_links(write, tables, plan.created_by)
+    for write in itertools.chain.from_iterable(plan.writes.values()):
+        defer_links(write, tables, plan.created_by)
     return plan
 
 
@@ -4417,6 +4415,7 @@ class RestoreReport(RunReport):
 
     NAME = "restore_report"
     KIND: ClassVar[str] = "deletion"
+    RESULT: ClassVar[type] = RestoreResult  # a table's figures
     NOTE: ClassVar[str] = ""  # what a reader must know first, atop the Markdown and in the JSON
     NOTHING = "no table restored"
     TITLE = "restore"
@@ -4567,6 +4566,7 @@ class PutBackReport(RestoreReport):
     tables: dict[str, PutBackResult] = field(default_factory=dict)  # type: ignore[assignment]
 
     KIND = "changes"
+    RESULT = PutBackResult
     NOTE = ("The next sync writes Mongo's values again unless the export has changed: fix the source first, or keep "
             "the export as it is only for values Mongo lost.")
     COLUMNS = ("archived", "put_back", "cells_put_back", "already_back", "changed_since", "gone", "errors",
@@ -4602,7 +4602,6 @@ class Restore(Command):
     bindings (its mapped fields and `id`, whatever they are called now)."""
 
     results: dict[Any, Written] = field(default_factory=dict)
-    RESULT: ClassVar[type] = RestoreResult  # a table's figures in the report
 
     def run(self) -> int:
         path: Path = self.settings.restore  # type: ignore[assignment]
@@ -4614,7 +4613,7 @@ class Restore(Command):
         chosen = [r for r in records if r.table in self.settings.tables]
         log.info("restore: %d archived records in %s, %d of them in %s", len(records), path.name, len(chosen),
                  ",".join(self.settings.tables))
-        self.report.tables = {key: self.RESULT() for key in self.settings.tables}
+        self.report.tables = {key: self.report.RESULT() for key in self.settings.tables}
         if chosen:
             airtable = connect(self.settings, self.stop, self.report.requests)
             bound, table_ids = state_bindings(self.settings, load_state(state_path(self.settings)))
@@ -4672,8 +4671,6 @@ class Restore(Command):
 class PutBackCommand(Restore):
     """--restore of a changes archive: only the archive's records are read, by id, a hundred a request."""
 
-    RESULT = PutBackResult
-
     def restore(self, airtable: Airtable, tables: dict[str, LiveTable], records: list, chosen: list) -> None:
         settings = self.settings
         wanted: dict[str, set[str]] = defaultdict(set)
@@ -4703,8 +4700,7 @@ class PutBackCommand(Restore):
 
 
 def archive_kind(path: Path) -> str:
-    """"changes" when the archive's first line is a changes archive's (before and after), else
-    "deletion": a file that cannot be read is the deletion restore's to report (exit 2)."""
+    """"changes" if the first line is a changes archive's, else "deletion" (its restore reports an unreadable file)."""
     try:
         with open(path, "rb") as handle:
             obj = json.loads(next((line for line in handle if line.strip()), b""))
