@@ -4128,14 +4128,12 @@ def lookup_formulas(wanted: Iterable[ArchivedCells], elsewhere: Mapping[str, Ite
     by its text, in an archive without ids) goes in as it is, which Airtable's formula strings
     may not take (UNCONFIRMED)."""
     terms: dict[str, dict[str, Any]] = defaultdict(dict)  # table id -> formula text -> term (ordered, unique)
-    for cells in wanted:
-        if cells.key is not None:
-            term = formulas.EQ(formulas.Field(cells.key_field.name), cells.key)  # type: ignore[union-attr]
-            terms[cells.table_id].setdefault(str(term), term)
-    for table_id, record_ids in elsewhere.items():
-        for record_id in sorted(record_ids):
-            term = formulas.EQ(formulas.RECORD_ID(), record_id)
-            terms[table_id].setdefault(str(term), term)
+    by_key = [(c.table_id, formulas.EQ(formulas.Field(c.key_field.name), c.key))  # type: ignore[union-attr]
+              for c in wanted if c.key is not None]
+    by_id = [(table_id, formulas.EQ(formulas.RECORD_ID(), record_id))
+             for table_id, record_ids in elsewhere.items() for record_id in sorted(record_ids)]
+    for table_id, term in by_key + by_id:
+        terms[table_id].setdefault(str(term), term)
     per_table = {table_id: list(found.values()) for table_id, found in terms.items()}
     return {table_id: [str(formulas.OR(*found[start:start + LOOKUP_TERMS_PER_QUERY]))
                        for start in range(0, len(found), LOOKUP_TERMS_PER_QUERY)]
@@ -4179,8 +4177,7 @@ class RestorePlan:
 
 
 def restore_groups(writes: Sequence[RestoreWrite]) -> tuple[list[RestoreWrite], ...]:
-    """A table's writes in the order they are sent: re-creations upserted on `id`, plain ones (no
-    key to merge on, never mixed with upserts in a request), refills."""
+    """A table's writes as sent: re-creations upserted on `id`, plain ones (never in an upsert's request), refills."""
     return ([w for w in writes if w.action == "restore" and w.cells.mongo_id is not None],
             [w for w in writes if w.action == "restore" and w.cells.mongo_id is None],
             [w for w in writes if w.action == "refill"])
@@ -4673,9 +4670,8 @@ class PutBackCommand(Restore):
 
     def restore(self, airtable: Airtable, tables: dict[str, LiveTable], records: list, chosen: list) -> None:
         settings = self.settings
-        wanted: dict[str, set[str]] = defaultdict(set)
-        for line in chosen:
-            wanted[tables[line.table].id].add(line.record_id)
+        wanted = {tables[key].id: {line.record_id for line in chosen if line.table == key}
+                  for key in dict.fromkeys(line.table for line in chosen)}
         writes = plan_put_back(chosen, tables, self.look_up(airtable, lookup_formulas((), wanted)))
         try:
             if not settings.dry_run:
@@ -4701,12 +4697,10 @@ class PutBackCommand(Restore):
 
 def archive_kind(path: Path) -> str:
     """"changes" if the first line is a changes archive's, else "deletion" (its restore reports an unreadable file)."""
-    try:
-        with open(path, "rb") as handle:
-            obj = json.loads(next((line for line in handle if line.strip()), b""))
-    except (OSError, ValueError):
-        return "deletion"
-    return "changes" if is_changes_line(obj) else "deletion"
+    with contextlib.suppress(OSError, ValueError), open(path, "rb") as handle:
+        if is_changes_line(json.loads(next((line for line in handle if line.strip()), b""))):
+            return "changes"
+    return "deletion"
 
 
 # ---------------------------------------------------------------------------
