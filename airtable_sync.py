@@ -4314,8 +4314,7 @@ class RestoreWriter(BatchWriter):
         for key, writes in self.plan.writes.items():
             for action, group in zip(("upsert", "create", "update"), restore_groups(writes)):
                 for write in group:
-                    if action == "update" and not write.fields:
-                        # Only link cells, sent last, or filled by Airtable as the inverse of links sent later.
+                    if action == "update" and not write.fields:  # links only: sent last, or Airtable fills them
                         self.record(write, outcome=Outcome.DONE)
                 group = [w for w in group if self.result(w).outcome is Outcome.PLANNED]
                 self.send_all(f"{key}: {self.VERBS[action]}", action, group, lambda w: self.cells(w, w.fields))
@@ -4463,10 +4462,9 @@ class RestoreReport(RunReport):
         return []
 
 
-# A changes archive (ChangesArchive) is put back cell by cell: a cell that still holds what the
-# run wrote gets its earlier value back; one that holds its earlier value already (a second
-# restore) is left, and so is one changed since (a person's edit, a later sync), counted. Nothing
-# else is touched.
+# A changes archive (ChangesArchive) is put back cell by cell: a cell still holding what the run
+# wrote gets its earlier value back; one holding that already (a second restore) is left, as is
+# one changed since (a person's edit, a later sync), counted. Nothing else is touched.
 
 
 @dataclass(eq=False)  # one put-back is one key of the writer's results
@@ -4595,8 +4593,7 @@ class PutBackReport(RestoreReport):
 
 @dataclass
 class Restore(Command):
-    """One --restore run, in the steps the section's note gives; Airtable's records are found by the sync's
-    bindings (its mapped fields and `id`, whatever they are called now)."""
+    """One --restore run; it finds records by the sync's bindings (its mapped fields and `id`, renamed or not)."""
 
     results: dict[Any, Written] = field(default_factory=dict)
 
@@ -4680,8 +4677,7 @@ class PutBackCommand(Restore):
                     writer.send_all(f"{key}: put back", "update", [w for w in writes if w.key == key and w.fields],
                                     lambda w: w.fields)
         except (AirtableAccessError, RunInterrupted) as exc:
-            not_attempted((w for w in writes if w.fields), self.results,  # type: ignore[arg-type]
-                          f"not put back: {stop_reason(exc)}")
+            not_attempted((w for w in writes if w.fields), self.results, f"not put back: {stop_reason(exc)}")
             raise
         finally:
             for key in settings.tables:
