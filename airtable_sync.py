@@ -3779,11 +3779,10 @@ def stop_reason(exc: BaseException) -> str:
 # ---------------------------------------------------------------------------
 
 # A deletion archive (Deleter.archive_records) holds what --delete-missing deleted, one JSON
-# object a line, as Airtable had it: {"table", "id", "createdTime", "fields"}, and in archives
-# written since fields are bound by id, "fieldIds" ({field name: field id}). A restore checks
-# the whole archive before its first request, reads the schema and, by formula, only the
-# records it needs, plans (pure functions), then writes Users, Events, Messages (the reverse of
-# deleting, so that links find their targets):
+# object a line, as Airtable had it: {"table", "id", "createdTime", "fields"}, and since fields
+# are bound by id, "fieldIds" ({field name: field id}). A restore checks it whole before its
+# first request, reads the schema and only the records it needs, plans (pure functions), then
+# writes Users, Events, Messages (the reverse of deleting, so that links find their targets):
 # - a record whose Mongo id (its `id` cell) is in Airtable again, because its export came back
 #   and a sync re-created it, gets back only its Airtable-only cells (fields outside the
 #   mappings, such as a person's notes) where they are empty now: "refilled";
@@ -3805,8 +3804,6 @@ def stop_reason(exc: BaseException) -> str:
 # of 10,000 users, 500, found in 5 requests where a full read takes 100 (the records their links
 # name add a few); a forced mass deletion costs about what a full read does.
 LOOKUP_TERMS_PER_QUERY = 100
-
-RESTORE_ORDER = TABLE_ORDER  # the reverse of DELETE_ORDER: the records links point to come first
 
 
 @dataclass
@@ -3841,8 +3838,7 @@ def is_changes_line(obj: Any) -> bool:
 def archive_line(path: Path, number: int, obj: Any) -> "ArchivedRecord | ChangedRecord":
     """A line of either archive, told apart by content."""
     where = f"{path}: line {number}"
-    changes = is_changes_line(obj)
-    if changes:
+    if changes := is_changes_line(obj):
         before, after = obj.get("before"), obj.get("after")
         shaped = (isinstance(before, dict) and isinstance(after, dict) and before.keys() == after.keys()
                   and isinstance(obj.get("mongo_id"), (str, type(None))))
@@ -3952,15 +3948,13 @@ def archived_cells(rec: ArchivedRecord, table: LiveTable) -> ArchivedCells:
         elif live is None or live.type not in COMPUTED_TYPES:
             left_out.append(name)
     mapped = {f.id for name in spec.airtable_fields if (f := table.mapped_field(rec, name)) is not None}
-    found = ArchivedCells(rec, table.id, cells, mapped, left_out)
     for name in ("id", spec.airtable_key):
         live = table.mapped_field(rec, name)
         value = cells.get(live.id) if live is not None else None
-        if live is not None and isinstance(value, (str, int, float)) and str(value).strip():
-            found.key_field, found.key = live, str(value)
-            found.mongo_id = found.key if name == "id" else None
-            break
-    return found
+        if isinstance(value, (str, int, float)) and str(value).strip():
+            key = str(value)
+            return ArchivedCells(rec, table.id, cells, mapped, left_out, live, key, key if name == "id" else None)
+    return ArchivedCells(rec, table.id, cells, mapped, left_out)
 
 
 def what_to_look_up(archive: Mapping[str, ArchivedCells], restored: Sequence[str],
@@ -3988,14 +3982,12 @@ def lookup_formulas(wanted: Iterable[ArchivedCells], elsewhere: Mapping[str, Ite
     by its text, in an archive without ids) goes in as it is, which Airtable's formula strings
     may not take (UNCONFIRMED)."""
     terms: dict[str, dict[str, Any]] = defaultdict(dict)  # table id -> formula text -> term (ordered, unique)
-    for cells in wanted:
-        if cells.key is not None:
-            term = formulas.EQ(formulas.Field(cells.key_field.name), cells.key)  # type: ignore[union-attr]
-            terms[cells.table_id].setdefault(str(term), term)
-    for table_id, record_ids in elsewhere.items():
-        for record_id in sorted(record_ids):
-            term = formulas.EQ(formulas.RECORD_ID(), record_id)
-            terms[table_id].setdefault(str(term), term)
+    by_key = [(c.table_id, formulas.EQ(formulas.Field(c.key_field.name), c.key))  # type: ignore[union-attr]
+              for c in wanted if c.key is not None]
+    by_id = [(table_id, formulas.EQ(formulas.RECORD_ID(), record_id))
+             for table_id, record_ids in elsewhere.items() for record_id in sorted(record_ids)]
+    for table_id, term in by_key + by_id:
+        terms[table_id].setdefault(str(term), term)
     per_table = {table_id: list(found.values()) for table_id, found in terms.items()}
     return {table_id: [str(formulas.OR(*found[start:start + LOOKUP_TERMS_PER_QUERY]))
                        for start in range(0, len(found), LOOKUP_TERMS_PER_QUERY)]
@@ -4031,11 +4023,6 @@ class RestoreWrite:
         """For the log: the Mongo id, else the archived record id (never a natural key: an email)."""
         return self.cells.mongo_id or f"(archived record {self.cells.record.record_id})"
 
-    @property
-    def ref(self) -> str | Pending | None:
-        """How a link names this record in the plan."""
-        return Pending(self.cells.record.record_id) if self.action == "restore" else self.record_id
-
 
 @dataclass
 class RestorePlan:
@@ -4044,8 +4031,7 @@ class RestorePlan:
 
 
 def restore_groups(writes: Sequence[RestoreWrite]) -> tuple[list[RestoreWrite], ...]:
-    """A table's writes in the order they are sent: re-creations upserted on `id`, plain ones (no
-    key to merge on, never mixed with upserts in a request), refills."""
+    """A table's writes as sent: re-creations upserted on `id`, plain ones (never in an upsert's request), refills."""
     return ([w for w in writes if w.action == "restore" and w.cells.mongo_id is not None],
             [w for w in writes if w.action == "restore" and w.cells.mongo_id is None],
             [w for w in writes if w.action == "refill"])
@@ -4066,7 +4052,6 @@ def holders_by_key(archive: Mapping[str, ArchivedCells], found: Mapping[str, Seq
 def decide(cells: ArchivedCells, tables: Mapping[str, LiveTable], holders: Mapping[str, dict],
            first: RestoreWrite | None) -> RestoreWrite:
     """Restore, refill, skip or fail: one archived record, its links not yet mapped."""
-    table = tables[cells.record.table]
     if cells.key is None:
         return RestoreWrite(cells, "error", note=f"no id and no {TABLE_SPECS[cells.record.table].airtable_key}: "
                             "a restore could not tell whether it made the record already; restore it by hand")
@@ -4074,13 +4059,13 @@ def decide(cells: ArchivedCells, tables: Mapping[str, LiveTable], holders: Mappi
         return RestoreWrite(cells, "skip", record_id=first.record_id,
                             note=f"the same {cells.key_field.name} as archived record "  # type: ignore[union-attr]
                             f"{first.cells.record.record_id}, restored in its place")
+    fields = tables[cells.record.table].fields
+    filled = {field_id: value for field_id, value in cells.cells.items() if not is_blank(value, fields[field_id].type)}
     holder = holders.get(cells.record.record_id)
     if holder is None:
-        return RestoreWrite(cells, "restore", fields={field_id: value for field_id, value in cells.cells.items()
-                                                      if not is_blank(value, table.fields[field_id].type)})
-    refill = {field_id: value for field_id, value in cells.cells.items()
-              if field_id not in cells.mapped and not is_blank(value, table.fields[field_id].type)
-              and is_blank(holder["fields"].get(field_id), table.fields[field_id].type)}
+        return RestoreWrite(cells, "restore", fields=filled)
+    refill = {field_id: value for field_id, value in filled.items()
+              if field_id not in cells.mapped and is_blank(holder["fields"].get(field_id), fields[field_id].type)}
     return RestoreWrite(cells, "refill" if refill else "skip", record_id=holder["id"], fields=refill,
                         note="" if refill else "already complete")
 
@@ -4102,10 +4087,9 @@ def map_links(write: RestoreWrite, tables: Mapping[str, LiveTable], exists: Mapp
             elif isinstance(old, str) and old in created_by:
                 new = Pending(created_by[old].cells.record.record_id)
             else:
-                new = None
-            if new is None:
                 write.left_out_links.append({"field": field_id, "target": old})
-            elif new not in targets:
+                continue
+            if new not in targets:
                 targets.append(new)
         if targets:
             write.fields[field_id] = targets
@@ -4114,10 +4098,10 @@ def map_links(write: RestoreWrite, tables: Mapping[str, LiveTable], exists: Mapp
 
 
 def defer_links(write: RestoreWrite, tables: Mapping[str, LiveTable], created_by: Mapping[str, RestoreWrite]) -> None:
-    """A link to a record re-created in the same request or a later one cannot be sent with this
-    record. If that record's own write sets the inverse link back to this one, Airtable fills this
-    side by itself: nothing more to send. Otherwise the whole cell waits, and is sent once every
-    record is written."""
+    """A link to a record re-created in the same request or a later one cannot be sent with this one.
+    If that record's write sets the inverse link back to this one, Airtable fills this side itself;
+    otherwise the whole cell waits, sent once every record is written."""
+    ref = Pending(write.cells.record.record_id) if write.action == "restore" else write.record_id  # as links name it
     for field_id, value in list(write.fields.items()):
         later = [t for t in value if isinstance(t, Pending) and created_by[t.archived_id].slot >= write.slot] \
             if isinstance(value, list) else []
@@ -4125,7 +4109,7 @@ def defer_links(write: RestoreWrite, tables: Mapping[str, LiveTable], created_by
             continue
         inverse = tables[write.key].fields[field_id].inverse
         if any(not (inverse and created_by[t.archived_id].slot > write.slot
-                    and write.ref in created_by[t.archived_id].fields.get(inverse, ())) for t in later):
+                    and ref in created_by[t.archived_id].fields.get(inverse, ())) for t in later):
             write.links_later[field_id] = value
         now = [t for t in value if t not in later]
         if now:
@@ -4138,7 +4122,7 @@ def plan_restore(archive: Mapping[str, ArchivedCells], restored: Sequence[str], 
                  found: Mapping[str, Sequence[dict]]) -> RestorePlan:
     """What to re-create, what to refill, and every link cell mapped: pure, no I/O."""
     holders = holders_by_key(archive, found)
-    plan = RestorePlan({key: [] for key in RESTORE_ORDER if key in restored})
+    plan = RestorePlan({key: [] for key in TABLE_ORDER if key in restored})
     first_with: dict[tuple, RestoreWrite] = {}  # (table, key field, key) -> the first record archived with it
     for key, writes in plan.writes.items():
         for cells in (c for c in archive.values() if c.record.table == key):
@@ -4156,16 +4140,14 @@ def plan_restore(archive: Mapping[str, ArchivedCells], restored: Sequence[str], 
         for group_index, group in enumerate(restore_groups(writes)):
             for position, write in enumerate(group):
                 write.slot = (TABLE_ORDER.index(key), group_index, position // RECORDS_PER_WRITE)
-    for writes in plan.writes.values():
-        for write in writes:
-            defer_links(write, tables, plan.created_by)
+    for write in itertools.chain.from_iterable(plan.writes.values()):
+        defer_links(write, tables, plan.created_by)
     return plan
 
 
 class RestoreWriter(BatchWriter):
-    """Sends a restore plan: per table, the re-creations, then the refills; last, the link cells
-    that waited for records written after theirs. A changes archive's put-backs, without a plan,
-    are sent as refills are, by record id."""
+    """Sends a restore plan in restore_groups' order, then the link cells that waited for records written
+    after theirs; or, without a plan, a changes archive's put-backs, as refills are sent."""
 
     VERB = "restoring"
     SETTLES = "a second restore settles it"
@@ -4186,8 +4168,7 @@ class RestoreWriter(BatchWriter):
         for key, writes in self.plan.writes.items():
             for action, group in zip(("upsert", "create", "update"), restore_groups(writes)):
                 for write in group:
-                    if action == "update" and not write.fields:
-                        # Only link cells, sent last, or filled by Airtable as the inverse of links sent later.
+                    if action == "update" and not write.fields:  # links only: sent last, or Airtable fills them
                         self.record(write, outcome=Outcome.DONE)
                 group = [w for w in group if self.result(w).outcome is Outcome.PLANNED]
                 self.send_all(f"{key}: {self.VERBS[action]}", action, group, lambda w: self.cells(w, w.fields))
@@ -4202,10 +4183,9 @@ class RestoreWriter(BatchWriter):
             if isinstance(value, list) and any(isinstance(t, Pending) for t in value):
                 made = [t if isinstance(t, str) else self.result(self.plan.created_by[t.archived_id]).record_id
                         for t in value]
-                for target, new in zip(value, made):
-                    if new is None:  # its re-creation failed
-                        self.record(write, links_left_out=(*self.result(write).links_left_out,
-                                                           {"field": field_id, "target": target.archived_id}))
+                lost = [{"field": field_id, "target": t.archived_id} for t, new in zip(value, made) if new is None]
+                if lost:  # their re-creation failed
+                    self.record(write, links_left_out=(*self.result(write).links_left_out, *lost))
                 value = [t for t in made if t is not None]
             fields[field_id] = value
         return fields
@@ -4278,13 +4258,15 @@ class RestoreReport(RunReport):
     tables: dict[str, RestoreResult] = field(default_factory=dict)  # type: ignore[assignment]
 
     def as_dict(self) -> dict:
-        """The run report's fields, the archive first; a restore reads no change feed."""
+        """The run report's fields, the archive first and its kind's note last; a restore reads no change feed."""
         data = {"restore": self.archive, "archive_kind": self.KIND, **super().as_dict()}
         del data["change_tracking"]
-        return data
+        return {**data, "note": self.NOTE} if self.NOTE else data
 
     NAME = "restore_report"
     KIND: ClassVar[str] = "deletion"
+    RESULT: ClassVar[type] = RestoreResult  # a table's figures
+    NOTE: ClassVar[str] = ""  # what a reader must know first, atop the Markdown and in the JSON
     NOTHING = "no table restored"
     TITLE = "restore"
     COLUMNS = ("archived", "restored", "refilled", "skipped", "errors", "links_left_out", "fields_left_out")
@@ -4313,39 +4295,30 @@ class RestoreReport(RunReport):
                 f"{errors} failed, {links} links left out")
 
     def preface(self) -> list[str]:
-        return []
+        return [f"> {self.NOTE}", ""] if self.NOTE else []
 
     def table_notes(self, result: Any) -> list[str]:
-        would = " (would be)" if self.dry_run else ""
-        notes = []
-        if result.restored_records:
-            shown = ", ".join(f"{r['archived_id']} -> {r['record_id'] or '(new)'} ({r['mongo_id'] or 'no id'})"
-                              for r in result.restored_records[:MARKDOWN_RECORD_REFS])
-            notes.append(f"Restored{would}: {len(result.restored_records)}: {shown}")
-        if result.refilled_records:
-            notes.append(f"Refilled{would}: {len(result.refilled_records)}: "
-                         + record_refs(result.refilled_records, lambda r: f": {', '.join(r['fields'])}"))
-        if result.fields_left_out:
-            notes.append("Fields left out (gone from Airtable, or of a type the tool does not write): "
-                         + ", ".join(result.fields_left_out))
-        if result.links_left_out:
-            shown = ", ".join(f"{r['archived_id']} {r['field']} -> {r['target']}"
-                              for r in result.left_out_links[:MARKDOWN_RECORD_REFS])
-            notes.append(f"{result.links_left_out} links left out, to records that are gone: {shown}")
-        if result.not_attempted:
-            notes.append(f"{result.not_attempted} records not attempted")
+        would, first = " (would be)" if self.dry_run else "", MARKDOWN_RECORD_REFS
+        restored = ", ".join(f"{r['archived_id']} -> {r['record_id'] or '(new)'} ({r['mongo_id'] or 'no id'})"
+                             for r in result.restored_records[:first])
+        links = ", ".join(f"{r['archived_id']} {r['field']} -> {r['target']}" for r in result.left_out_links[:first])
+        notes = [note for shown, note in (
+            (result.restored_records, f"Restored{would}: {len(result.restored_records)}: {restored}"),
+            (result.refilled_records, f"Refilled{would}: {len(result.refilled_records)}: "
+             + record_refs(result.refilled_records, lambda r: f": {', '.join(r['fields'])}")),
+            (result.fields_left_out, "Fields left out (gone from Airtable, or of a type the tool does not write): "
+             + ", ".join(result.fields_left_out)),
+            (result.links_left_out, f"{result.links_left_out} links left out, to records that are gone: {links}"),
+            (result.not_attempted, f"{result.not_attempted} records not attempted")) if shown]
         return notes + ["All records in the JSON report."] if notes else []
 
     def after_tables(self) -> list[str]:
         return []
 
 
-# A changes archive (ChangesArchive) is put back cell by cell: a cell that still holds what the
-# run wrote gets its earlier value back; one that holds its earlier value already (a second
-# restore) is left, and so is one changed since (a person's edit, a later sync), counted. Nothing
-# else is touched.
-NEXT_SYNC_NOTE = ("The next sync writes Mongo's values again unless the export has changed: fix the source "
-                  "first, or keep the export as it is only for values Mongo lost.")
+# A changes archive (ChangesArchive) is put back cell by cell: a cell still holding what the run
+# wrote gets its earlier value back; one holding that already (a second restore) is left, as is
+# one changed since (a person's edit, a later sync), counted. Nothing else is touched.
 
 
 @dataclass(eq=False)  # one put-back is one key of the writer's results
@@ -4375,8 +4348,7 @@ class PutBack:
 
 def plan_put_back(changed: Sequence[ChangedRecord], tables: Mapping[str, LiveTable],
                   found: Mapping[str, Sequence[dict]]) -> list[PutBack]:
-    """Each archived cell against Airtable now (`found`, keyed by field id), compared as change
-    detection compares: pure, no I/O."""
+    """Each archived cell against Airtable now (`found`, by field id), compared as change detection compares: pure."""
     now = {rec["id"]: rec for records in found.values() for rec in records}
     plan = []
     for line in changed:
@@ -4442,10 +4414,10 @@ class PutBackReport(RestoreReport):
 
     tables: dict[str, PutBackResult] = field(default_factory=dict)  # type: ignore[assignment]
 
-    def as_dict(self) -> dict:
-        return {**super().as_dict(), "note": NEXT_SYNC_NOTE}
-
     KIND = "changes"
+    RESULT = PutBackResult
+    NOTE = ("The next sync writes Mongo's values again unless the export has changed: fix the source first, or keep "
+            "the export as it is only for values Mongo lost.")
     COLUMNS = ("archived", "put_back", "cells_put_back", "already_back", "changed_since", "gone", "errors",
                "fields_left_out")
     SUMMARY = (("put_back", "records put back", True), ("cells_put_back", "cells", True),
@@ -4466,9 +4438,6 @@ class PutBackReport(RestoreReport):
         return (f"{records} records {'would be ' if self.dry_run else ''}put back ({cells} cells), {changed} cells "
                 f"changed since and {gone} records gone (left alone), {errors} failed")
 
-    def preface(self) -> list[str]:
-        return [f"> {NEXT_SYNC_NOTE}", ""]
-
     def table_notes(self, result: Any) -> list[str]:
         notes = [f"{label}: " + record_refs(refs, lambda r: f": {r['field']}" if "field" in r else "")
                  for label, refs in (("Cells changed since the run, left alone", result.changed_since_cells),
@@ -4478,12 +4447,9 @@ class PutBackReport(RestoreReport):
 
 @dataclass
 class Restore(Command):
-    """One --restore run: the archive checked whole, then, unless none of its lines is of the tables
-    restored, what Airtable has of it (found by the sync's bindings: its mapped fields and `id`,
-    whatever they are called now), the plan, the writes."""
+    """One --restore run; it finds records by the sync's bindings (its mapped fields and `id`, renamed or not)."""
 
     results: dict[Any, Written] = field(default_factory=dict)
-    RESULT: ClassVar[type] = RestoreResult  # a table's figures in the report
 
     def run(self) -> int:
         path: Path = self.settings.restore  # type: ignore[assignment]
@@ -4495,7 +4461,7 @@ class Restore(Command):
         chosen = [r for r in records if r.table in self.settings.tables]
         log.info("restore: %d archived records in %s, %d of them in %s", len(records), path.name, len(chosen),
                  ",".join(self.settings.tables))
-        self.report.tables = {key: self.RESULT() for key in self.settings.tables}
+        self.report.tables = {key: self.report.RESULT() for key in self.settings.tables}
         if chosen:
             airtable = connect(self.settings, self.stop, self.report.requests)
             bound, table_ids = state_bindings(self.settings, load_state(state_path(self.settings)))
@@ -4530,20 +4496,16 @@ class Restore(Command):
                     for w in writes if w.action == "error" or w in self.results and self.results[w].outcome.failed]
 
     def look_up(self, airtable: Airtable, formulas: Mapping[str, Sequence[str]]) -> dict[str, list[dict]]:
-        """The records the formulas match, per table id, cells keyed by field id, in listing order."""
-        found: dict[str, list[dict]] = {}
+        """The records the formulas match, per table id, cells keyed by field id, in listing order (twice if
+        two formulas match: what reads them keys by record id or takes the first)."""
+        found: dict[str, list[dict]] = defaultdict(list)
         for table_id, queries in formulas.items():
             table = airtable.api.table(self.settings.base_id, table_id)
-            records: dict[str, dict] = {}
-            for formula in queries:
-                if self.stop.is_set():
-                    raise RunInterrupted()
+            for formula in queries:  # the transport checks for a stop before each request
                 try:
-                    for rec in table.all(formula=formula, use_field_ids=True):
-                        records.setdefault(rec["id"], rec)
+                    found[table_id] += table.all(formula=formula, use_field_ids=True)
                 except AIRTABLE_FAILURES as exc:
                     raise access_error(exc, self.settings, f"looking up the archive's records in {table_id}") from None
-            found[table_id] = list(records.values())
         return found
 
     @property
@@ -4557,23 +4519,19 @@ class Restore(Command):
 class PutBackCommand(Restore):
     """--restore of a changes archive: only the archive's records are read, by id, a hundred a request."""
 
-    RESULT = PutBackResult
-
     def restore(self, airtable: Airtable, tables: dict[str, LiveTable], records: list, chosen: list) -> None:
         settings = self.settings
-        wanted: dict[str, set[str]] = defaultdict(set)
-        for line in chosen:
-            wanted[tables[line.table].id].add(line.record_id)
+        wanted = {tables[key].id: {line.record_id for line in chosen if line.table == key}
+                  for key in dict.fromkeys(line.table for line in chosen)}
         writes = plan_put_back(chosen, tables, self.look_up(airtable, lookup_formulas((), wanted)))
         try:
             if not settings.dry_run:
                 writer = RestoreWriter(airtable, self.stop, self.results)  # type: ignore[arg-type]
-                for key in RESTORE_ORDER:
+                for key in TABLE_ORDER:
                     writer.send_all(f"{key}: put back", "update", [w for w in writes if w.key == key and w.fields],
                                     lambda w: w.fields)
         except (AirtableAccessError, RunInterrupted) as exc:
-            not_attempted((w for w in writes if w.fields), self.results,  # type: ignore[arg-type]
-                          f"not put back: {stop_reason(exc)}")
+            not_attempted((w for w in writes if w.fields), self.results, f"not put back: {stop_reason(exc)}")
             raise
         finally:
             for key in settings.tables:
@@ -4588,14 +4546,11 @@ class PutBackCommand(Restore):
 
 
 def archive_kind(path: Path) -> str:
-    """"changes" when the archive's first line is a changes archive's (before and after), else
-    "deletion": a file that cannot be read is the deletion restore's to report (exit 2)."""
-    try:
-        with open(path, "rb") as handle:
-            obj = json.loads(next((line for line in handle if line.strip()), b""))
-    except (OSError, ValueError):
-        return "deletion"
-    return "changes" if is_changes_line(obj) else "deletion"
+    """"changes" if the first line is a changes archive's, else "deletion" (its restore reports an unreadable file)."""
+    with contextlib.suppress(OSError, ValueError), open(path, "rb") as handle:
+        if is_changes_line(json.loads(next((line for line in handle if line.strip()), b""))):
+            return "changes"
+    return "deletion"
 
 
 # ---------------------------------------------------------------------------
