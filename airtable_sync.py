@@ -3841,7 +3841,7 @@ def archive_line(path: Path, number: int, obj: Any) -> "ArchivedRecord | Changed
     if changes := is_changes_line(obj):
         before, after = obj.get("before"), obj.get("after")
         shaped = (isinstance(before, dict) and isinstance(after, dict) and before.keys() == after.keys()
-                  and isinstance(obj.get("mongo_id"), (str, type(None))))
+                  and "mongo_id" in obj and isinstance(obj["mongo_id"], (str, type(None))))
         what = "a changed record (a JSON object with table, id, mongo_id, and before and after of the same cells)"
     else:
         shaped = isinstance(obj, dict) and isinstance(obj.get("fields"), dict)

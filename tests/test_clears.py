@@ -423,6 +423,7 @@ def test_a_dry_run_of_a_changes_archive_writes_nothing(harness, emulator):
     ('{"table": "users", "id": "rec1", "mongo_id": "u1", "before": {"a": 1}', "line 2: not valid JSON"),
     ('{"table": "users", "id": "rec1", "mongo_id": "u1", "before": {"a": 1}, "after": {}}', "line 2: not a changed record"),
     ('{"table": "pets", "id": "rec1", "mongo_id": "u1", "before": {}, "after": {}}', "line 2: unknown table 'pets'"),
+    ('{"table": "users", "id": "rec1", "before": {"a": 1}, "after": {"a": 2}}', "line 2: not a changed record"),
     ('{"table": "users", "id": "rec1", "createdTime": null, "fields": {}}', "line 2: not the kind of line 1 is"),
 ])
 def test_a_broken_changes_line_is_exit_2_naming_the_file_and_line_and_nothing_is_sent(
