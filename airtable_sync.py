@@ -24,6 +24,7 @@ import dataclasses
 import enum
 import errno
 import fcntl
+import functools
 import hashlib
 import itertools
 import json
@@ -1085,12 +1086,14 @@ def export_index_path(settings: Settings, key: str) -> Path:
     return settings.cache_dir / f"export_{key}.index"
 
 
-# This file's own digest: a plan remembered by another version of the rules is not trusted
-# (PlanMemo). Unreadable (a frozen build): a random one, so that nothing is remembered.
-try:
-    SOURCE_DIGEST = hashlib.blake2b(Path(__file__).read_bytes(), digest_size=16).digest()
-except OSError:
-    SOURCE_DIGEST = os.urandom(16)
+@functools.cache
+def source_digest() -> bytes:
+    """This file's own digest: a plan remembered by another version of the rules is not trusted
+    (PlanMemo). Unreadable (a frozen build): a random one, so that nothing is remembered."""
+    try:
+        return hashlib.blake2b(Path(__file__).read_bytes(), digest_size=16).digest()
+    except OSError:
+        return os.urandom(16)
 
 RECORD_ID = re.compile(rb'\{"id": "([^"\\]+)"')  # a cache line as write_cache writes it begins with the record id
 FIELD_ID = re.compile(r"fld[A-Za-z0-9]+")
@@ -1252,9 +1255,7 @@ def pull_table(airtable: Airtable, key: str, stop: threading.Event, by_field_id:
             for page in airtable.table(key).iterate(page_size=RECORDS_PER_PAGE, use_field_ids=by_field_id):
                 for rec in page:
                     records.put(rec)
-                progress.update(len(page))
-                if stop.is_set():
-                    raise RunInterrupted()
+                progress.update(len(page))  # a stop is seen before the next page's request (the transport)
     except AIRTABLE_FAILURES as exc:
         raise access_error(exc, airtable.settings, f"reading table {key}") from None
     return records
@@ -1715,8 +1716,6 @@ class BaseReader:
             for payload in hook.payloads(cursor=cursor):
                 self.payloads_read += 1
                 yield payload.model_dump(by_alias=True, exclude_none=True)
-                if self.stop.is_set():
-                    raise RunInterrupted()
 
     def read_full(self, reason: str, state: ChangeState | None, snapshot: dict[str, TableSnapshot] | None,
                   hooks: list | None, needed: Sequence[str]) -> BaseRead:
@@ -2088,7 +2087,7 @@ def mongo_id_of(doc: dict) -> str | None:
 
 def index_rules() -> str:
     """What decides how an export is checked and indexed: this tool's source and the Python that parses."""
-    return f"{SOURCE_DIGEST.hex()} Python {sys.version} int digits {sys.get_int_max_str_digits()}"
+    return f"{source_digest().hex()} Python {sys.version} int digits {sys.get_int_max_str_digits()}"
 
 
 def text_digest(data: bytes) -> int:
@@ -2635,7 +2634,7 @@ class PlanMemo:
 
     def sign(self, spec: TableSpec, columns: TableColumns, types: Mapping[str, str], id_key: str | None,
              link_index: Mapping[str, Mapping[str, str]]) -> None:
-        digest = hashlib.blake2b(SOURCE_DIGEST, digest_size=16)
+        digest = hashlib.blake2b(source_digest(), digest_size=16)
         digest.update(repr((spec.key, spec.mapping, spec.key_fields, spec.links, id_key, sorted(types.items()),
                             sorted((c.mapped, c.key, c.type) for c in columns.by_mapped.values()))).encode())
         for link in spec.links:
@@ -3220,8 +3219,6 @@ class Deleter:
         outcomes = self.applied.deleted.setdefault(deletion.key, {})
         with Progress(f"{deletion.key}: delete", len(deletion.records)) as progress:
             for start in range(0, len(deletion.records), RECORDS_PER_PAGE):
-                if self.stop.is_set():
-                    raise RunInterrupted()
                 batch = self.as_airtable_has_them(table, deletion, deletion.records[start:start + RECORDS_PER_PAGE],
                                                   outcomes)
                 for first in range(0, len(batch), RECORDS_PER_WRITE):

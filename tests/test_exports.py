@@ -559,7 +559,7 @@ def test_an_export_is_parsed_again_unless_its_bytes_rules_and_limit_are_those_in
     elif change == "the limit":
         limit = 2
     elif change == "the tool":
-        monkeypatch.setattr(sync, "SOURCE_DIGEST", b"another version")
+        monkeypatch.setattr(sync, "source_digest", lambda: b"another version")
     elif change == "the Python":
         monkeypatch.setattr(sync.sys, "version", "3.99.0")
     elif change == "a broken index":
