@@ -2179,18 +2179,6 @@ class ExportIndex:
         self.handle.close()
 
 
-class ExportList(list):
-    """Records in memory (tests, --check) with ExportIndex's interface, without digests."""
-
-    digests = None
-    load = list.__getitem__
-
-    def __init__(self, records: Iterable[ExportRecord]):
-        super().__init__(records)
-        self.mongo_ids = [r.mongo_id for r in self]
-        self.carried = {k for r in self for k in r.doc}
-
-
 def index_export(path: Path, limit: int | None, saved: Path | None = None) -> ExportIndex | None:
     """The export checked and indexed, the file left open (or the index `saved` of the same bytes); None
     when it is missing. The whole file is parsed even past `limit`: a bad file fails the same with --limit."""
@@ -2695,7 +2683,7 @@ def plan_record(plan: TablePlan, record: ExportRecord, current: dict | None, how
     return False
 
 
-def plan_table(spec: TableSpec, exported: ExportIndex | ExportList | Sequence[ExportRecord],
+def plan_table(spec: TableSpec, exported: ExportIndex,
                airtable_records: TableSnapshot | Sequence[dict], columns: TableColumns,
                link_index: Mapping[str, Mapping[str, str]], memo: PlanMemo | None = None,
                days_since_last_run: int | None = None) -> TablePlan:
@@ -2703,8 +2691,6 @@ def plan_table(spec: TableSpec, exported: ExportIndex | ExportList | Sequence[Ex
     snapshot. Fields are named by their keys in `columns` (field ids, once bound). An export record
     is parsed only when planned, and not at all when `memo` knows it in sync."""
     airtable_records = as_snapshot(airtable_records)
-    if not isinstance(exported, (ExportIndex, ExportList)):
-        exported = ExportList(exported)
     types, read_only = field_types(spec, columns, airtable_records, exported)
     id_key = columns.id_key if columns.id_key in types else None
     carried = exported.carried

@@ -192,8 +192,20 @@ def rec(rec_id, **fields):
     return {"id": rec_id, "createdTime": "2025-01-01T00:00:00.000Z", "fields": fields}
 
 
+class ExportList(list):
+    """Export records in memory, with the interface plan_table reads an ExportIndex through."""
+
+    digests = None
+    load = list.__getitem__
+
+    def __init__(self, records):
+        super().__init__(records)
+        self.mongo_ids = [r.mongo_id for r in self]
+        self.carried = {k for r in self for k in r.doc}
+
+
 def exported(*docs):
-    return [ExportRecord(i, sync.mongo_id_of(d), d) for i, d in enumerate(docs)]
+    return ExportList(ExportRecord(i, sync.mongo_id_of(d), d) for i, d in enumerate(docs))
 
 
 def matched(docs, airtable, key="users", id_field=True):
@@ -203,7 +215,7 @@ def matched(docs, airtable, key="users", id_field=True):
     types = {"id": "singleLineText", "email": "email", "message": "multilineText", changing: "singleLineText"}
     if not id_field:
         del types["id"]
-    docs = [ExportRecord(r.index, r.mongo_id, {**r.doc, changing: "changed"}) for r in docs]
+    docs = ExportList(ExportRecord(r.index, r.mongo_id, {**r.doc, changing: "changed"}) for r in docs)
     plan = sync.plan_table(TABLE_SPECS[key], docs, airtable, columns(key, types), {})
     return ([(w.record.mongo_id, w.record_id, w.matched_by or w.action) for w in plan.writes],
             [o["id"] for o in plan.orphans])
