@@ -253,10 +253,9 @@ class Progress:
         self.closing = contextlib.ExitStack()  # on a terminal: the bar and the log redirect
 
     def __enter__(self) -> Progress:
-        try:
+        live = False
+        with contextlib.suppress(AttributeError, ValueError):  # no isatty, or closed
             live = self.stream.isatty()
-        except (AttributeError, ValueError):  # no isatty, or closed
-            live = False
         if live:
             self.bar = self.closing.enter_context(tqdm(total=self.total, desc=self.description, unit=" records",
                                                        file=self.stream, mininterval=0.5, dynamic_ncols=True))
