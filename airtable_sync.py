@@ -713,15 +713,14 @@ def count_requests(settings: Settings, stats: RequestStats) -> None:
         write_private(path, json.dumps({**{k: v for k, v in counts.items() if v}, key: mine}, sort_keys=True))
 
 
-def _never_sent(error: BaseException) -> bool:
-    """True when the request provably did not reach the server (connect failed)."""
+def _never_sent(error: BaseException | None) -> bool:
+    """True when the request failed and provably did not reach the server (connect failed)."""
     if isinstance(error, requests.ConnectTimeout):
         return True
-    seen: BaseException | None = error
-    while seen is not None:
-        if type(seen).__name__ in ("NewConnectionError", "NameResolutionError"):
+    while error is not None:
+        if type(error).__name__ in ("NewConnectionError", "NameResolutionError"):
             return True
-        seen = getattr(seen, "reason", None) or seen.__context__
+        error = getattr(error, "reason", None) or error.__context__
     return False
 
 
@@ -740,7 +739,7 @@ def retry_delay(attempt: int, max_retries: int, method: str, path: str, status: 
     if status == 429:  # Airtable's penalty is 30 s; a Retry-After may only shorten it
         return RATE_LIMIT_PENALTY_S if retry_after is None else min(retry_after, RATE_LIMIT_PENALTY_S)
     if method.upper() == "POST" and request_kind(method, path) == "write":
-        return backoff if error is not None and _never_sent(error) else None
+        return backoff if _never_sent(error) else None
     if error is not None:
         return backoff
     if status is not None and status >= 500:
@@ -811,7 +810,7 @@ class AirtableTransport(HTTPAdapter):
             setattr(self.stats, kind, getattr(self.stats, kind) + 1)
             if attempt:
                 self.stats.retried += 1
-            if response is not None or not _never_sent(error):  # type: ignore[arg-type]
+            if response is not None or not _never_sent(error):
                 self.stats.reached += 1
             status = response.status_code if response is not None else None
             if status == 429 and is_billing_limit(status, _json_or_none(response)):  # type: ignore[arg-type]
