@@ -765,9 +765,7 @@ MONTHLY_CALLS_SPENT = ("Airtable refused the request: the workspace's monthly AP
 
 def is_billing_limit(status: int | None, body: Any) -> bool:
     """Airtable's answer when the workspace's monthly API calls are spent."""
-    if status != 429 or not isinstance(body, dict):
-        return False
-    error = body.get("error")
+    error = body.get("error") if status == 429 and isinstance(body, dict) else None
     return (error.get("type") if isinstance(error, dict) else error) == BILLING_LIMIT_ERROR
 
 
