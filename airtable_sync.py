@@ -1348,11 +1348,10 @@ def load_state(path: Path) -> ChangeState | None:
 
 
 def cache_fingerprint(path: Path) -> list[int] | None:
-    try:
+    with contextlib.suppress(OSError):
         info = path.stat()
-    except OSError:
-        return None
-    return [info.st_size, info.st_mtime_ns]
+        return [info.st_size, info.st_mtime_ns]
+    return None
 
 
 def full_read_reason(state: ChangeState | None, settings: Settings, needed: Iterable[str],
@@ -1659,9 +1658,8 @@ class BaseReader:
         snapshot = {}
         for key in state.tables:
             path = cache_path(self.settings, key)
-            if cache_fingerprint(path) != state.caches.get(key):
-                return None
-            records = TableSnapshot.from_cache(path, self.settings.cache_dir)
+            unchanged = cache_fingerprint(path) == state.caches.get(key)
+            records = TableSnapshot.from_cache(path, self.settings.cache_dir) if unchanged else None
             if records is None:
                 return None
             snapshot[key] = records
