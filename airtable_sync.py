@@ -1423,40 +1423,39 @@ def set_cells(fields: dict, cells: Mapping[str, Any], fields_by_id: Mapping[str,
             fields[field_id] = value
 
 
-def feed_schema_change(payloads: Sequence[dict], schema: BaseSchema,
+def feed_schema_change(payload: dict, schema: BaseSchema,
                        bound: Mapping[str, Mapping[str, str]]) -> tuple[str | None, bool]:
-    """(why the payloads force a full read, whether the schema must be read again). A full read: a bound
+    """(why the payload forces a full read, whether the schema must be read again). A full read: a bound
     field deleted or retyped, or a field created under a mapped name. The schema: a rename (the binding and
     the snapshot follow the id) or another field change. Neither: select options added (by typecast)."""
+    if payload.get("error"):
+        return f"a payload carries an error ({payload.get('code') or 'unknown'})", False
     keys_by_table = {table_id: key for key, table_id in schema.table_ids.items()}
+    for table_id in payload.get("destroyedTableIds") or []:
+        if table_id in keys_by_table:
+            return f"table {keys_by_table[table_id]} was deleted", False
     reread = False
-    for payload in payloads:
-        if payload.get("error"):
-            return f"a payload carries an error ({payload.get('code') or 'unknown'})", False
-        for table_id in payload.get("destroyedTableIds") or []:
-            if table_id in keys_by_table:
-                return f"table {keys_by_table[table_id]} was deleted", False
-        for table_id, change in (payload.get("changedTablesById") or {}).items():
-            key = keys_by_table.get(table_id)
-            if key is None:
-                continue
-            mapped_by_id = {fid: name for name, fid in bound.get(key, {}).items()}
-            known = {f.id: f for f in schema.fields[key].values()}
-            for field_id in change.get("destroyedFieldIds") or []:
-                if field_id in mapped_by_id:
-                    return f"field {mapped_by_id[field_id]} of {key} was deleted", False
-                reread = True
-            for field_id, info in (change.get("createdFieldsById") or {}).items():
-                if (info or {}).get("name") in TABLE_SPECS[key].airtable_fields:
-                    return f"field {info['name']} of {key} was created", False
-                reread = True
-            for field_id, changed in (change.get("changedFieldsById") or {}).items():
-                current, old = changed.get("current") or {}, known.get(field_id)
-                renamed = current.get("name") is not None and (old is None or current["name"] != old.name)
-                retyped = current.get("type") is not None and (old is None or current["type"] != old.type)
-                if retyped and field_id in mapped_by_id:
-                    return f"field {mapped_by_id[field_id]} of {key} was retyped", False
-                reread = reread or renamed or retyped
+    for table_id, change in (payload.get("changedTablesById") or {}).items():
+        key = keys_by_table.get(table_id)
+        if key is None:
+            continue
+        mapped_by_id = {fid: name for name, fid in bound.get(key, {}).items()}
+        known = {f.id: f for f in schema.fields[key].values()}
+        for field_id in change.get("destroyedFieldIds") or []:
+            if field_id in mapped_by_id:
+                return f"field {mapped_by_id[field_id]} of {key} was deleted", False
+            reread = True
+        for info in (change.get("createdFieldsById") or {}).values():
+            if (info or {}).get("name") in TABLE_SPECS[key].airtable_fields:
+                return f"field {info['name']} of {key} was created", False
+            reread = True
+        for field_id, changed in (change.get("changedFieldsById") or {}).items():
+            current, old = changed.get("current") or {}, known.get(field_id)
+            renamed = current.get("name") is not None and (old is None or current["name"] != old.name)
+            retyped = current.get("type") is not None and (old is None or current["type"] != old.type)
+            if retyped and field_id in mapped_by_id:
+                return f"field {mapped_by_id[field_id]} of {key} was retyped", False
+            reread = reread or renamed or retyped
     return None, reread
 
 
@@ -1564,16 +1563,15 @@ def count_drift(patched: Mapping[str, TableSnapshot], fresh: Mapping[str, TableS
     return drift
 
 
-def touched_records(payloads: Sequence[dict], schema: BaseSchema) -> dict[str, set[str]]:
-    """Per table key, the records the payloads create, change or destroy."""
+def touched_records(payload: dict, schema: BaseSchema) -> dict[str, set[str]]:
+    """Per table key, the records the payload creates, changes or destroys."""
     keys_by_table = {table_id: key for key, table_id in schema.table_ids.items()}
     touched: dict[str, set[str]] = defaultdict(set)
-    for payload in payloads:
-        for table_id, change in (payload.get("changedTablesById") or {}).items():
-            if table_id in keys_by_table:
-                touched[keys_by_table[table_id]].update(change.get("createdRecordsById") or {},
-                                                        change.get("changedRecordsById") or {},
-                                                        change.get("destroyedRecordIds") or [])
+    for table_id, change in (payload.get("changedTablesById") or {}).items():
+        if table_id in keys_by_table:
+            touched[keys_by_table[table_id]].update(change.get("createdRecordsById") or {},
+                                                    change.get("changedRecordsById") or {},
+                                                    change.get("destroyedRecordIds") or [])
     return touched
 
 
@@ -1671,7 +1669,7 @@ class BaseReader:
         patch, cursor = SnapshotPatch(snapshot, state.schema), state.cursor
         try:
             for payload in self.payloads(hook, state.cursor):  # type: ignore[arg-type]
-                why, reread = feed_schema_change([payload], patch.schema, self.bound)
+                why, reread = feed_schema_change(payload, patch.schema, self.bound)
                 if why:
                     return None, why
                 if reread and patch.schema is state.schema:  # fields added or changed elsewhere: once
@@ -1747,7 +1745,7 @@ class BaseReader:
                     if payload["cursor"] < cursor:  # type: ignore[operator]
                         patch.apply(payload)  # up to the read: what the snapshot should now say
                     else:  # during or after the read: those records are left out
-                        for key, ids in touched_records([payload], schema).items():
+                        for key, ids in touched_records(payload, schema).items():
                             later[key] |= ids
             except FeedUnavailable as exc:
                 log.warning("drift not measured: %s", exc)

@@ -217,7 +217,7 @@ def test_patching_never_changes_a_record_dict_shared_with_the_caller():
      "field event_count of users was retyped"),
 ])
 def test_a_bound_field_deleted_or_retyped_or_one_created_under_a_mapped_name_forces_a_full_read(change, reason):
-    got, _ = sync.feed_schema_change([payload(5, {TABLES["users"]: change})], schema(), BOUND)
+    got, _ = sync.feed_schema_change(payload(5, {TABLES["users"]: change}), schema(), BOUND)
     assert got is not None and reason in got
 
 
@@ -230,26 +230,26 @@ def test_a_bound_field_deleted_or_retyped_or_one_created_under_a_mapped_name_for
 ])
 def test_renames_and_unmapped_field_changes_only_reread_the_schema(change):
     # A rename follows the field id: the snapshot is keyed by id, so it stays exact.
-    assert sync.feed_schema_change([payload(5, {TABLES["users"]: change})], schema(), BOUND) == (None, True)
+    assert sync.feed_schema_change(payload(5, {TABLES["users"]: change}), schema(), BOUND) == (None, True)
 
 
 def test_without_a_binding_a_deleted_field_is_no_mapped_field():
     deleted = payload(5, {TABLES["users"]: {"destroyedFieldIds": ["fldUemail"]}})
-    assert sync.feed_schema_change([deleted], schema(), {}) == (None, True)
+    assert sync.feed_schema_change(deleted, schema(), {}) == (None, True)
 
 
 def test_typecast_options_and_other_tables_are_no_field_change():
     options = payload(5, {TABLES["users"]: {"changedFieldsById": {"fldUseg": {
         "current": {"options": {"choices": [{"id": "s", "name": "Brand new"}]}}}}}})
-    assert sync.feed_schema_change([options], schema(), BOUND) == (None, False)
+    assert sync.feed_schema_change(options, schema(), BOUND) == (None, False)
     other_table = payload(5, {"tblNotSyncedHere00": {"destroyedFieldIds": ["fldUemail"]}})
-    assert sync.feed_schema_change([other_table], schema(), BOUND) == (None, False)
+    assert sync.feed_schema_change(other_table, schema(), BOUND) == (None, False)
 
 
 def test_an_error_payload_or_a_deleted_table_forces_a_full_read():
-    assert "INVALID_FILTERS" in sync.feed_schema_change([{"cursor": 5, "error": True, "code": "INVALID_FILTERS"}],
+    assert "INVALID_FILTERS" in sync.feed_schema_change({"cursor": 5, "error": True, "code": "INVALID_FILTERS"},
                                                         schema(), BOUND)[0]
-    assert "users was deleted" in sync.feed_schema_change([{"cursor": 5, "destroyedTableIds": [TABLES["users"]]}],
+    assert "users was deleted" in sync.feed_schema_change({"cursor": 5, "destroyedTableIds": [TABLES["users"]]},
                                                           schema(), BOUND)[0]
 
 
@@ -280,9 +280,9 @@ def test_drift_counts_records_that_differ_in_mapped_fields_only_and_skips_later_
 
 
 def test_touched_records_by_table():
-    payloads = [payload(5, {TABLES["users"]: {"changedRecordsById": {"recU1": {}}, "destroyedRecordIds": ["recU2"]},
-                            "tblElsewhere000000": {"destroyedRecordIds": ["recQ"]}})]
-    assert sync.touched_records(payloads, schema()) == {"users": {"recU1", "recU2"}}
+    touching = payload(5, {TABLES["users"]: {"changedRecordsById": {"recU1": {}}, "destroyedRecordIds": ["recU2"]},
+                           "tblElsewhere000000": {"destroyedRecordIds": ["recQ"]}})
+    assert sync.touched_records(touching, schema()) == {"users": {"recU1", "recU2"}}
 
 
 # -- deletion -------------------------------------------------------------------------------
