@@ -1768,10 +1768,9 @@ class BaseReader:
         return read
 
     def ensure_webhook(self, state: ChangeState | None, hooks: list, refresh: bool) -> tuple[str | None, int | None]:
-        """With its next cursor: the state's webhook if it is usable; else (the old one deleted) a usable one
-        of this tool's that the state does not name, made by a run whose create answer or state was lost
-        (adopted, not doubled); else a new one. A dry run creates, refreshes and deletes nothing. A create
-        whose answer was lost is settled by listing the webhooks, never by creating another: a base holds at most 10."""
+        """With its next cursor: the state's webhook if usable; else (the old one deleted) a usable one of this tool's
+        that a run made and lost track of (adopted, not doubled); else a new one, a lost create answer settled by
+        listing, never by creating another (a base holds at most 10). A dry run creates, refreshes, deletes nothing."""
         ours = next((h for h in hooks if state is not None and h.id == state.webhook_id), None)
         if ours is not None and webhook_problem(ours, self.now) is None:
             if refresh and not self.settings.dry_run:
