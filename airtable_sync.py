@@ -1261,10 +1261,9 @@ def pull_table(airtable: Airtable, key: str, stop: threading.Event, by_field_id:
     return records
 
 
-def write_cache(path: Path, records: Iterable[dict] | TableSnapshot) -> None:
+def write_cache(path: Path, snapshot: TableSnapshot) -> None:
     # One record a line, streamed: still a JSON array, written by json's C encoder (indent= falls back
     # to pure Python) without the whole file in memory. A snapshot's lines are copied, not parsed again.
-    snapshot = as_snapshot(records)
     lines = ((b",\n" if i else b"[\n") + snapshot.line(rec_id) for i, rec_id in enumerate(snapshot.ids()))
     write_private(path, itertools.chain(lines, [b"\n]\n" if len(snapshot) else b"[]\n"]))
 

@@ -390,7 +390,7 @@ def read_cache(path):
 ])
 def test_a_cache_reads_back_as_written(tmp_path, records):
     path = tmp_path / "airtable_users.json"
-    sync.write_cache(path, records)
+    sync.write_cache(path, sync.TableSnapshot.of(records))
     assert read_cache(path) == records
 
 
@@ -411,7 +411,7 @@ def test_replayed_writes_leave_no_table_changed():
 
 def test_a_cache_cut_short_is_unreadable(tmp_path):
     path = tmp_path / "airtable_users.json"
-    sync.write_cache(path, [{"id": f"rec{i}", "fields": {}} for i in range(3)])
+    sync.write_cache(path, sync.TableSnapshot.of({"id": f"rec{i}", "fields": {}} for i in range(3)))
     path.write_text(path.read_text().rsplit("\n", 3)[0] + "\n")  # lost its last record and the bracket
     assert read_cache(path) is None
 
@@ -419,7 +419,7 @@ def test_a_cache_cut_short_is_unreadable(tmp_path):
 def test_half_an_emoji_survives_the_cache(tmp_path):
     path = tmp_path / "airtable_messages.json"
     records = [{"id": "rec1", "fields": {"message": "cut mid-emoji \ud83d"}}]
-    sync.write_cache(path, records)
+    sync.write_cache(path, sync.TableSnapshot.of(records))
     assert read_cache(path) == records
     assert [p.name for p in tmp_path.iterdir()] == ["airtable_messages.json"]  # no tmp file left
 
@@ -460,7 +460,7 @@ def test_a_snapshot_reads_matching_cells_from_its_lines_as_a_parse_would(tmp_pat
                {"id": "rec3", "createdTime": "x", "fields": {"fldOther": '"fldId": "fake"'}},  # escaped: not a cell
                {"id": "rec4", "createdTime": "x", "fields": {}}]
     path = tmp_path / "airtable_users.json"
-    sync.write_cache(path, records)
+    sync.write_cache(path, sync.TableSnapshot.of(records))
     snapshot = sync.TableSnapshot.from_cache(path, tmp_path)
     # Up to the first cell that is not blank: a record with an id is matched by it, not its key.
     assert list(snapshot.cells(["fldId", "fldKey"])) == [("rec1", ["u1", None]), ("rec2", [7, None]),
