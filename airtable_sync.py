@@ -1543,8 +1543,7 @@ def count_drift(patched: Mapping[str, TableSnapshot], fresh: Mapping[str, TableS
     but for those a later payload changed. Logs record ids and field names, never values."""
     drift = 0
     for key, new in fresh.items():
-        # The fields the sync writes (mapped, present, not computed): a computed cell (a formula,
-        # a last-modified time) is Airtable's own and cannot drift.
+        # Only the fields the sync writes: a computed cell (a formula, a last-modified time) cannot drift.
         synced = [c for c in columns[key].by_mapped.values() if c.type in WRITABLE_TYPES]
         old, skip = patched[key], changed_since.get(key, set())
         for rec_id in [*old.ids(), *(i for i in new.ids() if i not in old)]:
@@ -1754,8 +1753,7 @@ class BaseReader:
                 read.drift = count_drift(snapshot, records, table_bindings(schema, self.bound, needed), later)
                 if read.drift:
                     log.warning("drift: %d records differ from what the change feed said; see the report", read.drift)
-                # Tables this run did not read (--tables) stay in the snapshot, patched up to the
-                # same cursor as the fresh ones, so the change feed keeps them current.
+                # Tables not read (--tables) stay, patched up to the fresh ones' cursor: the feed keeps them current.
                 for key in state.tables.keys() - set(needed):
                     records[key], tables[key] = snapshot[key], state.tables[key]
                     read.dirty.add(key)
