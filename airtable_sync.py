@@ -1257,10 +1257,9 @@ def pull_table(airtable: Airtable, key: str, stop: threading.Event, by_field_id:
     return records
 
 
-def write_cache(path: Path, records: Iterable[dict] | TableSnapshot) -> None:
+def write_cache(path: Path, snapshot: TableSnapshot) -> None:
     # One record a line, streamed: still a JSON array, written by json's C encoder (indent= falls back
     # to pure Python) without the whole file in memory. A snapshot's lines are copied, not parsed again.
-    snapshot = as_snapshot(records)
     lines = ((b",\n" if i else b"[\n") + snapshot.line(rec_id) for i, rec_id in enumerate(snapshot.ids()))
     write_private(path, itertools.chain(lines, [b"\n]\n" if len(snapshot) else b"[]\n"]))
 
@@ -1344,11 +1343,10 @@ def load_state(path: Path) -> ChangeState | None:
 
 
 def cache_fingerprint(path: Path) -> list[int] | None:
-    try:
+    with contextlib.suppress(OSError):
         info = path.stat()
-    except OSError:
-        return None
-    return [info.st_size, info.st_mtime_ns]
+        return [info.st_size, info.st_mtime_ns]
+    return None
 
 
 def full_read_reason(state: ChangeState | None, settings: Settings, needed: Iterable[str],
@@ -1420,40 +1418,39 @@ def set_cells(fields: dict, cells: Mapping[str, Any], fields_by_id: Mapping[str,
             fields[field_id] = value
 
 
-def feed_schema_change(payloads: Sequence[dict], schema: BaseSchema,
+def feed_schema_change(payload: dict, schema: BaseSchema,
                        bound: Mapping[str, Mapping[str, str]]) -> tuple[str | None, bool]:
-    """(why the payloads force a full read, whether the schema must be read again). A full read: a bound
+    """(why the payload forces a full read, whether the schema must be read again). A full read: a bound
     field deleted or retyped, or a field created under a mapped name. The schema: a rename (the binding and
     the snapshot follow the id) or another field change. Neither: select options added (by typecast)."""
+    if payload.get("error"):
+        return f"a payload carries an error ({payload.get('code') or 'unknown'})", False
     keys_by_table = {table_id: key for key, table_id in schema.table_ids.items()}
+    for table_id in payload.get("destroyedTableIds") or []:
+        if table_id in keys_by_table:
+            return f"table {keys_by_table[table_id]} was deleted", False
     reread = False
-    for payload in payloads:
-        if payload.get("error"):
-            return f"a payload carries an error ({payload.get('code') or 'unknown'})", False
-        for table_id in payload.get("destroyedTableIds") or []:
-            if table_id in keys_by_table:
-                return f"table {keys_by_table[table_id]} was deleted", False
-        for table_id, change in (payload.get("changedTablesById") or {}).items():
-            key = keys_by_table.get(table_id)
-            if key is None:
-                continue
-            mapped_by_id = {fid: name for name, fid in bound.get(key, {}).items()}
-            known = {f.id: f for f in schema.fields[key].values()}
-            for field_id in change.get("destroyedFieldIds") or []:
-                if field_id in mapped_by_id:
-                    return f"field {mapped_by_id[field_id]} of {key} was deleted", False
-                reread = True
-            for field_id, info in (change.get("createdFieldsById") or {}).items():
-                if (info or {}).get("name") in TABLE_SPECS[key].airtable_fields:
-                    return f"field {info['name']} of {key} was created", False
-                reread = True
-            for field_id, changed in (change.get("changedFieldsById") or {}).items():
-                current, old = changed.get("current") or {}, known.get(field_id)
-                renamed = current.get("name") is not None and (old is None or current["name"] != old.name)
-                retyped = current.get("type") is not None and (old is None or current["type"] != old.type)
-                if retyped and field_id in mapped_by_id:
-                    return f"field {mapped_by_id[field_id]} of {key} was retyped", False
-                reread = reread or renamed or retyped
+    for table_id, change in (payload.get("changedTablesById") or {}).items():
+        key = keys_by_table.get(table_id)
+        if key is None:
+            continue
+        mapped_by_id = {fid: name for name, fid in bound.get(key, {}).items()}
+        known = {f.id: f for f in schema.fields[key].values()}
+        for field_id in change.get("destroyedFieldIds") or []:
+            if field_id in mapped_by_id:
+                return f"field {mapped_by_id[field_id]} of {key} was deleted", False
+            reread = True
+        for info in (change.get("createdFieldsById") or {}).values():
+            if (info or {}).get("name") in TABLE_SPECS[key].airtable_fields:
+                return f"field {info['name']} of {key} was created", False
+            reread = True
+        for field_id, changed in (change.get("changedFieldsById") or {}).items():
+            current, old = changed.get("current") or {}, known.get(field_id)
+            renamed = current.get("name") is not None and (old is None or current["name"] != old.name)
+            retyped = current.get("type") is not None and (old is None or current["type"] != old.type)
+            if retyped and field_id in mapped_by_id:
+                return f"field {mapped_by_id[field_id]} of {key} was retyped", False
+            reread = reread or renamed or retyped
     return None, reread
 
 
@@ -1542,8 +1539,7 @@ def count_drift(patched: Mapping[str, TableSnapshot], fresh: Mapping[str, TableS
     but for those a later payload changed. Logs record ids and field names, never values."""
     drift = 0
     for key, new in fresh.items():
-        # The fields the sync writes (mapped, present, not computed): a computed cell (a formula,
-        # a last-modified time) is Airtable's own and cannot drift.
+        # Only the fields the sync writes: a computed cell (a formula, a last-modified time) cannot drift.
         synced = [c for c in columns[key].by_mapped.values() if c.type in WRITABLE_TYPES]
         old, skip = patched[key], changed_since.get(key, set())
         for rec_id in [*old.ids(), *(i for i in new.ids() if i not in old)]:
@@ -1561,16 +1557,15 @@ def count_drift(patched: Mapping[str, TableSnapshot], fresh: Mapping[str, TableS
     return drift
 
 
-def touched_records(payloads: Sequence[dict], schema: BaseSchema) -> dict[str, set[str]]:
-    """Per table key, the records the payloads create, change or destroy."""
+def touched_records(payload: dict, schema: BaseSchema) -> dict[str, set[str]]:
+    """Per table key, the records the payload creates, changes or destroys."""
     keys_by_table = {table_id: key for key, table_id in schema.table_ids.items()}
     touched: dict[str, set[str]] = defaultdict(set)
-    for payload in payloads:
-        for table_id, change in (payload.get("changedTablesById") or {}).items():
-            if table_id in keys_by_table:
-                touched[keys_by_table[table_id]].update(change.get("createdRecordsById") or {},
-                                                        change.get("changedRecordsById") or {},
-                                                        change.get("destroyedRecordIds") or [])
+    for table_id, change in (payload.get("changedTablesById") or {}).items():
+        if table_id in keys_by_table:
+            touched[keys_by_table[table_id]].update(change.get("createdRecordsById") or {},
+                                                    change.get("changedRecordsById") or {},
+                                                    change.get("destroyedRecordIds") or [])
     return touched
 
 
@@ -1655,9 +1650,8 @@ class BaseReader:
         snapshot = {}
         for key in state.tables:
             path = cache_path(self.settings, key)
-            if cache_fingerprint(path) != state.caches.get(key):
-                return None
-            records = TableSnapshot.from_cache(path, self.settings.cache_dir)
+            unchanged = cache_fingerprint(path) == state.caches.get(key)
+            records = TableSnapshot.from_cache(path, self.settings.cache_dir) if unchanged else None
             if records is None:
                 return None
             snapshot[key] = records
@@ -1669,7 +1663,7 @@ class BaseReader:
         patch, cursor = SnapshotPatch(snapshot, state.schema), state.cursor
         try:
             for payload in self.payloads(hook, state.cursor):  # type: ignore[arg-type]
-                why, reread = feed_schema_change([payload], patch.schema, self.bound)
+                why, reread = feed_schema_change(payload, patch.schema, self.bound)
                 if why:
                     return None, why
                 if reread and patch.schema is state.schema:  # fields added or changed elsewhere: once
@@ -1745,7 +1739,7 @@ class BaseReader:
                     if payload["cursor"] < cursor:  # type: ignore[operator]
                         patch.apply(payload)  # up to the read: what the snapshot should now say
                     else:  # during or after the read: those records are left out
-                        for key, ids in touched_records([payload], schema).items():
+                        for key, ids in touched_records(payload, schema).items():
                             later[key] |= ids
             except FeedUnavailable as exc:
                 log.warning("drift not measured: %s", exc)
@@ -1755,8 +1749,7 @@ class BaseReader:
                 read.drift = count_drift(snapshot, records, table_bindings(schema, self.bound, needed), later)
                 if read.drift:
                     log.warning("drift: %d records differ from what the change feed said; see the report", read.drift)
-                # Tables this run did not read (--tables) stay in the snapshot, patched up to the
-                # same cursor as the fresh ones, so the change feed keeps them current.
+                # Tables not read (--tables) stay, patched up to the fresh ones' cursor: the feed keeps them current.
                 for key in state.tables.keys() - set(needed):
                     records[key], tables[key] = snapshot[key], state.tables[key]
                     read.dirty.add(key)
@@ -1768,10 +1761,9 @@ class BaseReader:
         return read
 
     def ensure_webhook(self, state: ChangeState | None, hooks: list, refresh: bool) -> tuple[str | None, int | None]:
-        """With its next cursor: the state's webhook if it is usable; else (the old one deleted) a usable one
-        of this tool's that the state does not name, made by a run whose create answer or state was lost
-        (adopted, not doubled); else a new one. A dry run creates, refreshes and deletes nothing. A create
-        whose answer was lost is settled by listing the webhooks, never by creating another: a base holds at most 10."""
+        """With its next cursor: the state's webhook if usable; else (the old one deleted) a usable one of this tool's
+        that a run made and lost track of (adopted, not doubled); else a new one, a lost create answer settled by
+        listing, never by creating another (a base holds at most 10). A dry run creates, refreshes, deletes nothing."""
         ours = next((h for h in hooks if state is not None and h.id == state.webhook_id), None)
         if ours is not None and webhook_problem(ours, self.now) is None:
             if refresh and not self.settings.dry_run:

@@ -301,7 +301,7 @@ def test_drift_is_measured_and_logged_by_id_and_field_when_the_feed_missed_somet
     path = harness.cache_dir / "airtable_events.json"
     records = json.loads(path.read_text())
     records[0]["fields"][field_ids(emulator, EVENTS)["location"]] = "Somewhere the feed never said"
-    sync.write_cache(path, records)
+    sync.write_cache(path, sync.TableSnapshot.of(records))
     data = state_of(harness)
     data["caches"]["events"] = sync.cache_fingerprint(path)
     (harness.cache_dir / "airtable_state.json").write_text(json.dumps(data))

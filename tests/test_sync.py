@@ -255,7 +255,7 @@ def test_a_stale_cache_does_not_duplicate_creates(harness, emulator):
     assert harness.run() == 0
     before = {t: len(emulator.records(TABLE_IDS[t])) for t in TABLE_IDS}
     for t in TABLE_IDS:
-        airtable_sync.write_cache(harness.cache_dir / f"airtable_{t}.json", [])
+        airtable_sync.write_cache(harness.cache_dir / f"airtable_{t}.json", airtable_sync.TableSnapshot.of([]))
     emulator.clear_log()
     # U08's id is on two Airtable records: its upsert matches both, and Airtable refuses it
     # rather than pick one; it fails alone (its batch is retried record by record).

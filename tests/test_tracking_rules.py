@@ -217,7 +217,7 @@ def test_patching_never_changes_a_record_dict_shared_with_the_caller():
      "field event_count of users was retyped"),
 ])
 def test_a_bound_field_deleted_or_retyped_or_one_created_under_a_mapped_name_forces_a_full_read(change, reason):
-    got, _ = sync.feed_schema_change([payload(5, {TABLES["users"]: change})], schema(), BOUND)
+    got, _ = sync.feed_schema_change(payload(5, {TABLES["users"]: change}), schema(), BOUND)
     assert got is not None and reason in got
 
 
@@ -230,26 +230,26 @@ def test_a_bound_field_deleted_or_retyped_or_one_created_under_a_mapped_name_for
 ])
 def test_renames_and_unmapped_field_changes_only_reread_the_schema(change):
     # A rename follows the field id: the snapshot is keyed by id, so it stays exact.
-    assert sync.feed_schema_change([payload(5, {TABLES["users"]: change})], schema(), BOUND) == (None, True)
+    assert sync.feed_schema_change(payload(5, {TABLES["users"]: change}), schema(), BOUND) == (None, True)
 
 
 def test_without_a_binding_a_deleted_field_is_no_mapped_field():
     deleted = payload(5, {TABLES["users"]: {"destroyedFieldIds": ["fldUemail"]}})
-    assert sync.feed_schema_change([deleted], schema(), {}) == (None, True)
+    assert sync.feed_schema_change(deleted, schema(), {}) == (None, True)
 
 
 def test_typecast_options_and_other_tables_are_no_field_change():
     options = payload(5, {TABLES["users"]: {"changedFieldsById": {"fldUseg": {
         "current": {"options": {"choices": [{"id": "s", "name": "Brand new"}]}}}}}})
-    assert sync.feed_schema_change([options], schema(), BOUND) == (None, False)
+    assert sync.feed_schema_change(options, schema(), BOUND) == (None, False)
     other_table = payload(5, {"tblNotSyncedHere00": {"destroyedFieldIds": ["fldUemail"]}})
-    assert sync.feed_schema_change([other_table], schema(), BOUND) == (None, False)
+    assert sync.feed_schema_change(other_table, schema(), BOUND) == (None, False)
 
 
 def test_an_error_payload_or_a_deleted_table_forces_a_full_read():
-    assert "INVALID_FILTERS" in sync.feed_schema_change([{"cursor": 5, "error": True, "code": "INVALID_FILTERS"}],
+    assert "INVALID_FILTERS" in sync.feed_schema_change({"cursor": 5, "error": True, "code": "INVALID_FILTERS"},
                                                         schema(), BOUND)[0]
-    assert "users was deleted" in sync.feed_schema_change([{"cursor": 5, "destroyedTableIds": [TABLES["users"]]}],
+    assert "users was deleted" in sync.feed_schema_change({"cursor": 5, "destroyedTableIds": [TABLES["users"]]},
                                                           schema(), BOUND)[0]
 
 
@@ -280,9 +280,9 @@ def test_drift_counts_records_that_differ_in_mapped_fields_only_and_skips_later_
 
 
 def test_touched_records_by_table():
-    payloads = [payload(5, {TABLES["users"]: {"changedRecordsById": {"recU1": {}}, "destroyedRecordIds": ["recU2"]},
-                            "tblElsewhere000000": {"destroyedRecordIds": ["recQ"]}})]
-    assert sync.touched_records(payloads, schema()) == {"users": {"recU1", "recU2"}}
+    touching = payload(5, {TABLES["users"]: {"changedRecordsById": {"recU1": {}}, "destroyedRecordIds": ["recU2"]},
+                           "tblElsewhere000000": {"destroyedRecordIds": ["recQ"]}})
+    assert sync.touched_records(touching, schema()) == {"users": {"recU1", "recU2"}}
 
 
 # -- deletion -------------------------------------------------------------------------------
@@ -390,7 +390,7 @@ def read_cache(path):
 ])
 def test_a_cache_reads_back_as_written(tmp_path, records):
     path = tmp_path / "airtable_users.json"
-    sync.write_cache(path, records)
+    sync.write_cache(path, sync.TableSnapshot.of(records))
     assert read_cache(path) == records
 
 
@@ -411,7 +411,7 @@ def test_replayed_writes_leave_no_table_changed():
 
 def test_a_cache_cut_short_is_unreadable(tmp_path):
     path = tmp_path / "airtable_users.json"
-    sync.write_cache(path, [{"id": f"rec{i}", "fields": {}} for i in range(3)])
+    sync.write_cache(path, sync.TableSnapshot.of({"id": f"rec{i}", "fields": {}} for i in range(3)))
     path.write_text(path.read_text().rsplit("\n", 3)[0] + "\n")  # lost its last record and the bracket
     assert read_cache(path) is None
 
@@ -419,7 +419,7 @@ def test_a_cache_cut_short_is_unreadable(tmp_path):
 def test_half_an_emoji_survives_the_cache(tmp_path):
     path = tmp_path / "airtable_messages.json"
     records = [{"id": "rec1", "fields": {"message": "cut mid-emoji \ud83d"}}]
-    sync.write_cache(path, records)
+    sync.write_cache(path, sync.TableSnapshot.of(records))
     assert read_cache(path) == records
     assert [p.name for p in tmp_path.iterdir()] == ["airtable_messages.json"]  # no tmp file left
 
@@ -460,7 +460,7 @@ def test_a_snapshot_reads_matching_cells_from_its_lines_as_a_parse_would(tmp_pat
                {"id": "rec3", "createdTime": "x", "fields": {"fldOther": '"fldId": "fake"'}},  # escaped: not a cell
                {"id": "rec4", "createdTime": "x", "fields": {}}]
     path = tmp_path / "airtable_users.json"
-    sync.write_cache(path, records)
+    sync.write_cache(path, sync.TableSnapshot.of(records))
     snapshot = sync.TableSnapshot.from_cache(path, tmp_path)
     # Up to the first cell that is not blank: a record with an id is matched by it, not its key.
     assert list(snapshot.cells(["fldId", "fldKey"])) == [("rec1", ["u1", None]), ("rec2", [7, None]),
