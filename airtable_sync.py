@@ -2699,9 +2699,7 @@ def plan_table(spec: TableSpec, exported: ExportIndex,
     plan.days = DayTally(days_since_last_run, types)
     matcher = Matcher(airtable_records, columns.key(spec.airtable_key), id_key)
     converting = mapped_columns(spec, columns, types)
-    if exported.digests is None or id_key is None:
-        memo = None
-    elif memo is not None:
+    if memo is not None:
         memo.sign(spec, columns, types, id_key, link_index)
     # Pass one: records unsafe to match fail, claiming no Airtable record; the rest are matched by id, planned at once.
     unmatched, seen_ids = [], set()
@@ -2740,7 +2738,7 @@ def plan_table(spec: TableSpec, exported: ExportIndex,
         current = airtable_records.get(rec_id) if rec_id is not None else None
         plan_record(plan, record, current, "key" if current is not None else "new", converting, link_index)
     plan.orphans = matcher.orphans()
-    plan.airtable_ids = matcher.holding if id_key is not None else {}
+    plan.airtable_ids = matcher.holding
     plan.writes.sort(key=lambda w: w.record.index)
     plan.planned = {a: sum(1 for w in plan.writes if w.action == a) for a in ("create", "update", "skip", "error")}
     plan.planned["skip"] += plan.skipped
