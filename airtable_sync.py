@@ -1961,7 +1961,7 @@ class ExportText:
         self.chars_dropped = self.lines_dropped = self.column_dropped = 0
 
     def more(self) -> bool:
-        """Read the next chunk into buf; False at the end of the file (no caller asks again)."""
+        """Read the next chunk into buf; False at the end of the file."""
         chunk = self.handle.read(READ_CHUNK)
         if self.file_digest is not None:
             self.file_digest.update(chunk)
@@ -2030,8 +2030,6 @@ def _array(text: ExportText, pos: int) -> Iterator[tuple[dict, str, int]]:
             if text.buf[pos:pos + 1] != ",":
                 raise text.json_error("Expecting ',' delimiter", pos)
             pos = text.skip_space(pos + 1)
-        if pos == len(text.buf):
-            raise text.json_error("Expecting value", pos)
         doc, end = text.value(pos, None)
         n += 1
         if doc.__class__ is not dict:
