@@ -2266,10 +2266,8 @@ def to_instant(value: Any) -> datetime:
         return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
     if isinstance(value, date):
         return datetime(value.year, value.month, value.day, tzinfo=timezone.utc)
-    if isinstance(value, str):
-        parsed = parse_datetime(value)
-        if parsed is not None:
-            return parsed
+    if isinstance(value, str) and (parsed := parse_datetime(value)) is not None:
+        return parsed
     raise Invalid(f"not a date: {value!r}")
 
 
