@@ -1953,7 +1953,7 @@ class ExportText:
     """An export's text, read and decoded a chunk at a time. `buf` holds what is not parsed yet;
     positions in it map back to the file's lines and columns for error messages."""
 
-    def __init__(self, path: Path, handle: BinaryIO, file_digest: Any = None):
+    def __init__(self, path: Path, handle: BinaryIO, file_digest: Any):
         self.path, self.handle, self.file_digest = path, handle, file_digest  # the digest is given every byte read
         self.decoder = codecs.getincrementaldecoder("utf-8-sig")()
         self.buf = ""
@@ -1963,8 +1963,7 @@ class ExportText:
     def more(self) -> bool:
         """Read the next chunk into buf; False at the end of the file."""
         chunk = self.handle.read(READ_CHUNK)
-        if self.file_digest is not None:
-            self.file_digest.update(chunk)
+        self.file_digest.update(chunk)
         try:
             text = self.decoder.decode(chunk, final=not chunk)
         except UnicodeDecodeError as exc:
@@ -2055,7 +2054,7 @@ def _documents(text: ExportText, pos: int) -> Iterator[tuple[dict, str, int]]:
             raise text.json_error("a document follows the previous one without whitespace between them", pos)
 
 
-def iter_documents_text(path: Path, handle: BinaryIO, file_digest: Any = None) -> Iterator[tuple[dict, str, int]]:
+def iter_documents_text(path: Path, handle: BinaryIO, file_digest: Any) -> Iterator[tuple[dict, str, int]]:
     """An export's documents, still Extended JSON, each with its text as the file has it and where that text starts
     among the file's characters (after a BOM): a JSON array, or documents one after another separated by whitespace
     (JSON Lines, or mongoexport --pretty). Only the document being parsed and one chunk of text are in memory."""
