@@ -2678,14 +2678,12 @@ def plan_record(plan: TablePlan, record: ExportRecord, current: dict | None, how
     return False
 
 
-def plan_table(spec: TableSpec, exported: ExportIndex,
-               airtable_records: TableSnapshot | Sequence[dict], columns: TableColumns,
+def plan_table(spec: TableSpec, exported: ExportIndex, airtable_records: TableSnapshot, columns: TableColumns,
                link_index: Mapping[str, Mapping[str, str]], memo: PlanMemo | None = None,
                days_since_last_run: int | None = None) -> TablePlan:
     """What to create, update and skip for one table: pure but for reading the export and the
     snapshot. Fields are named by their keys in `columns` (field ids, once bound). An export record
     is parsed only when planned, and not at all when `memo` knows it in sync."""
-    airtable_records = as_snapshot(airtable_records)
     types, read_only = field_types(spec, columns, airtable_records, exported)
     id_key = columns.id_key if columns.id_key in types else None
     carried = exported.carried
