@@ -1941,7 +1941,7 @@ class ExportText:
     """An export's text, read and decoded a chunk at a time. `buf` holds what is not parsed yet;
     positions in it map back to the file's lines and columns for error messages."""
 
-    def __init__(self, path: Path, handle: BinaryIO, file_digest: Any = None):
+    def __init__(self, path: Path, handle: BinaryIO, file_digest: Any):
         self.path, self.handle, self.file_digest = path, handle, file_digest  # the digest is given every byte read
         self.decoder = codecs.getincrementaldecoder("utf-8-sig")()
         self.buf = ""
@@ -1949,10 +1949,9 @@ class ExportText:
         self.chars_dropped = self.lines_dropped = self.column_dropped = 0
 
     def more(self) -> bool:
-        """Read the next chunk into buf; False at the end of the file (no caller asks again)."""
+        """Read the next chunk into buf; False at the end of the file."""
         chunk = self.handle.read(READ_CHUNK)
-        if self.file_digest is not None:
-            self.file_digest.update(chunk)
+        self.file_digest.update(chunk)
         try:
             text = self.decoder.decode(chunk, final=not chunk)
         except UnicodeDecodeError as exc:
@@ -2018,8 +2017,6 @@ def _array(text: ExportText, pos: int) -> Iterator[tuple[dict, str, int]]:
             if text.buf[pos:pos + 1] != ",":
                 raise text.json_error("Expecting ',' delimiter", pos)
             pos = text.skip_space(pos + 1)
-        if pos == len(text.buf):
-            raise text.json_error("Expecting value", pos)
         doc, end = text.value(pos, None)
         n += 1
         if doc.__class__ is not dict:
@@ -2045,7 +2042,7 @@ def _documents(text: ExportText, pos: int) -> Iterator[tuple[dict, str, int]]:
             raise text.json_error("a document follows the previous one without whitespace between them", pos)
 
 
-def iter_documents_text(path: Path, handle: BinaryIO, file_digest: Any = None) -> Iterator[tuple[dict, str, int]]:
+def iter_documents_text(path: Path, handle: BinaryIO, file_digest: Any) -> Iterator[tuple[dict, str, int]]:
     """An export's documents, still Extended JSON, each with its text as the file has it and where that text starts
     among the file's characters (after a BOM): a JSON array, or documents one after another separated by whitespace
     (JSON Lines, or mongoexport --pretty). Only the document being parsed and one chunk of text are in memory."""
@@ -2256,10 +2253,8 @@ def to_instant(value: Any) -> datetime:
         return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
     if isinstance(value, date):
         return datetime(value.year, value.month, value.day, tzinfo=timezone.utc)
-    if isinstance(value, str):
-        parsed = parse_datetime(value)
-        if parsed is not None:
-            return parsed
+    if isinstance(value, str) and (parsed := parse_datetime(value)) is not None:
+        return parsed
     raise Invalid(f"not a date: {value!r}")
 
 
@@ -2671,14 +2666,12 @@ def plan_record(plan: TablePlan, record: ExportRecord, current: dict | None, how
     return False
 
 
-def plan_table(spec: TableSpec, exported: ExportIndex,
-               airtable_records: TableSnapshot | Sequence[dict], columns: TableColumns,
+def plan_table(spec: TableSpec, exported: ExportIndex, airtable_records: TableSnapshot, columns: TableColumns,
                link_index: Mapping[str, Mapping[str, str]], memo: PlanMemo | None = None,
                days_since_last_run: int | None = None) -> TablePlan:
     """What to create, update and skip for one table: pure but for reading the export and the
     snapshot. Fields are named by their keys in `columns` (field ids, once bound). An export record
     is parsed only when planned, and not at all when `memo` knows it in sync."""
-    airtable_records = as_snapshot(airtable_records)
     types, read_only = field_types(spec, columns, airtable_records, exported)
     id_key = columns.id_key if columns.id_key in types else None
     carried = exported.carried
@@ -2687,9 +2680,7 @@ def plan_table(spec: TableSpec, exported: ExportIndex,
     plan.days = DayTally(days_since_last_run, types)
     matcher = Matcher(airtable_records, columns.key(spec.airtable_key), id_key)
     converting = mapped_columns(spec, columns, types)
-    if exported.digests is None or id_key is None:
-        memo = None
-    elif memo is not None:
+    if memo is not None:
         memo.sign(spec, columns, types, id_key, link_index)
     # Pass one: records unsafe to match fail, claiming no Airtable record; the rest are matched by id, planned at once.
     unmatched, seen_ids = [], set()
@@ -2728,7 +2719,7 @@ def plan_table(spec: TableSpec, exported: ExportIndex,
         current = airtable_records.get(rec_id) if rec_id is not None else None
         plan_record(plan, record, current, "key" if current is not None else "new", converting, link_index)
     plan.orphans = matcher.orphans()
-    plan.airtable_ids = matcher.holding if id_key is not None else {}
+    plan.airtable_ids = matcher.holding
     plan.writes.sort(key=lambda w: w.record.index)
     plan.planned = {a: sum(1 for w in plan.writes if w.action == a) for a in ("create", "update", "skip", "error")}
     plan.planned["skip"] += plan.skipped

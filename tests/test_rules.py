@@ -216,7 +216,7 @@ def matched(docs, airtable, key="users", id_field=True):
     if not id_field:
         del types["id"]
     docs = ExportList(ExportRecord(r.index, r.mongo_id, {**r.doc, changing: "changed"}) for r in docs)
-    plan = sync.plan_table(TABLE_SPECS[key], docs, airtable, columns(key, types), {})
+    plan = sync.plan_table(TABLE_SPECS[key], docs, sync.TableSnapshot.of(airtable), columns(key, types), {})
     return ([(w.record.mongo_id, w.record_id, w.matched_by or w.action) for w in plan.writes],
             [o["id"] for o in plan.orphans])
 
@@ -298,7 +298,7 @@ def test_plan_resolves_links_to_existing_pending_and_unknown_records():
     airtable = [rec("recM1", id="m1", message="a", Users=["recU1"], Events=["recE1"]),
                 rec("recM3", id="m3", message="c", status="sent")]
     link_index = {"users": {"u1": "recU1", "u-new": PENDING}, "events": {"e1": "recE1"}}
-    plan = sync.plan_table(TABLE_SPECS["messages"], docs, airtable, MESSAGE_SCHEMA, link_index)
+    plan = sync.plan_table(TABLE_SPECS["messages"], docs, sync.TableSnapshot.of(airtable), MESSAGE_SCHEMA, link_index)
     # m1 is unchanged: counted, not kept
     assert [(w.record.mongo_id, w.action) for w in plan.writes] == [("m2", "create"), ("m3", "update")]
     assert plan.skipped == 1 and plan.planned["skip"] == 1
@@ -314,7 +314,7 @@ def test_plan_fails_records_without_id_or_key_and_duplicate_ids():
                     {"email": "keyed@x.com"}, {"id": "u2", "summary": "x" * (sync.TEXT_LIMIT + 1)})
     schema = columns("users", {"id": "singleLineText", "email": "email", "firstName": "singleLineText",
                                "summary": "multilineText"})
-    plan = sync.plan_table(TABLE_SPECS["users"], docs, [], schema, {})
+    plan = sync.plan_table(TABLE_SPECS["users"], docs, sync.TableSnapshot.of([]), schema, {})
     actions = [(w.action, w.error) for w in plan.writes]
     assert actions[0] == ("error", "record #1 has no id and no email")
     assert actions[1] == ("create", None)
@@ -334,7 +334,7 @@ def test_build_link_index_prefers_this_runs_matches():
 
 def test_unmapped_fields_exclude_id_sources_and_link_sources():
     docs = exported({"_id": "m1", "message_text": "x", "senderId": "u", "eventId": "e", "message": "x", "__v": 0})
-    plan = sync.plan_table(TABLE_SPECS["messages"], docs, [], MESSAGE_SCHEMA, {})
+    plan = sync.plan_table(TABLE_SPECS["messages"], docs, sync.TableSnapshot.of([]), MESSAGE_SCHEMA, {})
     assert plan.unmapped_fields == ["__v", "message"]
 
 
@@ -397,7 +397,7 @@ def test_duplicate_ids_fail_before_matching_and_claim_no_legacy_record():
                     {"id": "u2", "email": "legacy@x.com"})
     airtable = [rec("recOwn", id="u1", email="a@x.com"), rec("recLegacy", email="Legacy@x.com")]
     schema = columns("users", {"id": "singleLineText", "email": "email"})
-    plan = sync.plan_table(TABLE_SPECS["users"], docs, airtable, schema, {})
+    plan = sync.plan_table(TABLE_SPECS["users"], docs, sync.TableSnapshot.of(airtable), schema, {})
     assert [(w.record.mongo_id, w.action, w.record_id) for w in plan.writes] == [
         ("u1", "error", None), ("u2", "update", "recLegacy")]
     assert plan.skipped == 1 and plan.orphans == []  # u1 matched recOwn by id, unchanged
@@ -503,8 +503,8 @@ def test_a_null_line_in_json_lines_is_not_a_document():
 
 def test_without_an_id_field_a_keyless_record_fails_instead_of_doubling_each_run():
     schema = columns("events", {"Name": "singleLineText", "location": "singleLineText"})
-    plan = sync.plan_table(TABLE_SPECS["events"], exported({"id": "e1", "location": "Harlem"},
-                                                           {"id": "e2", "name": "Supper"}), [], schema, {})
+    docs = exported({"id": "e1", "location": "Harlem"}, {"id": "e2", "name": "Supper"})
+    plan = sync.plan_table(TABLE_SPECS["events"], docs, sync.TableSnapshot.of([]), schema, {})
     assert [(w.action, w.error) for w in plan.writes] == [
         ("error", "no name, and the Airtable table has no id field to find it by"), ("create", None)]
 
