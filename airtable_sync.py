@@ -3280,14 +3280,8 @@ def prune_archives(reports_dir: Path, days: float, now: datetime) -> None:
     kept AIRTABLE_ARCHIVE_DAYS, by the timestamp in their name, and no other file is touched."""
     for path in reports_dir.glob("*.jsonl"):  # none when the folder is missing or unreadable
         found = ARCHIVE_NAME.fullmatch(path.name)
-        if not found:
-            continue
-        try:
-            stamp = datetime.strptime(found.group(1), "%Y%m%d_%H%M%S")
-        except ValueError:
-            continue  # not a date: not one of ours, so not ours to remove
-        if (now - stamp).total_seconds() > days * 86400:
-            with contextlib.suppress(OSError):
+        with contextlib.suppress(ValueError, OSError):  # a stamp that is no date: not one of ours, so left alone
+            if found and (now - datetime.strptime(found.group(1), "%Y%m%d_%H%M%S")).total_seconds() > days * 86400:
                 path.unlink()
                 log.info("removed the archive %s (older than %g days)", path.name, days)
 
