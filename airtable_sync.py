@@ -3043,6 +3043,12 @@ class Applied:
             o in landed for outcomes in self.deleted.values() for o in outcomes.values())
 
 
+def free_path(stem: Path, *suffixes: str) -> Path:
+    """stem, stem_2, stem_3...: the first with a file under none of the suffixes, given the first suffix."""
+    paths = (stem.with_name(f"{stem.name}_{n}" if n > 1 else stem.name) for n in itertools.count(1))
+    return next(p for p in paths if not any(p.with_suffix(s).exists() for s in suffixes)).with_suffix(suffixes[0])
+
+
 @dataclass
 class ChangesArchive:
     """<reports-dir>/changed_<stamp>.jsonl: every value a run overwrites, so that --restore can
@@ -3061,9 +3067,7 @@ class ChangesArchive:
         if not batch:
             return
         if self.path is None:
-            stem = f"changed_{self.started:%Y%m%d_%H%M%S}"
-            names = (f"{stem}_{n}.jsonl" if n > 1 else f"{stem}.jsonl" for n in itertools.count(1))
-            self.path = next(path for path in map(self.reports_dir.joinpath, names) if not path.exists())
+            self.path = free_path(self.reports_dir / f"changed_{self.started:%Y%m%d_%H%M%S}", ".jsonl")
         name = plan.columns.mapped_name
         append_archive(self.path, [
             {"table": plan.spec.key, "id": write.record_id, "mongo_id": write.record.mongo_id,
@@ -3697,11 +3701,7 @@ def write_report(report: RunReport, reports_dir: Path, secret: str) -> Path | No
 
     if report.NAME is None:
         return None
-    stem = f"{report.NAME}_{report.started:%Y%m%d_%H%M%S}"
-    path, n = reports_dir / f"{stem}.md", 1
-    while path.exists() or path.with_suffix(".json").exists():
-        n += 1
-        path = reports_dir / f"{stem}_{n}.md"
+    path = free_path(reports_dir / f"{report.NAME}_{report.started:%Y%m%d_%H%M%S}", ".md", ".json")
     write_private(path.with_suffix(".json"), masked(json.dumps(report.as_dict(), indent=2, ensure_ascii=False)))
     try:
         write_private(path, masked(report.markdown()))
