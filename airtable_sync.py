@@ -3209,20 +3209,18 @@ class Deleter:
         outcomes = self.applied.deleted.setdefault(deletion.key, {})
         with Progress(f"{deletion.key}: delete", len(deletion.records)) as progress:
             for start in range(0, len(deletion.records), RECORDS_PER_PAGE):
-                batch = self.as_airtable_has_them(table, deletion, deletion.records[start:start + RECORDS_PER_PAGE],
-                                                  outcomes)
+                batch = self.as_airtable_has_them(table, deletion, deletion.records[start:start + RECORDS_PER_PAGE])
                 for first in range(0, len(batch), RECORDS_PER_WRITE):
                     if self.stop.is_set():
                         raise RunInterrupted()
                     chunk = batch[first:first + RECORDS_PER_WRITE]
                     self.archive_records(deletion.key, chunk)
-                    self.delete_batch(table, deletion, chunk, outcomes)
+                    self.delete_batch(table, deletion, chunk)
                 progress.update(min(RECORDS_PER_PAGE, len(deletion.records) - start))
         done = sum(1 for o in outcomes.values() if o is Outcome.DONE)
         log.info("%s: deleted %d of %d records that left Mongo", deletion.key, done, len(deletion.records))
 
-    def as_airtable_has_them(self, table: Any, deletion: DeletionPlan, records: Sequence[dict],
-                             outcomes: dict[str, Outcome]) -> list[dict]:
+    def as_airtable_has_them(self, table: Any, deletion: DeletionPlan, records: Sequence[dict]) -> list[dict]:
         """The candidates read again (one request a hundred) just before they are deleted: since the run's
         read a person may have cleared a row's id to keep it, deleted it or typed into it. A row whose id
         still names a record that left Mongo is archived as Airtable has it now, then deleted; no other is."""
@@ -3231,7 +3229,7 @@ class Deleter:
             fresh = {rec["id"]: rec for rec in table.all(formula=str(formula), use_field_ids=self.schema is not None)}
         except AIRTABLE_FAILURES as exc:
             raise access_error(exc, self.airtable.settings, f"reading {deletion.key} before deleting") from None
-        batch = []
+        batch, outcomes = [], self.applied.deleted[deletion.key]
         for rec in records:
             now = fresh.get(rec["id"])
             if now is None:
@@ -3253,16 +3251,15 @@ class Deleter:
              "fields": {names.get(k, k): v for k, v in rec["fields"].items()}}
             | ({"fieldIds": {names.get(k, k): k for k in rec["fields"]}} if names else {}) for rec in batch])
 
-    def delete_batch(self, table: Any, deletion: DeletionPlan, batch: Sequence[dict],
-                     outcomes: dict[str, Outcome]) -> None:
-        ids = [rec["id"] for rec in batch]
+    def delete_batch(self, table: Any, deletion: DeletionPlan, batch: Sequence[dict]) -> None:
+        ids, outcomes = [rec["id"] for rec in batch], self.applied.deleted[deletion.key]
         try:
             answered = table.batch_delete(ids)
         except AIRTABLE_FAILURES as exc:
             how, status = write_failure(exc)
             if how == "refused" and len(ids) > 1:
                 for rec in batch:  # one of them is gone already: the others one by one
-                    self.delete_batch(table, deletion, [rec], outcomes)
+                    self.delete_batch(table, deletion, [rec])
                 return
             if status == 404:  # already gone (a person, or this delete's own lost answer): deleted
                 outcomes[ids[0]] = Outcome.DONE
