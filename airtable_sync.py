@@ -3352,9 +3352,8 @@ def volatile_text(key: str, volatile: VolatileField) -> str:
     cost = f"{volatile.requests:,} request{'' if volatile.requests == 1 else 's'} a night"
     name = f"{key}.{volatile.field}"
     if volatile.counts_days and volatile.counts_days_since:
-        since = volatile.counts_days_since
-        return (f"{name} counts days since {since}: {cost}; make it a formula in Airtable: "
-                f"DATETIME_DIFF(TODAY(), {{{since}}}, 'days')")
+        return (f"{name} counts days since {volatile.counts_days_since}: {cost}; make it a formula in Airtable: "
+                f"DATETIME_DIFF(TODAY(), {{{volatile.counts_days_since}}}, 'days')")
     if volatile.counts_days:
         return (f"{name} counts days: {cost}; a formula field in Airtable counting from the date it starts "
                 "at would cost none")
