@@ -3022,6 +3022,12 @@ class Applied:
             o in landed for outcomes in self.deleted.values() for o in outcomes.values())
 
 
+def free_path(stem: Path, *suffixes: str) -> Path:
+    """stem, stem_2, stem_3...: the first with a file under none of the suffixes, given the first suffix."""
+    paths = (stem.with_name(f"{stem.name}_{n}" if n > 1 else stem.name) for n in itertools.count(1))
+    return next(p for p in paths if not any(p.with_suffix(s).exists() for s in suffixes)).with_suffix(suffixes[0])
+
+
 @dataclass
 class ChangesArchive:
     """<reports-dir>/changed_<stamp>.jsonl: every value a run overwrites, so that --restore can
@@ -3040,9 +3046,7 @@ class ChangesArchive:
         if not batch:
             return
         if self.path is None:
-            stem = f"changed_{self.started:%Y%m%d_%H%M%S}"
-            names = (f"{stem}_{n}.jsonl" if n > 1 else f"{stem}.jsonl" for n in itertools.count(1))
-            self.path = next(path for path in map(self.reports_dir.joinpath, names) if not path.exists())
+            self.path = free_path(self.reports_dir / f"changed_{self.started:%Y%m%d_%H%M%S}", ".jsonl")
         name = plan.columns.mapped_name
         append_archive(self.path, [
             {"table": plan.spec.key, "id": write.record_id, "mongo_id": write.record.mongo_id,
@@ -3184,20 +3188,18 @@ class Deleter:
         outcomes = self.applied.deleted.setdefault(deletion.key, {})
         with Progress(f"{deletion.key}: delete", len(deletion.records)) as progress:
             for start in range(0, len(deletion.records), RECORDS_PER_PAGE):
-                batch = self.as_airtable_has_them(table, deletion, deletion.records[start:start + RECORDS_PER_PAGE],
-                                                  outcomes)
+                batch = self.as_airtable_has_them(table, deletion, deletion.records[start:start + RECORDS_PER_PAGE])
                 for first in range(0, len(batch), RECORDS_PER_WRITE):
                     if self.stop.is_set():
                         raise RunInterrupted()
                     chunk = batch[first:first + RECORDS_PER_WRITE]
                     self.archive_records(deletion.key, chunk)
-                    self.delete_batch(table, deletion, chunk, outcomes)
+                    self.delete_batch(table, deletion, chunk)
                 progress.update(min(RECORDS_PER_PAGE, len(deletion.records) - start))
         done = sum(1 for o in outcomes.values() if o is Outcome.DONE)
         log.info("%s: deleted %d of %d records that left Mongo", deletion.key, done, len(deletion.records))
 
-    def as_airtable_has_them(self, table: Any, deletion: DeletionPlan, records: Sequence[dict],
-                             outcomes: dict[str, Outcome]) -> list[dict]:
+    def as_airtable_has_them(self, table: Any, deletion: DeletionPlan, records: Sequence[dict]) -> list[dict]:
         """The candidates read again (one request a hundred) just before they are deleted: since the run's
         read a person may have cleared a row's id to keep it, deleted it or typed into it. A row whose id
         still names a record that left Mongo is archived as Airtable has it now, then deleted; no other is."""
@@ -3206,7 +3208,7 @@ class Deleter:
             fresh = {rec["id"]: rec for rec in table.all(formula=str(formula), use_field_ids=self.schema is not None)}
         except AIRTABLE_FAILURES as exc:
             raise access_error(exc, self.airtable.settings, f"reading {deletion.key} before deleting") from None
-        batch = []
+        batch, outcomes = [], self.applied.deleted[deletion.key]
         for rec in records:
             now = fresh.get(rec["id"])
             if now is None:
@@ -3228,16 +3230,15 @@ class Deleter:
              "fields": {names.get(k, k): v for k, v in rec["fields"].items()}}
             | ({"fieldIds": {names.get(k, k): k for k in rec["fields"]}} if names else {}) for rec in batch])
 
-    def delete_batch(self, table: Any, deletion: DeletionPlan, batch: Sequence[dict],
-                     outcomes: dict[str, Outcome]) -> None:
-        ids = [rec["id"] for rec in batch]
+    def delete_batch(self, table: Any, deletion: DeletionPlan, batch: Sequence[dict]) -> None:
+        ids, outcomes = [rec["id"] for rec in batch], self.applied.deleted[deletion.key]
         try:
             answered = table.batch_delete(ids)
         except AIRTABLE_FAILURES as exc:
             how, status = write_failure(exc)
             if how == "refused" and len(ids) > 1:
                 for rec in batch:  # one of them is gone already: the others one by one
-                    self.delete_batch(table, deletion, [rec], outcomes)
+                    self.delete_batch(table, deletion, [rec])
                 return
             if status == 404:  # already gone (a person, or this delete's own lost answer): deleted
                 outcomes[ids[0]] = Outcome.DONE
@@ -3259,14 +3260,8 @@ def prune_archives(reports_dir: Path, days: float, now: datetime) -> None:
     kept AIRTABLE_ARCHIVE_DAYS, by the timestamp in their name, and no other file is touched."""
     for path in reports_dir.glob("*.jsonl"):  # none when the folder is missing or unreadable
         found = ARCHIVE_NAME.fullmatch(path.name)
-        if not found:
-            continue
-        try:
-            stamp = datetime.strptime(found.group(1), "%Y%m%d_%H%M%S")
-        except ValueError:
-            continue  # not a date: not one of ours, so not ours to remove
-        if (now - stamp).total_seconds() > days * 86400:
-            with contextlib.suppress(OSError):
+        with contextlib.suppress(ValueError, OSError):  # a stamp that is no date: not one of ours, so left alone
+            if found and (now - datetime.strptime(found.group(1), "%Y%m%d_%H%M%S")).total_seconds() > days * 86400:
                 path.unlink()
                 log.info("removed the archive %s (older than %g days)", path.name, days)
 
@@ -3336,9 +3331,8 @@ def volatile_text(key: str, volatile: VolatileField) -> str:
     cost = f"{volatile.requests:,} request{'' if volatile.requests == 1 else 's'} a night"
     name = f"{key}.{volatile.field}"
     if volatile.counts_days and volatile.counts_days_since:
-        since = volatile.counts_days_since
-        return (f"{name} counts days since {since}: {cost}; make it a formula in Airtable: "
-                f"DATETIME_DIFF(TODAY(), {{{since}}}, 'days')")
+        return (f"{name} counts days since {volatile.counts_days_since}: {cost}; make it a formula in Airtable: "
+                f"DATETIME_DIFF(TODAY(), {{{volatile.counts_days_since}}}, 'days')")
     if volatile.counts_days:
         return (f"{name} counts days: {cost}; a formula field in Airtable counting from the date it starts "
                 "at would cost none")
@@ -3682,11 +3676,7 @@ def write_report(report: RunReport, reports_dir: Path, secret: str) -> Path | No
 
     if report.NAME is None:
         return None
-    stem = f"{report.NAME}_{report.started:%Y%m%d_%H%M%S}"
-    path, n = reports_dir / f"{stem}.md", 1
-    while path.exists() or path.with_suffix(".json").exists():
-        n += 1
-        path = reports_dir / f"{stem}_{n}.md"
+    path = free_path(reports_dir / f"{report.NAME}_{report.started:%Y%m%d_%H%M%S}", ".md", ".json")
     write_private(path.with_suffix(".json"), masked(json.dumps(report.as_dict(), indent=2, ensure_ascii=False)))
     try:
         write_private(path, masked(report.markdown()))
