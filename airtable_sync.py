@@ -4056,26 +4056,22 @@ def decide(cells: ArchivedCells, tables: Mapping[str, LiveTable], holders: Mappi
 def map_links(write: RestoreWrite, tables: Mapping[str, LiveTable], exists: Mapping[str, set[str]],
               holders: Mapping[str, dict], created_by: Mapping[str, RestoreWrite]) -> None:
     """The link cells to send, mapped as described above (to a record this run re-creates: Pending)."""
-    table = tables[write.key]
     for field_id, value in list(write.fields.items()):
-        live = table.fields[field_id]
+        live = tables[write.key].fields[field_id]
         if live.type != "multipleRecordLinks":
             continue
-        targets: list = []
+        targets: list[str | Pending] = []
         for old in value if isinstance(value, list) else [value]:
             if isinstance(old, str) and old in exists.get(live.links_to, ()):
-                new: str | Pending | None = old
+                targets.append(old)
             elif isinstance(old, str) and old in holders:
-                new = holders[old]["id"]
+                targets.append(holders[old]["id"])
             elif isinstance(old, str) and old in created_by:
-                new = Pending(created_by[old].cells.record.record_id)
+                targets.append(Pending(created_by[old].cells.record.record_id))
             else:
                 write.left_out_links.append({"field": field_id, "target": old})
-                continue
-            if new not in targets:
-                targets.append(new)
         if targets:
-            write.fields[field_id] = targets
+            write.fields[field_id] = list(dict.fromkeys(targets))  # two old links may lead to one record
         else:
             del write.fields[field_id]
 
