@@ -3900,9 +3900,8 @@ def live_tables(airtable: Airtable, bound: Mapping[str, Mapping[str, str]]) -> d
     if missing:
         raise AirtableAccessError(f"base {settings.base_id} has no table " +
                                   ", ".join(f"{settings.table_ids[k]} ({k})" for k in missing))
-    columns = table_bindings(schema, bound, schema.fields)
-    return {key: LiveTable(schema.table_ids[key], fields, columns[key].bindings)
-            for key, fields in schema.fields.items()}
+    return {key: LiveTable(schema.table_ids[key], schema.fields[key], columns.bindings)
+            for key, columns in table_bindings(schema, bound, schema.fields).items()}
 
 
 @dataclass
@@ -4433,10 +4432,9 @@ class Restore(Command):
     def run(self) -> int:
         path: Path = self.settings.restore  # type: ignore[assignment]
         try:
-            raw = path.read_bytes()
+            records = parse_archive(path, path.read_bytes())
         except OSError as exc:
             raise UsageError(f"{path}: cannot read the archive ({exc.strerror})") from None
-        records = parse_archive(path, raw)
         chosen = [r for r in records if r.table in self.settings.tables]
         log.info("restore: %d archived records in %s, %d of them in %s", len(records), path.name, len(chosen),
                  ",".join(self.settings.tables))
