@@ -4076,9 +4076,8 @@ def map_links(write: RestoreWrite, tables: Mapping[str, LiveTable], exists: Mapp
 
 
 def defer_links(write: RestoreWrite, tables: Mapping[str, LiveTable], created_by: Mapping[str, RestoreWrite]) -> None:
-    """A link to a record re-created in the same request or a later one cannot be sent with this one.
-    If that record's write sets the inverse link back to this one, Airtable fills this side itself;
-    otherwise the whole cell waits, sent once every record is written."""
+    """A link to a record re-created in the same request or a later one cannot go with this write: if that record's
+    write links back by the inverse field, Airtable fills this side; else the whole cell goes once all are written."""
     ref = Pending(write.cells.record.record_id) if write.action == "restore" else write.record_id  # as links name it
     for field_id, value in list(write.fields.items()):
         later = [t for t in value if isinstance(t, Pending) and created_by[t.archived_id].slot >= write.slot] \
@@ -4124,8 +4123,7 @@ def plan_restore(archive: Mapping[str, ArchivedCells], restored: Sequence[str], 
 
 
 class RestoreWriter(BatchWriter):
-    """Sends a restore plan in restore_groups' order, then the link cells that waited for records written
-    after theirs; or, without a plan, a changes archive's put-backs, as refills are sent."""
+    """Sends a restore plan (restore_groups' order, then the links defer_links held back), or put-backs as refills."""
 
     VERB = "restoring"
     SETTLES = "a second restore settles it"
