@@ -3869,9 +3869,8 @@ def live_tables(airtable: Airtable, bound: Mapping[str, Mapping[str, str]]) -> d
     if missing:
         raise AirtableAccessError(f"base {settings.base_id} has no table " +
                                   ", ".join(f"{settings.table_ids[k]} ({k})" for k in missing))
-    columns = table_bindings(schema, bound, schema.fields)
-    return {key: LiveTable(schema.table_ids[key], fields, columns[key].bindings)
-            for key, fields in schema.fields.items()}
+    return {key: LiveTable(schema.table_ids[key], schema.fields[key], columns.bindings)
+            for key, columns in table_bindings(schema, bound, schema.fields).items()}
 
 
 @dataclass
@@ -4025,34 +4024,29 @@ def decide(cells: ArchivedCells, tables: Mapping[str, LiveTable], holders: Mappi
 def map_links(write: RestoreWrite, tables: Mapping[str, LiveTable], exists: Mapping[str, set[str]],
               holders: Mapping[str, dict], created_by: Mapping[str, RestoreWrite]) -> None:
     """The link cells to send, mapped as described above (to a record this run re-creates: Pending)."""
-    table = tables[write.key]
     for field_id, value in list(write.fields.items()):
-        live = table.fields[field_id]
+        live = tables[write.key].fields[field_id]
         if live.type != "multipleRecordLinks":
             continue
-        targets: list = []
+        targets: list[str | Pending] = []
         for old in value if isinstance(value, list) else [value]:
             if isinstance(old, str) and old in exists.get(live.links_to, ()):
-                new: str | Pending | None = old
+                targets.append(old)
             elif isinstance(old, str) and old in holders:
-                new = holders[old]["id"]
+                targets.append(holders[old]["id"])
             elif isinstance(old, str) and old in created_by:
-                new = Pending(created_by[old].cells.record.record_id)
+                targets.append(Pending(created_by[old].cells.record.record_id))
             else:
                 write.left_out_links.append({"field": field_id, "target": old})
-                continue
-            if new not in targets:
-                targets.append(new)
         if targets:
-            write.fields[field_id] = targets
+            write.fields[field_id] = list(dict.fromkeys(targets))  # two old links may lead to one record
         else:
             del write.fields[field_id]
 
 
 def defer_links(write: RestoreWrite, tables: Mapping[str, LiveTable], created_by: Mapping[str, RestoreWrite]) -> None:
-    """A link to a record re-created in the same request or a later one cannot be sent with this one.
-    If that record's write sets the inverse link back to this one, Airtable fills this side itself;
-    otherwise the whole cell waits, sent once every record is written."""
+    """A link to a record re-created in the same request or a later one cannot go with this write: if that record's
+    write links back by the inverse field, Airtable fills this side; else the whole cell goes once all are written."""
     ref = Pending(write.cells.record.record_id) if write.action == "restore" else write.record_id  # as links name it
     for field_id, value in list(write.fields.items()):
         later = [t for t in value if isinstance(t, Pending) and created_by[t.archived_id].slot >= write.slot] \
@@ -4098,8 +4092,7 @@ def plan_restore(archive: Mapping[str, ArchivedCells], restored: Sequence[str], 
 
 
 class RestoreWriter(BatchWriter):
-    """Sends a restore plan in restore_groups' order, then the link cells that waited for records written
-    after theirs; or, without a plan, a changes archive's put-backs, as refills are sent."""
+    """Sends a restore plan (restore_groups' order, then the links defer_links held back), or put-backs as refills."""
 
     VERB = "restoring"
     SETTLES = "a second restore settles it"
@@ -4406,10 +4399,9 @@ class Restore(Command):
     def run(self) -> int:
         path: Path = self.settings.restore  # type: ignore[assignment]
         try:
-            raw = path.read_bytes()
+            records = parse_archive(path, path.read_bytes())
         except OSError as exc:
             raise UsageError(f"{path}: cannot read the archive ({exc.strerror})") from None
-        records = parse_archive(path, raw)
         chosen = [r for r in records if r.table in self.settings.tables]
         log.info("restore: %d archived records in %s, %d of them in %s", len(records), path.name, len(chosen),
                  ",".join(self.settings.tables))
