@@ -4572,7 +4572,7 @@ class LogFile(logging.Handler):
     def __init__(self, path: Path):
         super().__init__()
         self.path = path
-        self.fd: int | None = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self.fd: int | None = open_private(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
         self.failure: LocalWriteError | None = None
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -4595,11 +4595,10 @@ class LogFile(logging.Handler):
 @contextlib.contextmanager
 def logging_to(verbose: bool, log_file: Path, secret: str = "") -> Iterator[list[logging.Handler]]:
     """Console and log-file handlers for the block; `secret` (and any added later with RedactToken) is
-    masked. Raises OSError when the log file cannot be opened."""
+    masked. Raises LocalWriteError when the log file cannot be opened."""
     formatter = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
     console = logging.StreamHandler(sys.stderr)
     console.addFilter(lambda record: not getattr(record, "log_file_only", False))
-    log_file.parent.mkdir(parents=True, exist_ok=True)
     handlers: list[logging.Handler] = [console, LogFile(log_file)]
     root = logging.getLogger()
     for handler in handlers:
@@ -4621,11 +4620,10 @@ def logging_to(verbose: bool, log_file: Path, secret: str = "") -> Iterator[list
 def run_lock(cache_dir: Path) -> Iterator[None]:
     """An exclusive OS lock: released by the kernel when the process dies, so a killed run never blocks."""
     try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(cache_dir / ".airtable_sync.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    except OSError as exc:
+        fd = open_private(cache_dir / ".airtable_sync.lock", os.O_RDWR | os.O_CREAT)
+    except LocalWriteError as exc:
         if exc.errno in LOCAL_WRITE_ERRNOS:  # a full disk or an unwritable folder
-            raise LocalWriteError(cache_dir / ".airtable_sync.lock", exc) from None
+            raise
         raise UsageError(f"cache folder {cache_dir}: {exc.strerror}") from None
     try:
         try:
@@ -5043,9 +5041,9 @@ def main(argv: Sequence[str] | None = None, *, environ: Mapping[str, str] | None
     with contextlib.ExitStack() as stack:
         try:
             handlers = stack.enter_context(logging_to(args.verbose, log_file))
-        except OSError as exc:
+        except LocalWriteError as exc:
             if exc.errno in LOCAL_WRITE_ERRNOS:  # a full disk or an unwritable folder
-                print(f"airtable_sync: {LocalWriteError(log_file, exc)}", file=sys.stderr)
+                print(f"airtable_sync: {exc}", file=sys.stderr)
                 return EXIT_IOERR
             print(f"airtable_sync: reports folder {log_file.parent}: {exc.strerror}", file=sys.stderr)
             return EXIT_USAGE
