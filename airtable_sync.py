@@ -5026,8 +5026,7 @@ def run_demo(verbose: bool) -> int:
     return EXIT_OK if code in (EXIT_OK, EXIT_RECORD_FAILED) and code2 == code else code
 
 
-def main(argv: Sequence[str] | None = None, *, environ: Mapping[str, str] | None = None,
-         dotenv_path: Path | None = SCRIPT_DIR / ".env") -> int:
+def main(argv: Sequence[str] | None = None, *, environ: Mapping[str, str] | None = None) -> int:
     """Run the tool. `environ` replaces the process environment and .env (tests use it)."""
     started = datetime.now()
     try:
@@ -5048,7 +5047,7 @@ def main(argv: Sequence[str] | None = None, *, environ: Mapping[str, str] | None
             print(f"airtable_sync: reports folder {log_file.parent}: {exc.strerror}", file=sys.stderr)
             return EXIT_USAGE
         try:
-            settings = settings_from(args, dict(environ) if environ is not None else read_environment(dotenv_path))
+            settings = settings_from(args, read_environment(SCRIPT_DIR / ".env") if environ is None else dict(environ))
         except UsageError as exc:
             log.error("%s", exc)
             return EXIT_USAGE
