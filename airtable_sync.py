@@ -4889,10 +4889,9 @@ class Check(Command):
             print(f"\n{key} ({settings.table_ids[key]}): reachable")
             if absent := check_export(settings, spec):
                 print(f"  mapped Mongo fields no exported record carries: {', '.join(absent)}")
-            table_schema = None if schema is None else schema.get(key)
-            if table_schema is None:
+            if schema is None or key not in schema.fields:
                 continue
-            columns = bind_columns(spec, table_schema, bound.get(key, {}))
+            columns = bind_columns(spec, schema.fields[key], bound.get(key, {}))
             width = max(len(n) for n in spec.airtable_fields) + 2
             for name in spec.airtable_fields:
                 print(f"  {name:<{width}}{column_status(name, columns)}")
