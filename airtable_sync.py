@@ -4541,12 +4541,11 @@ def archive_kind(path: Path) -> str:
 # ---------------------------------------------------------------------------
 
 
-class RedactToken(logging.Filter):
+@dataclass
+class RedactToken:  # a logging filter: the logging docs let any object with a filter method be one
     """Defence in depth: the token never reaches a log line, whatever a library puts in a message."""
 
-    def __init__(self, secret: str):
-        super().__init__()
-        self.secret = secret
+    secret: str
 
     def filter(self, record: logging.LogRecord) -> bool:
         if self.secret:
