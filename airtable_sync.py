@@ -4502,12 +4502,11 @@ def archive_kind(path: Path) -> str:
 # ---------------------------------------------------------------------------
 
 
-class RedactToken(logging.Filter):
+@dataclass
+class RedactToken:  # a logging filter: the logging docs let any object with a filter method be one
     """Defence in depth: the token never reaches a log line, whatever a library puts in a message."""
 
-    def __init__(self, secret: str):
-        super().__init__()
-        self.secret = secret
+    secret: str
 
     def filter(self, record: logging.LogRecord) -> bool:
         if self.secret:
@@ -4533,7 +4532,7 @@ class LogFile(logging.Handler):
     def __init__(self, path: Path):
         super().__init__()
         self.path = path
-        self.fd: int | None = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self.fd: int | None = open_private(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
         self.failure: LocalWriteError | None = None
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -4556,11 +4555,10 @@ class LogFile(logging.Handler):
 @contextlib.contextmanager
 def logging_to(verbose: bool, log_file: Path, secret: str = "") -> Iterator[list[logging.Handler]]:
     """Console and log-file handlers for the block; `secret` (and any added later with RedactToken) is
-    masked. Raises OSError when the log file cannot be opened."""
+    masked. Raises LocalWriteError when the log file cannot be opened."""
     formatter = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
     console = logging.StreamHandler(sys.stderr)
     console.addFilter(lambda record: not getattr(record, "log_file_only", False))
-    log_file.parent.mkdir(parents=True, exist_ok=True)
     handlers: list[logging.Handler] = [console, LogFile(log_file)]
     root = logging.getLogger()
     for handler in handlers:
@@ -4582,11 +4580,10 @@ def logging_to(verbose: bool, log_file: Path, secret: str = "") -> Iterator[list
 def run_lock(cache_dir: Path) -> Iterator[None]:
     """An exclusive OS lock: released by the kernel when the process dies, so a killed run never blocks."""
     try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(cache_dir / ".airtable_sync.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    except OSError as exc:
+        fd = open_private(cache_dir / ".airtable_sync.lock", os.O_RDWR | os.O_CREAT)
+    except LocalWriteError as exc:
         if exc.errno in LOCAL_WRITE_ERRNOS:  # a full disk or an unwritable folder
-            raise LocalWriteError(cache_dir / ".airtable_sync.lock", exc) from None
+            raise
         raise UsageError(f"cache folder {cache_dir}: {exc.strerror}") from None
     try:
         try:
@@ -4852,10 +4849,9 @@ class Check(Command):
             print(f"\n{key} ({settings.table_ids[key]}): reachable")
             if absent := check_export(settings, spec):
                 print(f"  mapped Mongo fields no exported record carries: {', '.join(absent)}")
-            table_schema = None if schema is None else schema.get(key)
-            if table_schema is None:
+            if schema is None or key not in schema.fields:
                 continue
-            columns = bind_columns(spec, table_schema, bound.get(key, {}))
+            columns = bind_columns(spec, schema.fields[key], bound.get(key, {}))
             width = max(len(n) for n in spec.airtable_fields) + 2
             for name in spec.airtable_fields:
                 print(f"  {name:<{width}}{column_status(name, columns)}")
@@ -4989,8 +4985,7 @@ def run_demo(verbose: bool) -> int:
     return EXIT_OK if code in (EXIT_OK, EXIT_RECORD_FAILED) and code2 == code else code
 
 
-def main(argv: Sequence[str] | None = None, *, environ: Mapping[str, str] | None = None,
-         dotenv_path: Path | None = SCRIPT_DIR / ".env") -> int:
+def main(argv: Sequence[str] | None = None, *, environ: Mapping[str, str] | None = None) -> int:
     """Run the tool. `environ` replaces the process environment and .env (tests use it)."""
     started = datetime.now()
     try:
@@ -5004,14 +4999,14 @@ def main(argv: Sequence[str] | None = None, *, environ: Mapping[str, str] | None
     with contextlib.ExitStack() as stack:
         try:
             handlers = stack.enter_context(logging_to(args.verbose, log_file))
-        except OSError as exc:
+        except LocalWriteError as exc:
             if exc.errno in LOCAL_WRITE_ERRNOS:  # a full disk or an unwritable folder
-                print(f"airtable_sync: {LocalWriteError(log_file, exc)}", file=sys.stderr)
+                print(f"airtable_sync: {exc}", file=sys.stderr)
                 return EXIT_IOERR
             print(f"airtable_sync: reports folder {log_file.parent}: {exc.strerror}", file=sys.stderr)
             return EXIT_USAGE
         try:
-            settings = settings_from(args, dict(environ) if environ is not None else read_environment(dotenv_path))
+            settings = settings_from(args, read_environment(SCRIPT_DIR / ".env") if environ is None else dict(environ))
         except UsageError as exc:
             log.error("%s", exc)
             return EXIT_USAGE
