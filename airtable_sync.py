@@ -1243,7 +1243,7 @@ def as_snapshot(records: TableSnapshot | Iterable[dict]) -> TableSnapshot:
     return records if isinstance(records, TableSnapshot) else TableSnapshot.of(records)
 
 
-def pull_table(airtable: Airtable, key: str, stop: threading.Event, by_field_id: bool) -> TableSnapshot:
+def pull_table(airtable: Airtable, key: str, by_field_id: bool) -> TableSnapshot:
     """A table's every record, cells by field id (returnFieldsByFieldId) or by name; each page to disk as it comes."""
     records = TableSnapshot(airtable.settings.cache_dir)
     try:
@@ -1600,11 +1600,10 @@ class BaseRead:
 class BaseReader:
     """The read phase: the change feed when the state allows it, else every record."""
 
-    def __init__(self, airtable: Airtable, stop: threading.Event, now: datetime):
+    def __init__(self, airtable: Airtable, now: datetime):
         self.airtable = airtable
         self.settings = airtable.settings
         self.base = airtable.api.base(self.settings.base_id)
-        self.stop = stop
         self.now = now
         self.unavailable: FeedUnavailable | None = None  # the token may not manage webhooks
         self.payloads_read = 0  # this run's, also those of a feed that then fell back to a full read
@@ -1726,7 +1725,7 @@ class BaseReader:
         if settings.change_tracking and (unavailable is not None or schema is None):
             why = "it needs the schema (scope schema.bases:read)" if unavailable is None else unavailable
             log.warning("change tracking unavailable: %s; every run reads in full", why)
-        records = {key: pull_table(self.airtable, key, self.stop, schema is not None) for key in needed}
+        records = {key: pull_table(self.airtable, key, schema is not None) for key in needed}
         for key in needed:
             log.info("%s: read %d Airtable records", key, len(records[key]))
         read = BaseRead(records, schema, "full", reason, payloads=self.payloads_read, dirty=set(needed))
@@ -1823,7 +1822,7 @@ class BaseReader:
                 cached.close()
                 cached = None
             if cached is None:
-                records[key] = pull_table(self.airtable, key, self.stop, schema is not None)
+                records[key] = pull_table(self.airtable, key, schema is not None)
             else:
                 log.info("%s: %d Airtable records from the cache", key, len(cached))
                 records[key] = cached
@@ -4667,7 +4666,7 @@ class Sync(Command):
                 # A natural-key match claims a record for good: a stale cache could hand it to the
                 # wrong Mongo record, so those are only ever made against a fresh read.
                 log.info("%s: natural-key matches are not made against a cache: reading the table", key)
-                read.read_again(key, pull_table(airtable, key, self.stop, columns.by_field_id))
+                read.read_again(key, pull_table(airtable, key, columns.by_field_id))
             plans[key] = plan
             if not self.settings.force_clear:
                 cap_clears(plan, read.records[key], self.settings.max_clear_fraction)
@@ -4705,7 +4704,7 @@ class Sync(Command):
         # Messages link to Users and Events: those are read even when not synced.
         needed = [k for k in TABLE_ORDER if k in exports or any(
             link.target == k for e in exports for link in TABLE_SPECS[e].links)]
-        read = BaseReader(airtable, self.stop, datetime.now(timezone.utc)).read(needed)
+        read = BaseReader(airtable, datetime.now(timezone.utc)).read(needed)
         self.report.change_tracking = read.as_report()
         plans = self.plans = self.plan(exports, read, airtable)
         crashed = False
@@ -4810,7 +4809,7 @@ def change_tracking_status(airtable: Airtable, schema: BaseSchema | None) -> str
         return "off (AIRTABLE_CHANGE_TRACKING=off): every run reads every record"
     if schema is None:
         return "unavailable: it needs the scope schema.bases:read; every run reads every record"
-    reader = BaseReader(airtable, threading.Event(), datetime.now(timezone.utc))
+    reader = BaseReader(airtable, datetime.now(timezone.utc))
     try:
         hooks = reader.list_webhooks()
     except FeedUnavailable as exc:

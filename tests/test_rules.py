@@ -195,7 +195,6 @@ def rec(rec_id, **fields):
 class ExportList(list):
     """Export records in memory, with the interface plan_table reads an ExportIndex through."""
 
-    digests = None
     load = list.__getitem__
 
     def __init__(self, records):
