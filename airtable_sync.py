@@ -1775,9 +1775,9 @@ class BaseReader:
             try:
                 ours.delete()
                 log.info("change tracking: deleted the unusable webhook %s", ours.id)
+                hooks = [h for h in hooks if h is not ours]  # still there, it is no webhook a lost create made
             except AIRTABLE_FAILURES as exc:
                 log.warning("deleting webhook %s failed (%s)", ours.id, type(exc).__name__)
-            hooks = [h for h in hooks if h is not ours]
         if adopted is not None:
             log.info("change tracking: using the existing webhook %s", adopted.id)
             self.refresh(adopted)

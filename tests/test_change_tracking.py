@@ -365,6 +365,17 @@ def test_a_lost_webhook_create_is_settled_by_listing_never_by_creating_another(h
     assert harness.run() == 0 and tracking(harness)["mode"] == "webhook"
 
 
+def test_an_unusable_webhook_that_would_not_go_is_not_taken_for_the_one_a_lost_create_made(harness, emulator):
+    clean_start(harness)
+    old = state_of(harness)["webhook_id"]
+    emulator.disable_webhook(old)
+    emulator.add_fault(kind="webhook", method="DELETE", status=403, times=None)
+    emulator.add_fault(kind="webhook", method="POST", drop=True, apply=True, times=1)
+    assert harness.run() == 0
+    [made] = [h["id"] for h in emulator.webhooks() if h["id"] != old]
+    assert state_of(harness)["webhook_id"] == made
+
+
 def test_a_lost_state_adopts_the_tools_webhook(harness, emulator):
     clean_start(harness)
     hook = state_of(harness)["webhook_id"]
