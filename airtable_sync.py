@@ -3022,7 +3022,7 @@ class Applied:
 
 
 def free_path(stem: Path, *suffixes: str) -> Path:
-    """stem, stem_2, stem_3...: the first with a file under none of the suffixes, given the first suffix."""
+    """The first of stem, stem_2, stem_3... taken under none of `suffixes`, with the first of them."""
     paths = (stem.with_name(f"{stem.name}_{n}" if n > 1 else stem.name) for n in itertools.count(1))
     return next(p for p in paths if not any(p.with_suffix(s).exists() for s in suffixes)).with_suffix(suffixes[0])
 
@@ -3259,7 +3259,7 @@ def prune_archives(reports_dir: Path, days: float, now: datetime) -> None:
     kept AIRTABLE_ARCHIVE_DAYS, by the timestamp in their name, and no other file is touched."""
     for path in reports_dir.glob("*.jsonl"):  # none when the folder is missing or unreadable
         found = ARCHIVE_NAME.fullmatch(path.name)
-        with contextlib.suppress(ValueError, OSError):  # a stamp that is no date: not one of ours, so left alone
+        with contextlib.suppress(ValueError, OSError):  # no date: not ours; a file that will not go: left
             if found and (now - datetime.strptime(found.group(1), "%Y%m%d_%H%M%S")).total_seconds() > days * 86400:
                 path.unlink()
                 log.info("removed the archive %s (older than %g days)", path.name, days)
@@ -4501,7 +4501,7 @@ def archive_kind(path: Path) -> str:
 # ---------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(eq=False)  # two filters with one secret are still two (addFilter skips an equal one)
 class RedactToken:  # a logging filter: the logging docs let any object with a filter method be one
     """Defence in depth: the token never reaches a log line, whatever a library puts in a message."""
 
