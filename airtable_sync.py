@@ -572,6 +572,8 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
     tracking = (env.get("AIRTABLE_CHANGE_TRACKING", "").strip() or "webhook").lower()
     if tracking not in ("webhook", "off"):
         raise UsageError(f"AIRTABLE_CHANGE_TRACKING={tracking!r}: choose webhook or off")
+    max_delete_fraction = _number_setting(env, "AIRTABLE_MAX_DELETE_FRACTION", 0.05, zero_ok=True, at_most=1)
+    max_clear_fraction = _number_setting(env, "AIRTABLE_MAX_CLEAR_FRACTION", 0.05, zero_ok=True, at_most=1)
     mongo_dir = args.mongo_dir or Path(env.get("MONGODB_DATA_DIR", "").strip() or SCRIPT_DIR / "../mongodb_pull/data")
     if not mongo_dir.is_dir() and not args.check and args.restore is None:
         raise UsageError(f"Mongo data folder {mongo_dir} does not exist (set --mongo-dir or MONGODB_DATA_DIR)")
@@ -592,8 +594,8 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
         tables=tuple(t for t in TABLE_ORDER if t in tables),
         change_tracking=tracking == "webhook",
         full_sync_days=_number_setting(env, "AIRTABLE_FULL_SYNC_DAYS", 7),
-        max_delete_fraction=_number_setting(env, "AIRTABLE_MAX_DELETE_FRACTION", 0.05, zero_ok=True, at_most=1),
-        max_clear_fraction=_number_setting(env, "AIRTABLE_MAX_CLEAR_FRACTION", 0.05, zero_ok=True, at_most=1),
+        max_delete_fraction=max_delete_fraction,
+        max_clear_fraction=max_clear_fraction,
         archive_days=_number_setting(env, "AIRTABLE_ARCHIVE_DAYS", 30),
         monthly_calls=_number_setting(env, "AIRTABLE_MONTHLY_CALLS", None, whole=True),
     )
@@ -1243,7 +1245,7 @@ def as_snapshot(records: TableSnapshot | Iterable[dict]) -> TableSnapshot:
     return records if isinstance(records, TableSnapshot) else TableSnapshot.of(records)
 
 
-def pull_table(airtable: Airtable, key: str, by_field_id: bool) -> TableSnapshot:
+def pull_table(airtable: Airtable, key: str, stop: threading.Event, by_field_id: bool) -> TableSnapshot:
     """A table's every record, cells by field id (returnFieldsByFieldId) or by name; each page to disk as it comes."""
     records = TableSnapshot(airtable.settings.cache_dir)
     try:
@@ -1251,7 +1253,9 @@ def pull_table(airtable: Airtable, key: str, by_field_id: bool) -> TableSnapshot
             for page in airtable.table(key).iterate(page_size=RECORDS_PER_PAGE, use_field_ids=by_field_id):
                 for rec in page:
                     records.put(rec)
-                progress.update(len(page))  # a stop is seen before the next page's request (the transport)
+                progress.update(len(page))
+                if stop.is_set():  # the transport sees it before a request, but none may follow the last page
+                    raise RunInterrupted()
     except AIRTABLE_FAILURES as exc:
         raise access_error(exc, airtable.settings, f"reading table {key}") from None
     return records
@@ -1600,10 +1604,11 @@ class BaseRead:
 class BaseReader:
     """The read phase: the change feed when the state allows it, else every record."""
 
-    def __init__(self, airtable: Airtable, now: datetime):
+    def __init__(self, airtable: Airtable, stop: threading.Event, now: datetime):
         self.airtable = airtable
         self.settings = airtable.settings
         self.base = airtable.api.base(self.settings.base_id)
+        self.stop = stop
         self.now = now
         self.unavailable: FeedUnavailable | None = None  # the token may not manage webhooks
         self.payloads_read = 0  # this run's, also those of a feed that then fell back to a full read
@@ -1705,6 +1710,8 @@ class BaseReader:
             for payload in hook.payloads(cursor=cursor):
                 self.payloads_read += 1
                 yield payload.model_dump(by_alias=True, exclude_none=True)
+                if self.stop.is_set():  # as after a page: no request may follow the last payload
+                    raise RunInterrupted()
 
     def read_full(self, reason: str, state: ChangeState | None, snapshot: dict[str, TableSnapshot] | None,
                   hooks: list | None, needed: Sequence[str]) -> BaseRead:
@@ -1725,7 +1732,7 @@ class BaseReader:
         if settings.change_tracking and (unavailable is not None or schema is None):
             why = "it needs the schema (scope schema.bases:read)" if unavailable is None else unavailable
             log.warning("change tracking unavailable: %s; every run reads in full", why)
-        records = {key: pull_table(self.airtable, key, schema is not None) for key in needed}
+        records = {key: pull_table(self.airtable, key, self.stop, schema is not None) for key in needed}
         for key in needed:
             log.info("%s: read %d Airtable records", key, len(records[key]))
         read = BaseRead(records, schema, "full", reason, payloads=self.payloads_read, dirty=set(needed))
@@ -1822,7 +1829,7 @@ class BaseReader:
                 cached.close()
                 cached = None
             if cached is None:
-                records[key] = pull_table(self.airtable, key, schema is not None)
+                records[key] = pull_table(self.airtable, key, self.stop, schema is not None)
             else:
                 log.info("%s: %d Airtable records from the cache", key, len(cached))
                 records[key] = cached
@@ -4666,7 +4673,7 @@ class Sync(Command):
                 # A natural-key match claims a record for good: a stale cache could hand it to the
                 # wrong Mongo record, so those are only ever made against a fresh read.
                 log.info("%s: natural-key matches are not made against a cache: reading the table", key)
-                read.read_again(key, pull_table(airtable, key, columns.by_field_id))
+                read.read_again(key, pull_table(airtable, key, self.stop, columns.by_field_id))
             plans[key] = plan
             if not self.settings.force_clear:
                 cap_clears(plan, read.records[key], self.settings.max_clear_fraction)
@@ -4704,7 +4711,7 @@ class Sync(Command):
         # Messages link to Users and Events: those are read even when not synced.
         needed = [k for k in TABLE_ORDER if k in exports or any(
             link.target == k for e in exports for link in TABLE_SPECS[e].links)]
-        read = BaseReader(airtable, datetime.now(timezone.utc)).read(needed)
+        read = BaseReader(airtable, self.stop, datetime.now(timezone.utc)).read(needed)
         self.report.change_tracking = read.as_report()
         plans = self.plans = self.plan(exports, read, airtable)
         crashed = False
@@ -4809,7 +4816,7 @@ def change_tracking_status(airtable: Airtable, schema: BaseSchema | None) -> str
         return "off (AIRTABLE_CHANGE_TRACKING=off): every run reads every record"
     if schema is None:
         return "unavailable: it needs the scope schema.bases:read; every run reads every record"
-    reader = BaseReader(airtable, datetime.now(timezone.utc))
+    reader = BaseReader(airtable, threading.Event(), datetime.now(timezone.utc))
     try:
         hooks = reader.list_webhooks()
     except FeedUnavailable as exc:

@@ -18,6 +18,7 @@ import socket
 import stat
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -694,3 +695,15 @@ def test_a_netrc_entry_for_the_host_never_replaces_the_token(harness, emulator, 
     monkeypatch.setenv("NETRC", str(netrc))
     assert harness.run() == 1  # U12 alone: every request carried the token
     assert emulator.count(status=401) == 0
+
+
+def test_a_stop_during_a_tables_last_page_ends_the_read_there(harness, emulator):
+    """No request follows the last page for the transport to notice the stop at: the read does."""
+    settings = sync.settings_from(sync.build_arg_parser().parse_args(harness.argv()), harness.env)
+    stop = threading.Event()
+    airtable = sync.connect(settings, stop)
+    emulator.add_fault(kind="read", delay_s=1.0, times=1)  # the users fit in one page: it is the last
+    threading.Timer(0.1, stop.set).start()
+    with pytest.raises(sync.RunInterrupted):
+        sync.pull_table(airtable, "users", stop, True)
+    assert [r.kind for r in emulator.requests] == ["read"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -88,6 +89,15 @@ def test_a_bad_monthly_calls_setting_exits_2_before_any_request(harness, emulato
     assert harness.run(env={"AIRTABLE_MONTHLY_CALLS": raw}) == 2
     err = capsys.readouterr().err
     assert len(lines_with(err, "AIRTABLE_MONTHLY_CALLS")) == 1 and message in err
+    assert emulator.requests == []
+
+
+@pytest.mark.parametrize("name", ["AIRTABLE_MAX_DELETE_FRACTION", "AIRTABLE_MAX_CLEAR_FRACTION"])
+def test_a_safety_cap_over_1_is_the_error_named_even_with_the_mongo_folder_missing(harness, emulator, capsys, name):
+    shutil.rmtree(harness.mongo_dir)
+    assert harness.run(env={name: "2"}) == 2
+    err = capsys.readouterr().err
+    assert f"{name}=2.0 must be between 0 and 1" in err and "Mongo data folder" not in err
     assert emulator.requests == []
 
 

@@ -90,7 +90,7 @@ def test_the_plan_for_an_unchanged_export_holds_no_write_objects(tmp_path, track
         run = sync.Sync(settings, stop, sync.RunReport(False, now))
         exports = run.load_exports()
         airtable = sync.connect(settings, stop)
-        read = sync.BaseReader(airtable, now).read(list(sync.TABLE_ORDER))
+        read = sync.BaseReader(airtable, stop, now).read(list(sync.TABLE_ORDER))
         assert read.mode == ("webhook" if tracking == "webhook" else "full")
         plans = run.plan(exports, read, airtable)
     for key, plan in plans.items():
