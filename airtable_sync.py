@@ -611,7 +611,8 @@ class RequestStats:
     """A run's requests, as the report gives them (`reached` aside)."""
 
     total: int = 0
-    # Of those, the ones that reached Airtable or may have (what the monthly count sees): for the budget, not reported.
+    # Of those, the ones that reached Airtable or may have (a failed connect did not): what the monthly
+    # count sees. For the budget, not reported.
     reached: int = field(default=0, repr=False)
     read: int = 0
     write: int = 0
@@ -912,7 +913,9 @@ def airtable_error(exc: requests.HTTPError) -> tuple[str, str]:
         return str(error.get("type", f"HTTP_{response.status_code}")), str(error.get("message", ""))
     if isinstance(error, str):
         return error, str(body.get("message", error))
-    return f"HTTP_{response.status_code}", (response.text or "")[:300] if body is None else json.dumps(body)[:300]
+    if body is None:  # not JSON: a proxy's page, say
+        return f"HTTP_{response.status_code}", (response.text or "")[:300]
+    return f"HTTP_{response.status_code}", json.dumps(body)[:300]
 
 
 def access_error(exc: Exception, settings: Settings, what: str) -> AirtableAccessError:
@@ -2899,9 +2902,14 @@ PLANNED, LANDED, LANDED_EXISTING = Written(), Written(Outcome.DONE), Written(Out
 
 class BatchWriter:
     """Sends writes ten records a request and keeps what became of each in `results`, for the sync
-    and the restore alike. Each command supplies send(action, batch): Airtable's copy of the records
-    written, and which were new (None: not known); key_of and name_of, the table and the record for
-    the log (its Mongo id, never a value); and unknown_create, the note of a plain create in doubt."""
+    and the restore alike. A request refused for its content (404, 422) is tried record by record,
+    so only the bad records fail; another 4xx fails its records; an outage, a refused token or a 429
+    left after the retries stops the run, unless only a plain create is in doubt: that is never
+    re-sent (it could duplicate), and the run goes on.
+
+    Each command supplies send(action, batch): Airtable's copy of the records written, and which
+    were new (None: not known); key_of and name_of, the table and the record for the log (its
+    Mongo id, never a value); and unknown_create, the note of a plain create in doubt."""
 
     VERB = "writing"
     SETTLES = "the next run settles it"
@@ -2977,7 +2985,8 @@ class BatchWriter:
             self.fail(batch, f"{kind}: {message}")
 
     def lost(self, action: str, batch: list[tuple[Any, dict]], exc: Exception, status: int | None, kind: str) -> None:
-        """A 5xx or a lost connection may have been applied: its records say so."""
+        """Retries spent (or the token refused): the run stops, unless only a plain create is in doubt.
+        A 5xx or a lost connection may have been applied: its records say so."""
         error = access_error(exc, self.airtable.settings, f"{self.VERB} {self.key_of(batch[0][0])}")
         if status in (401, 403, 429) or (status is None and _never_sent(exc)):
             raise error from None  # not applied: reported as not attempted
@@ -3231,10 +3240,12 @@ class Deleter:
         """On disk before the delete request: nothing is lost for good. The cells by field name, as a
         person reads them, and each name's field id (fieldIds), by which --restore finds a field renamed since."""
         names = {f.id: f.name for f in (self.schema.get(key) or {}).values()} if self.schema is not None else {}
-        append_archive(self.archive, [
-            {"table": key, "id": rec["id"], "createdTime": rec.get("createdTime"),
-             "fields": {names.get(k, k): v for k, v in rec["fields"].items()}}
-            | ({"fieldIds": {names.get(k, k): k for k in rec["fields"]}} if names else {}) for rec in batch])
+        lines = [{"table": key, "id": rec["id"], "createdTime": rec.get("createdTime"),
+                  "fields": {names.get(k, k): v for k, v in rec["fields"].items()}} for rec in batch]
+        if names:  # the schema is read: the names' field ids too
+            for line, rec in zip(lines, batch):
+                line["fieldIds"] = {names.get(k, k): k for k in rec["fields"]}
+        append_archive(self.archive, lines)
 
     def delete_batch(self, table: Any, deletion: DeletionPlan, batch: Sequence[dict]) -> None:
         ids, outcomes = [rec["id"] for rec in batch], self.applied.deleted[deletion.key]
@@ -4446,17 +4457,17 @@ class Restore(Command):
                     for w in writes if w.action == "error" or w in self.results and self.results[w].outcome.failed]
 
     def look_up(self, airtable: Airtable, formulas: Mapping[str, Sequence[str]]) -> dict[str, list[dict]]:
-        """The records the formulas match, per table id, cells keyed by field id, in listing order (twice if
-        two formulas match: what reads them keys by record id or takes the first)."""
-        found: dict[str, list[dict]] = defaultdict(list)
+        """The records the formulas match, per table id, cells keyed by field id, in listing order, each once."""
+        found: dict[str, dict[str, dict]] = defaultdict(dict)  # table id -> record id -> record
         for table_id, queries in formulas.items():
             table = airtable.api.table(self.settings.base_id, table_id)
             for formula in queries:  # the transport checks for a stop before each request
                 try:
-                    found[table_id] += table.all(formula=formula, use_field_ids=True)
+                    for rec in table.all(formula=formula, use_field_ids=True):
+                        found[table_id].setdefault(rec["id"], rec)
                 except AIRTABLE_FAILURES as exc:
                     raise access_error(exc, self.settings, f"looking up the archive's records in {table_id}") from None
-        return found
+        return {table_id: list(records.values()) for table_id, records in found.items()}
 
     @property
     def anything_written(self) -> bool:
