@@ -47,6 +47,7 @@ from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, BinaryIO, ClassVar
 
 import requests
@@ -1867,11 +1868,15 @@ def save_snapshot(settings: Settings, read: BaseRead, changed: set[str]) -> None
 class ExportRecord:
     index: int  # position in the export, 0-based
     mongo_id: str | None
-    doc: dict
+    doc: Mapping[str, Any]
 
     def bare(self) -> "ExportRecord":
-        """The record without its document: what a planned write keeps of it."""
-        return ExportRecord(self.index, self.mongo_id, {})
+        """The record without its document: what a planned write keeps of it. One empty mapping
+        serves them all: an empty dict each cost a 10k first sync 2 MB of its peak."""
+        return ExportRecord(self.index, self.mongo_id, NO_DOCUMENT)
+
+
+NO_DOCUMENT: Mapping[str, Any] = MappingProxyType({})
 
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
