@@ -1864,6 +1864,9 @@ def save_snapshot(settings: Settings, read: BaseRead, changed: set[str]) -> None
 # ---------------------------------------------------------------------------
 
 
+NO_DOCUMENT: Mapping[str, Any] = MappingProxyType({})  # ExportRecord.bare's document
+
+
 @dataclass(slots=True)  # a planned write keeps one: a first sync holds tens of thousands
 class ExportRecord:
     index: int  # position in the export, 0-based
@@ -1874,9 +1877,6 @@ class ExportRecord:
         """The record without its document: what a planned write keeps of it. One empty mapping
         serves them all: an empty dict each cost a 10k first sync 2 MB of its peak."""
         return ExportRecord(self.index, self.mongo_id, NO_DOCUMENT)
-
-
-NO_DOCUMENT: Mapping[str, Any] = MappingProxyType({})
 
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
