@@ -1827,9 +1827,11 @@ class BaseReader:
         records, from_cache = {}, set()
         for key in needed:
             cached = TableSnapshot.from_cache(cache_path(self.settings, key), self.settings.cache_dir)
-            if cached is not None and schema is not None and any(
-                    not FIELD_ID.fullmatch(name) for rec in itertools.islice(cached, 100) for name in rec["fields"]):
-                log.warning("%s: the cache names fields by name (an earlier version wrote it): reading the table", key)
+            by_id = schema is not None  # as this run reads cells; a cache keyed otherwise would match nothing
+            if cached is not None and any(bool(FIELD_ID.fullmatch(name)) != by_id
+                                          for rec in itertools.islice(cached, 100) for name in rec["fields"]):
+                log.warning("%s: the cache names fields by %s, not as this run reads them: reading the table", key,
+                            "name" if by_id else "id")
                 cached.close()
                 cached = None
             if cached is None:

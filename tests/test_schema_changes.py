@@ -266,6 +266,17 @@ def test_a_table_set_up_by_name_keeps_syncing_after_a_person_renames_it(harness,
     assert all(r.table == USERS for r in emulator.requests if r.kind == "write")  # by its id, not the old name
 
 
+def test_use_cache_without_the_schema_reads_the_table_instead_of_a_cache_keyed_by_field_id(harness, emulator):
+    clean_start(harness)
+    emulator.add_fault(kind="meta", status=403, times=None)  # the token lost schema.bases:read
+    emulator.clear_log()
+    assert harness.run("--use-cache") == 0
+    assert emulator.count(kind="read") == 3 and "the cache names fields by id" in log_text(harness)
+    # As a --full run without the schema: nothing created or updated, one probe a table finds its computed field.
+    assert all(t["created"] == t["updated"] == 0 for t in harness.report()["tables"].values())
+    assert len(writes(emulator)) == 3
+
+
 def test_use_cache_reads_the_table_instead_of_a_cache_an_earlier_version_keyed_by_name(harness, emulator):
     clean_start(harness)
     (harness.cache_dir / "airtable_users.json").write_text(json.dumps(emulator.records(USERS)))
