@@ -2882,14 +2882,15 @@ def rejected_field(kind: str, message: str) -> tuple[str, str] | None:
 
 def write_failure(exc: BaseException) -> tuple[str, int | None]:
     """How a write request that raised ended, and its HTTP status: "refused" for its content (404, 422:
-    its records can be tried apart), "failed" (another 4xx: no retry mends it), or "lost" (an outage,
-    a refused token, a 429 after the retries: the run stops, not knowing whether the write landed)."""
+    its records can be tried apart), "failed" (another 4xx: no retry mends it), "unsent" (a refused token,
+    a 429 after the retries, a connect that failed: the run stops, the write not applied), or "lost" (a
+    5xx or a dropped connection: the run stops, not knowing whether the write landed)."""
     status = exc.response.status_code if isinstance(exc, requests.HTTPError) else None
     if status in (404, 422):
         return "refused", status
-    if status is not None and status < 500 and status not in (401, 403, 429):
-        return "failed", status
-    return "lost", status
+    if status in (401, 403, 429) or (status is None and _never_sent(exc)):
+        return "unsent", status
+    return ("failed" if status is not None and status < 500 else "lost"), status
 
 
 @dataclass(frozen=True, slots=True)
@@ -2975,7 +2976,7 @@ class BatchWriter:
             elif how == "failed":
                 self.fail(batch, f"HTTP {status} {kind}: {message}")
             else:
-                self.lost(action, batch, exc, status, kind)
+                self.lost(action, batch, exc, status, kind, how)
             return
         if len(records) != len(batch):
             raise AirtableAccessError(f"Airtable answered {len(records)} records for {len(batch)} written")
@@ -2991,11 +2992,12 @@ class BatchWriter:
         else:
             self.fail(batch, f"{kind}: {message}")
 
-    def lost(self, action: str, batch: list[tuple[Any, dict]], exc: Exception, status: int | None, kind: str) -> None:
+    def lost(self, action: str, batch: list[tuple[Any, dict]], exc: Exception, status: int | None, kind: str,
+             how: str) -> None:
         """Retries spent (or the token refused): the run stops, unless only a plain create is in doubt.
         A 5xx or a lost connection may have been applied: its records say so."""
         error = access_error(exc, self.airtable.settings, f"{self.VERB} {self.key_of(batch[0][0])}")
-        if status in (401, 403, 429) or (status is None and _never_sent(exc)):
+        if how == "unsent":
             raise error from None  # not applied: reported as not attempted
         if self.plain_create(action):
             cause = f"HTTP {status} {kind}" if status else type(exc).__name__
@@ -3268,6 +3270,8 @@ class Deleter:
                 outcomes[ids[0]] = Outcome.DONE
                 return
             error = access_error(exc, self.airtable.settings, f"deleting from {deletion.key}")
+            if how == "unsent":  # not applied: the run stops, its deletions not attempted
+                raise error from None
             outcomes.update(dict.fromkeys(ids, Outcome.UNKNOWN if how == "lost" else Outcome.FAILED))
             if how == "lost":  # a lost answer or an outage: the next read settles it
                 raise error from None

@@ -485,3 +485,15 @@ def test_failed_deletes_fail_the_run(harness, emulator):
     report = harness.report()
     assert report["ended"] == "finished with failed records"
     assert report["tables"]["messages"]["errors"] == 12 and report["tables"]["messages"]["deleted"] == 0
+
+
+def test_a_delete_refused_with_429_after_the_retries_stops_the_run_with_3_and_nothing_in_doubt(harness, emulator):
+    users = [u for u in harness.read_export("users.json") if "67bee6204876d36d86afa056" not in json.dumps(u)]
+    harness.write_export("users.json", users)  # without U12: the sync before writes everything it plans
+    assert harness.run() == 0
+    remove_from_exports(harness)
+    emulator.add_fault(method="DELETE", status=429, times=None)
+    assert harness.run("--delete-missing", env={**LOOSE, "AIRTABLE_MAX_RETRIES": "0"}) == 3
+    report = harness.report()
+    assert report["ended"] == "Airtable error" and report["errors"] == []  # not applied: no delete in doubt
+    assert all(t["deleted"] == 0 and t["errors"] == 0 for t in report["tables"].values())
