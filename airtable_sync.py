@@ -2329,7 +2329,7 @@ def to_number(value: Any) -> int | float | None:
         if not text:
             return None
         with contextlib.suppress(ValueError):
-            return int(text)
+            return to_number(int(text))  # past 2**53 as Airtable will give it back
         with contextlib.suppress(ValueError):
             return to_number(float(text))
     raise Invalid(f"not a number: {value!r}")

@@ -481,6 +481,7 @@ def test_extreme_extended_json_and_numbers_never_crash():
     assert sync.unwrap_extended_json({"$date": 1e20}) == {"$date": 1e20}
     assert sync.convert_value({"a": Decimal("Infinity"), "b": Decimal("NaN")}, "multilineText") == '{"a":null,"b":null}'
     assert sync.convert_value(2**60, "number") == float(2**60)  # what Airtable's doubles give back
+    assert repr(sync.convert_value(str(2**53 + 1), "number")) == repr(float(2**53 + 1))  # as text too
     assert sync.convert_value(Decimal("1E+400"), "number") is None
     assert sync.convert_value(Decimal("12"), "number") == 12
 
