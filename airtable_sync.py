@@ -4300,7 +4300,7 @@ class PutBack:
 
     changed: ChangedRecord
     fields: dict[str, Any] = field(default_factory=dict)  # field id -> the earlier value, to send
-    already_back: int = 0  # cells holding their earlier value already
+    already_back: list[str] = field(default_factory=list)  # mapped names holding their earlier value already
     changed_since: list[str] = field(default_factory=list)  # mapped names: changed since the run, left alone
     left_out: list[str] = field(default_factory=list)  # mapped names with no writable field today
     gone: bool = False  # deleted since the run: left alone
@@ -4334,7 +4334,7 @@ def plan_put_back(changed: Sequence[ChangedRecord], tables: Mapping[str, LiveTab
             elif values_equal(after, cell := current["fields"].get(live.id), live.type):  # type: ignore[index]
                 write.fields[live.id] = line.before[name]
             elif values_equal(line.before[name], cell, live.type):
-                write.already_back += 1
+                write.already_back.append(name)
             else:
                 write.changed_since.append(name)
         plan.append(write)
@@ -4366,14 +4366,14 @@ def summarize_put_back(writes: Sequence[PutBack], results: Mapping[PutBack, Writ
         archived=len(writes),
         put_back=len(done),
         cells_put_back=sum(len(w.fields) for w in done),
-        already_back=sum(w.already_back for w in writes),
+        already_back=sum(len(w.already_back) for w in writes),
         changed_since=sum(len(w.changed_since) for w in writes),
         gone=sum(1 for w in writes if w.gone),
         errors=sum(1 for w in writes if outcome[w].failed),
         not_attempted=sum(1 for w in writes if outcome[w] is Outcome.NOT_ATTEMPTED),
         fields_left_out=sorted({name for w in writes for name in w.left_out}),
         put_back_records=[{"record_id": w.record_id, "mongo_id": w.changed.mongo_id,
-                           "fields": sorted(n for n in w.changed.after if n not in w.changed_since + w.left_out)}
+                           "fields": sorted(set(w.changed.after) - {*w.changed_since, *w.left_out, *w.already_back})}
                           for w in done],
         changed_since_cells=[{"record_id": w.record_id, "mongo_id": w.changed.mongo_id, "field": name}
                              for w in writes for name in w.changed_since],

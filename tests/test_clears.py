@@ -449,6 +449,17 @@ def test_put_back_compares_as_change_detection_does():
     assert write.fields == {"fldN": 1, "fldD": None} and write.left_out == ["f"] and not write.gone
     found = {"tblU": [{"id": "rec1", "fields": {"fldN": 1, "fldD": "2026-02-02T00:00:00Z"}}]}
     [write] = sync.plan_put_back([line], {"users": table}, found)
-    assert (write.fields, write.already_back, write.changed_since) == ({}, 1, ["d"])
+    assert (write.fields, write.already_back, write.changed_since) == ({}, ["n"], ["d"])
     [write] = sync.plan_put_back([line], {"users": table}, {})
     assert write.gone and write.fields == {}
+
+
+def test_the_report_names_only_the_cells_put_back_not_those_back_already():
+    table = sync.LiveTable("tblU", {"n": sync.FieldInfo("n", "number", "fldN"),
+                                    "m": sync.FieldInfo("m", "number", "fldM")})
+    line = sync.ChangedRecord("users", "rec1", "u1", {"n": "fldN", "m": "fldM"},
+                              before={"n": 1, "m": 1}, after={"n": 2, "m": 2}, line=1)
+    [write] = sync.plan_put_back([line], {"users": table}, {"tblU": [{"id": "rec1", "fields": {"fldN": 2, "fldM": 1}}]})
+    result = sync.summarize_put_back([write], {}, dry_run=True)
+    assert (result.cells_put_back, result.already_back) == (1, 1)
+    assert result.put_back_records == [{"record_id": "rec1", "mongo_id": "u1", "fields": ["n"]}]
